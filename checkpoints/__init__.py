@@ -1,0 +1,1 @@
+"""checkpoints: save / restore / load-for-evaluation on top of Orbax."""

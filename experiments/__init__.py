@@ -1,0 +1,1 @@
+"""experiments: long-range tasks, configs, training / evaluation CLIs, benchmarks and plots."""

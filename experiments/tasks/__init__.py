@@ -1,0 +1,1 @@
+"""Long-range tasks: LRA generators and loaders, synthetic memory tasks."""
