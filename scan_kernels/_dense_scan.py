@@ -1,0 +1,188 @@
+"""Linear recurrence with dense transitions (DESIGN §3.2): public op, ``custom_vjp`` and reference.
+
+    h_t = A_t h_{t-1} + b_t            (reverse=True:  h_t = A_t h_{t+1} + b_t),   h_{-1} = h0 (default 0)
+
+with ``(A h)_i = Σ_j A_ij h_j``. Shapes: ``b (B, L, N)`` (or ``(..., L, N)``); ``A`` either ``(N, N)``
+(time-invariant: HiPPO-LegS/LegT/LMU/LSSL recurrent forms) or broadcastable to ``b.shape[:-1] + (N, N)``
+such as ``(L, N, N)`` or ``(B, L, N, N)`` (delta-rule chunk transitions); ``h0 (B, N)``. Result: ``b``'s
+shape in the compute dtype (float32 for float32/bfloat16 inputs, complex64 if any input is complex).
+Matrix products use ``precision=HIGHEST`` (no TF32 on GPU).
+
+Backends: ``"reference"`` plain ``lax.scan``; ``"xla"``: the sequential scan on CPU, and on GPU
+``lax.associative_scan`` with ``(A1, b1) ∘ (A2, b2) = (A2 A1, A2 b1 + b2)`` when the broadcast transitions
+fit a memory budget (else the sequential scan); ``"pallas"``: a Pallas kernel with the time loop inside.
+
+Gradients (``custom_vjp``, backward = reverse dense scan with transposed transitions, same dispatcher):
+    g_t = dh_t + A_{t+1}ᵀ g_{t+1},  db_t = g_t,  dA_t = g_t h_{t-1}ᵀ (summed over B, L if A is (N, N)),
+    dh0 = A_0ᵀ g_0.
+
+Shape legend: B batch · L length · N state size.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from scan_kernels import _backend
+from scan_kernels import _utils
+
+_HI = lax.Precision.HIGHEST
+# On GPU the parallel form materialises (B, L, N, N) products; above this many bytes use the loop instead.
+_ASSOC_BYTES_BUDGET = 1 << 30
+
+
+def _matvec(A, h):
+    """``A (..., N, N) @ h (..., N)`` batched over leading dims; ``A`` may be a shared ``(N, N)``."""
+    return jnp.einsum("...ij,...j->...i", A, h, precision=_HI)
+
+
+def _prepare(A, b, h0):
+    """Validate; return ``A`` as ``(N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``, ``h0 (B, N)``, batch shape."""
+    _utils.check_inexact(b, "b")
+    _utils.check_ndim(b, "b", (2,), "(B, L, N) or (..., L, N)")
+    _utils.check_inexact(A, "A")
+    N = b.shape[-1]
+    if A.ndim < 2 or A.shape[-2:] != (N, N):
+        raise ValueError(f"A must be (N, N) or (B, L, N, N) with N={N} (b's last dim), got {_utils.describe(A)}")
+    if A.ndim > 2:
+        _utils.check_broadcastable(A, "A", b.shape[:-1] + (N, N), "b.shape[:-1] + (N, N)")
+    if h0 is not None:
+        _utils.check_inexact(h0, "h0")
+        _utils.check_shape(h0, "h0", b.shape[:-2] + (N,), "(B, N): batch dims of b and its state size")
+    dtype = _utils.compute_dtype(A.dtype, b.dtype, None if h0 is None else h0.dtype)
+    batch_shape, L = b.shape[:-2], b.shape[-2]
+    B = 1
+    for s in batch_shape:
+        B *= s
+    if A.ndim == 2:
+        A = A.astype(dtype)
+    else:
+        A = jnp.broadcast_to(A.astype(dtype), b.shape[:-1] + (N, N)).reshape(B, L, N, N)
+    b = b.astype(dtype).reshape(B, L, N)
+    h0 = jnp.zeros((B, N), dtype) if h0 is None else h0.astype(dtype).reshape(B, N)
+    return A, b, h0, batch_shape
+
+
+def _sequential(A, b, h0, reverse: bool):
+    """One ``lax.scan`` step per time step (the reference, and the CPU fast path)."""
+    if A.ndim == 2:
+
+        def step(h, b_t):
+            h = _matvec(A, h) + b_t
+            return h, h
+
+        _, h = lax.scan(step, h0, jnp.moveaxis(b, 1, 0), reverse=reverse)
+    else:
+
+        def step(h, Ab):
+            A_t, b_t = Ab
+            h = _matvec(A_t, h) + b_t
+            return h, h
+
+        _, h = lax.scan(step, h0, (jnp.moveaxis(A, 1, 0), jnp.moveaxis(b, 1, 0)), reverse=reverse)
+    return jnp.moveaxis(h, 0, 1)
+
+
+def _associative(A, b, h0, reverse: bool):
+    """Log-depth parallel form over axis 1 with ``h0`` folded into the first step's input."""
+    B, L, N = b.shape
+    A = jnp.broadcast_to(A, (B, L, N, N))
+    t = L - 1 if reverse else 0
+    b = b.at[:, t].add(_matvec(A[:, t], h0))
+
+    def combine(left, right):  # left earlier in scan order
+        A1, b1 = left
+        A2, b2 = right
+        return jnp.einsum("...ij,...jk->...ik", A2, A1, precision=_HI), _matvec(A2, b1) + b2
+
+    _, h = lax.associative_scan(combine, (A, b), axis=1, reverse=reverse)
+    return h
+
+
+def _dispatch(A, b, h0, reverse: bool, backend: str):
+    if backend == "reference":
+        return _sequential(A, b, h0, reverse)
+    if backend == "xla":
+        B, L, N = b.shape
+        if _backend.on_gpu() and B * L * N * N * b.dtype.itemsize <= _ASSOC_BYTES_BUDGET:
+            return _associative(A, b, h0, reverse)
+        return _sequential(A, b, h0, reverse)
+    if backend == "pallas":
+        from scan_kernels._dense_scan_pallas import dense_scan_pallas
+
+        return dense_scan_pallas(A, b, h0, reverse=reverse)
+    raise AssertionError(backend)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _scan(A, b, h0, reverse, backend):
+    return _dispatch(A, b, h0, reverse, backend)
+
+
+def _scan_fwd(A, b, h0, reverse, backend):
+    h = _dispatch(A, b, h0, reverse, backend)
+    return h, (A, h, h0)
+
+
+def _scan_bwd(reverse, backend, res, dh):
+    A, h, h0 = res
+    At = jnp.swapaxes(A, -1, -2)
+    if A.ndim == 2:
+        At_shift = At  # time-invariant: g_{L-1} = dh_{L-1} because the reverse scan starts from 0
+    else:
+        zero = jnp.zeros_like(At[:, :1])
+        At_shift = jnp.concatenate([At[:, 1:], zero], 1) if not reverse else jnp.concatenate([zero, At[:, :-1]], 1)
+    g = _dispatch(At_shift, dh, jnp.zeros_like(h0), not reverse, backend)  # (B, L, N)
+    if not reverse:
+        h_prev = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)
+        dh0 = _matvec(At if A.ndim == 2 else At[:, 0], g[:, 0])
+    else:
+        h_prev = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)
+        dh0 = _matvec(At if A.ndim == 2 else At[:, -1], g[:, -1])
+    if A.ndim == 2:
+        dA = jnp.einsum("bli,blj->ij", g, h_prev, precision=_HI)
+    else:
+        dA = g[..., :, None] * h_prev[..., None, :]  # (B, L, N, N)
+    return dA, g, dh0
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
+    """``h_t = A_t h_{t-1} + b_t`` over time (axis -2 of ``b``); see the module docstring.
+
+    Args:
+      A: transitions ``(N, N)`` (time-invariant) or broadcastable to ``(B, L, N, N)``.
+      b: inputs ``(B, L, N)`` (or ``(..., L, N)``).
+      h0: initial state ``(B, N)``; default zeros.
+      reverse: run from the end, ``h_t = A_t h_{t+1} + b_t``.
+      backend: ``None`` (auto) | ``"reference"`` | ``"xla"`` | ``"pallas"``.
+      vjp: ``"custom"`` (reverse-scan backward) | ``"autodiff"`` (JAX autodiff of the reference loop).
+
+    Returns:
+      ``h`` with ``b``'s shape, in the compute dtype.
+    """
+    reverse = _utils.check_bool(reverse, "reverse")
+    backend = _backend.resolve_backend(backend)
+    _utils.check_choice(vjp, "vjp", ("custom", "autodiff"))
+    A, b, h0, batch_shape = _prepare(A, b, h0)
+    L, N = b.shape[1:]
+    if L == 0:
+        h = b
+    elif vjp == "autodiff":
+        h = _sequential(A, b, h0, reverse)
+    else:
+        h = _scan(A, b, h0, reverse, backend)
+    return h.reshape(batch_shape + (L, N))
+
+
+def dense_linear_scan_reference(A, b, h0=None, *, reverse=False):
+    """The plain loop with the contract of :func:`dense_linear_scan`, differentiated by JAX autodiff."""
+    reverse = _utils.check_bool(reverse, "reverse")
+    A, b, h0, batch_shape = _prepare(A, b, h0)
+    L, N = b.shape[1:]
+    h = b if L == 0 else _sequential(A, b, h0, reverse)
+    return h.reshape(batch_shape + (L, N))

@@ -1,0 +1,149 @@
+"""Diagonal first-order linear recurrence (DESIGN §3.1): the public op, its ``custom_vjp`` and the reference.
+
+    h_t = a_t ⊙ h_{t-1} + b_t          (reverse=True:  h_t = a_t ⊙ h_{t+1} + b_t),   h_{-1} = h0 (default 0)
+
+Shapes: ``b (B, L, D)`` (more leading batch dims are allowed: ``(..., L, D)``), ``a`` broadcastable to ``b``
+(``(D,)``, ``(L, D)``, ``(B, L, D)``, ...), ``h0 (B, D)``; the result has ``b``'s shape.
+Dtypes: float32, complex64 (float64/complex128 under x64); bfloat16/float16 inputs accumulate in float32 and
+**the result is float32** (the accumulation dtype, not the input dtype). Mixed real ``a`` / complex ``b``
+compute in complex.
+
+Backends (one keyword, dispatched in :func:`_dispatch`): ``"reference"`` plain ``lax.scan``;
+``"xla"`` fastest pure-XLA form for the device (``_linear_scan_xla``); ``"pallas"`` the Pallas kernel
+(``_linear_scan_pallas``, interpret mode off-GPU); ``None`` auto.
+
+Gradients: a ``jax.custom_vjp`` whose backward is itself a reverse linear scan through the same dispatcher
+(Blelloch 1990 §1.4; Martin & Cundy 2018, arXiv 1709.04057 §2.2):
+    g_t = dh_t + a_{t+1} g_{t+1},   db_t = g_t,   da_t = g_t h_{t-1},   dh0 = a_0 g_0
+(JAX's cotangent convention: transposes, no conjugation for complex). ``vjp="autodiff"`` instead
+differentiates the reference loop with JAX autodiff, to bisect gradient bugs.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from scan_kernels import _backend
+from scan_kernels import _utils
+
+VJP_MODES = ("custom", "autodiff")
+
+
+def _prepare(a, b, h0, fn_name: str):
+    """Validate; return ``a, b`` as ``(B, L, D)`` and ``h0`` as ``(B, D)`` in the compute dtype + batch shape."""
+    _utils.check_inexact(b, "b")
+    _utils.check_ndim(b, "b", (2,), "(B, L, D) or (..., L, D)")
+    _utils.check_inexact(a, "a")
+    _utils.check_broadcastable(a, "a", b.shape, "b")
+    if h0 is not None:
+        _utils.check_inexact(h0, "h0")
+        _utils.check_shape(h0, "h0", b.shape[:-2] + b.shape[-1:], "(B, D): batch dims of b and its channels")
+    dtype = _utils.compute_dtype(a.dtype, b.dtype, None if h0 is None else h0.dtype)
+    batch_shape, (L, D) = b.shape[:-2], b.shape[-2:]
+    B = 1
+    for s in batch_shape:
+        B *= s
+    a = jnp.broadcast_to(a.astype(dtype), b.shape).reshape(B, L, D)  # broadcast: autodiff sums da back
+    b = b.astype(dtype).reshape(B, L, D)
+    h0 = jnp.zeros((B, D), dtype) if h0 is None else h0.astype(dtype).reshape(B, D)
+    return a, b, h0, batch_shape
+
+
+def _reference_scan(a, b, h0, reverse: bool):
+    """The plain loop on ``(B, L, D)``: one ``lax.scan`` step per time step, carry ``(B, D)``."""
+
+    def step(h, ab):
+        a_t, b_t = ab
+        h = a_t * h + b_t
+        return h, h
+
+    xs = (jnp.moveaxis(a, 1, 0), jnp.moveaxis(b, 1, 0))  # (L, B, D)
+    _, h = lax.scan(step, h0, xs, reverse=reverse)
+    return jnp.moveaxis(h, 0, 1)
+
+
+def _dispatch(a, b, h0, reverse: bool, backend: str):
+    """Forward scan on ``(B, L, D)`` arrays in the compute dtype, by the concrete ``backend``."""
+    if backend == "reference":
+        return _reference_scan(a, b, h0, reverse)
+    if backend == "xla":
+        from scan_kernels._linear_scan_xla import linear_scan_xla
+
+        return linear_scan_xla(a, b, h0, reverse=reverse)
+    if backend == "pallas":
+        from scan_kernels._linear_scan_pallas import linear_scan_pallas
+
+        return linear_scan_pallas(a, b, h0, reverse=reverse)
+    raise AssertionError(backend)  # resolve_backend already refused anything else
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _scan(a, b, h0, reverse, backend):
+    return _dispatch(a, b, h0, reverse, backend)
+
+
+def _scan_fwd(a, b, h0, reverse, backend):
+    h = _dispatch(a, b, h0, reverse, backend)
+    return h, (a, h, h0)
+
+
+def _scan_bwd(reverse, backend, res, dh):
+    a, h, h0 = res
+    zero_row = jnp.zeros_like(a[:, :1])
+    if not reverse:
+        # g_t = dh_t + a_{t+1} g_{t+1}: a reverse scan with the decays shifted one step left.
+        a_next = jnp.concatenate([a[:, 1:], zero_row], axis=1)
+        g = _dispatch(a_next, dh, jnp.zeros_like(h0), True, backend)
+        h_prev = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)  # (B, L, D)
+        dh0 = a[:, 0] * g[:, 0]
+    else:
+        # h_t = a_t h_{t+1} + b_t: g_t = dh_t + a_{t-1} g_{t-1}, a forward scan with decays shifted right.
+        a_prev = jnp.concatenate([zero_row, a[:, :-1]], axis=1)
+        g = _dispatch(a_prev, dh, jnp.zeros_like(h0), False, backend)
+        h_prev = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)
+        dh0 = a[:, -1] * g[:, -1]
+    return g * h_prev, g, dh0
+
+
+_scan.defvjp(_scan_fwd, _scan_bwd)
+
+
+def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
+    """``h_t = a_t ⊙ h_{t-1} + b_t`` over time (axis -2 of ``b``); see the module docstring.
+
+    Args:
+      a: decays, broadcastable to ``b``: ``(D,)``, ``(L, D)``, ``(B, L, D)``, ... (real or complex).
+      b: inputs ``(B, L, D)`` (or ``(..., L, D)``).
+      h0: initial state ``(B, D)`` (``b.shape[:-2] + (D,)``); default zeros.
+      reverse: run from the end, ``h_t = a_t ⊙ h_{t+1} + b_t`` (``h0`` then sits after the last step).
+      backend: ``None`` (auto) | ``"reference"`` | ``"xla"`` | ``"pallas"``.
+      vjp: ``"custom"`` (reverse-scan backward) | ``"autodiff"`` (JAX autodiff of the reference loop).
+
+    Returns:
+      ``h`` with ``b``'s shape in the compute dtype (float32 for float32/bfloat16 inputs, complex64 if any
+      input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``).
+    """
+    reverse = _utils.check_bool(reverse, "reverse")
+    backend = _backend.resolve_backend(backend)
+    _utils.check_choice(vjp, "vjp", VJP_MODES)
+    a, b, h0, batch_shape = _prepare(a, b, h0, "linear_scan")
+    L, D = b.shape[1:]
+    if L == 0:
+        h = b
+    elif vjp == "autodiff":
+        h = _reference_scan(a, b, h0, reverse)
+    else:
+        h = _scan(a, b, h0, reverse, backend)
+    return h.reshape(batch_shape + (L, D))
+
+
+def linear_scan_reference(a, b, h0=None, *, reverse=False):
+    """The plainly correct loop: same contract as :func:`linear_scan`, one ``lax.scan`` step per time step,
+    differentiated by JAX autodiff."""
+    reverse = _utils.check_bool(reverse, "reverse")
+    a, b, h0, batch_shape = _prepare(a, b, h0, "linear_scan_reference")
+    L, D = b.shape[1:]
+    h = b if L == 0 else _reference_scan(a, b, h0, reverse)
+    return h.reshape(batch_shape + (L, D))
