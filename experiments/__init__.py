@@ -1,1 +1,24 @@
-"""experiments: long-range tasks, configs, training / evaluation CLIs, benchmarks and plots."""
+"""experiments: long-range tasks, configs, training / evaluation CLIs, benchmarks and plots.
+
+``train_and_evaluate`` is imported lazily (module ``__getattr__``) so ``import experiments.tasks`` does
+not pull in Flax, Optax and Orbax.
+"""
+
+_LAZY = {
+    "train_and_evaluate": ("experiments.trainer", "train_and_evaluate"),
+    "evaluate_checkpoint": ("experiments.evaluate", "evaluate_checkpoint"),
+    "Config": ("experiments.config", "Config"),
+    "get_preset": ("experiments.presets", "get_preset"),
+    "list_presets": ("experiments.presets", "list_presets"),
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'experiments' has no attribute {name!r}")

@@ -1,0 +1,238 @@
+"""Training pieces: optimizer, schedules, jitted train/eval steps, data streams and evaluation.
+
+Optimizer (anchors §3): AdamW for ordinary matrices, Adam without weight decay for vectors (biases,
+norm scales) and, with their own learning rate, for the ``ssm``-tagged parameters (Δ, A/Λ, B); both
+learning rates follow linear warmup then cosine decay to ``end_lr_ratio`` x peak; the global gradient
+norm is clipped first. Gradient accumulation averages ``accumulate`` micro-batches inside one jitted
+step: the loss is a sum over scored positions divided by the total count over all micro-batches, so
+``accumulate=k`` with batch B equals one batch of kB exactly (up to float summation order).
+
+Data parallel: parameters and optimizer state replicated over a 1-D mesh with axis ``"data"``,
+batches sharded along B; XLA inserts the gradient all-reduce.
+
+Shapes: B batch, L length, k micro-batches per step.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from experiments._models import apply_model, param_groups
+
+_BATCH_KEYS = ("inputs", "labels", "lengths", "inputs2", "lengths2")
+
+# ----------------------------------------------------------------------------------------------------
+# optimizer
+
+
+def make_schedule(peak: float, optim, total_steps: int):
+    """Linear warmup over ``optim.warmup_steps`` to ``peak``, then cosine (or constant) to the end."""
+    warmup = int(optim.warmup_steps)
+    decay_steps = max(int(total_steps) - warmup, 1)
+    end = float(optim.end_lr_ratio)
+    cosine = optim.schedule == "cosine"
+
+    def schedule(count):
+        step = jnp.asarray(count, jnp.float32)
+        warm = jnp.minimum((step + 1.0) / float(max(warmup, 1)), 1.0)
+        progress = jnp.clip((step - float(warmup)) / float(decay_steps), 0.0, 1.0)
+        decay = end + (1.0 - end) * 0.5 * (1.0 + jnp.cos(math.pi * progress)) if cosine else jnp.ones_like(step)
+        return peak * jnp.where(step < float(warmup), warm, decay)
+
+    return schedule
+
+
+def make_optimizer(model, optim, total_steps: int) -> nnx.Optimizer:
+    """``nnx.Optimizer`` over ``nnx.Param`` with the ssm / decay / no_decay groups of ``param_groups``."""
+    lr = make_schedule(optim.lr, optim, total_steps)
+    ssm_lr = make_schedule(optim.ssm_lr, optim, total_steps)
+    transforms = {
+        "ssm": optax.adam(ssm_lr, b1=optim.b1, b2=optim.b2),
+        "decay": optax.adamw(lr, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay),
+        "no_decay": optax.adam(lr, b1=optim.b1, b2=optim.b2),
+    }
+    tx = optax.multi_transform(transforms, param_groups(model))
+    if optim.grad_clip > 0:
+        tx = optax.chain(optax.clip_by_global_norm(optim.grad_clip), tx)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+# ----------------------------------------------------------------------------------------------------
+# loss and steps
+
+
+def _bf16_model(model):
+    """A view of ``model`` whose non-SSM float parameters are bfloat16 (SSM parameters stay float32)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def cast(v):
+        if getattr(v, "tag", None) == "ssm" or not jnp.issubdtype(v.get_value().dtype, jnp.floating):
+            return v
+        return v.replace(v.get_value().astype(jnp.bfloat16))
+
+    params = jax.tree.map(cast, params, is_leaf=lambda v: isinstance(v, nnx.Variable))
+    return nnx.merge(graphdef, params, rest)
+
+
+REGRESSION_TOLERANCE = 0.04  # adding problem: an answer counts as correct when |error| < 0.04
+
+
+def loss_terms(model, batch, *, kind: str, bf16: bool):
+    """(summed loss, (correct, count)) over the scored entries of ``batch``.
+
+    ``kind`` is the task kind: "classification" (labels (B,), cross-entropy), "sequence_labels" (labels
+    (B, L), entries < 0 not scored) or "regression" (labels (B,) float, squared error; "correct" means
+    ``|error| < REGRESSION_TOLERANCE``). ``batch["weight"]`` (B,) is 1 for real rows, 0 for padding rows.
+    """
+    if bf16:
+        model = _bf16_model(model)
+        batch = {k: (v.astype(jnp.bfloat16) if jnp.issubdtype(v.dtype, jnp.floating) and k.startswith("inputs")
+                     else v) for k, v in batch.items()}
+    logits = apply_model(model, batch).astype(jnp.float32)  # (B, C) or (B, L, C)
+    labels = batch["labels"]
+    weight = batch["weight"]
+    if kind == "regression":
+        err = logits[:, 0] - labels  # (B,)
+        correct = (jnp.abs(err) < REGRESSION_TOLERANCE).astype(jnp.float32)
+        return jnp.sum(err * err * weight), (jnp.sum(correct * weight), jnp.sum(weight))
+    if kind == "sequence_labels":
+        mask = (labels >= 0).astype(jnp.float32) * weight[:, None]  # (B, L)
+    else:
+        mask = weight * (labels >= 0).astype(jnp.float32)  # (B,)
+    safe = jnp.where(labels >= 0, labels, 0)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
+    correct = (jnp.argmax(logits, axis=-1) == safe).astype(jnp.float32)
+    return jnp.sum(ce * mask), (jnp.sum(correct * mask), jnp.sum(mask))
+
+
+@nnx.jit(static_argnames=("kind", "bf16", "accumulate", "seed"))
+def train_step(model, optimizer, batches, step, *, kind, bf16, accumulate, seed):
+    """One optimizer update from ``accumulate`` micro-batches (leaves shaped (k, B, ...)).
+
+    Dropout keys are ``fold_in(key(seed), step)``, so a resumed run draws the same masks.
+    Returns (mean loss, accuracy, global gradient norm) as float32 scalars.
+    """
+    nnx.reseed(model, dropout=jax.random.fold_in(jax.random.key(seed), step))
+
+    def loss_fn(m, mb):
+        return loss_terms(m, mb, kind=kind, bf16=bf16)
+
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    loss_sum, correct, count, grads = 0.0, 0.0, 0.0, None
+    for i in range(accumulate):  # unrolled: k is small; keeps the model state updates simple
+        mb = jax.tree.map(lambda x, i=i: x[i], batches)
+        (ls, (c, n)), g = grad_fn(model, mb)
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+        loss_sum, correct, count = loss_sum + ls, correct + c, count + n
+    count = jnp.maximum(count, 1.0)
+    grads = jax.tree.map(lambda g: g / count, grads)
+    optimizer.update(model, grads)
+    return loss_sum / count, correct / count, optax.global_norm(grads)
+
+
+@nnx.jit(static_argnames=("kind", "bf16"))
+def eval_step(model, batch, *, kind, bf16):
+    """(summed loss, correct, count) for one evaluation batch."""
+    loss_sum, (correct, count) = loss_terms(model, batch, kind=kind, bf16=bf16)
+    return loss_sum, correct, count
+
+
+# ----------------------------------------------------------------------------------------------------
+# devices and data
+
+
+def make_mesh(devices: int = 0):
+    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all)."""
+    available = jax.devices()
+    n = devices or len(available)
+    if n > len(available):
+        raise ValueError(f"train.devices: asked for {n} devices, only {len(available)} available")
+    return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n])
+
+
+def replicate(obj, mesh):
+    """Place every array of an NNX object replicated over ``mesh`` (in place)."""
+    nnx.update(obj, jax.device_put(nnx.state(obj), NamedSharding(mesh, PartitionSpec())))
+
+
+def shard_batch(batch: dict, mesh, *, axis: int = 0):
+    """device_put a numpy batch with its batch axis (``axis``) split over ``mesh``'s ``"data"`` axis."""
+    spec = PartitionSpec(*([None] * axis), "data")
+    return jax.device_put(batch, NamedSharding(mesh, spec))
+
+
+def clean_batch(raw: dict, *, rows: int | None = None) -> dict:
+    """Keep the model/label keys and turn the task's ``mask`` (B,) into a float ``weight``.
+
+    Padding rows (mask False) get length >= 1 so masked pooling never divides by zero; with ``rows`` the
+    batch is padded further to that many rows with zero-weight copies of row 0.
+    """
+    batch = {k: np.asarray(raw[k]) for k in _BATCH_KEYS if k in raw}
+    for k in ("inputs", "labels"):
+        if k not in batch:
+            raise ValueError(f"task batch is missing {k!r}; got keys {sorted(raw)}")
+    b = batch["labels"].shape[0]
+    mask = np.asarray(raw["mask"], bool) if "mask" in raw else np.ones((b,), bool)
+    batch["weight"] = mask.astype(np.float32)
+    for k in ("lengths", "lengths2"):
+        if k in batch:
+            batch[k] = np.where(mask, batch[k], np.maximum(batch[k], 1)).astype(np.int32)
+    if rows is not None and rows > b:
+        pad = rows - b
+        batch = {k: np.concatenate([v, np.repeat(v[:1], pad, axis=0)], axis=0) for k, v in batch.items()}
+        batch["weight"][b:] = 0.0
+    return batch
+
+
+class DataStream:
+    """Endless training batches from ``task.batches``, resumable at ``(epoch, step_in_epoch)``."""
+
+    def __init__(self, task, batch_size: int, *, seed: int, epoch: int = 0, step_in_epoch: int = 0):
+        self.task, self.batch_size, self.seed = task, batch_size, seed
+        self.epoch, self.step_in_epoch = epoch, step_in_epoch
+        self._it = None
+
+    @property
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch}
+
+    def next(self) -> dict:
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.task.batches("train", self.batch_size, seed=self.seed, epoch=self.epoch,
+                                                  start_step=self.step_in_epoch))
+            try:
+                raw = next(self._it)
+            except StopIteration:
+                self._it, self.epoch, self.step_in_epoch = None, self.epoch + 1, 0
+                continue
+            self.step_in_epoch += 1
+            return clean_batch(raw)
+        raise ValueError(f"task {self.task.name!r} yields no training batch of size {self.batch_size} "
+                         f"({self.task.num_examples('train')} training examples); lower train.batch_size")
+
+
+def evaluate(model, task, split: str, *, batch_size: int, mesh, kind: str, bf16: bool = False,
+             max_batches: int = 0, seed: int = 0) -> dict:
+    """Mean loss and accuracy over ``split`` (the first ``max_batches`` batches when > 0)."""
+    n = mesh.devices.size
+    rows = -(-batch_size // n) * n
+    model.eval()
+    loss_sum, correct, count = 0.0, 0.0, 0.0
+    try:
+        for i, raw in enumerate(task.batches(split, batch_size, seed=seed)):
+            if max_batches and i >= max_batches:
+                break
+            batch = shard_batch(clean_batch(raw, rows=rows), mesh)
+            ls, c, k = eval_step(model, batch, kind=kind, bf16=bf16)
+            loss_sum, correct, count = loss_sum + float(ls), correct + float(c), count + float(k)
+    finally:
+        model.train()
+    if count == 0:
+        raise ValueError(f"split {split!r} of task {task.name!r} produced no examples to evaluate")
+    return {"loss": loss_sum / count, "accuracy": correct / count, "count": count}

@@ -1,0 +1,148 @@
+"""Named experiment presets: ``demo`` (the default) plus LRA and synthetic-task presets.
+
+LRA presets follow the published configurations (see ``/work/shared/reference/anchors_ssm.md`` §4):
+
+* S4 / S4D: state-spaces/s4 ``configs/experiment/lra/s4-*.yaml`` — bidirectional, BatchNorm,
+  AdamW (0.9, 0.999), cosine schedule with linear warmup stepped per step, masked mean pooling. S4D runs
+  the same configs with the diagonal kernel (S4D paper). The s4 repo gives dt/A/B lr 1e-3 with
+  weight decay 0; here the whole ``ssm``-tagged group (Δ, A/Λ, B) gets ``ssm_lr`` and no weight decay.
+* S5: lindermanlab/S5 ``bin/run_experiments/run_lra_*.sh`` — global lr = lr_factor · ssm_lr, epochs
+  converted to steps with the LRA train sizes (ListOps 96k, IMDb 25k, AAN 147,086, CIFAR 45k,
+  Pathfinder 160k), warmup one epoch where the script sets ``warmup_end=1``.
+
+External-data presets (``text_*``, ``retrieval_*``, ``image_*``) need ``task.options.data_dir=DIR``.
+"""
+
+import dataclasses
+
+from experiments.config import Config, ModelConfig, OptimConfig, TaskConfig, TrainConfig
+
+# ----------------------------------------------------------------------------------------------------
+# demo: a small long-range model on an embedded generated task (minutes on a 2-core CPU)
+
+
+def demo() -> Config:
+    return Config(
+        name="demo",
+        task=TaskConfig(name="listops", options={"max_length": 128, "min_length": 32, "n_train": 4000,
+                                                 "n_val": 500, "n_test": 500}),
+        model=ModelConfig(mixer="s4d", d_model=64, n_layers=2, mixer_options={"d_state": 32}),
+        optim=OptimConfig(lr=3e-3, ssm_lr=1e-3, weight_decay=0.01, warmup_steps=50, grad_clip=1.0),
+        train=TrainConfig(steps=600, batch_size=32, eval_every=150, checkpoint_every=150, log_every=10,
+                          eval_batch_size=100),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# LRA: S4 / S4D (state-spaces/s4, anchors §4.1)
+
+# task -> (task name, task options, n_layers, d_model, d_state, prenorm, dropout, batch, lr, ssm_lr,
+#          steps, warmup, seed)
+_S4_LRA = {
+    "listops": ("listops", {}, 6, 256, 4, False, 0.0, 32, 0.01, 1e-3, 120_000, 12_000, 3333),
+    "text": ("text", {}, 6, 256, 4, True, 0.0, 16, 0.01, 1e-3, 50_000, 5_000, 3333),
+    "retrieval": ("retrieval", {}, 6, 256, 4, True, 0.0, 64, 0.01, 1e-3, 50_000, 5_000, 3333),
+    "image": ("image", {}, 6, 512, 64, False, 0.1, 50, 0.01, 1e-3, 180_000, 18_000, 2222),
+    "pathfinder": ("pathfinder", {}, 6, 256, 64, True, 0.0, 64, 0.004, 1e-3, 500_000, 50_000, 3333),
+    "pathx": ("pathx", {}, 6, 256, 64, True, 0.0, 16, 0.001, 1e-3, 500_000, 50_000, 3333),
+}
+
+# S5 (anchors §4.2): (n_layers, d_model, ssm_size P, blocks J, dropout, batch, ssm_lr, lr_factor, wd,
+#                     train examples, epochs, warmup epochs)
+_S5_LRA = {
+    "listops": (8, 128, 16, 8, 0.0, 50, 1e-3, 3.0, 0.04, 96_000, 40, 1),
+    "text": (6, 256, 192, 12, 0.1, 50, 1e-3, 4.0, 0.07, 25_000, 35, 0),
+    "retrieval": (6, 128, 256, 16, 0.0, 32, 1e-3, 2.0, 0.05, 147_086, 20, 1),
+    "image": (6, 512, 384, 3, 0.1, 50, 1e-3, 4.5, 0.07, 45_000, 250, 1),
+    "pathfinder": (6, 192, 256, 8, 0.05, 64, 9e-4, 5.0, 0.03, 160_000, 200, 1),
+    "pathx": (6, 128, 256, 16, 0.0, 32, 6e-4, 3.0, 0.06, 160_000, 75, 1),
+}
+
+
+def _eval_every(steps: int) -> int:
+    return max(1, min(5_000, steps // 40))
+
+
+def _s4_family(task: str, mixer: str) -> Config:
+    name, options, n_layers, d_model, d_state, prenorm, dropout, batch, lr, ssm_lr, steps, warmup, seed = (
+        _S4_LRA[task])
+    every = _eval_every(steps)
+    return Config(
+        name=f"{task}_{mixer}",
+        task=TaskConfig(name=name, options=dict(options)),
+        model=ModelConfig(mixer=mixer, d_model=d_model, n_layers=n_layers,
+                          mixer_options={"d_state": d_state, "bidirectional": True},
+                          pooling="auto", norm="batch", prenorm=prenorm, dropout=dropout, ff="glu"),
+        optim=OptimConfig(lr=lr, ssm_lr=ssm_lr, weight_decay=0.05, schedule="cosine", warmup_steps=warmup,
+                          grad_clip=0.0),
+        train=TrainConfig(steps=steps, batch_size=batch, eval_every=every, checkpoint_every=every, seed=seed),
+    )
+
+
+def _s5(task: str) -> Config:
+    n_layers, d_model, ssm_size, blocks, dropout, batch, ssm_lr, factor, wd, n_train, epochs, warm = _S5_LRA[task]
+    per_epoch = n_train // batch
+    steps = per_epoch * epochs
+    every = _eval_every(steps)
+    return Config(
+        name=f"{task}_s5",
+        task=TaskConfig(name=task, options={}),
+        model=ModelConfig(mixer="s5", d_model=d_model, n_layers=n_layers,
+                          mixer_options={"d_state": ssm_size // 2, "bidirectional": True},
+                          pooling="auto", norm="batch", prenorm=True, dropout=dropout, ff="glu"),
+        optim=OptimConfig(lr=ssm_lr * factor, ssm_lr=ssm_lr, weight_decay=wd, schedule="cosine",
+                          warmup_steps=per_epoch * warm, grad_clip=0.0),
+        train=TrainConfig(steps=steps, batch_size=batch, eval_every=every, checkpoint_every=every),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------
+# synthetic memory tasks with fast-weight / linear-recurrence mixers
+
+
+def _synthetic(task: str, mixer: str, mixer_options: dict, d_model: int = 64, n_layers: int = 2) -> Config:
+    return Config(
+        name=f"{task}_{mixer}",
+        task=TaskConfig(name=task, options={}),
+        model=ModelConfig(mixer=mixer, d_model=d_model, n_layers=n_layers, mixer_options=dict(mixer_options),
+                          pooling="auto", norm="layer", prenorm=True),
+        optim=OptimConfig(lr=1e-3, ssm_lr=1e-3, weight_decay=0.1, warmup_steps=500, grad_clip=1.0),
+        train=TrainConfig(steps=20_000, batch_size=64, eval_every=1_000, checkpoint_every=1_000),
+    )
+
+
+_SYNTHETIC = {
+    "mqar_deltanet": ("mqar", "deltanet", {}),
+    "mqar_linear_attention": ("mqar", "linear_attention", {}),
+    "selective_copying_deltanet": ("selective_copying", "deltanet", {}),
+    "induction_linear_attention": ("induction", "linear_attention", {}),
+    "copying_lru": ("copying", "lru", {}),
+    "adding_lru": ("adding", "lru", {}),
+}
+
+
+def _registry() -> dict:
+    presets = {"demo": demo}
+    for task in _S4_LRA:
+        for mixer in ("s4", "s4d"):
+            presets[f"{task}_{mixer}"] = (lambda t=task, m=mixer: _s4_family(t, m))
+        presets[f"{task}_s5"] = (lambda t=task: _s5(t))
+    for name, (task, mixer, options) in _SYNTHETIC.items():
+        presets[name] = (lambda t=task, m=mixer, o=options: _synthetic(t, m, o))
+    return presets
+
+
+PRESETS = _registry()
+
+
+def list_presets() -> list:
+    """Names of all presets, ``demo`` first."""
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> Config:
+    """A fresh ``Config`` for preset ``name``; unknown names raise ``ValueError`` listing the choices."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {list_presets()}")
+    config = PRESETS[name]()
+    return dataclasses.replace(config, name=name)

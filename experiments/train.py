@@ -1,0 +1,54 @@
+"""Train a sequence model: ``python -m experiments.train [--config PRESET] [--workdir DIR] [key=value ...]``.
+
+A thin wrapper over ``experiments.train_and_evaluate(config, workdir)``. Overrides are dotted keys of the
+typed config (``train.steps=200 model.d_model=128 model.mixer_options.d_state=16``). Rerunning the same
+command resumes from the last complete checkpoint in the workdir.
+"""
+
+import argparse
+import sys
+
+from experiments.config import apply_overrides, override_keys
+from experiments.presets import get_preset, list_presets
+
+
+def _parser():
+    presets = list_presets()
+    epilog = ("presets: " + ", ".join(presets) + "\n\noverride keys (key=value): " + ", ".join(override_keys()) +
+              "\n  dict fields take sub-keys: task.options.max_length=256, model.mixer_options.d_state=16")
+    parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.splitlines()[0],
+                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="demo", metavar="PRESET", help="preset name (default: demo)")
+    parser.add_argument("--workdir", default=None, help="output directory (default: runs/<preset>)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    return parser
+
+
+def main(argv=None):
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = apply_overrides(get_preset(args.config), args.overrides)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    workdir = args.workdir or f"runs/{config.name}"
+    from experiments.trainer import train_and_evaluate
+
+    try:
+        results = train_and_evaluate(config, workdir)
+    except (ValueError, FloatingPointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    val, test = results["final_val"], results.get("test_from_best_checkpoint")
+    print(f"done: {results['steps']} steps in {results['wall_time_s']:.0f} s; val accuracy {val['accuracy']:.4f}"
+          + (f"; test accuracy {test['accuracy']:.4f} (best checkpoint)" if test else "")
+          + f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, curves.png, results.json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

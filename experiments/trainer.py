@@ -1,0 +1,181 @@
+"""``train_and_evaluate(config, workdir)``: the training loop behind ``python -m experiments.train``.
+
+Workdir layout::
+
+    WORKDIR/config.json      the resolved config
+    WORKDIR/metrics.jsonl    one JSON record per log step / evaluation: step, split, loss, accuracy, ...
+    WORKDIR/checkpoints/     Orbax checkpoints (latest + best), see ``checkpoints``
+    WORKDIR/curves.png       training and validation curves
+    WORKDIR/results.json     final validation metrics and the test metrics of the best checkpoint
+
+Rerunning the same command resumes from the last complete checkpoint: model, optimizer, step and data
+position are restored and the dropout keys depend only on (seed, step), so the run ends exactly where
+an uninterrupted one would. A non-finite loss or gradient stops the run before anything of that step
+is saved (``FloatingPointError`` naming the step).
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+from flax import nnx
+
+import checkpoints
+from experiments import _train_lib as lib
+from experiments._models import BUILDER, build_model, model_spec
+from experiments.config import Config
+from experiments.plots import plot_curves
+
+
+def _get_task(config: Config):
+    from experiments.tasks import get_task
+
+    return get_task(config.task.name, **config.task.options)
+
+
+class _MetricsLog:
+    """Append-only ``metrics.jsonl``; on resume, records after the restored step are dropped."""
+
+    def __init__(self, path, resume_step: int):
+        self.path = path
+        kept = []
+        if os.path.exists(path):
+            with open(path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+        with open(path, "w") as f:
+            f.writelines(kept)
+
+    def write(self, record: dict):
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _check_resumable(stored: dict, config: Config, directory: str):
+    current = config.to_dict()
+    for section in ("task", "model"):
+        if stored.get(section) != current[section]:
+            raise ValueError(f"{directory} holds a run with a different {section} config "
+                             f"({stored.get(section)} vs {current[section]}); use another --workdir to start anew")
+
+
+def _stack(batches: list) -> dict:
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}  # (k, B, ...)
+
+
+def train_and_evaluate(config: Config, workdir) -> dict:
+    """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); returns the results dict."""
+    t_start = time.time()
+    workdir = os.path.abspath(os.fspath(workdir))
+    os.makedirs(workdir, exist_ok=True)
+    tc, oc = config.train, config.optim
+    task = _get_task(config)
+    spec = model_spec(task)
+    kind, bf16 = spec["kind"], tc.dtype == "bfloat16"
+    mesh = lib.make_mesh(tc.devices)
+    n_dev = mesh.devices.size
+    if tc.batch_size % n_dev:
+        raise ValueError(f"train.batch_size: {tc.batch_size} is not divisible by the {n_dev} devices; "
+                         f"use a multiple of {n_dev} or set train.devices")
+
+    model = build_model(config, spec, rngs=nnx.Rngs(params=tc.seed, dropout=tc.seed + 1))
+    optimizer = lib.make_optimizer(model, oc, tc.steps)
+    manager = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), keep_latest=tc.keep_latest,
+                                            keep_best=tc.keep_best, best_metric="val_accuracy")
+    step, position = 0, {"epoch": 0, "step_in_epoch": 0}
+    if manager.latest_step() is not None:
+        meta = manager.read_meta()
+        _check_resumable(meta.get("config", {}), config, manager.directory)
+        meta = manager.restore(model=model, optimizer=optimizer, mesh=mesh)
+        step, position = int(meta["step"]), meta["data_position"]
+        print(f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
+              f"batch {position['step_in_epoch']})")
+    else:
+        lib.replicate(model, mesh)
+        lib.replicate(optimizer, mesh)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json())
+    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+    stream = lib.DataStream(task, tc.batch_size, seed=tc.seed, **position)
+    eval_bs = tc.eval_batch_size or tc.batch_size
+    lr_fn = lib.make_schedule(oc.lr, oc, tc.steps)
+    tokens_per_step = tc.batch_size * oc.accumulate * spec["seq_len"] * (2 if spec["pair"] else 1)
+
+    def run_eval(split):
+        return lib.evaluate(model, task, split, batch_size=eval_bs, mesh=mesh, kind=kind,
+                            bf16=bf16, max_batches=tc.eval_batches, seed=tc.seed)
+
+    def save(at_step, metrics=None):
+        meta = {"config": config.to_dict(), "model_spec": spec, "builder": BUILDER,
+                "data_position": stream.position, "rng": {"seed": tc.seed, "dropout": "fold_in(key(seed), step)"}}
+        manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc=config.name, dynamic_ncols=True)
+    window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
+    last_val = None
+    try:
+        while step < tc.steps:
+            batches = lib.shard_batch(_stack([stream.next() for _ in range(oc.accumulate)]), mesh, axis=1)
+            loss, acc, gnorm = lib.train_step(model, optimizer, batches, np.int32(step),
+                                              kind=kind, bf16=bf16, accumulate=oc.accumulate,
+                                              seed=tc.seed)
+            loss, acc, gnorm = float(loss), float(acc), float(gnorm)
+            if not (np.isfinite(loss) and np.isfinite(gnorm)):
+                raise FloatingPointError(
+                    f"non-finite loss {loss} (gradient norm {gnorm}) at step {step + 1}; stopped before saving "
+                    f"it. Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
+            step += 1
+            bar.update(1)
+            window["loss"] += loss
+            window["acc"] += acc
+            window["n"] += 1
+            if step % tc.log_every == 0 or step == tc.steps:
+                dt = max(time.time() - window["t"], 1e-9)
+                rec = {"step": step, "split": "train", "loss": window["loss"] / window["n"],
+                       "accuracy": window["acc"] / window["n"], "lr": float(lr_fn(step - 1)), "grad_norm": gnorm,
+                       "tokens_per_s": tokens_per_step * window["n"] / dt, "time": time.time() - t_start}
+                log.write(rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}",
+                                tok_s=f"{rec['tokens_per_s']:.3g}")
+                window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
+            if step % tc.eval_every == 0 or step == tc.steps:
+                t0 = time.time()
+                last_val = run_eval(tc.eval_split)
+                log.write({"step": step, "split": "val", "loss": last_val["loss"],
+                           "accuracy": last_val["accuracy"], "time": time.time() - t_start})
+                bar.write(f"step {step}: {tc.eval_split} loss {last_val['loss']:.4f} "
+                          f"accuracy {last_val['accuracy']:.4f}")
+                save(step, {"val_accuracy": last_val["accuracy"], "val_loss": last_val["loss"]})
+                window["t"] += time.time() - t0  # evaluation time is not training throughput
+            elif (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+                save(step)
+        manager.wait()
+        bar.close()
+        train_time = time.time() - t_start
+        if last_val is None:  # resumed a finished run
+            last_val = run_eval(tc.eval_split)
+        results = {"preset": config.name, "steps": step, "devices": n_dev, "train_time_s": train_time,
+                   "final_val": last_val, "best_step": manager.best_step()}
+    finally:
+        bar.close()
+        manager.close()
+    if tc.test_at_end:
+        best_model, _ = checkpoints.load(os.path.join(workdir, "checkpoints"), step="best", mesh=mesh)
+        test = lib.evaluate(best_model, task, "test", batch_size=eval_bs, mesh=mesh, kind=kind,
+                            bf16=bf16, max_batches=tc.eval_batches, seed=tc.seed)
+        results["test_from_best_checkpoint"] = test
+        log.write({"step": results["best_step"], "split": "test", "loss": test["loss"],
+                   "accuracy": test["accuracy"], "time": time.time() - t_start})
+        print(f"test (best checkpoint, step {results['best_step']}): loss {test['loss']:.4f} "
+              f"accuracy {test['accuracy']:.4f}")
+    results["wall_time_s"] = time.time() - t_start
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    from experiments.plots import read_metrics
+
+    plot_curves(read_metrics(os.path.join(workdir, "metrics.jsonl")), os.path.join(workdir, "curves.png"),
+                title=f"{config.name}: {config.model.mixer} on {config.task.name}")
+    return results
+
