@@ -1,0 +1,19 @@
+"""``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
+
+from layers._selective import SelectiveSSM
+
+MIXERS = {
+    "selective_ssm": SelectiveSSM,
+}
+
+
+def resolve_mixer(mixer):
+    """A name in ``MIXERS`` or a mixer class (anything with ``__call__``, ``init_state`` and ``step``)."""
+    if isinstance(mixer, str):
+        if mixer not in MIXERS:
+            raise ValueError(f"mixer={mixer!r} is not one of {sorted(MIXERS)}")
+        return MIXERS[mixer]
+    if isinstance(mixer, type) and all(hasattr(mixer, m) for m in ("__call__", "init_state", "step")):
+        return mixer
+    raise ValueError(f"mixer must be a name in {sorted(MIXERS)} or a mixer class with __call__, init_state and "
+                     f"step; got {mixer!r}")
