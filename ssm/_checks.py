@@ -1,0 +1,61 @@
+"""Input validation and dtype helpers shared by ``ssm`` (private).
+
+All public ``ssm`` functions validate up front and raise ``ValueError`` naming the argument, what it
+got and what was expected, instead of failing deep inside XLA.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def as_array(x, name):
+    try:
+        return jnp.asarray(x)
+    except TypeError as e:  # e.g. strings, ragged lists
+        raise ValueError(f"{name} must be an array, got {type(x).__name__}") from e
+
+
+def real_dtype(*arrays):
+    """float64 when x64 is enabled and any input is 64-bit, else float32 (bfloat16 etc. compute in f32)."""
+    if jax.config.jax_enable_x64 and any(jnp.asarray(a).dtype in (jnp.float64, jnp.complex128) for a in arrays):
+        return jnp.float64
+    return jnp.float32
+
+
+def complex_dtype(rdt):
+    return jnp.complex128 if rdt == jnp.float64 else jnp.complex64
+
+
+def check_float(x, name, *, allow_complex=False):
+    """Reject integer / bool / non-numeric inputs (complex only when ``allow_complex``)."""
+    kind = np.dtype(x.dtype).kind
+    ok = kind == "f" or (allow_complex and kind == "c") or x.dtype == jnp.bfloat16
+    if not ok:
+        want = "a float or complex" if allow_complex else "a real float"
+        raise ValueError(f"{name} must have {want} dtype, got {x.dtype} (shape {x.shape})")
+
+
+def check_ndim(x, name, min_ndim, what):
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} must have shape {what}, got shape {x.shape}")
+
+
+def check_length(L, name="L"):
+    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1:
+        raise ValueError(f"{name} must be a positive Python int, got {L!r}")
+    return int(L)
+
+
+def batch_shape(named_shapes):
+    """Broadcast the batch shapes ``[(name, shape), ...]``; ValueError naming them if they clash."""
+    try:
+        return tuple(np.broadcast_shapes(*[s for _, s in named_shapes]))
+    except ValueError:
+        desc = ", ".join(f"{n} {tuple(s)}" for n, s in named_shapes)
+        raise ValueError(f"leading (batch) dimensions do not broadcast: {desc}") from None
+
+
+def bcast(x, shape):
+    """Explicit broadcast (rank promotion is 'raise' in the tests)."""
+    return jnp.broadcast_to(x, shape) if x.shape != tuple(shape) else x

@@ -1,0 +1,162 @@
+"""S4's DPLR kernel: truncation correction, Cauchy kernel at the roots of unity, Woodbury, inverse FFT.
+
+Shape legend (DESIGN.md §2): D channels (``...`` batch dims), N state size, N/2 the conjugate half,
+r the low rank, L length, F = L/2 + 1 frequencies. Conventions: ``ssm.kernels`` module docstring.
+
+System (S4, Gu et al. 2022, §3.3, Alg. 1): A = diag(Λ_f) − P_f P_fᴴ on the conjugate-closed basis
+(Λ_f = [Λ, Λ̄], P_f = [P, P̄], B_f = [B, B̄], C_f = [C, C̄]); bilinear discretization with step Δ;
+K_l = C_fᵀ Ā^l B̄_f (real). At the roots of unity ω_k = exp(−2πik/L) (ω^L = 1):
+
+    K̂(ω) = Σ_{l<L} K_l ω^l = C̃ᵀ (I − Ā ω)^{-1} B̄,          C̃ᵀ = Cᵀ (I − Ā^L)      (truncation)
+          = Δ · C̃ᵀ [ (1−ω) I − (1+ω) Δ/2 A ]^{-1} B          (bilinear, no pole at ω = −1)
+
+With R = (1−ω) − (1+ω) Δ/2 Λ_f (diagonal) and β = (1+ω) Δ/2 the Woodbury identity gives
+
+    K̂ = Δ [ r_CB − β r_CP (I + β r_PP)^{-1} r_PB ],   r_xy(ω) = Σ_n x_n y_n / R_n(ω)   (Cauchy)
+
+summed over both conjugate halves; then K = irfft(K̂, L). C̃ is computed in the exact real form of
+the system (``dplr_real_form``) by binary powering of the real N×N Ā, so callers pass the plain C.
+The Cauchy sums are evaluated in frequency chunks under ``jax.checkpoint``: forward and backward
+memory is O(D·chunk·N), never O(D·N·L).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ssm import _checks as ck
+
+SQRT2 = 2.0**0.5  # a Python float stays weakly typed under strict promotion
+
+
+def _check_dplr(Lambda, P, B, C, dt):
+    Lambda, P, B, C = (ck.as_array(x, n) for x, n in ((Lambda, "Lambda"), (P, "P"), (B, "B"), (C, "C")))
+    dt = ck.as_array(dt, "dt")
+    for x, name in ((Lambda, "Lambda"), (P, "P"), (B, "B"), (C, "C")):
+        ck.check_float(x, name, allow_complex=True)
+    ck.check_float(dt, "dt")
+    ck.check_ndim(Lambda, "Lambda", 1, "(..., N/2)")
+    ck.check_ndim(P, "P", 2, "(..., rank, N/2)")
+    h = Lambda.shape[-1]
+    for x, name in ((P, "P"), (B, "B"), (C, "C")):
+        if x.ndim < 1 or x.shape[-1] != h:
+            raise ValueError(f"{name} must end in N/2={h} (from Lambda {Lambda.shape}), got shape {x.shape}")
+    batch = ck.batch_shape(
+        [("Lambda", Lambda.shape[:-1]), ("P", P.shape[:-2]), ("B", B.shape[:-1]), ("C", C.shape[:-1]), ("dt", dt.shape)]
+    )
+    rdt = ck.real_dtype(Lambda, P, B, C, dt)
+    cdt = ck.complex_dtype(rdt)
+    r = P.shape[-2]
+    return (
+        ck.bcast(Lambda.astype(cdt), batch + (h,)),
+        ck.bcast(P.astype(cdt), batch + (r, h)),
+        ck.bcast(B.astype(cdt), batch + (h,)),
+        ck.bcast(C.astype(cdt), batch + (h,)),
+        ck.bcast(dt.astype(rdt), batch),
+    )
+
+
+def dplr_real_form(Lambda, P, B, C):
+    """Exact real N-dim form ``(A (..., N, N), B (..., N), C (..., N))`` of the conjugate-closed DPLR system.
+
+    Coordinates u = √2 [Re y; Im y] of the conjugate-closed state [y; ȳ]:
+    A = [[Re Λ, −Im Λ], [Im Λ, Re Λ]] (diagonal blocks) − 2 qᵀq with q = [Re P, Im P] ``(..., r, N)``,
+    B = √2 [Re B; Im B], C = √2 [Re C; −Im C], so ``C·Ā^l B̄`` is the conjugate-half kernel.
+    """
+    Lambda, P, B, C, _ = _check_dplr(Lambda, P, B, C, jnp.zeros((), jnp.float32))
+    re, im = jnp.real(Lambda), jnp.imag(Lambda)
+    dg = jnp.vectorize(jnp.diag, signature="(n)->(n,n)")
+    A = jnp.concatenate(
+        [jnp.concatenate([dg(re), dg(-im)], axis=-1), jnp.concatenate([dg(im), dg(re)], axis=-1)], axis=-2
+    )
+    q = jnp.concatenate([jnp.real(P), jnp.imag(P)], axis=-1)  # (..., r, N)
+    A = A - 2.0 * jnp.einsum("...rn,...rm->...nm", q, q)
+    s2 = SQRT2
+    Br = s2 * jnp.concatenate([jnp.real(B), jnp.imag(B)], axis=-1)
+    Cr = s2 * jnp.concatenate([jnp.real(C), -jnp.imag(C)], axis=-1)
+    return A, Br, Cr
+
+
+def _bilinear_real(A, dt):
+    N = A.shape[-1]
+    eye = ck.bcast(jnp.eye(N, dtype=A.dtype), A.shape)
+    half = (0.5 * dt)[..., None, None] * A
+    return jnp.linalg.solve(eye - half, eye + half)
+
+
+def _truncation_correction(Lambda, P, C, dt, L):
+    """C̃ = (I − Ā^L)ᵀ C for the conjugate half, via the real form and binary powering of Ā."""
+    A, _, c = dplr_real_form(Lambda, P, jnp.zeros_like(C), C)
+    Abar = _bilinear_real(A, dt)
+    v, power, e = c, Abar, L  # v ← cᵀ Ā^L, bit by bit
+    while e:
+        if e & 1:
+            v = jnp.einsum("...n,...nm->...m", v, power)
+        e >>= 1
+        if e:
+            power = power @ power
+    ct = c - v
+    h = Lambda.shape[-1]
+    return lax.complex(ct[..., :h], -ct[..., h:]).astype(C.dtype) / SQRT2
+
+
+def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
+    """S4 (DPLR, bilinear) kernel: ``Lambda, B, C (..., N/2)``, ``P (..., rank, N/2)`` complex, ``dt`` batch
+    -> ``K (..., L)`` real with ``K_l = C_fᵀ Ā^l B̄_f`` for A = diag(Λ_f) − P_f P_fᴴ (module docstring).
+
+    ``freq_chunk``: frequencies per chunk of the Cauchy sums (memory ~ D·freq_chunk·N complex).
+    """
+    L = ck.check_length(L)
+    if isinstance(freq_chunk, bool) or not isinstance(freq_chunk, (int, np.integer)) or freq_chunk < 1:
+        raise ValueError(f"freq_chunk must be a positive int, got {freq_chunk!r}")
+    Lambda, P, B, C, dt = _check_dplr(Lambda, P, B, C, dt)
+    batch, h, r = Lambda.shape[:-1], Lambda.shape[-1], P.shape[-2]
+    Ct = _truncation_correction(Lambda, P, C, dt, L)
+    M = int(np.prod(batch, dtype=np.int64))
+    Lam, Pm, Bm, Cm, dtm = (
+        Lambda.reshape(M, h), P.reshape(M, r, h), B.reshape(M, h), Ct.reshape(M, h), dt.reshape(M)
+    )
+    U = jnp.concatenate([Cm[:, None], jnp.conj(Pm)], axis=1)  # (M, r+1, N/2): C̃, P̄
+    W = jnp.concatenate([Bm[:, None], Pm], axis=1)  # (M, r+1, N/2): B, P
+    w = (U[:, :, None, :] * W[:, None, :, :]).reshape(M, (r + 1) ** 2, h)  # (M, (r+1)², N/2)
+    z = (0.5 * dtm)[:, None].astype(Lam.dtype) * Lam  # (M, N/2): Δ/2 Λ
+    rdt = dtm.dtype
+
+    F = L // 2 + 1
+    fc = min(int(freq_chunk), F)
+    n_chunks = -(-F // fc)
+    k = jnp.arange(n_chunks * fc, dtype=rdt).reshape(n_chunks, fc)
+
+    @jax.checkpoint
+    def chunk(kc):  # (fc,) -> (M, fc) complex: K̂ at these frequencies
+        theta = (-2.0 * np.pi / L) * kc
+        omega = lax.complex(jnp.cos(theta), jnp.sin(theta))  # (fc,)
+        one_m, one_p = (1.0 - omega)[None, :, None], (1.0 + omega)[None, :, None]
+        g = 1.0 / (one_m - one_p * z[:, None, :])  # (M, fc, N/2)
+        gc = 1.0 / (one_m - one_p * jnp.conj(z)[:, None, :])  # conjugate half
+        R = jnp.einsum("mfn,mqn->mfq", g, w) + jnp.einsum("mfn,mqn->mfq", gc, jnp.conj(w))
+        R = R.reshape(M, fc, r + 1, r + 1)
+        beta = (0.5 * (1.0 + omega))[None, :] * dtm[:, None].astype(omega.dtype)  # (M, fc)
+        if r == 1:
+            corr = R[..., 0, 1] * R[..., 1, 0] / (1.0 + beta * R[..., 1, 1])
+        else:
+            eye = jnp.eye(r, dtype=R.dtype)
+            X = jnp.linalg.solve(eye + beta[..., None, None] * R[..., 1:, 1:], R[..., 1:, :1])
+            corr = (R[..., :1, 1:] @ X)[..., 0, 0]
+        return R[..., 0, 0] - beta * corr
+
+    Kf = lax.map(chunk, k)  # (n_chunks, M, fc)
+    Kf = jnp.moveaxis(Kf, 0, 1).reshape(M, n_chunks * fc)[:, :F] * dtm[:, None].astype(Lam.dtype)
+    K = jnp.fft.irfft(Kf, n=L, axis=-1)  # (M, L)
+    return K.reshape(batch + (L,)).astype(rdt)
+
+
+def dplr_kernel_reference(Lambda, P, B, C, dt, L):
+    """Same kernel from the dense real form: bilinear Ā by a linear solve, then K_l = C Ā^l B̄ by powers."""
+    from ssm.kernels import dense_kernel  # local import: kernels re-exports this module
+
+    L = ck.check_length(L)
+    Lambda, P, B, C, dt = _check_dplr(Lambda, P, B, C, dt)
+    A, Br, Cr = dplr_real_form(Lambda, P, B, C)
+    return dense_kernel(A, Br, Cr, dt, L, discretization="bilinear")
