@@ -212,6 +212,10 @@ def _parse_literal(text: str):
         return text
 
 
+def _article(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
 def _parse_typed(key: str, text: str, typ, meta):
     try:
         if typ is bool:
@@ -234,7 +238,7 @@ def _parse_typed(key: str, text: str, typ, meta):
         pass
     else:
         raise ValueError(f"{key}: unsupported field type {typ}")
-    hint = f"one of {list(meta['choices'])}" if meta.get("choices") else f"a {typ.__name__}"
+    hint = f"one of {list(meta['choices'])}" if meta.get("choices") else _article(typ.__name__)
     if typ is dict:
         hint = "a JSON object, or set single entries with key.subkey=value"
     raise ValueError(f"{key}: cannot parse {text!r}; expected {hint}")
@@ -267,7 +271,7 @@ def apply_override(config: Config, override: str) -> Config:
         value = dict(getattr(section, f.name))
         value[parts[2]] = _parse_literal(text)
     else:
-        raise ValueError(f"override {key!r}: {parts[0]}.{parts[1]} is a {typ.__name__}, it has no sub-keys")
+        raise ValueError(f"override {key!r}: {parts[0]}.{parts[1]} is {_article(typ.__name__)}, it has no sub-keys")
     new_section = dataclasses.replace(section, **{f.name: value})
     return dataclasses.replace(config, **{parts[0]: new_section})
 

@@ -1,0 +1,117 @@
+"""experiments.config / presets: typed configs, dotted overrides, JSON round trips, clear errors."""
+
+import json
+
+import pytest
+
+from experiments.config import Config, ModelConfig, TrainConfig, apply_overrides, override_keys
+from experiments.presets import get_preset, list_presets
+
+
+def test_overrides_parse_by_field_type():
+    c = apply_overrides(get_preset("demo"), [
+        "train.steps=200", "model.d_model=128", "optim.lr=3e-4", "model.prenorm=false", "train.dtype=bfloat16",
+        "model.mixer_options.d_state=16", "task.options.max_length=256", "task.options.data_dir=/data/lra",
+        "model.mixer_options.bidirectional=true", 'task.options={"seq_len": 300}', "name=mine"])
+    assert c.train.steps == 200 and isinstance(c.train.steps, int)
+    assert c.model.d_model == 128 and c.optim.lr == 3e-4 and c.model.prenorm is False
+    assert c.train.dtype == "bfloat16" and c.name == "mine"
+    assert c.model.mixer_options["d_state"] == 16 and c.model.mixer_options["bidirectional"] is True
+    assert c.task.options == {"seq_len": 300}  # the whole dict replaced last
+    # the preset itself is untouched (frozen dataclasses, copied dicts)
+    assert get_preset("demo").train.steps != 200 or get_preset("demo").model.d_model != 128
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.stepz=5", r"unknown key 'stepz' in train; allowed: \[.*'steps'"),
+    ("trian.steps=5", r"unknown section 'trian'; allowed: \['name', 'task', 'model', 'optim', 'train'\]"),
+    ("train.steps=five", r"train.steps: cannot parse 'five'; expected an int"),
+    ("train.steps=1.5", r"train.steps: cannot parse '1.5'"),
+    ("train.steps=0", r"train.steps: 0 is outside the allowed range \[1, inf\]"),
+    ("model.norm=group", r"model.norm: 'group' is not one of \['layer', 'batch'\]"),
+    ("model.prenorm=maybe", r"model.prenorm: cannot parse 'maybe'; expected a bool"),
+    ("model.dropout=1.5", r"model.dropout: 1.5 is outside the allowed range \[0.0, 1.0\]"),
+    ("train.dtype=float16", r"train.dtype: 'float16' is not one of \['float32', 'bfloat16'\]"),
+    ("train.steps.x=1", r"train.steps is an int, it has no sub-keys"),
+    ("train.steps", r"expected key=value"),
+    ("model.mixer_options=[1]", r"model.mixer_options: cannot parse"),
+])
+def test_bad_overrides_name_key_and_allowed_values(override, match):
+    with pytest.raises(ValueError, match=match):
+        apply_overrides(get_preset("demo"), [override])
+
+
+def test_json_round_trip_and_unknown_keys():
+    for name in ("demo", "listops_s4", "retrieval_s5", "mqar_deltanet"):
+        c = get_preset(name)
+        again = Config.from_dict(json.loads(c.to_json()))
+        assert again == c
+    data = get_preset("demo").to_dict()
+    data["train"]["bogus"] = 1
+    with pytest.raises(ValueError, match=r"train: unknown key\(s\) \['bogus'\]"):
+        Config.from_dict(data)
+    data = get_preset("demo").to_dict()
+    data["model"]["d_model"] = "wide"
+    with pytest.raises(ValueError, match="model.d_model: expected int"):
+        Config.from_dict(data)
+
+
+def test_direct_construction_is_validated():
+    with pytest.raises(ValueError, match="model.pooling"):
+        ModelConfig(pooling="max")
+    with pytest.raises(ValueError, match="train.batch_size"):
+        TrainConfig(batch_size=0)
+    assert TrainConfig(steps=3).steps == 3
+
+
+def test_presets_cover_lra_and_synthetic():
+    names = list_presets()
+    assert names[0] == "demo"
+    for task in ("listops", "text", "retrieval", "image", "pathfinder", "pathx"):
+        for mixer in ("s4", "s4d", "s5"):
+            c = get_preset(f"{task}_{mixer}")
+            assert c.model.mixer == mixer and c.task.name == task
+            assert c.model.mixer_options["bidirectional"] is True and c.model.norm == "batch"
+    for mixer in ("deltanet", "linear_attention", "lru"):
+        assert any(get_preset(n).model.mixer == mixer for n in names if n != "demo")
+    # published numbers (anchors §4.1 / §4.2)
+    s4 = get_preset("listops_s4")
+    assert (s4.model.n_layers, s4.model.d_model, s4.train.batch_size, s4.optim.lr, s4.optim.weight_decay,
+            s4.train.steps, s4.optim.warmup_steps, s4.model.prenorm) == (6, 256, 32, 0.01, 0.05, 120_000, 12_000,
+                                                                        False)
+    s5 = get_preset("listops_s5")
+    assert (s5.model.n_layers, s5.model.d_model, s5.optim.ssm_lr, s5.optim.lr, s5.optim.weight_decay,
+            s5.train.batch_size) == (8, 128, 1e-3, 3e-3, 0.04, 50)
+    assert s5.train.steps == 96_000 // 50 * 40
+    with pytest.raises(ValueError, match=r"unknown preset 'nope'; available: \['demo'"):
+        get_preset("nope")
+    assert "train.steps" in override_keys() and "model.mixer_options" in override_keys()
+
+
+def test_train_cli_help_and_errors(capsys):
+    from experiments import train
+
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "presets: demo, listops_s4" in out and "train.steps" in out
+    assert train.main(["--print-config", "train.steps=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["steps"] == 7
+    with pytest.raises(SystemExit) as exc:
+        train.main(["model.norm=group"])
+    assert exc.value.code == 2
+    assert "model.norm: 'group' is not one of ['layer', 'batch']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--config", "nope"])
+    assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_experiments_import_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, experiments, experiments.config, experiments.presets; "
+            "heavy = [m for m in ('flax', 'optax', 'orbax', 'jax') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
