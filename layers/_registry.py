@@ -1,8 +1,12 @@
 """``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
 
+from layers._lru import LRU
+from layers._s4d import S4D
 from layers._selective import SelectiveSSM
 
 MIXERS = {
+    "s4d": S4D,
+    "lru": LRU,
     "selective_ssm": SelectiveSSM,
 }
 

@@ -1,0 +1,106 @@
+"""``LRU``: Linear Recurrent Unit (Orvieto et al. 2023, "Resurrecting Recurrent Neural Networks for Long
+Sequences"), a discrete-time complex diagonal recurrence on ``scan_kernels.linear_scan``.
+
+    λ = exp(−exp(ν_log) + i·exp(θ_log))            (exponential parameterisation, §3.2: |λ| < 1)
+    h_t = λ ⊙ h_{t-1} + γ ⊙ (B u_t),   γ = exp(γ_log)   (γ normalisation, §3.3; γ_log trainable)
+    y_t = Re(C h_t) + D ⊙ u_t
+
+Ring init (``ssm.init.lru_ring``): |λ|² ~ U[r_min², r_max²], arg λ ~ U[0, max_phase]; B ~ N(0, 1/(2D)) per
+real/imag part, C ~ N(0, 1/N), D ~ N(0, 1). ``bidirectional=True`` adds a reverse scan over the same λ and Bu
+(``h_t = λ h_{t+1} + γ B u_t``, current token included, as S5) read out by its own ``C2``.
+The LRU is discrete-time, so there is no Δ and no ``dt_scale``.
+Shape legend: B batch · L length · D channels (d_model) · N state size (d_state, complex).
+"""
+
+import dataclasses
+import math
+
+import jax.numpy as jnp
+from flax import nnx
+
+import ssm
+from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_float, check_int,
+                             check_sequence, check_token)
+from layers._params import complex_of, normal, ssm_param
+from scan_kernels import BACKENDS, linear_scan
+
+
+@dataclasses.dataclass(frozen=True)
+class LRUOptions:
+    d_state: int = 64
+    r_min: float = 0.0
+    r_max: float = 1.0
+    max_phase: float = 2 * math.pi
+    bidirectional: bool = False
+    backend: str | None = None
+
+    def __post_init__(self):
+        check_int("d_state", self.d_state)
+        check_float("r_min", self.r_min, low=0.0, high=1.0, low_open=False)
+        check_float("r_max", self.r_max, low=0.0, high=1.0)
+        if not self.r_min < self.r_max:
+            raise ValueError(f"r_min={self.r_min!r} must be < r_max={self.r_max!r}")
+        check_float("max_phase", self.max_phase)
+        check_bool("bidirectional", self.bidirectional)
+        check_choice("backend", self.backend, (None,) + BACKENDS)
+
+
+class LRU(nnx.Module):
+    """Linear Recurrent Unit. Options: see :class:`LRUOptions`."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+        check_int("d_model", d_model)
+        opt = build_options(LRUOptions, "LRU", options)
+        self.options, self.d_model = opt, d_model
+        N = opt.d_state
+        nu_log, theta_log, gamma_log = ssm.init.lru_ring(rngs.params(), (N,), r_min=opt.r_min, r_max=opt.r_max,
+                                                         max_phase=opt.max_phase)
+        self.nu_log, self.theta_log, self.gamma_log = ssm_param(nu_log), ssm_param(theta_log), ssm_param(gamma_log)
+        b_std = 1.0 / math.sqrt(2 * d_model)
+        self.B_re = ssm_param(normal(rngs.params(), (N, d_model), b_std))
+        self.B_im = ssm_param(normal(rngs.params(), (N, d_model), b_std))
+        c_std = 1.0 / math.sqrt(N)
+        self.C_re = nnx.Param(normal(rngs.params(), (d_model, N), c_std))
+        self.C_im = nnx.Param(normal(rngs.params(), (d_model, N), c_std))
+        if opt.bidirectional:
+            self.C2_re = nnx.Param(normal(rngs.params(), (d_model, N), c_std))
+            self.C2_im = nnx.Param(normal(rngs.params(), (d_model, N), c_std))
+        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+
+    def eigenvalues(self):
+        """``λ (N,)`` complex64."""
+        return jnp.exp(complex_of(-jnp.exp(self.nu_log[...]), jnp.exp(self.theta_log[...])))
+
+    def _input(self, x):
+        """``γ ⊙ (B u)``: ``x (..., D) -> (..., N)`` complex64."""
+        B = complex_of(self.B_re, self.B_im) * jnp.exp(self.gamma_log[...]).astype(jnp.complex64)[:, None]
+        return jnp.einsum("...d,nd->...n", x.astype(jnp.complex64), B)
+
+    def __call__(self, x):
+        """``x (B, L, D) -> (B, L, D)``."""
+        check_sequence("LRU", x, self.d_model)
+        x = x.astype(jnp.float32)
+        lam, bu = self.eigenvalues(), self._input(x)                                    # (N,), (B, L, N)
+        h = linear_scan(lam, bu, backend=self.options.backend)
+        y = jnp.real(jnp.einsum("bln,dn->bld", h, complex_of(self.C_re, self.C_im)))
+        if self.options.bidirectional:
+            hb = linear_scan(lam, bu, reverse=True, backend=self.options.backend)
+            y = y + jnp.real(jnp.einsum("bln,dn->bld", hb, complex_of(self.C2_re, self.C2_im)))
+        return y + x * self.D[...][None, None]
+
+    def init_state(self, batch_size: int):
+        """``h (B, N)`` complex64 zeros."""
+        check_batch_size("LRU", batch_size)
+        if self.options.bidirectional:
+            raise ValueError("LRU: step is causal; bidirectional=True has no recurrent form")
+        return jnp.zeros((batch_size, self.options.d_state), jnp.complex64)
+
+    def step(self, state, x_t):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+        check_token("LRU", x_t, self.d_model)
+        if self.options.bidirectional:
+            raise ValueError("LRU: step is causal; bidirectional=True has no recurrent form")
+        x_t = x_t.astype(jnp.float32)
+        h = self.eigenvalues()[None] * state + self._input(x_t)
+        y = jnp.real(jnp.einsum("bn,dn->bd", h, complex_of(self.C_re, self.C_im))) + x_t * self.D[...][None]
+        return h, y
