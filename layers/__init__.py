@@ -11,6 +11,10 @@ from layers._params import is_ssm_param as is_ssm_param
 from layers._params import ssm_param as ssm_param
 from layers._params import ssm_param_labels as ssm_param_labels
 from layers._registry import MIXERS as MIXERS
+from layers._fast_weight import DeltaNet as DeltaNet
+from layers._fast_weight import GatedLinearAttention as GatedLinearAttention
+from layers._fast_weight import LinearAttention as LinearAttention
+from layers._fast_weight import RetNet as RetNet
 from layers._lru import LRU as LRU
 from layers._s4d import S4D as S4D
 from layers._selective import SelectiveSSM as SelectiveSSM

@@ -1,5 +1,6 @@
 """``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
 
+from layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
 from layers._lru import LRU
 from layers._s4d import S4D
 from layers._selective import SelectiveSSM
@@ -7,6 +8,10 @@ from layers._selective import SelectiveSSM
 MIXERS = {
     "s4d": S4D,
     "lru": LRU,
+    "linear_attention": LinearAttention,
+    "deltanet": DeltaNet,
+    "gla": GatedLinearAttention,
+    "retnet": RetNet,
     "selective_ssm": SelectiveSSM,
 }
 
