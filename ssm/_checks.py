@@ -4,9 +4,50 @@ All public ``ssm`` functions validate up front and raise ``ValueError`` naming t
 got and what was expected, instead of failing deep inside XLA.
 """
 
+import functools
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+
+def _arraylike(x):
+    if isinstance(x, (jax.Array, np.ndarray, np.generic, bool, int, float, complex)) or hasattr(x, "__jax_array__"):
+        return True
+    if isinstance(x, (list, tuple)):
+        try:
+            return np.asarray(x).dtype.kind in "biufc"
+        except (TypeError, ValueError):
+            return False
+    return False
+
+
+def jit(fun=None, *, static_argnames=()):
+    """``jax.jit`` that first turns non-array arguments into a ValueError naming them (jit would raise
+    a TypeError from deep inside). Shape/dtype validation then runs once per trace, inside."""
+    if fun is None:
+        return functools.partial(jit, static_argnames=static_argnames)
+    jitted = jax.jit(fun, static_argnames=static_argnames)
+    sig = inspect.signature(fun)
+
+    @functools.wraps(fun)
+    def wrapper(*args, **kwargs):
+        try:
+            bound = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            raise ValueError(f"{fun.__name__}: {e}") from None
+        for name, val in bound.arguments.items():
+            if name in static_argnames:
+                try:
+                    hash(val)
+                except TypeError:
+                    raise ValueError(f"{name} must be a Python value (static), got {type(val).__name__}") from None
+            elif val is not None and not _arraylike(val):
+                raise ValueError(f"{name} must be an array, got {type(val).__name__}")
+        return jitted(*args, **kwargs)
+
+    return wrapper
 
 
 def as_array(x, name):

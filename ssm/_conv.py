@@ -43,6 +43,7 @@ def _skip(y, u, D):
     return y.astype(u.dtype)
 
 
+@ck.jit
 def causal_conv(u, K, D=None):
     """Causal FFT convolution ``u (B, L, D) * K (D, L_k)`` plus the skip ``D (D,)`` -> ``(B, L, D)``.
 
@@ -57,6 +58,7 @@ def causal_conv(u, K, D=None):
     return _skip(y, u, D)
 
 
+@ck.jit
 def two_sided_kernel(K_fwd, K_bwd):
     """Circular two-sided kernel ``(D, 2L)`` from ``K_fwd, K_bwd (D, L)``: lag t-s >= 0 reads K_fwd,
     lag s-t >= 1 reads ``K_bwd[s-t-1]`` (index 2L-1-m of the result holds K_bwd[...]; S4 layout)."""
@@ -67,6 +69,7 @@ def two_sided_kernel(K_fwd, K_bwd):
     return jnp.concatenate([K_fwd, pad], axis=-1) + jnp.concatenate([pad, K_bwd[:, ::-1]], axis=-1)
 
 
+@ck.jit
 def bidirectional_conv(u, K_fwd, K_bwd, D=None):
     """Two-sided FFT convolution (module docstring): ``u (B, L, D)``, ``K_fwd, K_bwd (D, L)`` -> ``(B, L, D)``."""
     u, K_fwd, D = _check_conv(u, K_fwd, D, "K_fwd")
@@ -82,6 +85,7 @@ def bidirectional_conv(u, K_fwd, K_bwd, D=None):
     return _skip(y, u, D)
 
 
+@ck.jit
 def causal_conv_reference(u, K, D=None):
     """Direct O(L²) causal convolution (Toeplitz matmul, float32); same contract as ``causal_conv``."""
     u, K, D = _check_conv(u, K, D)

@@ -57,6 +57,7 @@ def _check_dplr(Lambda, P, B, C, dt):
     )
 
 
+@ck.jit
 def dplr_real_form(Lambda, P, B, C):
     """Exact real N-dim form ``(A (..., N, N), B (..., N), C (..., N))`` of the conjugate-closed DPLR system.
 
@@ -101,6 +102,7 @@ def _truncation_correction(Lambda, P, C, dt, L):
     return lax.complex(ct[..., :h], -ct[..., h:]).astype(C.dtype) / SQRT2
 
 
+@ck.jit(static_argnames=("L", "freq_chunk"))
 def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
     """S4 (DPLR, bilinear) kernel: ``Lambda, B, C (..., N/2)``, ``P (..., rank, N/2)`` complex, ``dt`` batch
     -> ``K (..., L)`` real with ``K_l = C_fᵀ Ā^l B̄_f`` for A = diag(Λ_f) − P_f P_fᴴ (module docstring).
@@ -152,6 +154,7 @@ def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
     return K.reshape(batch + (L,)).astype(rdt)
 
 
+@ck.jit(static_argnames=("L",))
 def dplr_kernel_reference(Lambda, P, B, C, dt, L):
     """Same kernel from the dense real form: bilinear Ā by a linear solve, then K_l = C Ā^l B̄ by powers."""
     from ssm.kernels import dense_kernel  # local import: kernels re-exports this module

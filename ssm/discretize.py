@@ -56,6 +56,7 @@ def _prepare(A, B, dt, *, diagonal):
 # ----------------------------------------------------------------------------- dense (N, N)
 
 
+@ck.jit
 def zoh(A, B, dt):
     """ZOH of a dense system: ``A (..., N, N)``, ``B (..., N)``, ``dt`` batch-shaped -> ``(Ā, B̄)``."""
     A, B, dt, N = _prepare(A, B, dt, diagonal=False)
@@ -66,6 +67,7 @@ def zoh(A, B, dt):
     return E[..., :N, :N], E[..., :N, N]
 
 
+@ck.jit
 def bilinear(A, B, dt):
     """Bilinear (Tustin) discretization of a dense system; shapes as ``zoh``."""
     A, B, dt, N = _prepare(A, B, dt, diagonal=False)
@@ -77,6 +79,7 @@ def bilinear(A, B, dt):
     return Abar, Bbar
 
 
+@ck.jit
 def euler(A, B, dt):
     """Forward-Euler discretization of a dense system; shapes as ``zoh``."""
     A, B, dt, N = _prepare(A, B, dt, diagonal=False)
@@ -86,6 +89,7 @@ def euler(A, B, dt):
 # ----------------------------------------------------------------------------- diagonal (N,)
 
 
+@ck.jit
 def zoh_diag(Lambda, B, dt):
     """ZOH of a diagonal system: ``Lambda, B (..., N)``, ``dt`` batch-shaped -> ``(Ā, B̄) (*batch, N)``."""
     Lambda, B, dt, _ = _prepare(Lambda, B, dt, diagonal=True)
@@ -96,6 +100,7 @@ def zoh_diag(Lambda, B, dt):
     return jnp.exp(z), dt[..., None] * phi * B
 
 
+@ck.jit
 def bilinear_diag(Lambda, B, dt):
     """Bilinear discretization of a diagonal system; shapes as ``zoh_diag``."""
     Lambda, B, dt, _ = _prepare(Lambda, B, dt, diagonal=True)
@@ -104,6 +109,7 @@ def bilinear_diag(Lambda, B, dt):
     return (1.0 + half) * inv, dt[..., None] * inv * B
 
 
+@ck.jit
 def euler_diag(Lambda, B, dt):
     """Forward-Euler discretization of a diagonal system; shapes as ``zoh_diag``."""
     Lambda, B, dt, _ = _prepare(Lambda, B, dt, diagonal=True)

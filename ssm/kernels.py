@@ -62,6 +62,7 @@ def _matrix_power_columns(Abar, x, m):
     return cols[..., :m]
 
 
+@ck.jit(static_argnames=("L", "discretization"))
 def dense_kernel(A, B, C, dt, L, discretization="bilinear"):
     """Kernel of a dense SISO system: ``A (..., N, N)``, ``B, C (..., N)``, ``dt`` batch -> ``K (..., L)``.
 
@@ -113,6 +114,7 @@ def _check_diag(Lambda, B, C):
     return Lambda.astype(cdt), B.astype(cdt), C.astype(cdt)
 
 
+@ck.jit(static_argnames=("L", "discretization"))
 def diag_kernel(Lambda, B, C, dt, L, discretization="zoh"):
     """S4D kernel ``K_l = 2·Re Σ_n C_n Ā_n^l B̄_n``: ``Lambda, B, C (..., N/2)`` complex -> ``K (..., L)`` real.
 
@@ -141,6 +143,7 @@ def diag_kernel(Lambda, B, C, dt, L, discretization="zoh"):
     return K.reshape(batch + (J * m,))[..., :L]
 
 
+@ck.jit(static_argnames=("L", "discretization"))
 def diag_kernel_reference(Lambda, B, C, dt, L, discretization="zoh"):
     """Plain Vandermonde ``2 Re(C B̄ · Ā^l)`` with Ā^l = exp(l log Ā) materialised ``(..., N/2, L)``."""
     L = ck.check_length(L)
