@@ -1,0 +1,104 @@
+"""Chunking helpers for the chunkwise-parallel fast-weight recurrences.
+
+Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC = ceil(L / C).
+
+* ``to_chunks`` pads the time axis with zeros to a multiple of C and lays a ``(B, L, H, ...)`` array out
+  as ``(B, H, NC, C, ...)``; zero keys/values (and zero log-gates, zero β) make the padded steps the
+  identity map on the state, so the final state is exact.
+* Gates are cumulative log-sums *inside* each chunk (Mamba-2 SSD "segsum", GLA §4): every exponent
+  used is a difference γ_i − γ_j with i ≥ j (or γ_C − γ_j), hence ≤ 0 — nothing overflows, even with
+  g = −20 per step over long sequences.
+* The chunk-to-chunk state recurrences are handed to the scan core (``linear_scan`` for a diagonal
+  chunk transition, ``dense_linear_scan`` for the delta rule's dense K×K transition).
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def num_chunks(L: int, C: int) -> int:
+    return -(-L // C)
+
+
+def to_chunks(x, C: int):
+    """``(B, L, H, *F)`` -> ``(B, H, NC, C, *F)`` float32, zero-padded in time."""
+    B, L, H = x.shape[:3]
+    nc = num_chunks(L, C)
+    pad = nc * C - L
+    x = x.astype(jnp.float32)
+    if pad:
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((B, nc, C, H) + x.shape[3:])  # (B, NC, C, H, *F)
+    perm = (0, 3, 1, 2) + tuple(range(4, x.ndim))
+    return x.transpose(perm)  # (B, H, NC, C, *F)
+
+
+def from_chunks(x, L: int):
+    """``(B, H, NC, C, *F)`` -> ``(B, L, H, *F)`` (drops the time padding)."""
+    B, H, nc, C = x.shape[:4]
+    perm = (0, 2, 3, 1) + tuple(range(4, x.ndim))
+    x = x.transpose(perm).reshape((B, nc * C, H) + x.shape[4:])
+    return x[:, :L]
+
+
+def causal_masks(C: int):
+    """``(C, C)`` boolean masks: inclusive (i ≥ j) and strict (i > j) lower triangles."""
+    i = jnp.arange(C)[:, None]
+    j = jnp.arange(C)[None, :]
+    return i >= j, i > j
+
+
+def segment_decay(gam, mask):
+    """``exp(γ_i − γ_j)`` where ``mask`` holds (i ≥ j), else 0. ``gam (..., C)`` -> ``(..., C, C)``.
+
+    The masked-out (i < j) exponents are positive and can be huge; they are replaced by 0 *before*
+    the exponential so that neither the value nor its gradient sees an inf.
+    """
+    diff = gam[..., :, None] - gam[..., None, :]
+    return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
+
+
+def key_segment_decay(gam, mask):
+    """Per-key version: ``gam (..., C, K)`` -> ``exp(γ_ik − γ_jk)`` masked, shape ``(..., C, C, K)``."""
+    diff = gam[..., :, None, :] - gam[..., None, :, :]
+    m = mask[:, :, None]
+    return jnp.where(m, jnp.exp(jnp.where(m, diff, 0.0)), 0.0)
+
+
+def _scan_core():
+    import scan_kernels  # the package is fully imported by the time an op runs
+
+    return scan_kernels
+
+
+def scan_chunk_states_diag(decay, delta, s0, backend: str):
+    """End-of-chunk states ``S_n = decay_n ⊙ S_{n-1} + delta_n`` through the scan core's ``linear_scan``.
+
+    ``decay`` broadcastable to ``delta (B, H, NC, K, V)``; ``s0 (B, H, K, V)``. Returns ``(B, H, NC, K, V)``.
+    """
+    B, H, nc, K, V = delta.shape
+    a = jnp.broadcast_to(decay, delta.shape).reshape(B, H, nc, K * V)  # time axis -2: (B, H, NC, K·V)
+    b = delta.reshape(B, H, nc, K * V)
+    h = _scan_core().linear_scan(a, b, s0.reshape(B, H, K * V), backend=backend)
+    return h.reshape(B, H, nc, K, V)
+
+
+def scan_chunk_states_dense(M, delta, s0, backend: str):
+    """End-of-chunk states ``S_n = M_n S_{n-1} + delta_n`` through the scan core's ``dense_linear_scan``.
+
+    ``M (B, H, NC, K, K)``, ``delta (B, H, NC, K, V)``, ``s0 (B, H, K, V)``. The V columns of the state
+    are independent vectors sharing ``M``, so the vector scan is mapped over them (``vmap``, no copy of M).
+    Returns ``(B, H, NC, K, V)``.
+    """
+    B, H, nc, K, V = delta.shape
+    A = M.reshape(B * H, nc, K, K)
+    b = delta.reshape(B * H, nc, K, V)
+    h0 = s0.reshape(B * H, K, V)
+    core = _scan_core()
+    scan = jax.vmap(lambda bb, hh: core.dense_linear_scan(A, bb, hh, backend=backend), in_axes=(3, 2), out_axes=3)
+    return scan(b, h0).reshape(B, H, nc, K, V)
+
+
+def previous_states(s_end, s0):
+    """States at the *start* of each chunk: ``(s0, S_0, ..., S_{NC-2})``, shape ``(B, H, NC, K, V)``."""
+    return jnp.concatenate([s0[:, :, None], s_end[:, :, :-1]], axis=2)
