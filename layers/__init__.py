@@ -16,5 +16,8 @@ from layers._fast_weight import GatedLinearAttention as GatedLinearAttention
 from layers._fast_weight import LinearAttention as LinearAttention
 from layers._fast_weight import RetNet as RetNet
 from layers._lru import LRU as LRU
+from layers._lssl import LSSL as LSSL
+from layers._s4 import S4 as S4
 from layers._s4d import S4D as S4D
+from layers._s5 import S5 as S5
 from layers._selective import SelectiveSSM as SelectiveSSM

@@ -2,12 +2,18 @@
 
 from layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
 from layers._lru import LRU
+from layers._lssl import LSSL
+from layers._s4 import S4
 from layers._s4d import S4D
+from layers._s5 import S5
 from layers._selective import SelectiveSSM
 
 MIXERS = {
+    "s4": S4,
     "s4d": S4D,
+    "s5": S5,
     "lru": LRU,
+    "lssl": LSSL,
     "linear_attention": LinearAttention,
     "deltanet": DeltaNet,
     "gla": GatedLinearAttention,

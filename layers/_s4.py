@@ -1,0 +1,129 @@
+"""``S4``: the structured state space layer with a diagonal-plus-low-rank (DPLR) state matrix
+(Gu, Goel & Ré 2022, "Efficiently Modeling Long Sequences with Structured State Spaces", §3, Alg. 1).
+
+Per channel d (N states; the conjugate half N/2 is stored, ``ssm.kernels`` conventions):
+
+    A = diag(Λ_f) − P_f P_fᴴ,   Λ_f = [Λ, Λ̄],  P_f = [P, P̄]           HiPPO NPLR init (``ssm.hippo.nplr``)
+    bilinear: Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A),  B̄ = (I − Δ/2 A)^{-1} Δ B,   Δ = exp(log_dt) · dt_scale
+    __call__ (convolution): K_l = C_fᵀ Ā^l B̄_f by Cauchy + Woodbury at the roots of unity
+                            (``ssm.kernels.dplr_kernel``, truncation-corrected), y = K * u + D u (FFT)
+    step (recurrence):      x_t = Ā x_{t-1} + B̄ u_t,  y_t = C x_t + D u_t  in the exact real N-dim form of the
+                            same system (``ssm.kernels.dplr_real_form``): a dense N×N bilinear step, no
+                            eigendecomposition of Ā (S4's float32 "diagonal" step is off by ~4e-2, anchors §2.6).
+
+``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).
+Parameters (per channel): ``log_dt (D,)``, ``Lambda_re, Lambda_im, B_re, B_im (D, N/2)``, ``P_re, P_im
+(D, rank, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Shape legend: B batch · L length · D channels (d_model) · N state size (d_state; N/2 stored).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import ssm
+from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
+                             check_dt_scale, check_int, check_sequence, check_token)
+from layers._params import complex_of, normal, ssm_param
+
+S4_MEASURES = ("legs", "legt", "fout", "lagt")
+MAX_RE = -1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class S4Options:
+    d_state: int = 64
+    measure: str = "legs"
+    rank: int | None = None           # None: 2 for legt (its normal correction needs 2), else 1
+    bidirectional: bool = False
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+
+    def __post_init__(self):
+        check_int("d_state", self.d_state, minimum=2, multiple_of=2)
+        check_choice("measure", self.measure, S4_MEASURES)
+        if self.rank is not None:
+            check_int("rank", self.rank, minimum=2 if self.measure == "legt" else 1)
+        check_bool("bidirectional", self.bidirectional)
+        check_dt_range(self.dt_min, self.dt_max)
+
+
+class S4(nnx.Module):
+    """DPLR state-space layer (convolution for sequences, dense bilinear recurrence for ``step``)."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+        check_int("d_model", d_model)
+        opt = build_options(S4Options, "S4", options)
+        self.options, self.d_model = opt, d_model
+        rank = opt.rank if opt.rank is not None else (2 if opt.measure == "legt" else 1)
+        Lam, P, B, _ = ssm.hippo.nplr(opt.measure, opt.d_state, rank)                   # complex128 numpy
+        h = opt.d_state // 2
+        bc = lambda z, shape: jnp.broadcast_to(jnp.asarray(z, jnp.complex64), shape)  # noqa: E731
+        Lam, P, B = bc(Lam, (d_model, h)), bc(P, (d_model, rank, h)), bc(B, (d_model, h))
+        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max))
+        self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE))
+        self.Lambda_im = ssm_param(jnp.imag(Lam))
+        self.P_re, self.P_im = ssm_param(jnp.real(P)), ssm_param(jnp.imag(P))
+        self.B_re, self.B_im = ssm_param(jnp.real(B)), ssm_param(jnp.imag(B))
+        C = ssm.init.complex_normal(rngs.params(), (d_model, h))
+        self.C_re, self.C_im = nnx.Param(jnp.real(C)), nnx.Param(jnp.imag(C))
+        if opt.bidirectional:
+            C2 = ssm.init.complex_normal(rngs.params(), (d_model, h))
+            self.C2_re, self.C2_im = nnx.Param(jnp.real(C2)), nnx.Param(jnp.imag(C2))
+        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+
+    def dplr(self):
+        """``(Lambda (D, N/2), P (D, rank, N/2), B (D, N/2))`` complex64 (Re Λ clipped)."""
+        Lam = jax.lax.complex(jnp.minimum(self.Lambda_re[...], MAX_RE), self.Lambda_im[...])
+        return Lam, complex_of(self.P_re, self.P_im), complex_of(self.B_re, self.B_im)
+
+    def dt(self, dt_scale: float = 1.0):
+        return jnp.exp(self.log_dt[...]) * jnp.float32(dt_scale)
+
+    def _Cs(self):
+        Cs = [complex_of(self.C_re, self.C_im)]
+        if self.options.bidirectional:
+            Cs.append(complex_of(self.C2_re, self.C2_im))
+        return Cs
+
+    def kernel(self, L: int, dt_scale: float = 1.0):
+        """Convolution kernels ``K (D, L)`` (a list: causal, then anti-causal when bidirectional)."""
+        Lam, P, B = self.dplr()
+        return [ssm.kernels.dplr_kernel(Lam, P, B, C, self.dt(dt_scale), L) for C in self._Cs()]
+
+    def discretized(self, dt_scale: float = 1.0):
+        """Real form ``(Ā (D, N, N), B̄ (D, N), C (D, N))`` of the bilinear-discretized system."""
+        Lam, P, B = self.dplr()
+        A, Br, Cr = ssm.kernels.dplr_real_form(Lam, P, B, self._Cs()[0])
+        Abar, Bbar = ssm.discretize.bilinear(A, Br, self.dt(dt_scale))
+        return Abar, Bbar, Cr
+
+    def __call__(self, x, *, dt_scale: float = 1.0):
+        """``x (B, L, D) -> (B, L, D)`` by FFT convolution with the DPLR kernel."""
+        check_sequence("S4", x, self.d_model)
+        check_dt_scale("S4", dt_scale)
+        x = x.astype(jnp.float32)
+        Ks = self.kernel(x.shape[1], dt_scale)
+        if self.options.bidirectional:
+            return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], self.D[...])
+        return ssm.kernels.causal_conv(x, Ks[0], self.D[...])
+
+    def init_state(self, batch_size: int):
+        """``x (B, D, N)`` float32 zeros (the real form of the state)."""
+        check_batch_size("S4", batch_size)
+        if self.options.bidirectional:
+            raise ValueError("S4: step is causal; bidirectional=True has no recurrent form")
+        return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32)
+
+    def step(self, state, x_t, *, dt_scale: float = 1.0):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N²) per token."""
+        check_token("S4", x_t, self.d_model)
+        check_dt_scale("S4", dt_scale)
+        if self.options.bidirectional:
+            raise ValueError("S4: step is causal; bidirectional=True has no recurrent form")
+        x_t = x_t.astype(jnp.float32)
+        Abar, Bbar, Cr = self.discretized(dt_scale)
+        s = jnp.einsum("dnm,bdm->bdn", Abar, state) + Bbar[None] * x_t[..., None]
+        return s, jnp.einsum("dn,bdn->bd", Cr, s) + x_t * self.D[...][None]

@@ -1,0 +1,119 @@
+"""``S5``: simplified state space layer (Smith, Warrington & Linderman 2023, "Simplified State Space Layers for
+Sequence Modeling"), one MIMO diagonal SSM over all D channels, on ``scan_kernels.linear_scan``.
+
+    x_t = Λ̄ ⊙ x_{t-1} + B̄ u_t,   y_t = c · Re(C̃ x_t) + D ⊙ u_t      (S5 eq. 6-7; c = 2 with conj_sym)
+    zoh:      Λ̄ = exp(ΛΔ),  B̄ = (Λ̄ − 1)/Λ · B̃;   bilinear: Λ̄ = (1 − ΔΛ/2)^{-1}(1 + ΔΛ/2),  B̄ = (1 − ΔΛ/2)^{-1} Δ B̃
+    Δ = exp(log_step) · dt_scale, one timescale per state (S5 §4.3)
+
+Init (``ssm.init.s5_hippo_n``, S5 §4.1): Λ from ``blocks`` copies of HiPPO-N (the normal part of LegS),
+B̃ = V⁻¹B and C̃ = CV in the eigenbasis. With ``conj_sym`` only P = N/2 states are stored.
+``bidirectional=True`` adds a reverse scan over the same Λ̄, B̄u (current token included, S5 ``apply_ssm``)
+read out by its own ``C2``. Parameters: ``Lambda_re, Lambda_im (P,)``, ``log_step (P,)``, ``B_re, B_im (P, D)``
+(tag ``ssm``), ``C_re, C_im (D, P)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Shape legend: B batch · L length · D channels (d_model) · N state size (d_state) · P stored states.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import ssm
+from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
+                             check_dt_scale, check_int, check_sequence, check_token)
+from layers._params import complex_of, normal, ssm_param
+from scan_kernels import BACKENDS, linear_scan
+
+MAX_RE = -1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class S5Options:
+    d_state: int = 64
+    blocks: int = 1
+    conj_sym: bool = True
+    discretization: str = "zoh"
+    bidirectional: bool = False
+    dt_min: float = 1e-3
+    dt_max: float = 1e-1
+    backend: str | None = None
+
+    def __post_init__(self):
+        check_int("d_state", self.d_state, minimum=2, multiple_of=2)
+        check_int("blocks", self.blocks)
+        if self.d_state % self.blocks or (self.d_state // self.blocks) % 2:
+            raise ValueError(f"blocks={self.blocks!r} must divide d_state={self.d_state} into even block sizes")
+        check_bool("conj_sym", self.conj_sym)
+        check_choice("discretization", self.discretization, ("zoh", "bilinear"))
+        check_bool("bidirectional", self.bidirectional)
+        check_dt_range(self.dt_min, self.dt_max)
+        check_choice("backend", self.backend, (None,) + BACKENDS)
+
+
+class S5(nnx.Module):
+    """MIMO diagonal SSM layer. Options: see :class:`S5Options`."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+        check_int("d_model", d_model)
+        opt = build_options(S5Options, "S5", options)
+        self.options, self.d_model = opt, d_model
+        Lam, B, C = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks,
+                                        conj_sym=opt.conj_sym)
+        P = Lam.shape[0]
+        self.n_stored = P
+        self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE))
+        self.Lambda_im = ssm_param(jnp.imag(Lam))
+        self.log_step = ssm_param(ssm.init.log_dt(rngs.params(), (P,), opt.dt_min, opt.dt_max))
+        self.B_re, self.B_im = ssm_param(jnp.real(B)), ssm_param(jnp.imag(B))
+        self.C_re, self.C_im = nnx.Param(jnp.real(C)), nnx.Param(jnp.imag(C))
+        if opt.bidirectional:
+            _, _, C2 = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks,
+                                           conj_sym=opt.conj_sym)
+            self.C2_re, self.C2_im = nnx.Param(jnp.real(C2)), nnx.Param(jnp.imag(C2))
+        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+
+    def discretized(self, dt_scale: float = 1.0):
+        """``(Λ̄ (P,), B̄ (P, D))`` complex64."""
+        Lam = jax.lax.complex(jnp.minimum(self.Lambda_re[...], MAX_RE), self.Lambda_im[...])
+        dt = jnp.exp(self.log_step[...]) * jnp.float32(dt_scale)
+        # one Δ per state: P single-state systems (batch dim P, N = 1)
+        Abar, coef = ssm.discretize.diagonal(self.options.discretization, Lam[:, None],
+                                             jnp.ones_like(Lam)[:, None], dt)
+        return Abar[:, 0], coef * complex_of(self.B_re, self.B_im)
+
+    def _readout(self, h, C):
+        """``c · Re(C̃ h)``: ``h (..., P) -> (..., D)``."""
+        y = jnp.real(jnp.einsum("...p,dp->...d", h, C))
+        return 2.0 * y if self.options.conj_sym else y
+
+    def __call__(self, x, *, dt_scale: float = 1.0):
+        """``x (B, L, D) -> (B, L, D)``."""
+        check_sequence("S5", x, self.d_model)
+        check_dt_scale("S5", dt_scale)
+        x = x.astype(jnp.float32)
+        Abar, Bbar = self.discretized(dt_scale)
+        bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), Bbar)                    # (B, L, P)
+        y = self._readout(linear_scan(Abar, bu, backend=self.options.backend), complex_of(self.C_re, self.C_im))
+        if self.options.bidirectional:
+            hb = linear_scan(Abar, bu, reverse=True, backend=self.options.backend)
+            y = y + self._readout(hb, complex_of(self.C2_re, self.C2_im))
+        return y + x * self.D[...][None, None]
+
+    def init_state(self, batch_size: int):
+        """``x (B, P)`` complex64 zeros."""
+        check_batch_size("S5", batch_size)
+        if self.options.bidirectional:
+            raise ValueError("S5: step is causal; bidirectional=True has no recurrent form")
+        return jnp.zeros((batch_size, self.n_stored), jnp.complex64)
+
+    def step(self, state, x_t, *, dt_scale: float = 1.0):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+        check_token("S5", x_t, self.d_model)
+        check_dt_scale("S5", dt_scale)
+        if self.options.bidirectional:
+            raise ValueError("S5: step is causal; bidirectional=True has no recurrent form")
+        x_t = x_t.astype(jnp.float32)
+        Abar, Bbar = self.discretized(dt_scale)
+        h = Abar[None] * state + jnp.einsum("bd,pd->bp", x_t.astype(jnp.complex64), Bbar)
+        return h, self._readout(h, complex_of(self.C_re, self.C_im)) + x_t * self.D[...][None]
