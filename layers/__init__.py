@@ -15,6 +15,8 @@ from layers._fast_weight import DeltaNet as DeltaNet
 from layers._fast_weight import GatedLinearAttention as GatedLinearAttention
 from layers._fast_weight import LinearAttention as LinearAttention
 from layers._fast_weight import RetNet as RetNet
+from layers._hippo_rnn import HiPPORNN as HiPPORNN
+from layers._lmu import LMU as LMU
 from layers._lru import LRU as LRU
 from layers._lssl import LSSL as LSSL
 from layers._s4 import S4 as S4

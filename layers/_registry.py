@@ -1,6 +1,8 @@
 """``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
 
 from layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
+from layers._hippo_rnn import HiPPORNN
+from layers._lmu import LMU
 from layers._lru import LRU
 from layers._lssl import LSSL
 from layers._s4 import S4
@@ -13,6 +15,8 @@ MIXERS = {
     "s4d": S4D,
     "s5": S5,
     "lru": LRU,
+    "lmu": LMU,
+    "hippo_rnn": HiPPORNN,
     "lssl": LSSL,
     "linear_attention": LinearAttention,
     "deltanet": DeltaNet,

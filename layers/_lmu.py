@@ -1,0 +1,154 @@
+"""``LMU``: Legendre Memory Unit (Voelker, Kajić & Eliasmith 2019, eq. 1-4; keras-lmu ``LMUCell``).
+
+A linear Legendre memory of window θ (time steps) driving a nonlinear hidden cell:
+
+    u_t = e_x x_t [+ e_h h_{t-1} if hidden_to_memory] [+ e_m m_{t-1} if memory_to_memory]     (B, memory_d)
+    m_t = Ā m_{t-1} + B̄ u_t     (each of the memory_d channels, order Legendre coefficients)
+          Ā, B̄ = zoh | euler (A/θ, B/θ) with (A, B) = ``ssm.hippo.transition("lmu", order)``, Δ = dt_scale
+    h_t = tanh(W_x x_t + W_h h_{t-1} + W_m m_t + b)   hidden_cell="rnn"   (W_h h_{t-1} dropped for "dense")
+    y_t = h_t                                                                                  (B, D)
+
+When the memory does not depend on the hidden state or itself (``hidden_to_memory = memory_to_memory = False``,
+the default) ``__call__`` computes all memories in parallel, as a causal FFT convolution of u with the memory's
+impulse response ``H_l = Ā^l B̄`` (``ssm.kernels.dense_kernel`` with C = I, ``causal_conv``; keras-lmu
+``LMUFeedforward``); then the hidden cell is a ``lax.scan`` ("rnn") or pointwise ("dense"). Otherwise the
+whole cell is one ``lax.scan``. ``d_state`` is an alias of ``order``. θ is fixed (not trained).
+Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N order · M memory_d.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+import ssm
+from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_scale,
+                             check_float, check_int, check_sequence, check_token)
+
+
+@dataclasses.dataclass(frozen=True)
+class LMUOptions:
+    order: int | None = None            # None: d_state, else 64
+    d_state: int | None = None          # alias of order (the SSM-mixer contract)
+    theta: float = 100.0
+    memory_d: int = 1
+    hidden_cell: str = "rnn"
+    hidden_to_memory: bool = False
+    memory_to_memory: bool = False
+    discretization: str = "zoh"
+    bidirectional: bool = False
+
+    def __post_init__(self):
+        for name in ("order", "d_state"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        if None not in (self.order, self.d_state) and self.order != self.d_state:
+            raise ValueError(f"order={self.order} and d_state={self.d_state} are aliases; give one of them")
+        check_float("theta", self.theta)
+        check_int("memory_d", self.memory_d)
+        check_choice("hidden_cell", self.hidden_cell, ("rnn", "dense"))
+        check_bool("hidden_to_memory", self.hidden_to_memory)
+        check_bool("memory_to_memory", self.memory_to_memory)
+        check_choice("discretization", self.discretization, ("zoh", "euler"))
+        check_choice("bidirectional", self.bidirectional, (False,))   # a nonlinear causal cell
+
+    @property
+    def n(self) -> int:
+        return self.order or self.d_state or 64
+
+
+class LMU(nnx.Module):
+    """Legendre Memory Unit. Options: see :class:`LMUOptions`."""
+
+    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+        check_int("d_model", d_model)
+        opt = build_options(LMUOptions, "LMU", options)
+        self.options, self.d_model = opt, d_model
+        M, N = opt.memory_d, opt.n
+        self.encoder_x = nnx.Linear(d_model, M, use_bias=False, rngs=rngs)
+        if opt.hidden_to_memory:
+            self.encoder_h = nnx.Linear(d_model, M, use_bias=False, rngs=rngs)
+        if opt.memory_to_memory:
+            self.encoder_m = nnx.Linear(M * N, M, use_bias=False, rngs=rngs)
+        self.W_x = nnx.Linear(d_model, d_model, rngs=rngs)
+        self.W_m = nnx.Linear(M * N, d_model, use_bias=False, rngs=rngs)
+        if opt.hidden_cell == "rnn":
+            self.W_h = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
+
+    @property
+    def _parallel(self) -> bool:
+        return not (self.options.hidden_to_memory or self.options.memory_to_memory)
+
+    def _system(self, dt_scale):
+        A, B = ssm.hippo.transition("lmu", self.options.n)
+        dt = jnp.float32(dt_scale / self.options.theta)
+        return jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), dt
+
+    def discretized(self, dt_scale: float = 1.0):
+        """``(Ā (N, N), B̄ (N,))`` of the Legendre memory (θ in time steps)."""
+        return ssm.discretize.dense(self.options.discretization, *self._system(dt_scale))
+
+    def impulse_response(self, L: int, dt_scale: float = 1.0):
+        """``H (N, L)`` with ``H[:, l] = Ā^l B̄``."""
+        A, B, dt = self._system(dt_scale)
+        return ssm.kernels.dense_kernel(A, B, jnp.eye(self.options.n, dtype=jnp.float32), dt, L,
+                                        self.options.discretization)
+
+    def _hidden(self, pre, h):
+        """``pre = W_x x + W_m m + b``; the hidden nonlinearity."""
+        if self.options.hidden_cell == "rnn":
+            return jnp.tanh(pre + self.W_h(h))
+        return jnp.tanh(pre)
+
+    def _cell(self, Abar, Bbar, state, x_t):
+        """The full cell (any wiring): ``x_t (B, D)``, state ``(m (B, M, N), h (B, D))``."""
+        m, h = state
+        u = self.encoder_x(x_t)
+        if self.options.hidden_to_memory:
+            u = u + self.encoder_h(h)
+        if self.options.memory_to_memory:
+            u = u + self.encoder_m(m.reshape(m.shape[0], -1))
+        m = jnp.einsum("nk,bmk->bmn", Abar, m) + u[..., None] * Bbar[None, None]
+        h = self._hidden(self.W_x(x_t) + self.W_m(m.reshape(m.shape[0], -1)), h)
+        return (m, h), h
+
+    def __call__(self, x, *, dt_scale: float = 1.0):
+        """``x (B, L, D) -> (B, L, D)``."""
+        check_sequence("LMU", x, self.d_model)
+        check_dt_scale("LMU", dt_scale)
+        x = x.astype(jnp.float32)
+        Bsz, L, _ = x.shape
+        if not self._parallel:
+            Abar, Bbar = self.discretized(dt_scale)
+            _, ys = jax.lax.scan(lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz),
+                                 jnp.moveaxis(x, 1, 0))
+            return jnp.moveaxis(ys, 0, 1)
+        M, N = self.options.memory_d, self.options.n
+        u = self.encoder_x(x)                                                            # (B, L, M)
+        H = self.impulse_response(L, dt_scale)                                           # (N, L)
+        u_rep = jnp.broadcast_to(u[..., None], (Bsz, L, M, N)).reshape(Bsz, L, M * N)
+        m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))                          # (B, L, M·N)
+        pre = self.W_x(x) + self.W_m(m)
+        if self.options.hidden_cell == "dense":
+            return jnp.tanh(pre)
+
+        def body(h, pre_t):
+            h = self._hidden(pre_t, h)
+            return h, h
+
+        _, ys = jax.lax.scan(body, jnp.zeros((Bsz, self.d_model), jnp.float32), jnp.moveaxis(pre, 1, 0))
+        return jnp.moveaxis(ys, 0, 1)
+
+    def init_state(self, batch_size: int):
+        """``(m (B, memory_d, order), h (B, D))`` float32 zeros."""
+        check_batch_size("LMU", batch_size)
+        return (jnp.zeros((batch_size, self.options.memory_d, self.options.n), jnp.float32),
+                jnp.zeros((batch_size, self.d_model), jnp.float32))
+
+    def step(self, state, x_t, *, dt_scale: float = 1.0):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+        check_token("LMU", x_t, self.d_model)
+        check_dt_scale("LMU", dt_scale)
+        Abar, Bbar = self.discretized(dt_scale)
+        return self._cell(Abar, Bbar, state, x_t.astype(jnp.float32))
