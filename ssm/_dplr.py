@@ -143,7 +143,7 @@ def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
         if r == 1:
             corr = R[..., 0, 1] * R[..., 1, 0] / (1.0 + beta * R[..., 1, 1])
         else:
-            eye = jnp.eye(r, dtype=R.dtype)
+            eye = ck.bcast(jnp.eye(r, dtype=R.dtype), R[..., 1:, 1:].shape)
             X = jnp.linalg.solve(eye + beta[..., None, None] * R[..., 1:, 1:], R[..., 1:, :1])
             corr = (R[..., :1, 1:] @ X)[..., 0, 0]
         return R[..., 0, 0] - beta * corr
