@@ -61,7 +61,7 @@ def wy_chunk(kc, vc, bc, gam):
     rhs = bc[..., None] * jnp.concatenate([vc, kw], axis=-1)  # (B, H, NC, C, V + K)
     X = lax.linalg.triangular_solve(A, rhs, left_side=True, lower=True, unit_diagonal=True)
     Ut, W = X[..., :V], X[..., V:]
-    eye = jnp.eye(K, dtype=jnp.float32)
+    eye = jnp.eye(K, dtype=jnp.float32)[None, None, None]  # (1, 1, 1, K, K)
     ident = eye if last is None else jnp.exp(last)[..., None] * eye  # exp(γ_C) I
     M = ident - _mm("bhnck,bhncj->bhnkj", khat, W)
     delta = _mm("bhnck,bhncv->bhnkv", khat, Ut)

@@ -1,0 +1,155 @@
+"""Delta rule / gated DeltaNet: every backend against the token-by-token reference, forward and all
+gradients; the reference against an independent float64 numpy loop."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scan_kernels as sk
+from tests._utils import assert_close
+
+F32 = jnp.float32
+
+
+def make_inputs(seed, B, L, H, K, V, beta="mid", strength=0.0, dtype=F32):
+    """q, k (L2-normalised, as DeltaNet layers feed them), v, β, log-decay ``-strength * U(0, 1)``, state."""
+    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+    q = jax.random.normal(ks[0], (B, L, H, K), F32)
+    k = jax.random.normal(ks[1], (B, L, H, K), F32)
+    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+    v = jax.random.normal(ks[2], (B, L, H, V), F32)
+    u = jax.random.uniform(ks[3], (B, L, H), F32)
+    b = {"mid": 2.0 * u, "low": 1e-3 * u + 1e-4, "high": 2.0 - 1e-3 * u - 1e-4}[beta]
+    g = None if strength == 0.0 else -strength * jax.random.uniform(ks[4], (B, L, H), F32)
+    s0 = jax.random.normal(ks[5], (B, H, K, V), F32)
+    return q.astype(dtype), k.astype(dtype), v.astype(dtype), b, g, s0
+
+
+def numpy_loop(q, k, v, beta, g, s0):
+    """Independent float64 oracle: S ← exp(g)(I − β k kᵀ) S + β k vᵀ written with explicit matrices."""
+    q, k, v, beta = (np.asarray(x, np.float64) for x in (q, k, v, beta))
+    B, L, H, K = q.shape
+    S = np.asarray(s0, np.float64).copy()
+    o = np.zeros(v.shape)
+    for t in range(L):
+        for b in range(B):
+            for h in range(H):
+                kt, bt = k[b, t, h], beta[b, t, h]
+                a = 1.0 if g is None else np.exp(np.float64(g[b, t, h]))
+                S[b, h] = a * (np.eye(K) - bt * np.outer(kt, kt)) @ S[b, h] + bt * np.outer(kt, v[b, t, h])
+                o[b, t, h] = S[b, h].T @ q[b, t, h]
+    return o, S
+
+
+@pytest.mark.parametrize("strength", [0.0, 3.0])
+def test_reference_matches_numpy_loop(strength):
+    q, k, v, b, g, s0 = make_inputs(0, 2, 11, 2, 3, 4, "mid", strength)
+    o_np, S_np = numpy_loop(q, k, v, b, g, s0)
+    o, S = sk.delta_rule_reference(q, k, v, b, log_decay=g, initial_state=s0)
+    assert_close(o, o_np, name="o")
+    assert_close(S, S_np, name="S")
+
+
+def run_with_grads(fn, args, argnums, do, dS):
+    """One compiled call: outputs and the gradients of ``<o, do> + <S, dS>``."""
+
+    def loss(*a):
+        o, S = fn(*a)
+        return jnp.sum(o.astype(F32) * do) + jnp.sum(S * dS), (o, S)
+
+    (_, (o, S)), grads = jax.jit(jax.value_and_grad(loss, argnums, has_aux=True))(*args)
+    return o, S, grads
+
+
+def check_against_reference(backend, q, k, v, b, g, s0, C, *, rtol=1e-5, grad_rtol=5e-5):
+    """Forward, final state and the gradients of q, k, v, β, g and the initial state, random cotangents."""
+
+    def call(op, **kw):
+        return lambda q, k, v, b, g, s: op(q, k, v, b, log_decay=g, initial_state=s, **kw)
+
+    kd = jax.random.split(jax.random.PRNGKey(321), 2)
+    do = jax.random.normal(kd[0], v.shape, F32)
+    dS = jax.random.normal(kd[1], s0.shape, F32)
+    argnums = (0, 1, 2, 3, 5) if g is None else (0, 1, 2, 3, 4, 5)
+    args = (q, k, v, b, g, s0)
+    o_r, S_r, g_r = run_with_grads(call(sk.delta_rule_reference), args, argnums, do, dS)
+    o_f, S_f, g_f = run_with_grads(call(sk.delta_rule, chunk_size=C, backend=backend), args, argnums, do, dS)
+    assert o_f.dtype == v.dtype and S_f.dtype == F32
+    assert_close(o_f, o_r, rtol=rtol, name="o")
+    assert_close(S_f, S_r, rtol=rtol, name="final state")
+    names = [["dq", "dk", "dv", "dbeta", "dg", "dS0"][i] for i in argnums]
+    for name, x, y in zip(names, g_f, g_r):
+        assert_close(x, y, rtol=grad_rtol, name=name)
+
+
+# (B, L, H, K, V, beta, strength, C): every axis covered without the full cross product.
+CASES = [
+    (1, 1, 1, 16, 16, "mid", 1.0, 16),
+    (2, 63, 4, 8, 12, "high", 20.0, 16),
+    (1, 500, 1, 64, 64, "low", 0.0, 64),
+    (1, 1000, 4, 16, 8, "mid", 1.0, 32),
+]
+
+
+@pytest.mark.parametrize("B,L,H,K,V,beta,strength,C", CASES)
+def test_xla_matches_reference(B, L, H, K, V, beta, strength, C):
+    q, k, v, b, g, s0 = make_inputs(2, B, L, H, K, V, beta, strength)
+    check_against_reference("xla", q, k, v, b, g, s0, C)
+
+
+def test_strong_decay_long_sequence_is_finite():
+    B, L, H, K, V = 1, 1000, 1, 8, 8
+    q, k, v, b, _, s0 = make_inputs(4, B, L, H, K, V, "high")
+    g = jnp.full((B, L, H), -20.0, F32)
+    o, S = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, backend="xla")
+    # exp(-20) ≈ 2e-9 wipes the memory each step: S_t ≈ β_t k_t v_tᵀ.
+    assert_close(S, b[:, -1, :, None, None] * jnp.einsum("bhk,bhv->bhkv", k[:, -1], v[:, -1]), rtol=1e-6, name="S")
+    assert_close(o, (b * jnp.einsum("blhk,blhk->blh", q, k))[..., None] * v, rtol=1e-6, name="o")
+    grads = jax.grad(lambda g: jnp.sum(sk.delta_rule(q, k, v, b, log_decay=g, backend="xla")[0]))(g)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+
+
+def test_bfloat16_inputs():
+    q, k, v, b, g, s0 = make_inputs(5, 1, 300, 2, 32, 32, "mid", 0.5, dtype=jnp.bfloat16)
+    o_r, S_r = sk.delta_rule_reference(*(x.astype(F32) for x in (q, k, v)), b, log_decay=g, initial_state=s0)
+    o, S = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, backend="xla")
+    assert o.dtype == jnp.bfloat16 and S.dtype == F32
+    assert_close(o, o_r, dtype=jnp.bfloat16, name="o")
+    assert_close(S, S_r, rtol=1e-5, name="state")
+
+
+def test_step_decoding_equals_full_call():
+    B, L, H, K, V = 2, 37, 2, 8, 4
+    q, k, v, b, g, s0 = make_inputs(6, B, L, H, K, V, "mid", 1.0)
+    o_full, S_full = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, chunk_size=16, backend="xla")
+    step = jax.jit(lambda s, q, k, v, b, g: sk.delta_rule_step(s, q, k, v, b, log_decay=g))
+    state, outs = s0, []
+    for t in range(L):
+        state, o_t = step(state, q[:, t], k[:, t], v[:, t], b[:, t], g[:, t])
+        outs.append(o_t)
+    assert_close(jnp.stack(outs, 1), o_full, name="o")
+    assert_close(state, S_full, name="state")
+
+
+def _bad_calls():
+    q, k, v, b, _, s0 = make_inputs(7, 2, 5, 3, 4, 6)
+    f = sk.delta_rule
+    return [
+        (lambda: f(q, k[:, :, :2], v, b), "k must have the shape of q"),
+        (lambda: f(q, k, v[:, :4], b), "v must have shape"),
+        (lambda: f(q, k, v, b[:, :4]), "beta must have shape"),
+        (lambda: f(q, k, v, b[..., None]), "beta must have shape"),
+        (lambda: f(q, k, v, b, log_decay=jnp.zeros((2, 5, 3, 4))), "log_decay must have shape"),
+        (lambda: f(q, k, v, b, initial_state=s0[:, :2]), "initial_state must have shape"),
+        (lambda: f(q, k, v, b, chunk_size=-3), "chunk_size must be >= 1"),
+        (lambda: f(q, k, v, b, backend="gpu"), "backend='gpu' is not one of"),
+        (lambda: sk.delta_rule_step(s0, q[:, 0], k[:, 0], v[:, 0], b), "beta must have shape"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_bad_input_raises_value_error(i):
+    call, match = _bad_calls()[i]
+    with pytest.raises(ValueError, match=match):
+        call()
