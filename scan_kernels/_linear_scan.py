@@ -91,6 +91,16 @@ def _scan_fwd(a, b, h0, reverse, backend):
 
 def _scan_bwd(reverse, backend, res, dh):
     a, h, h0 = res
+    if backend == "xla":
+        from scan_kernels import _linear_scan_xla as xla
+
+        if xla.has_fused_vjp():  # CPU: the same reverse scan, fused with the da/db epilogue in one loop
+            return xla.sequential_scan_vjp(a, h, h0, dh, reverse=reverse)
+    return _generic_bwd(a, h, h0, dh, reverse, backend)
+
+
+def _generic_bwd(a, h, h0, dh, reverse, backend):
+    """The backward as a reverse linear scan through :func:`_dispatch` plus elementwise products."""
     zero_row = jnp.zeros_like(a[:, :1])
     if not reverse:
         # g_t = dh_t + a_{t+1} g_{t+1}: a reverse scan with the decays shifted one step left.
