@@ -57,15 +57,15 @@ class Task:
     name: str
     num_classes: int
     seq_len: int
-    load_split: Callable[[str], Arrays]
+    load_split: Callable[[str], Arrays] = dataclasses.field(repr=False)
     vocab_size: int | None = None
     input_dim: int | None = None
     kind: str = "classification"
     pair: bool = False
     chance: float | None = None
-    options: Mapping[str, object] = dataclasses.field(default_factory=dict)
-    convert: Callable[[Arrays], Arrays] | None = None
-    description: str = ""
+    options: Mapping[str, object] = dataclasses.field(default_factory=dict, repr=False)
+    convert: Callable[[Arrays], Arrays] | None = dataclasses.field(default=None, repr=False)
+    description: str = dataclasses.field(default="", repr=False)
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -216,3 +216,22 @@ def pad_tokens(sequences: list[np.ndarray], seq_len: int, dtype=np.int32) -> tup
 def compact_int_dtype(max_value: int):
     """The smallest unsigned dtype holding ids up to ``max_value`` (storage only; batches are int32)."""
     return np.uint8 if max_value < 256 else np.uint16 if max_value < 65536 else np.int32
+
+
+def pixel_converter(tokens: bool) -> Callable[[Arrays], Arrays]:
+    """Batch conversion for uint8 pixel tasks.
+
+    tokens=False: inputs (B, L) or (B, L, F) uint8 -> (B, L, F) float32 in [-1, 1] (x / 127.5 - 1).
+    tokens=True:  inputs (B, L) uint8 -> int32 ids pixel + 1 (vocab 257; 0 stays the padding id).
+    """
+
+    def convert(rows: Arrays) -> Arrays:
+        x = rows["inputs"]
+        if tokens:
+            x = x.astype(np.int32) + 1
+        else:
+            x = x.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+            x = x[..., None] if x.ndim == 2 else x
+        return dict(rows, inputs=x)
+
+    return convert

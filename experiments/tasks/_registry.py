@@ -63,7 +63,7 @@ def _builder(name: str):
 
 def _load_all():
     # Importing the task modules registers their builders.
-    from experiments.tasks import listops, synthetic  # noqa: F401
+    from experiments.tasks import image, listops, pathfinder, retrieval, synthetic, text  # noqa: F401
 
 
 # ---------------------------------------------------------------------- shared option helpers
