@@ -1,0 +1,160 @@
+"""Linear attention: Pallas kernels for the chunk computations, and their ``custom_vjp``.
+
+Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC chunks ·
+Kp, Vp padded dims (see ``_fast_weight_pallas``).
+
+Pipeline (the chunk form of ``_linear_attention``; fla's ``chunk_fwd_h`` / ``chunk_fwd_o`` split):
+
+1. ``_state_kernel`` — grid ``(B·H, NC)``: each chunk's own contribution Δ = (K ⊙ exp(γ_C − γ))ᵀ V.
+2. the scan core's ``linear_scan`` (Pallas backend) passes states between chunks: S_n = exp(γ_C) S_{n-1} + Δ_n.
+3. ``_output_kernel`` — grid ``(B·H, NC)``: O = (Q Kᵀ ⊙ exp(γ_i − γ_j) ⊙ [i ≥ j]) V + (Q ⊙ exp(γ)) S⁰.
+
+Per-key gates (GLA) cannot factor exp(γ_ik − γ_jk) into a matmul without overflow; the output kernel
+accumulates the masked scores one key dimension at a time (``fori_loop`` over K of (C, C) tiles).
+
+Gradients: ``custom_vjp`` whose backward differentiates the chunked **XLA** form (``_linear_attention``);
+there is no Pallas backward kernel yet.
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+from scan_kernels._chunk_utils import previous_states, scan_chunk_states_diag
+from scan_kernels._fast_weight_pallas import (
+    F32,
+    causal,
+    decay_matrix,
+    dot,
+    dot_nt,
+    dot_tn,
+    from_rows,
+    grid_of,
+    next_pow2,
+    pad_state,
+    pallas_chunk,
+    row_spec,
+    tile_spec,
+    to_rows,
+)
+from scan_kernels._pallas_config import pallas_call_kwargs
+
+
+def _state_kernel(*refs, kind):
+    """Δ = (K ⊙ exp(γ_C − γ))ᵀ V for one chunk. Refs: k (C, Kp), v (C, Vp), [g (C, 1|Kp)] -> Δ (Kp, Vp)."""
+    if kind == "none":
+        k_ref, v_ref, delta_ref = refs
+        k = k_ref[...]
+    else:
+        k_ref, v_ref, g_ref, delta_ref = refs
+        g = g_ref[...]
+        gam = jnp.cumsum(g, axis=0)
+        k = k_ref[...] * jnp.exp(jnp.sum(g, axis=0, keepdims=True) - gam)  # γ_C − γ ≤ 0
+    delta_ref[...] = dot_tn(k, v_ref[...])
+
+
+def _output_kernel(*refs, kind):
+    """O for one chunk. Refs: q, k (C, Kp), v (C, Vp), [g (C, 1|Kp)], S⁰ (Kp, Vp) -> o (C, Vp)."""
+    if kind == "none":
+        q_ref, k_ref, v_ref, s_ref, o_ref = refs
+    else:
+        q_ref, k_ref, v_ref, g_ref, s_ref, o_ref = refs
+    q = q_ref[...]
+    C, Kp = q.shape
+    incl = causal(C)
+    if kind == "none":
+        scores = jnp.where(incl, dot_nt(q, k_ref[...]), 0.0)
+        qd = q
+    elif kind == "scalar":
+        gam = jnp.cumsum(g_ref[...], axis=0)  # (C, 1)
+        scores = dot_nt(q, k_ref[...]) * decay_matrix(gam, incl)
+        qd = q * jnp.exp(gam)
+    else:
+        qd = q * jnp.exp(jnp.cumsum(g_ref[...], axis=0))
+
+        def add_key_dim(d, acc):  # Σ_d q_id k_jd exp(γ_id − γ_jd), one key dimension at a time
+            col = pl.ds(d, 1)
+            gam = jnp.cumsum(g_ref[:, col], axis=0)  # (C, 1)
+            return acc + (q_ref[:, col] * jnp.transpose(k_ref[:, col])) * decay_matrix(gam, incl)
+
+        scores = lax.fori_loop(0, Kp, add_key_dim, jnp.zeros((C, C), F32))
+    o_ref[...] = dot(scores, v_ref[...]) + dot(qd, s_ref[...])
+
+
+def _forward(q, k, v, g, s0, kind, C):
+    """Pallas forward on float32 ``(B, L, H, ·)`` inputs; returns ``o (B, L, H, V)``, final ``(B, H, K, V)``."""
+    B, L, H, K = q.shape
+    V = v.shape[-1]
+    C = pallas_chunk(C, L)
+    Kp, Vp = next_pow2(K), next_pow2(V)
+    Lp = -(-L // C) * C
+    BH = B * H
+    grid = grid_of(BH, Lp, C)
+    rows = [to_rows(q, Lp, Kp), to_rows(k, Lp, Kp), to_rows(v, Lp, Vp)]
+    specs = [row_spec(C, Kp), row_spec(C, Kp), row_spec(C, Vp)]
+    if kind != "none":
+        Gp = 1 if kind == "scalar" else Kp
+        gr = to_rows(g if kind == "key" else g[..., None], Lp, Gp)  # (B·H, Lp, 1|Kp)
+        rows.append(gr)
+        specs.append(row_spec(C, Gp))
+    nc = grid[1]
+    delta = pl.pallas_call(
+        partial(_state_kernel, kind=kind),
+        out_shape=jax.ShapeDtypeStruct((BH, nc, Kp, Vp), F32),
+        grid=grid,
+        in_specs=specs[1:],
+        out_specs=tile_spec(Kp, Vp),
+        name="linear_attention_chunk_state",
+        **pallas_call_kwargs(),
+    )(*rows[1:])
+    if kind == "none":
+        decay = jnp.ones((), F32)
+    else:  # exp(γ_C) per chunk: (B·H, NC, 1|Kp) -> broadcastable to (B·H, 1, NC, Kp, Vp)
+        decay = jnp.exp(jnp.sum(gr.reshape(BH, nc, C, gr.shape[-1]), axis=2))
+        decay = decay[:, None, :, :, None]
+    s0p = pad_state(s0, Kp, Vp)[:, 0]  # (B·H, Kp, Vp)
+    s_end = scan_chunk_states_diag(decay, delta[:, None], s0p[:, None], "pallas")[:, 0]  # (B·H, NC, Kp, Vp)
+    s_prev = previous_states(s_end[:, None], s0p[:, None])[:, 0]
+    o = pl.pallas_call(
+        partial(_output_kernel, kind=kind),
+        out_shape=jax.ShapeDtypeStruct((BH, Lp, Vp), F32),
+        grid=grid,
+        in_specs=specs + [tile_spec(Kp, Vp)],
+        out_specs=row_spec(C, Vp),
+        name="linear_attention_chunk_output",
+        **pallas_call_kwargs(),
+    )(*rows, s_prev)
+    final = s_end[:, -1, :K, :V].reshape(B, H, K, V)
+    return from_rows(o, B, H, L, V), final
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _pallas_op(q, k, v, g, s0, kind, C):
+    return _forward(q, k, v, g, s0, kind, C)
+
+
+def _pallas_fwd(q, k, v, g, s0, kind, C):
+    return _forward(q, k, v, g, s0, kind, C), (q, k, v, g, s0)
+
+
+def _pallas_bwd(kind, C, res, cts):
+    from scan_kernels._linear_attention import linear_attention_chunked
+
+    q, k, v, g, s0 = res
+    L = q.shape[1]
+    _, vjp = jax.vjp(lambda *a: linear_attention_chunked(*a, kind, min(C, L), "xla"), q, k, v, g, s0)
+    return vjp(cts)
+
+
+_pallas_op.defvjp(_pallas_fwd, _pallas_bwd)
+
+
+@partial(jax.jit, static_argnames=("kind", "chunk_size"))
+def linear_attention_pallas(q, k, v, log_decay, s0, *, kind, chunk_size):
+    """Validated inputs (``v`` may carry the normaliser column); returns ``o`` float32 and the final state."""
+    q, k, v = (x.astype(F32) for x in (q, k, v))
+    g = None if kind == "none" else log_decay.astype(F32)
+    return _pallas_op(q, k, v, g, s0, kind, chunk_size)
