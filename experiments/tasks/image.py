@@ -36,9 +36,13 @@ GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140])
 PERMUTATION_SEED = 0
 
 
+def _root(data_dir) -> Path:
+    return Path("<data_dir>") if data_dir is None else Path(data_dir).expanduser()
+
+
 # ---------------------------------------------------------------------- CIFAR-10
 def find_cifar_dir(data_dir) -> Path:
-    root = Path(data_dir).expanduser()
+    root = _root(data_dir)
     for c in (root / "cifar-10-batches-py", root):
         if all((c / f).is_file() for f in CIFAR_FILES):
             return c
@@ -78,7 +82,7 @@ def _cifar_loader(folder: Path, colour: bool):
 def image(*, data_dir=None, tokens=False):
     """Grayscale sequential CIFAR-10 (LRA Image) from ``data_dir``."""
     check_choice("tokens", tokens, (False, True))
-    folder = find_cifar_dir(data_dir if data_dir is not None else "<data_dir>")
+    folder = find_cifar_dir(data_dir)
     return Task(name="image", num_classes=10, seq_len=1024, vocab_size=257 if tokens else None,
                 input_dim=None if tokens else 1, chance=0.1, options=dict(data_dir=data_dir, tokens=tokens),
                 convert=pixel_converter(tokens), description=__doc__, load_split=_cifar_loader(folder, False))
@@ -87,7 +91,7 @@ def image(*, data_dir=None, tokens=False):
 @register("scifar")
 def scifar(*, data_dir=None):
     """Colour sequential CIFAR-10 (3 channels) from ``data_dir``."""
-    folder = find_cifar_dir(data_dir if data_dir is not None else "<data_dir>")
+    folder = find_cifar_dir(data_dir)
     return Task(name="scifar", num_classes=10, seq_len=1024, input_dim=3, chance=0.1,
                 options=dict(data_dir=data_dir), convert=pixel_converter(False), description=__doc__,
                 load_split=_cifar_loader(folder, True))
@@ -119,7 +123,7 @@ def write_idx(path, array: np.ndarray) -> None:
 
 
 def find_mnist_files(data_dir, task) -> dict[str, Path]:
-    root = Path(data_dir).expanduser()
+    root = _root(data_dir)
     for c in (root, root / "MNIST" / "raw", root / "mnist"):
         found = {}
         for name in MNIST_FILES:
@@ -152,7 +156,7 @@ def _mnist_loader(files, permutation):
 
 def _mnist(name, data_dir, tokens, permuted):
     check_choice("tokens", tokens, (False, True))
-    files = find_mnist_files(data_dir if data_dir is not None else "<data_dir>", name)
+    files = find_mnist_files(data_dir, name)
     perm = np.random.default_rng(PERMUTATION_SEED).permutation(784) if permuted else None
     return Task(name=name, num_classes=10, seq_len=784, vocab_size=257 if tokens else None,
                 input_dim=None if tokens else 1, chance=0.1, options=dict(data_dir=data_dir, tokens=tokens),
