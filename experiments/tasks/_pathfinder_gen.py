@@ -82,8 +82,9 @@ class _Occupancy:
     """Per-image boolean grid of cells closer than the clearance to an already placed contour.
 
     A point is clear when its cell is unmarked; cells are marked out to ``need + cell diagonal`` around
-    the paddle ends, so the test is conservative (never lets two contours come closer than ``need``,
-    up to the paddle-end sampling). The grid has a border of ``reach`` cells, so no index is clipped.
+    points sampled along the paddles (ends and middle), so two contours stay about ``need`` apart (exact
+    up to that sampling; the tests measure that labels match pixel connectivity). The grid has a border
+    of ``reach`` cells, so no index is clipped.
     """
 
     def __init__(self, m, g: Geometry):
@@ -161,12 +162,14 @@ def _render(size, seg_a, seg_b, seg_r, disc_c, disc_r):
     return out.reshape(m, size, size)
 
 
-def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="hard", chunk=2048, progress=False):
-    """``n`` balanced Pathfinder images.
+def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="hard", chunk=None, progress=False):
+    """``n`` balanced Pathfinder images, generated ``chunk`` candidates at a time (memory ~ chunk * S^2).
 
     Returns ``(images (n, S, S) uint8, labels (n,) int8, markers (n, 2, 2) float (x, y) marker centres)``.
     """
     g = Geometry.for_size(size, difficulty)
+    chunk = max(16, 2**21 // size**2) if chunk is None else chunk
+    stalled = 0
     images, markers = [], []
     have = 0
     bar = tqdm(total=n, desc=f"pathfinder{size}-{difficulty}", unit="img", disable=not progress, file=sys.stderr)
@@ -181,6 +184,9 @@ def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="ha
         keep = np.flatnonzero(ok & ok_b)[: n - have]
         a0, a1, b0, b1 = a0[keep], a1[keep], b0[keep], b1[keep]
         k = keep.size
+        stalled = 0 if k else stalled + 1
+        if stalled > 20:
+            raise RuntimeError(f"pathfinder generator placed no contours in 20 chunks (geometry {g})")
         occ.add(keep, _samples(b0, b1))
         segs_a, segs_b = [a0, b0], [a1, b1]
         for _ in range(g.n_distractors):
