@@ -100,9 +100,12 @@ def test_val_and_test_do_not_depend_on_n_train():
 def test_reads_official_tsv_files(tmp_path):
     rows = {"train": [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( ( ( [SM 4 ) ( ( ( [MIN 7 ) 3 ) ] ) ) 9 ) ] )", 6)],
             "val": [("( ( ( [MED 2 ) 5 ) ] )", 3)], "test": [("( ( ( [MIN 8 ) 1 ) ] )", 1)]}
+    folder = tmp_path / "lra_release" / "listops-1000"  # the release layout
+    folder.mkdir(parents=True)
     for split, r in rows.items():
-        write_listops_tsv(tmp_path / f"basic_{split}.tsv", r)
+        write_listops_tsv(folder / f"basic_{split}.tsv", r)
     t = get_task("listops", data_dir=tmp_path, seq_len=12)
+    assert get_task("listops", data_dir=folder).num_examples("train") == 2
     arr = t.split_arrays("train")
     vocab = lo.VOCAB
     assert [vocab[i] for i in arr["inputs"][0][: arr["lengths"][0]]] == ["[MAX", "2", "9", "]"]
