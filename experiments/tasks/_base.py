@@ -50,7 +50,8 @@ class Task:
         "regression" (labels (B,) float32, mean squared error).
       per_position: True iff kind == "sequence_labels".
       pair: True when each example has two documents (retrieval): ``inputs2``, ``lengths2``.
-      chance: accuracy of the best input-blind guess (classification), or its MSE (regression).
+      chance: accuracy of a uniform random guess (classification; per scored position for sequence
+        labels), or the MSE of the best constant answer (regression).
       options: the resolved options the task was built with.
     """
 

@@ -170,7 +170,8 @@ def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="ha
     g = Geometry.for_size(size, difficulty)
     chunk = max(16, 2**21 // size**2) if chunk is None else chunk
     stalled = 0
-    images, markers = [], []
+    images = np.empty((n, size, size), np.uint8)  # filled in place: no second copy of a large split
+    markers = np.empty((n, 2, 2))
     have = 0
     bar = tqdm(total=n, desc=f"pathfinder{size}-{difficulty}", unit="img", disable=not progress, file=sys.stderr)
     labels_all = rng.permutation(np.arange(n) < n // 2).astype(np.int8)  # exactly n // 2 ones
@@ -208,9 +209,9 @@ def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="ha
         seg_r = np.where(np.isnan(seg_a[..., 0]), 0.0, g.half_width)
         seg_a = np.nan_to_num(seg_a)
         img = _render(size, seg_a, seg_b, seg_r, disc_c, np.full((k, 2), g.marker_radius))
-        images.append(np.round(img * 255).astype(np.uint8))
-        markers.append(disc_c)
+        images[have : have + k] = np.round(img * 255)
+        markers[have : have + k] = disc_c
         have += k
         bar.update(k)
     bar.close()
-    return np.concatenate(images), labels_all, np.concatenate(markers)
+    return images, labels_all, markers
