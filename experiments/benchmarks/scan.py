@@ -1,0 +1,223 @@
+"""Benchmark of the linear-recurrence scan core: ``python -m experiments.benchmarks.scan [--quick] [--out PATH]``.
+
+For L x D x dtype (B = 1 by default) it times, side by side in one run, forward and forward+backward
+(``jax.grad`` of ``sum(real(h))`` w.r.t. ``a`` and ``b``) of every backend of ``scan_kernels.linear_scan``
+(``auto`` is the backend ``None`` resolves to on this device), plus ``lax.associative_scan`` (autodiff) and a
+numpy copy of the same bytes as references:
+
+    copy (CPU) = np.copyto of a (3·B·L·D)-element buffer into a preallocated one, single thread (the
+                 definition of jax_stack §3, against which "plain lax.scan ~3x" was measured);
+    copy (GPU) = a jitted device copy moving the scan's own bytes (1.5·B·L·D read + written), so
+                 copy_ms / fwd_ms is the fraction of copy bandwidth the scan reaches.
+
+Times are the best of ``--repeats`` interleaved rounds (each round times every variant once), so slow
+drift of a shared machine hits all variants alike; process CPU time is recorded too. Ratios:
+``fwd/copy`` and ``fb/fwd``. On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s
+(3·B·L·D·itemsize bytes per forward). Writes JSON (default ``experiments/results/scan_<platform>.json``).
+
+Targets (issue 2): CPU, auto backend, L=16384, D=1024, float32: fwd <= 2.0x copy, fwd+bwd <= 3.5x fwd.
+GPU (H100): Pallas fwd >= 80% of copy bandwidth at B=8, L=65536, D=1536 float32 and >= 5x faster than
+``lax.associative_scan``.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import scan_kernels as sk
+from scan_kernels import _backend
+from scan_kernels._linear_scan_xla import associative_scan
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+VARIANTS = ("reference", "xla", "pallas", "associative_scan")
+
+
+def _inputs(B, L, D, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    mag = rng.uniform(0.9, 1.0, (B, L, D)).astype(np.float32)
+    b = rng.standard_normal((B, L, D), dtype=np.float32)
+    if dtype == "complex64":
+        phase = rng.uniform(-0.1, 0.1, (B, L, D)).astype(np.float32)
+        a = mag * np.exp(1j * phase)
+        b = b + 1j * rng.standard_normal((B, L, D), dtype=np.float32)
+        return jnp.asarray(a, jnp.complex64), jnp.asarray(b, jnp.complex64)
+    return jnp.asarray(mag), jnp.asarray(b)
+
+
+def _fns(variant):
+    if variant == "associative_scan":
+        scan = lambda a, b: associative_scan(a, b, jnp.zeros_like(b[:, 0]))
+    else:
+        scan = lambda a, b: sk.linear_scan(a, b, backend=variant)
+    fwd = jax.jit(scan)
+    fb = jax.jit(jax.grad(lambda a, b: jnp.sum(jnp.real(scan(a, b))), argnums=(0, 1)))
+    return fwd, fb
+
+
+def _time_once(fn, *args):
+    w, c = time.perf_counter(), time.process_time()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def _copy_fn(n_elems, dtype, on_gpu):
+    """The copy reference for ``n_elems = B·L·D`` (see the module docstring)."""
+    if on_gpu:  # device copy moving the scan's bytes: 1.5·n read + 1.5·n written
+        x = jnp.ones((3 * n_elems) // 2, jnp.complex64 if dtype == "complex64" else jnp.float32)
+        f = jax.jit(lambda x: x + 0)
+        jax.block_until_ready(f(x))
+        return lambda: f(x)
+    src = np.ones(3 * n_elems, np.complex64 if dtype == "complex64" else np.float32)
+    dst = np.empty_like(src)
+    return lambda: np.copyto(dst, src)
+
+
+def bench_config(B, L, D, dtype, variants, repeats, with_backward=True):
+    """Time every variant (fwd, fwd+bwd) and the copy in interleaved rounds; returns a list of rows."""
+    a, b = _inputs(B, L, D, dtype)
+    timers = {"copy": (_copy_fn(B * L * D, dtype, on_gpu=_backend.on_gpu()), ())}
+    for v in variants:
+        fwd, fb = _fns(v)
+        jax.block_until_ready(fwd(a, b))  # compile (not timed)
+        timers[(v, "fwd")] = (fwd, (a, b))
+        if with_backward:
+            jax.block_until_ready(fb(a, b))
+            timers[(v, "fb")] = (fb, (a, b))
+    best = {k: (np.inf, np.inf) for k in timers}
+    for _ in range(repeats):
+        for k, (fn, args) in timers.items():
+            w, c = _time_once(fn, *args)
+            best[k] = (min(best[k][0], w), min(best[k][1], c))
+    copy_ms = best["copy"][0] * 1e3
+    itemsize = 8 if dtype == "complex64" else 4
+    rows = []
+    for v in variants:
+        fwd_ms, fwd_cpu = (x * 1e3 for x in best[(v, "fwd")])
+        fb_ms, fb_cpu = (x * 1e3 for x in best.get((v, "fb"), (np.nan, np.nan)))
+        rows.append(
+            dict(
+                B=B, L=L, D=D, dtype=dtype, variant=v, fwd_ms=fwd_ms, fwd_cpu_ms=fwd_cpu, fb_ms=fb_ms, fb_cpu_ms=fb_cpu,
+                copy_ms=copy_ms, fwd_over_copy=fwd_ms / copy_ms, fb_over_fwd=fb_ms / fwd_ms,
+                fwd_GBps=3 * B * L * D * itemsize / (fwd_ms * 1e-3) / 1e9,
+            )
+        )
+    return rows
+
+
+def _fmt(x, nd=1):
+    return "-" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
+
+
+def print_table(rows, out=sys.stdout):
+    head = f"{'B':>2} {'L':>7} {'D':>5} {'dtype':>9} {'variant':>17} {'fwd ms':>9} {'f+b ms':>9} {'copy ms':>8} {'fwd/copy':>8} {'fb/fwd':>7} {'GB/s':>6}"
+    print(head, file=out)
+    print("-" * len(head), file=out)
+    for r in rows:
+        if r.get("skipped"):
+            print(f"{r['B']:>2} {r['L']:>7} {r['D']:>5} {r['dtype']:>9} {'':>17} skipped: {r['skipped']}", file=out)
+            continue
+        print(
+            f"{r['B']:>2} {r['L']:>7} {r['D']:>5} {r['dtype']:>9} {r['variant']:>17} {_fmt(r['fwd_ms'], 2):>9} "
+            f"{_fmt(r['fb_ms'], 2):>9} {_fmt(r['copy_ms'], 2):>8} {_fmt(r['fwd_over_copy'], 2):>8} "
+            f"{_fmt(r['fb_over_fwd'], 2):>7} {_fmt(r['fwd_GBps']):>6}",
+            file=out,
+        )
+
+
+def evaluate_targets(rows, auto_backend, on_gpu):
+    """The issue's targets as measured numbers plus pass/fail."""
+
+    def find(**kw):
+        return next((r for r in rows if not r.get("skipped") and all(r.get(k) == v for k, v in kw.items())), None)
+
+    out = {}
+    r = find(B=1, L=16384, D=1024, dtype="float32", variant=auto_backend)
+    if r is not None and not on_gpu:
+        out["cpu_auto_fwd_over_copy"] = dict(measured=r["fwd_over_copy"], target="<= 2.0", met=r["fwd_over_copy"] <= 2.0)
+        out["cpu_auto_fb_over_fwd"] = dict(measured=r["fb_over_fwd"], target="<= 3.5", met=r["fb_over_fwd"] <= 3.5)
+    p = find(B=8, L=65536, D=1536, dtype="float32", variant="pallas")
+    s = find(B=8, L=65536, D=1536, dtype="float32", variant="associative_scan")
+    if on_gpu and p is not None and s is not None:  # GPU copy moves the scan's bytes: ratio = bandwidth fraction
+        frac = p["copy_ms"] / p["fwd_ms"]
+        out["gpu_pallas_fraction_of_copy_bandwidth"] = dict(measured=frac, target=">= 0.8", met=frac >= 0.8)
+        speedup = s["fwd_ms"] / p["fwd_ms"]
+        out["gpu_pallas_speedup_vs_associative_scan"] = dict(measured=speedup, target=">= 5", met=speedup >= 5)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.scan", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="L in {1024, 16384}, float32 only, 3 repeats")
+    p.add_argument("--out", default=None, help="JSON path (default experiments/results/scan_<platform>.json)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 5; 3 with --quick)")
+    p.add_argument("--batch", type=int, default=1, help="B for the L x D grid (default 1)")
+    p.add_argument("--max-mib", type=float, default=256.0,
+                   help="skip configs whose single (B, L, D) array exceeds this many MiB (default 256)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
+    args = p.parse_args(argv)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    bad = [v for v in variants if v not in VARIANTS]
+    if bad:
+        p.error(f"--variants: unknown {bad}; choose from {VARIANTS}")
+    repeats = args.repeats or (3 if args.quick else 5)
+    on_gpu = _backend.on_gpu()
+    auto = _backend.resolve_backend(None)
+    Ls = (1024, 16384) if args.quick else (1024, 16384, 131072)
+    dtypes = ("float32",) if args.quick else ("float32", "complex64")
+    configs = [(args.batch, L, D, dt) for L in Ls for D in (64, 1024) for dt in dtypes]
+    if on_gpu:
+        configs.append((8, 65536, 1536, "float32"))
+    rows = []
+    for B, L, D, dt in configs:
+        mib = B * L * D * (8 if dt == "complex64" else 4) / 2**20
+        if mib > args.max_mib:
+            rows.append(dict(B=B, L=L, D=D, dtype=dt, skipped=f"array {mib:.0f} MiB > --max-mib {args.max_mib:.0f}"))
+            print_table(rows[-1:])
+            continue
+        new = bench_config(B, L, D, dt, variants, repeats)
+        rows += new
+        print_table(new)
+        sys.stdout.flush()
+    # "auto" is the backend None resolves to here: the same measurement, listed under its own name too.
+    rows = [x for r in rows for x in ([r, dict(r, variant=f"auto={auto}")] if r.get("variant") == auto else [r])]
+    print("\nAll rows:")
+    print_table(rows)
+    targets = evaluate_targets(rows, auto, on_gpu)
+    print("\nTargets:", json.dumps(targets, indent=1))
+    dev = jax.devices()[0]
+    result = dict(
+        benchmark="scan_kernels.linear_scan",
+        device=f"{dev.platform}: {getattr(dev, 'device_kind', '')}",
+        host=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        load_average=os.getloadavg(),
+        jax_version=jax.__version__,
+        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        command="python -m experiments.benchmarks.scan " + " ".join(argv if argv is not None else sys.argv[1:]),
+        auto_backend=auto,
+        repeats=repeats,
+        copy_definition=(
+            "GPU: jitted x + 0 over 1.5*B*L*D elements (the scan's bytes: 3*B*L*D moved)" if on_gpu
+            else "np.copyto of a 3*B*L*D-element buffer into a preallocated one, single thread (jax_stack §3)"
+        ),
+        rows=rows,
+        targets=targets,
+    )
+    path = args.out or os.path.join(RESULTS_DIR, f"scan_{dev.platform}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1, default=float)
+    print(f"wrote {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
