@@ -128,6 +128,8 @@ class Task:
         arrays = self.split_arrays(split)
         n = int(arrays["labels"].shape[0])
         steps = self.steps_per_epoch(split, batch_size)
+        if steps == 0:
+            raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of split {split!r}")
         if start_step > steps:
             raise ValueError(f"start_step={start_step} exceeds the {steps} steps of split {split!r}")
         if split == "train":

@@ -149,11 +149,11 @@ def _render(size, seg_a, seg_b, seg_r, disc_c, disc_r):
     px = origin[:, 0, None, None] + grid[None, None, :]  # (Q, 1, patch) column index x
     py = origin[:, 1, None, None] + grid[None, :, None]  # (Q, patch, 1) row index y
     cx, cy = px + 0.5, py + 0.5
-    ab = b - a
-    len2 = np.maximum((ab**2).sum(-1), 1e-12)[:, None, None]
-    t = np.clip(((cx - a[:, 0, None, None]) * ab[:, 0, None, None] + (cy - a[:, 1, None, None]) * ab[:, 1, None, None]) / len2, 0, 1)
-    dx = cx - (a[:, 0, None, None] + t * ab[:, 0, None, None])
-    dy = cy - (a[:, 1, None, None] + t * ab[:, 1, None, None])
+    ax, ay = a[:, 0, None, None], a[:, 1, None, None]  # (Q, 1, 1)
+    ux, uy = b[:, 0, None, None] - ax, b[:, 1, None, None] - ay
+    len2 = np.maximum(ux * ux + uy * uy, 1e-12)
+    t = np.clip(((cx - ax) * ux + (cy - ay) * uy) / len2, 0.0, 1.0)  # closest point on the segment
+    dx, dy = cx - (ax + t * ux), cy - (ay + t * uy)
     val = np.clip(r[:, None, None] + 0.5 - np.sqrt(dx * dx + dy * dy), 0.0, 1.0).astype(np.float32)
     px, py = np.broadcast_to(px, val.shape), np.broadcast_to(py, val.shape)
     keep = (val > 0) & (px >= 0) & (px < size) & (py >= 0) & (py < size)

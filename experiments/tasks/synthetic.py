@@ -79,7 +79,8 @@ def generate_selective_copying(n, seq_len, rng, *, n_copy=16, n_symbols=8):
     region = seq_len - n_copy - 1
     symbols = rng.integers(0, n_symbols, (n, n_copy))
     inputs = np.full((n, seq_len), BLANK, compact_int_dtype(n_symbols + 2))
-    np.put_along_axis(inputs, _random_positions(rng, n, region, n_copy), (symbols + FIRST_SYMBOL).astype(inputs.dtype), axis=1)
+    where = _random_positions(rng, n, region, n_copy)
+    np.put_along_axis(inputs, where, (symbols + FIRST_SYMBOL).astype(inputs.dtype), axis=1)
     inputs[:, region] = DELIM
     out_pos = np.broadcast_to(np.arange(seq_len - n_copy, seq_len)[None], (n, n_copy))
     return {"inputs": inputs, "labels": _scored(n, seq_len, out_pos, symbols), "lengths": _full_lengths(n, seq_len)}
@@ -113,7 +114,8 @@ def generate_induction(n, seq_len, rng, *, n_symbols=16):
     inputs[:, -1] = DELIM
     target = inputs[rows, trigger + 1].astype(np.int64) - FIRST_SYMBOL
     last = np.full((n, 1), seq_len - 1)
-    return {"inputs": inputs, "labels": _scored(n, seq_len, last, target[:, None]), "lengths": _full_lengths(n, seq_len)}
+    labels = _scored(n, seq_len, last, target[:, None])
+    return {"inputs": inputs, "labels": labels, "lengths": _full_lengths(n, seq_len)}
 
 
 # ---------------------------------------------------------------------- registered tasks

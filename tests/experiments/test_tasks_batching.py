@@ -114,6 +114,7 @@ def test_regression_padding_and_dtypes():
         (dict(split="train", batch_size=4, seed=0, shard=(4, 4)), "shard"),
         (dict(split="train", batch_size=4, seed=-1), "seed"),
         (dict(split="train", batch_size=4, seed=0, start_step=999), "start_step"),
+        (dict(split="train", batch_size=104, seed=0), "exceeds the 103 examples"),
     ],
 )
 def test_bad_batch_arguments_raise(task, kwargs, match):
