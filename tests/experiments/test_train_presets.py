@@ -16,6 +16,7 @@ from experiments._models import build_model, model_spec
 from experiments.config import apply_overrides
 from experiments.presets import get_preset, list_presets
 from experiments.tasks import get_task
+from tests.experiments._task_files import write_aan_tsv, write_cifar, write_imdb
 
 pytestmark = pytest.mark.loose_promotion
 
@@ -27,16 +28,46 @@ SHRINK_TASK = {
     "copying": {**_SMALL, "seq_len": 32, "n_copy": 2},
     "induction": {**_SMALL, "seq_len": 32},
     "adding": {**_SMALL, "seq_len": 32},
+    "pathfinder": {**_SMALL, "size": 32, "cache_dir": False},
+    "pathx": {**_SMALL, "size": 32, "cache_dir": False},  # same code path as 128 px, 16x cheaper
 }
+
+
+def _write_imdb(root):
+    write_imdb(root, {(part, cls): [f"{part} {cls} review number {i}" for i in range(2)]
+                      for part in ("train", "test") for cls in ("pos", "neg")})
+    return {"data_dir": str(root), "seq_len": 32}
+
+
+def _write_aan(root):
+    for split in ("train", "eval", "test"):
+        write_aan_tsv(root / f"new_aan_pairs.{split}.tsv",
+                      [(i % 2, f"a{i}", f"b{i}", f"doc one {i}", f"doc two {i}") for i in range(4)])
+    return {"data_dir": str(root), "seq_len": 32}
+
+
+def _write_cifar(root):
+    rng = np.random.default_rng(0)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    write_cifar(root, {n: rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for n in names},
+                {n: rng.integers(0, 10, 2) for n in names})
+    return {"data_dir": str(root)}
+
+
+EXTERNAL = {"text": _write_imdb, "retrieval": _write_aan, "image": _write_cifar}
 
 
 def shrink(name, tmp_path):
     config = get_preset(name)
     task = config.task.name
-    if task not in SHRINK_TASK:
+    if task in EXTERNAL:
+        options = EXTERNAL[task](tmp_path)
+    elif task in SHRINK_TASK:
+        options = SHRINK_TASK[task]
+    else:
         pytest.fail(f"preset {name!r}: no shrunken options for task {task!r} in this test")
     overrides = ["model.d_model=8", "model.n_layers=1", "model.retrieval_hidden=8", "train.batch_size=2",
-                 "train.steps=1", "train.devices=1", f"task.options={json.dumps(SHRINK_TASK[task])}"]
+                 "train.steps=1", "train.devices=1", f"task.options={json.dumps(options)}"]
     mixer_options = config.model.mixer_options
     if "d_state" in mixer_options:
         overrides.append(f"model.mixer_options.d_state={2 * mixer_options.get('blocks', 2)}")
