@@ -89,7 +89,7 @@ class _Occupancy:
 
     def __init__(self, m, g: Geometry):
         self.res = 0.75 * math.sqrt(g.size / 32.0)
-        self.need = 2 * g.half_width + g.separation + (g.marker_radius - g.half_width)
+        self.need = g.marker_radius + g.half_width + g.separation  # a marker disc facing a paddle
         self.reach = int(math.ceil(self.need / self.res)) + 2
         self.n = int(math.ceil(g.size / self.res)) + 2 * self.reach + 1
         self.grid = np.zeros((m, self.n, self.n), bool)
@@ -182,7 +182,10 @@ def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="ha
         a0, a1, ok = _place(rng, rows, g.paddles, g, None)
         occ.add(rows, _samples(a0, a1))
         b0, b1, ok_b = _place(rng, rows, g.paddles, g, occ)
-        keep = np.flatnonzero(ok & ok_b)[: n - have]
+        # marker discs may sit on any end of A and B: keep those ends two radii + separation apart
+        ends = np.stack([a0[:, 0], a1[:, -1]], 1)[:, :, None] - np.stack([b0[:, 0], b1[:, -1]], 1)[:, None]
+        ok_ends = np.sqrt((ends**2).sum(-1)).min(axis=(1, 2)) >= 2 * g.marker_radius + g.separation
+        keep = np.flatnonzero(ok & ok_b & ok_ends)[: n - have]
         a0, a1, b0, b1 = a0[keep], a1[keep], b0[keep], b1[keep]
         k = keep.size
         stalled = 0 if k else stalled + 1

@@ -22,6 +22,7 @@ train (so val/test do not change when ``n_train`` does), de-duplicated across sp
 from __future__ import annotations
 
 import csv
+import os
 import random
 import sys
 from pathlib import Path
@@ -222,7 +223,7 @@ def _generate_splits(counts, seed, gen, seq_len, path):
     out = {s: _arrays([t for t, _ in pairs[a:b]], [v for _, v in pairs[a:b]], seq_len) for s, (a, b) in bounds.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # atomic: concurrent writers never see half a file
         np.savez_compressed(tmp, **{f"{s}/{k}": v for s, d in out.items() for k, v in d.items()})
         tmp.replace(path)
     return out

@@ -19,6 +19,7 @@ Sources:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def generate(n: int, seed: int, *, size=32, difficulty="hard", progress=False):
 
 def _save(path, arrays):
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # atomic: concurrent writers never see half a file
     np.savez_compressed(tmp, **arrays)
     tmp.replace(path)
 

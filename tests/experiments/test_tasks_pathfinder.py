@@ -109,3 +109,12 @@ def test_reads_release_folder(tmp_path):
     assert t2.num_examples("train") == 16
     with pytest.raises(FileNotFoundError, match="curv_baseline/metadata"):
         get_task("pathfinder", data_dir=tmp_path / "lra_release", difficulty="easy")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, n", [(32, 4000), (64, 1000), (128, 600), (256, 150)])
+def test_connectivity_agreement_large_sample(size, n):
+    images, labels, markers = pf.generate(n, seed=1000 + size, size=size)
+    agree = np.mean([connected(im, mk, BRIDGE[size]) == bool(y) for im, mk, y in zip(images, markers, labels)])
+    print(f"pathfinder{size}: label/connectivity agreement {agree:.4f} on {n} images")
+    assert agree >= 0.995
