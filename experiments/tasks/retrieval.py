@@ -6,7 +6,7 @@ Reads the LRA files ``new_aan_pairs.{train,eval,test}.tsv`` (no header; columns 
 text2``; the label is written as a float). As in LRA, each document is cut to its first 10000
 characters, encoded as UTF-8 byte ids + 1 (vocab 257, 0 = padding), then truncated to ``seq_len``.
 Batches carry both documents: ``inputs``/``lengths`` and ``inputs2``/``lengths2``; ``pair = True``.
-Labels: 1 = the papers are linked by a citation; 2 classes, chance 0.5 (the splits are near balanced).
+Labels: 1 = the papers are linked by a citation; 2 classes, chance 0.5 (uniform guess).
 """
 
 from __future__ import annotations
