@@ -123,3 +123,30 @@ def test_missing_files_and_bad_tokens(tmp_path):
         lo.tokenize("( ( [MAX 2 ) [FIRST ) ] )")
     with pytest.raises(ValueError, match="max_length"):
         get_task("listops", min_length=100, max_length=50)
+
+
+def test_tree_distribution_follows_the_lra_definition():
+    """Before length filtering: leaf probability 0.75, 2..max_args arguments and operators uniform."""
+    import random
+
+    rng = random.Random(0)
+    roots_leaf, args, ops = 0, [], []
+    draws = 4000
+    for _ in range(draws):
+        tokens = []
+        lo._tree(rng, 1, 3, 5, tokens, 10**9)
+        if len(tokens) == 1:
+            roots_leaf += 1
+            continue
+        source = lo.to_source(tokens)
+        ops.append(source.replace("(", " ").split()[0])
+        args.append(evaluate(source)[2][-1])  # the root is the last operator to close
+    assert abs(roots_leaf / draws - 0.75) < 0.03
+    counts = np.bincount(args, minlength=6)[2:]
+    assert counts.min() > 0.7 * counts.mean() and len(counts) == 4  # uniform over 2..5
+    freq = [ops.count(op) / len(ops) for op in lo.OPERATORS]
+    assert max(abs(f - 0.25) for f in freq) < 0.06
+    # at max_depth every node is a leaf
+    tokens = []
+    lo._tree(rng, 3, 3, 5, tokens, 10**9)
+    assert len(tokens) == 1
