@@ -19,7 +19,7 @@ import numpy as np
 
 from experiments.tasks._base import Task, pad_tokens
 from experiments.tasks._registry import check_int, missing_files_error, register
-from experiments.tasks.text import encode_bytes
+from experiments.tasks.text import byte_converter, encode_bytes
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 SOURCE = ("the tsv_data/ folder of lra_release.gz from google-research/long-range-arena (the public bucket "
@@ -58,8 +58,8 @@ def read_tsv(path) -> list[tuple[int, str, str, str, str]]:
 
 
 def _arrays(rows, seq_len):
-    a, la = pad_tokens([encode_bytes(r[3][:MAX_CHARS], seq_len) for r in rows], seq_len, np.uint16)
-    b, lb = pad_tokens([encode_bytes(r[4][:MAX_CHARS], seq_len) for r in rows], seq_len, np.uint16)
+    a, la = pad_tokens([encode_bytes(r[3][:MAX_CHARS], seq_len) for r in rows], seq_len, np.uint8)
+    b, lb = pad_tokens([encode_bytes(r[4][:MAX_CHARS], seq_len) for r in rows], seq_len, np.uint8)
     return {"inputs": a, "lengths": la, "inputs2": b, "lengths2": lb,
             "labels": np.asarray([r[0] for r in rows], np.int8)}
 
@@ -76,4 +76,5 @@ def retrieval(*, data_dir=None, seq_len=4000):
         return _arrays(read_tsv(folder / FILES[split]), seq_len)
 
     return Task(name="retrieval", num_classes=2, seq_len=seq_len, vocab_size=257, pair=True, chance=0.5,
-                options=dict(data_dir=data_dir, seq_len=seq_len), description=__doc__, load_split=load)
+                options=dict(data_dir=data_dir, seq_len=seq_len), convert=byte_converter, description=__doc__,
+                load_split=load)

@@ -22,15 +22,30 @@ CLASSES = ("neg", "pos")
 
 
 def encode_bytes(text: str, limit: int | None = None) -> np.ndarray:
-    """UTF-8 byte ids + 1 as uint16 (so 0 stays free for padding)."""
-    data = text.encode("utf-8")[:limit]
-    return np.frombuffer(data, np.uint8).astype(np.uint16) + 1
+    """UTF-8 bytes of ``text`` (at most ``limit``) as uint8; token ids are these + 1 (see ``byte_ids``)."""
+    return np.frombuffer(text.encode("utf-8")[:limit], np.uint8)
 
 
 def decode_bytes(ids) -> str:
-    """Inverse of ``encode_bytes`` (padding ids 0 are dropped)."""
+    """Text of a row of token ids (byte + 1; padding ids 0 are dropped)."""
     ids = np.asarray(ids)
     return bytes((ids[ids > 0] - 1).astype(np.uint8).tolist()).decode("utf-8", errors="replace")
+
+
+def byte_ids(raw: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Stored bytes (B, L) uint8 -> int32 ids byte + 1 inside each length, 0 (padding) after it.
+
+    Documents are stored as raw bytes (half the memory of uint16 ids) and shifted per batch.
+    """
+    inside = np.arange(raw.shape[1])[None, :] < lengths[:, None]
+    return np.where(inside, raw.astype(np.int32) + 1, 0)
+
+
+def byte_converter(rows):
+    out = dict(rows, inputs=byte_ids(rows["inputs"], rows["lengths"]))
+    if "inputs2" in rows:
+        out["inputs2"] = byte_ids(rows["inputs2"], rows["lengths2"])
+    return out
 
 
 def find_imdb_dir(data_dir) -> Path:
@@ -43,7 +58,7 @@ def find_imdb_dir(data_dir) -> Path:
 
 
 def read_imdb(folder: Path, part: str, seq_len: int):
-    """Arrays of one part ("train" or "test"): inputs (N, L) uint16, labels (N,), lengths (N,)."""
+    """Arrays of one part ("train" or "test"): raw bytes (N, L) uint8, labels (N,), lengths (N,)."""
     seqs, labels = [], []
     for label, cls in enumerate(CLASSES):
         files = sorted((folder / part / cls).glob("*.txt"))
@@ -52,7 +67,7 @@ def read_imdb(folder: Path, part: str, seq_len: int):
             labels.append(label)
     if not seqs:
         raise ValueError(f"{folder}/{part}: no reviews found in pos/ or neg/")
-    inputs, lengths = pad_tokens(seqs, seq_len, np.uint16)
+    inputs, lengths = pad_tokens(seqs, seq_len, np.uint8)
     return {"inputs": inputs, "labels": np.asarray(labels, np.int8), "lengths": lengths}
 
 
@@ -73,4 +88,5 @@ def text(*, data_dir=None, seq_len=4096):
         return loaded[part]
 
     return Task(name="text", num_classes=2, seq_len=seq_len, vocab_size=257, chance=0.5,
-                options=dict(data_dir=data_dir, seq_len=seq_len), description=__doc__, load_split=load)
+                options=dict(data_dir=data_dir, seq_len=seq_len), convert=byte_converter, description=__doc__,
+                load_split=load)

@@ -14,17 +14,20 @@ def _text_of(ids, n):
 
 def test_imdb_round_trip(tmp_path):
     reviews = {("train", "pos"): ["Great film!", "Loved it — café scene"], ("train", "neg"): ["Awful."],
-               ("test", "pos"): ["Fine " * 30], ("test", "neg"): ["Meh", "Bad"]}
+               ("test", "pos"): ["Fine " * 30], ("test", "neg"): ["Meh", "nul\x00byte"]}
     write_imdb(tmp_path, reviews)
     t = get_task("text", data_dir=tmp_path, seq_len=64)
     assert (t.vocab_size, t.num_classes, t.seq_len) == (257, 2, 64)
-    tr = t.split_arrays("train")
+    tr = t.examples("train", np.arange(3))
+    assert tr["inputs"].dtype == np.int32 and (tr["inputs"][0, tr["lengths"][0]:] == 0).all()
     texts = [_text_of(x, n) for x, n in zip(tr["inputs"], tr["lengths"])]
     assert sorted(zip(texts, tr["labels"].tolist())) == sorted(
         [("Great film!", 1), ("Loved it — café scene", 1), ("Awful.", 0)])
     assert tr["lengths"][texts.index("Loved it — café scene")] == len("Loved it — café scene".encode())
     te = t.split_arrays("test")
     assert te["lengths"].max() == 64  # truncated to seq_len
+    ids = t.examples("test", np.arange(3))["inputs"]
+    assert (ids == 1).sum() == 1 and _text_of(ids[1], 8) == "nul\x00byte"  # a NUL byte is id 1, not padding
     assert t.num_examples("val") == t.num_examples("test") == 3  # LRA: no IMDb val set, val = test
     b = next(t.batches("train", 2, seed=0))
     assert b["inputs"].dtype == np.int32 and b["inputs"].shape == (2, 64)
@@ -42,12 +45,12 @@ def test_aan_round_trip(tmp_path):
     b = next(t.batches("val", 1, seed=0))
     assert set(b) == {"inputs", "lengths", "inputs2", "lengths2", "labels", "mask"}
     assert _text_of(b["inputs"][0], b["lengths"][0]) == "v1" and _text_of(b["inputs2"][0], b["lengths2"][0]) == "v2"
-    tr = t.split_arrays("train")
+    tr = t.examples("train", [0, 1])
     assert tr["labels"].tolist() == [1, 0]
     assert tr["lengths"][1] == 10000  # LRA cuts documents to their first 10000 characters
     assert _text_of(tr["inputs2"][1], tr["lengths2"][1]) == "ünïcode"
     short = get_task("retrieval", data_dir=tmp_path)  # default 4000 bytes per document
-    assert short.split_arrays("train")["inputs"].shape == (2, 4000)
+    assert next(short.batches("train", 2, seed=0))["inputs"].shape == (2, 4000)
 
 
 def test_cifar_round_trip(tmp_path):
