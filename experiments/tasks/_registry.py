@@ -97,7 +97,12 @@ def check_choice(name: str, value, choices) -> object:
 
 def missing_files_error(task: str, data_dir, expected: list[str], source: str) -> FileNotFoundError:
     """The error for a missing/incomplete data directory: what is expected and where it comes from."""
-    lines = "\n  ".join(expected)
+    def mark(entry):
+        if any(c in entry for c in "<*[{"):
+            return entry
+        return f"{entry}  ({'found' if Path(entry).exists() else 'MISSING'})"
+
+    lines = "\n  ".join(mark(e) for e in expected)
     where = "no data_dir was given (pass data_dir=...)" if data_dir is None else f"data_dir={str(data_dir)!r}"
     return FileNotFoundError(
         f"task {task!r}: {where}; the data files are missing. Expected:\n  {lines}\n"

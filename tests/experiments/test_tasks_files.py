@@ -123,3 +123,13 @@ def test_missing_data_dir_lists_expected_files(tmp_path, name, expected):
     assert "Source:" in str(err.value)
     with pytest.raises(FileNotFoundError, match="Source:"):
         get_task(name)  # no data_dir at all
+
+
+def test_incomplete_cifar_dir_marks_the_missing_files(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = {f"data_batch_{i}": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for i in (1, 2)}
+    write_cifar(tmp_path, imgs, {k: [0, 1] for k in imgs})
+    with pytest.raises(FileNotFoundError) as err:
+        get_task("image", data_dir=tmp_path)
+    msg = str(err.value)
+    assert "data_batch_1  (found)" in msg and "data_batch_3  (MISSING)" in msg and "test_batch  (MISSING)" in msg
