@@ -2,15 +2,19 @@
 
 Shape legend: M candidate images, S image side in pixels, P paddles per contour, Q primitives per image.
 
-An image holds two main contours of ``P`` paddles (short line segments, "dashes") and a few short
-distractor contours. A contour is a random walk: each paddle turns from the previous one by an angle
-uniform in ``[-max_turn, max_turn]`` and starts one gap after the previous one ends. Contours keep a
-clearance from each other (checked on points sampled along the paddles), so different contours never
-touch. Two circular markers sit on contour ends: label 1 -> both ends of contour A; label 0 -> one end
-of A and one end of B. Positive and negative images share the same geometry distribution; only the
-marker placement differs. Geometry is in pixel units at 32 px and scales with ``S / 32`` (lengths) or
-its square root (stroke width, marker radius). Rendering stamps anti-aliased primitives (intensity =
-clip(radius + 0.5 - distance, 0, 1)) on small patches and combines them with a maximum.
+Our own generator in the spirit of ``drewlinsley/pathfinder`` (same task, same difficulty axis); it does
+not reproduce the LRA images pixel for pixel. An image holds two main contours of ``P`` paddles (short
+line segments, "dashes") and ``20 / (P // 3) * sqrt(S / 32) / 2`` short distractor contours of ``P // 3``
+paddles. A contour is a random walk: each paddle turns from the previous one by an angle uniform in
+``[-max_turn, max_turn]`` and starts one gap after the previous one ends; the finished shape is moved
+to a uniform position where it fits inside the image. Contours keep a clearance from each other
+(checked on points sampled along the paddles) and the ends of A and B stay two marker radii apart, so
+different contours never touch. Two circular markers sit on contour ends: label 1 -> both ends of
+contour A; label 0 -> one end of A and one end of B. Positive and negative images share the same
+geometry distribution; only the marker placement differs. Geometry is in pixel units at 32 px and
+scales with ``S / 32`` (lengths) or its square root (stroke width, marker radius, clearance). Rendering
+stamps anti-aliased primitives (intensity = clip(radius + 0.5 - distance, 0, 1)) on small patches and
+combines them with a maximum.
 """
 
 from __future__ import annotations
