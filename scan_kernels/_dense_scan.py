@@ -61,7 +61,7 @@ def _prepare(A, b, h0):
     else:
         A = jnp.broadcast_to(A.astype(dtype), b.shape[:-1] + (N, N)).reshape(B, L, N, N)
     b = b.astype(dtype).reshape(B, L, N)
-    h0 = jnp.zeros((B, N), dtype) if h0 is None else h0.astype(dtype).reshape(B, N)
+    h0 = jnp.zeros_like(b[:, 0]) if h0 is None else h0.astype(dtype).reshape(B, N)  # zeros_like keeps b's sharding
     return A, b, h0, batch_shape
 
 
@@ -112,7 +112,7 @@ def _dispatch(A, b, h0, reverse: bool, backend: str):
     if backend == "pallas":
         from scan_kernels._dense_scan_pallas import dense_scan_pallas
 
-        return dense_scan_pallas(A, b, h0, reverse=reverse)
+        return _utils.batch_shard_map(partial(dense_scan_pallas, reverse=reverse), (A, A.ndim == 4), b, h0)
     raise AssertionError(backend)
 
 
@@ -142,7 +142,8 @@ def _scan_bwd(reverse, backend, res, dh):
         h_prev = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)
         dh0 = _matvec(At if A.ndim == 2 else At[:, -1], g[:, -1])
     if A.ndim == 2:
-        dA = jnp.einsum("bli,blj->ij", g, h_prev, precision=_HI)
+        # per batch row, then a sum: contracting a (possibly sharded) batch axis inside einsum is ambiguous
+        dA = jnp.sum(jnp.einsum("bli,blj->bij", g, h_prev, precision=_HI), axis=0)
     else:
         dA = g[..., :, None] * h_prev[..., None, :]  # (B, L, N, N)
     return dA, g, dh0

@@ -47,7 +47,7 @@ def _prepare(a, b, h0, fn_name: str):
         B *= s
     a = jnp.broadcast_to(a.astype(dtype), b.shape).reshape(B, L, D)  # broadcast: autodiff sums da back
     b = b.astype(dtype).reshape(B, L, D)
-    h0 = jnp.zeros((B, D), dtype) if h0 is None else h0.astype(dtype).reshape(B, D)
+    h0 = jnp.zeros_like(b[:, 0]) if h0 is None else h0.astype(dtype).reshape(B, D)  # zeros_like keeps b's sharding
     return a, b, h0, batch_shape
 
 
@@ -75,7 +75,7 @@ def _dispatch(a, b, h0, reverse: bool, backend: str):
     if backend == "pallas":
         from scan_kernels._linear_scan_pallas import linear_scan_pallas
 
-        return linear_scan_pallas(a, b, h0, reverse=reverse)
+        return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse), a, b, h0)
     raise AssertionError(backend)  # resolve_backend already refused anything else
 
 
