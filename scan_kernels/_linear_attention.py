@@ -34,7 +34,7 @@ from scan_kernels._fast_weight_checks import check_chunk_size, check_log_decay, 
 from scan_kernels._linear_attention_reference import linear_attention_reference, safe_denominator
 
 # Per-key gates: chunks processed per step of the rematerialised map (bounds the (C, C, K) temporaries).
-_KEY_GATE_CHUNKS_PER_STEP = 8
+_KEY_GATE_CHUNKS_PER_STEP = 2
 
 
 def _intra_key_gate(qc, kc, gam):

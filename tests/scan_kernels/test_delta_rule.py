@@ -153,3 +153,24 @@ def test_bad_input_raises_value_error(i):
     call, match = _bad_calls()[i]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_backward_memory_stores_no_per_token_states():
+    """Backward memory is O(B·L·H·(K+V+C) + NC·B·H·K·(K+V)): doubling V adds a small fraction of what
+    per-token (K, V) states would add, and the total stays far below them."""
+    B, L, H, K, C = 1, 2048, 1, 64, 64
+    S = jax.ShapeDtypeStruct
+    temps = []
+    for V in (64, 128):
+        args = (S((B, L, H, K), F32), S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32),
+                S((B, L, H), F32), S((B, H, K, V), F32))
+
+        def loss(q, k, v, b, g, s):
+            o, st = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s, chunk_size=C, backend="xla")
+            return jnp.sum(o) + jnp.sum(st)
+
+        compiled = jax.jit(jax.grad(loss, (0, 1, 2, 3, 4, 5))).lower(*args).compile()
+        temps.append(compiled.memory_analysis().temp_size_in_bytes)
+    per_token = lambda V: B * L * H * K * V * 4  # noqa: E731  bytes of float32 per-token states
+    assert temps[1] - temps[0] < 0.3 * (per_token(128) - per_token(64)), temps
+    assert temps[1] < 0.5 * per_token(128), temps
