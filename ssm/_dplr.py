@@ -102,12 +102,41 @@ def _truncation_correction(Lambda, P, C, dt, L):
     return lax.complex(ct[..., :h], -ct[..., h:]).astype(C.dtype) / SQRT2
 
 
+def _cauchy(w, z, L, freq_chunk):
+    """r_q(ω_k) = Σ_n w_qn / R_n(ω_k) + conj(w_qn) / conj(R_n)(ω_k) for k <= L/2: ``(M, F, Q)``.
+
+    R_n(ω) = (1 − ω) − (1 + ω) z_n = (1 + z_n)(α_n − ω) with α = (1 − z)/(1 + z) = 1/ā (bilinear), so
+    the weights absorb 1/(1 + z) and each entry is one Cauchy term 1/(α_n − ω_k). Evaluated in frequency
+    chunks under ``jax.checkpoint``: memory O(M·chunk·N/2) in the forward and the backward pass.
+    """
+    M, Q, h = w.shape
+    F = L // 2 + 1
+    fc = min(int(freq_chunk), F)
+    n_chunks = -(-F // fc)
+    k = jnp.arange(n_chunks * fc, dtype=jnp.real(z).dtype).reshape(n_chunks, fc)
+    alpha = ((1.0 - z) / (1.0 + z))[:, None, :]  # (M, 1, N/2)
+    wa = w / (1.0 + z)[:, None, :]  # (M, Q, N/2)
+
+    @jax.checkpoint
+    def chunk(kc):  # (fc,) -> (M, fc, Q)
+        theta = (-2.0 * np.pi / L) * kc
+        omega = lax.complex(jnp.cos(theta), jnp.sin(theta))[None, :, None]  # (1, fc, 1)
+        g = 1.0 / (alpha - omega)  # (M, fc, N/2)
+        gc = 1.0 / (jnp.conj(alpha) - omega)  # conjugate half
+        return jnp.einsum("mfn,mqn->mfq", g, wa) + jnp.einsum("mfn,mqn->mfq", gc, jnp.conj(wa))
+
+    R = lax.map(chunk, k)  # (n_chunks, M, fc, Q)
+    return jnp.moveaxis(R, 0, 1).reshape(M, n_chunks * fc, Q)[:, :F]
+
+
 @ck.jit(static_argnames=("L", "freq_chunk"))
 def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
     """S4 (DPLR, bilinear) kernel: ``Lambda, B, C (..., N/2)``, ``P (..., rank, N/2)`` complex, ``dt`` batch
     -> ``K (..., L)`` real with ``K_l = C_fᵀ Ā^l B̄_f`` for A = diag(Λ_f) − P_f P_fᴴ (module docstring).
 
     ``freq_chunk``: frequencies per chunk of the Cauchy sums (memory ~ D·freq_chunk·N complex).
+    A diagonal entry Λ_n = 0 is a pole at ω = 1 (raw FouT from ``nplr``): keep Re Λ <= −1e-4 as S4
+    layers do. Cost O(D·N·L) for the sums plus O(D·N³·log L) for the truncation correction.
     """
     L = ck.check_length(L)
     if isinstance(freq_chunk, bool) or not isinstance(freq_chunk, (int, np.integer)) or freq_chunk < 1:
@@ -124,32 +153,20 @@ def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
     w = (U[:, :, None, :] * W[:, None, :, :]).reshape(M, (r + 1) ** 2, h)  # (M, (r+1)², N/2)
     z = (0.5 * dtm)[:, None].astype(Lam.dtype) * Lam  # (M, N/2): Δ/2 Λ
     rdt = dtm.dtype
+    R = _cauchy(w, z, L, freq_chunk)
+    R = R.reshape(M, L // 2 + 1, r + 1, r + 1)  # [u, v] = r_{U_u W_v}
 
-    F = L // 2 + 1
-    fc = min(int(freq_chunk), F)
-    n_chunks = -(-F // fc)
-    k = jnp.arange(n_chunks * fc, dtype=rdt).reshape(n_chunks, fc)
-
-    @jax.checkpoint
-    def chunk(kc):  # (fc,) -> (M, fc) complex: K̂ at these frequencies
-        theta = (-2.0 * np.pi / L) * kc
-        omega = lax.complex(jnp.cos(theta), jnp.sin(theta))  # (fc,)
-        one_m, one_p = (1.0 - omega)[None, :, None], (1.0 + omega)[None, :, None]
-        g = 1.0 / (one_m - one_p * z[:, None, :])  # (M, fc, N/2)
-        gc = 1.0 / (one_m - one_p * jnp.conj(z)[:, None, :])  # conjugate half
-        R = jnp.einsum("mfn,mqn->mfq", g, w) + jnp.einsum("mfn,mqn->mfq", gc, jnp.conj(w))
-        R = R.reshape(M, fc, r + 1, r + 1)
-        beta = (0.5 * (1.0 + omega))[None, :] * dtm[:, None].astype(omega.dtype)  # (M, fc)
-        if r == 1:
-            corr = R[..., 0, 1] * R[..., 1, 0] / (1.0 + beta * R[..., 1, 1])
-        else:
-            eye = ck.bcast(jnp.eye(r, dtype=R.dtype), R[..., 1:, 1:].shape)
-            X = jnp.linalg.solve(eye + beta[..., None, None] * R[..., 1:, 1:], R[..., 1:, :1])
-            corr = (R[..., :1, 1:] @ X)[..., 0, 0]
-        return R[..., 0, 0] - beta * corr
-
-    Kf = lax.map(chunk, k)  # (n_chunks, M, fc)
-    Kf = jnp.moveaxis(Kf, 0, 1).reshape(M, n_chunks * fc)[:, :F] * dtm[:, None].astype(Lam.dtype)
+    # Woodbury: K̂ = Δ [r_CB − β r_CP (I + β r_PP)^{-1} r_PB],  β = (1 + ω) Δ/2
+    theta = (-2.0 * np.pi / L) * jnp.arange(L // 2 + 1, dtype=rdt)
+    omega = lax.complex(jnp.cos(theta), jnp.sin(theta))  # (F,)
+    beta = (0.5 * (1.0 + omega))[None, :] * dtm[:, None].astype(omega.dtype)  # (M, F)
+    if r == 1:
+        corr = R[..., 0, 1] * R[..., 1, 0] / (1.0 + beta * R[..., 1, 1])
+    else:
+        eye = ck.bcast(jnp.eye(r, dtype=R.dtype), R[..., 1:, 1:].shape)
+        X = jnp.linalg.solve(eye + beta[..., None, None] * R[..., 1:, 1:], R[..., 1:, :1])
+        corr = (R[..., :1, 1:] @ X)[..., 0, 0]
+    Kf = (R[..., 0, 0] - beta * corr) * dtm[:, None].astype(omega.dtype)  # (M, F)
     K = jnp.fft.irfft(Kf, n=L, axis=-1)  # (M, L)
     return K.reshape(batch + (L,)).astype(rdt)
 

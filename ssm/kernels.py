@@ -31,6 +31,7 @@ from ssm._conv import two_sided_kernel as two_sided_kernel
 from ssm._dplr import dplr_kernel as dplr_kernel
 from ssm._dplr import dplr_kernel_reference as dplr_kernel_reference
 from ssm._dplr import dplr_real_form as dplr_real_form
+from ssm._vandermonde import split_length, vandermonde_2re
 
 __all__ = [
     "dense_kernel",
@@ -44,12 +45,6 @@ __all__ = [
     "bidirectional_conv",
     "two_sided_kernel",
 ]
-
-
-def _split_length(L):
-    """L = J·m (padded up): m ≈ √L inner powers, J outer powers — the two-level Vandermonde split."""
-    m = max(1, int(np.ceil(np.sqrt(L))))
-    return m, -(-L // m)
 
 
 def _matrix_power_columns(Abar, x, m):
@@ -83,7 +78,7 @@ def dense_kernel(A, B, C, dt, L, discretization="bilinear"):
         cdt = ck.complex_dtype(Abar.dtype)
         Abar, Bbar = Abar.astype(cdt), Bbar.astype(cdt)
     C = ck.bcast(C.astype(Abar.dtype), batch + (N,))
-    m, J = _split_length(L)
+    m, J = split_length(L)
     inner = _matrix_power_columns(Abar, Bbar, m)  # (..., N, m): Ā^i B̄
     Am = jnp.linalg.matrix_power(Abar, m) if m > 1 else Abar
     outer = jnp.swapaxes(_matrix_power_columns(jnp.swapaxes(Am, -1, -2), C, J), -1, -2)  # (..., J, N): C Ā^{jm}
@@ -129,18 +124,7 @@ def diag_kernel(Lambda, B, C, dt, L, discretization="zoh"):
     n2 = logA.shape[-1]
     logA = ck.bcast(logA, batch + (n2,))
     w = ck.bcast(C, batch + (n2,)) * ck.bcast(Bbar, batch + (n2,))  # (..., N/2): C B̄
-    m, J = _split_length(L)
-    rdt = jnp.real(logA).dtype
-    i = jnp.arange(m, dtype=rdt).astype(logA.dtype)
-    j = (jnp.arange(J, dtype=rdt) * m).astype(logA.dtype)
-    lead = (1,) * (logA.ndim - 1)
-    inner = jnp.exp(logA[..., :, None] * i.reshape(lead + (1, m)))  # (..., N/2, m): Ā^i
-    outer = w[..., None, :] * jnp.exp(j.reshape(lead + (J, 1)) * logA[..., None, :])  # (..., J, N/2): C B̄ Ā^{jm}
-    # 2 Re(outer @ inner) as one real matmul over the stacked (re, im) planes
-    lhs = jnp.concatenate([jnp.real(outer), -jnp.imag(outer)], axis=-1)  # (..., J, N)
-    rhs = jnp.concatenate([jnp.real(inner), jnp.imag(inner)], axis=-2)  # (..., N, m)
-    K = 2.0 * (lhs @ rhs)
-    return K.reshape(batch + (J * m,))[..., :L]
+    return vandermonde_2re(w[..., None, :], logA, L)[..., 0, :]
 
 
 @ck.jit(static_argnames=("L", "discretization"))

@@ -4,6 +4,8 @@ References are built here independently: unrolled float64 loops x_{l+1} = Ā x_l
 or on the conjugate-closed complex system for DPLR (complex128), with Ā from numpy / scipy.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -134,12 +136,12 @@ def _legs_case(N, D, seed=3):
     return A, B, C, (Lam, P, Bt, C @ V)
 
 
-@pytest.mark.parametrize("L", [1000, 4096])
-def test_dplr_kernel_legs_matches_float64_recurrence(L):
+@pytest.mark.parametrize("L, freq_chunk", [(1000, 128), (4096, 256)])
+def test_dplr_kernel_legs_matches_float64_recurrence(L, freq_chunk):
     """N = 64, Δ over [1e-3, 1e-1] (slow modes, truncation correction matters); ≤ 1e-4 rel."""
     N, dts = 64, np.array([1e-3, 1e-2, 1e-1])
     A, B, C, (Lam, P, Bt, Ct) = _legs_case(N, len(dts))
-    K = kernels.dplr_kernel(_c64(Lam), _c64(P), _c64(Bt), _c64(Ct), _f32(dts), L)
+    K = kernels.dplr_kernel(_c64(Lam), _c64(P), _c64(Bt), _c64(Ct), _f32(dts), L, freq_chunk=freq_chunk)
     ref = np.stack([_loop_kernel(A, B, C[d], dts[d], L) for d in range(len(dts))])
     assert K.shape == (3, L)
     for d in range(3):
@@ -212,9 +214,10 @@ def test_dplr_kernel_grad_matches_reference():
     def loss(fn):
         return lambda *a: jnp.sum(fn(*a, L) * ct)
 
-    assert_close(kernels.dplr_kernel(*args, L), kernels.dplr_kernel_reference(*args, L), rtol=1e-4)
-    gf = jax.grad(loss(kernels.dplr_kernel), argnums=range(5))(*args)
     gr = jax.grad(loss(kernels.dplr_kernel_reference), argnums=range(5))(*args)
+    fn = functools.partial(kernels.dplr_kernel, freq_chunk=48)  # several chunks: checkpointed lax.map
+    assert_close(fn(*args, L), kernels.dplr_kernel_reference(*args, L), rtol=1e-4)
+    gf = jax.grad(loss(fn), argnums=range(5))(*args)
     for a, b, name in zip(gf, gr, ("Lambda", "P", "B", "C", "dt")):
         assert a.shape == b.shape
         assert_close(a, b, rtol=5e-4, name=f"d{name}")
@@ -236,5 +239,7 @@ def test_kernel_bad_input():
         kernels.dense_kernel(jnp.zeros((3, 3)), jnp.zeros(3), jnp.zeros(4), 0.1, 8)
     with pytest.raises(ValueError, match="do not broadcast"):
         kernels.diag_kernel(jnp.zeros((2, 4), jnp.complex64), z, jnp.zeros((3, 4), jnp.complex64), 0.1, 8)
+    with pytest.raises(ValueError, match="freq_chunk"):
+        kernels.dplr_kernel(z, jnp.zeros((1, 4), jnp.complex64), z, z, 0.1, 8, freq_chunk=0)
     with pytest.raises(ValueError, match="Lambda must be an array"):
         kernels.diag_kernel("legs", z, z, 0.1, 8)

@@ -1,0 +1,168 @@
+"""Benchmark the SSM convolution kernels and the FFT convolution that applies them.
+
+    python -m experiments.benchmarks.kernels [--quick] [--out PATH] [--lengths 1024 16384] [--batch 1 8]
+
+Times (median wall clock of jitted calls after a warm-up) and memory of ``dense_kernel``,
+``diag_kernel``, ``dplr_kernel`` (D channels, N states: N/2 complex for diag/DPLR) and ``causal_conv``
+(batch B, length L, D channels), forward and forward+backward (``jax.value_and_grad`` of a random
+projection w.r.t. every float input). Memory comes from XLA's compiled buffer assignment,
+``jax.jit(f).lower(*args).compile().memory_analysis()``: ``peak_memory_in_bytes`` where XLA reports it,
+and ``temp`` (scratch) plus ``argument``/``output`` bytes. Prints a table and writes JSON with the
+device, jax version and a timestamp.
+
+Targets (issue 3): at L = 16384 the DPLR kernel's forward+backward costs no more than the FFT
+convolution that applies it, and no call allocates more than 1 GB.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ssm import hippo, kernels
+
+GB = 1 << 30
+
+
+def _inputs(D, N, L, seed=0):
+    rng = np.random.default_rng(seed)
+    A, B = hippo.transition("legs", N)
+    Lam, P, Bt, _ = hippo.nplr("legs", N)
+    c64 = lambda x: jnp.asarray(x, jnp.complex64)  # noqa: E731
+    rep = lambda x: np.broadcast_to(x, (D,) + x.shape)  # noqa: E731  per-channel parameters
+    dt = jnp.asarray(np.exp(rng.uniform(np.log(1e-3), np.log(1e-1), D)), jnp.float32)
+    Cc = c64(rng.standard_normal((D, N // 2)) + 1j * rng.standard_normal((D, N // 2)))
+    return {
+        "dense_kernel": (
+            lambda A, B, C, dt: kernels.dense_kernel(A, B, C, dt, L),
+            (jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), jnp.asarray(rng.standard_normal((D, N)), jnp.float32), dt),
+        ),
+        "diag_kernel": (
+            lambda Lam, B, C, dt: kernels.diag_kernel(Lam, B, C, dt, L),
+            (c64(rep(Lam)), c64(rep(Bt)), Cc, dt),
+        ),
+        "dplr_kernel": (
+            lambda Lam, P, B, C, dt: kernels.dplr_kernel(Lam, P, B, C, dt, L),
+            (c64(rep(Lam)), c64(rep(P)), c64(rep(Bt)), Cc, dt),
+        ),
+    }
+
+
+def _conv_inputs(Bsz, D, L, seed=0):
+    rng = np.random.default_rng(seed)
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    return kernels.causal_conv, (f32(rng.standard_normal((Bsz, L, D))), f32(rng.standard_normal((D, L))), f32(rng.standard_normal(D)))
+
+
+def _fwd_bwd(f, n_args):
+    def loss(*args):
+        out = f(*args)
+        proj = jax.random.normal(jax.random.key(1), out.shape, out.dtype)
+        return jnp.sum(out * proj)
+
+    return jax.value_and_grad(loss, argnums=tuple(range(n_args)))
+
+
+def _measure(f, args, reps):
+    jf = jax.jit(f)
+    compiled = jf.lower(*args).compile()
+    mem = compiled.memory_analysis()
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t)
+    peak = getattr(mem, "peak_memory_in_bytes", 0) or 0
+    total = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    return {
+        "time_ms": 1e3 * statistics.median(times),
+        "time_min_ms": 1e3 * min(times),
+        "peak_bytes": int(peak),
+        "temp_bytes": int(mem.temp_size_in_bytes),
+        "arg_out_temp_bytes": int(total),
+    }
+
+
+def run(lengths, batches, D, N, reps):
+    rows = []
+    for L in lengths:
+        cases = [(name, f, args, {}) for name, (f, args) in _inputs(D, N, L).items()]
+        for Bsz in batches:
+            f, args = _conv_inputs(Bsz, D, L)
+            cases.append((f"causal_conv(B={Bsz})", f, args, {"batch": Bsz}))
+        for name, f, args, extra in cases:
+            for mode in ("fwd", "fwd+bwd"):
+                g = f if mode == "fwd" else _fwd_bwd(f, len(args))
+                r = _measure(g, args, reps)
+                row = {"op": name, "mode": mode, "L": L, "D": D, "N": N, **extra, **r}
+                rows.append(row)
+                print(
+                    f"{name:22s} {mode:8s} L={L:6d}  {r['time_ms']:9.1f} ms  "
+                    f"peak {r['peak_bytes'] / 2**20:8.1f} MiB  temp {r['temp_bytes'] / 2**20:8.1f} MiB",
+                    flush=True,
+                )
+    return rows
+
+
+def _targets(rows):
+    out = {}
+    for L in sorted({r["L"] for r in rows}):
+        at = {(r["op"], r["mode"]): r for r in rows if r["L"] == L}
+        dplr = at.get(("dplr_kernel", "fwd+bwd"))
+        for (op, mode), r in at.items():
+            if op.startswith("causal_conv") and mode == "fwd+bwd" and dplr is not None:
+                out[f"L={L}: dplr fwd+bwd <= {op} fwd+bwd"] = dplr["time_ms"] <= r["time_ms"]
+    worst = max(rows, key=lambda r: max(r["peak_bytes"], r["arg_out_temp_bytes"]))
+    out["no call > 1 GB"] = all(max(r["peak_bytes"], r["arg_out_temp_bytes"]) <= GB for r in rows)
+    out["largest call"] = f"{worst['op']} {worst['mode']} L={worst['L']}: " + f"{max(worst['peak_bytes'], worst['arg_out_temp_bytes']) / 2**20:.0f} MiB"
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.kernels", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="L=1024 only, 3 repetitions")
+    p.add_argument("--out", default=None, help="JSON path (default experiments/results/kernels_<backend>.json)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[1024, 16384])
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes for causal_conv")
+    p.add_argument("--D", type=int, default=256)
+    p.add_argument("--N", type=int, default=64)
+    p.add_argument("--reps", type=int, default=5)
+    args = p.parse_args(argv)
+    lengths, reps = ([1024], 3) if args.quick else (args.lengths, args.reps)
+    backend = jax.default_backend()
+    out = args.out or os.path.join(os.path.dirname(__file__), "..", "results", f"kernels_{backend}.json")
+    print(f"device: {jax.devices()[0].device_kind} ({backend}), jax {jax.__version__}, D={args.D}, N={args.N}")
+    rows = run(lengths, args.batch, args.D, args.N, reps)
+    targets = _targets(rows)
+    for k, v in targets.items():
+        print(f"target  {k}: {v}")
+    result = {
+        "benchmark": "ssm kernels",
+        "command": "python -m experiments.benchmarks.kernels " + " ".join(sys.argv[1:] if argv is None else argv),
+        "device": jax.devices()[0].device_kind,
+        "backend": backend,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "jax_version": jax.__version__,
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "memory_source": "jax.jit(f).lower(*args).compile().memory_analysis()",
+        "rows": rows,
+        "targets": targets,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(result, fh, indent=1)
+    print(f"wrote {os.path.abspath(out)}")
+
+
+if __name__ == "__main__":
+    main()
