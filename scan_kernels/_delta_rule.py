@@ -15,8 +15,8 @@ solve a unit lower-triangular system (the UT transform):
 
 so the only sequential part is ``S_n = M_n S_{n-1} + Δ_n`` over chunks, run by the scan core's
 ``dense_linear_scan`` (a K×K transition per chunk and head). All exponents are ≤ 0.
-Gradients: autodiff of this form (triangular solves differentiate in closed form; the chunk scan is the
-scan core's custom_vjp); residuals O(B·L·H·(K+V+C) + NC·B·H·K·(K+V)).
+(I + A)⁻¹ comes from log2(C) rounds of batched matmuls (``unit_lower_inverse``). Gradients: autodiff of
+this form (the chunk scan is the scan core's custom_vjp); residuals O(B·L·H·(K+V+C) + NC·B·H·K·(K+V)).
 """
 
 from functools import partial
@@ -33,6 +33,7 @@ from scan_kernels._chunk_utils import (
     scan_chunk_states_dense,
     segment_decay,
     to_chunks,
+    unit_lower_inverse,
 )
 from scan_kernels._delta_rule_reference import delta_rule_reference
 from scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
@@ -59,7 +60,7 @@ def wy_chunk(kc, vc, bc, gam):
         last = gam[..., -1:]  # (B, H, NC, 1)
         khat = kc * jnp.exp(last - gam)[..., None]
     rhs = bc[..., None] * jnp.concatenate([vc, kw], axis=-1)  # (B, H, NC, C, V + K)
-    X = lax.linalg.triangular_solve(A, rhs, left_side=True, lower=True, unit_diagonal=True)
+    X = _mm("bhnij,bhnjf->bhnif", unit_lower_inverse(A), rhs)  # (I + A)⁻¹ rhs
     Ut, W = X[..., :V], X[..., V:]
     eye = jnp.eye(K, dtype=jnp.float32)[None, None, None]  # (1, 1, 1, K, K)
     ident = eye if last is None else jnp.exp(last)[..., None] * eye  # exp(γ_C) I
