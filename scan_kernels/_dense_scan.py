@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from scan_kernels import _backend
+from scan_kernels import _pallas_config
 from scan_kernels import _utils
 
 _HI = lax.Precision.HIGHEST
@@ -167,7 +168,7 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
       ``h`` with ``b``'s shape, in the compute dtype.
     """
     reverse = _utils.check_bool(reverse, "reverse")
-    backend = _backend.resolve_backend(backend)
+    backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
     _utils.check_choice(vjp, "vjp", ("custom", "autodiff"))
     A, b, h0, batch_shape = _prepare(A, b, h0)
     L, N = b.shape[1:]

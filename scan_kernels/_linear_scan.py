@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels import _backend
+from scan_kernels import _pallas_config
 from scan_kernels import _utils
 
 VJP_MODES = ("custom", "autodiff")
@@ -136,7 +136,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
       input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``).
     """
     reverse = _utils.check_bool(reverse, "reverse")
-    backend = _backend.resolve_backend(backend)
+    backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
     _utils.check_choice(vjp, "vjp", VJP_MODES)
     a, b, h0, batch_shape = _prepare(a, b, h0, "linear_scan")
     L, D = b.shape[1:]

@@ -12,7 +12,7 @@ numpy copy of the same bytes as references:
 
 Times are the best of ``--repeats`` interleaved rounds (each round times every variant once), so slow
 drift of a shared machine hits all variants alike; process CPU time is recorded too. Ratios:
-``fwd/copy`` and ``fb/fwd``. On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s
+``fwd/copy``, ``fb/fwd`` and ``fwd/ref`` (against the plain ``lax.scan`` reference timed in the same rounds). On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s
 (3·B·L·D·itemsize bytes per forward). Writes JSON (default ``experiments/results/scan_<platform>.json``).
 
 Targets (issue 2): CPU, auto backend, L=16384, D=1024, float32: fwd <= 2.0x copy, fwd+bwd <= 3.5x fwd.
@@ -109,6 +109,10 @@ def bench_config(B, L, D, dtype, variants, repeats, with_backward=True):
                 fwd_GBps=3 * B * L * D * itemsize / (fwd_ms * 1e-3) / 1e9,
             )
         )
+    ref = next((r for r in rows if r["variant"] == "reference"), None)
+    for r in rows:  # the plain lax.scan loop measured in the same rounds: a steadier yardstick than the copy
+        r["fwd_over_reference"] = r["fwd_ms"] / ref["fwd_ms"] if ref else np.nan
+        r["fb_over_reference"] = r["fb_ms"] / ref["fb_ms"] if ref else np.nan
     return rows
 
 
@@ -117,7 +121,7 @@ def _fmt(x, nd=1):
 
 
 def print_table(rows, out=sys.stdout):
-    head = f"{'B':>2} {'L':>7} {'D':>5} {'dtype':>9} {'variant':>17} {'fwd ms':>9} {'f+b ms':>9} {'copy ms':>8} {'fwd/copy':>8} {'fb/fwd':>7} {'GB/s':>6}"
+    head = f"{'B':>2} {'L':>7} {'D':>5} {'dtype':>9} {'variant':>17} {'fwd ms':>9} {'f+b ms':>9} {'copy ms':>8} {'fwd/copy':>8} {'fb/fwd':>7} {'fwd/ref':>7} {'GB/s':>6}"
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in rows:
@@ -127,7 +131,7 @@ def print_table(rows, out=sys.stdout):
         print(
             f"{r['B']:>2} {r['L']:>7} {r['D']:>5} {r['dtype']:>9} {r['variant']:>17} {_fmt(r['fwd_ms'], 2):>9} "
             f"{_fmt(r['fb_ms'], 2):>9} {_fmt(r['copy_ms'], 2):>8} {_fmt(r['fwd_over_copy'], 2):>8} "
-            f"{_fmt(r['fb_over_fwd'], 2):>7} {_fmt(r['fwd_GBps']):>6}",
+            f"{_fmt(r['fb_over_fwd'], 2):>7} {_fmt(r['fwd_over_reference'], 2):>7} {_fmt(r['fwd_GBps']):>6}",
             file=out,
         )
 
