@@ -16,9 +16,11 @@ With R = (1−ω) − (1+ω) Δ/2 Λ_f (diagonal) and β = (1+ω) Δ/2 the Woodb
 
 summed over both conjugate halves; then K = irfft(K̂, L). C̃ is computed in the exact real form of
 the system (``dplr_real_form``) by binary powering of the real N×N Ā, so callers pass the plain C.
-The Cauchy sums are evaluated in frequency chunks under ``jax.checkpoint``: forward and backward
-memory is O(D·chunk·N), never O(D·N·L).
+The Cauchy sums are evaluated in frequency chunks with a custom VJP that recomputes them chunk by
+chunk: forward and backward memory is O(D·chunk·N), never O(D·N·L).
 """
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -102,31 +104,80 @@ def _truncation_correction(Lambda, P, C, dt, L):
     return lax.complex(ct[..., :h], -ct[..., h:]).astype(C.dtype) / SQRT2
 
 
+def _chunks(L, freq_chunk, dtype):
+    F = L // 2 + 1
+    fc = min(int(freq_chunk), F)
+    n_chunks = -(-F // fc)
+    return F, fc, n_chunks, jnp.arange(n_chunks * fc, dtype=dtype).reshape(n_chunks, fc)
+
+
+def _cauchy_terms(alpha, kc, L):
+    """g = 1/(α − ω_k), gc = 1/(ᾱ − ω_k) for the frequencies ``kc (fc,)``: each ``(M, fc, N/2)``."""
+    theta = (-2.0 * np.pi / L) * kc
+    omega = lax.complex(jnp.cos(theta), jnp.sin(theta))[None, :, None]  # (1, fc, 1)
+    a = alpha[:, None, :]
+    return 1.0 / (a - omega), 1.0 / (jnp.conj(a) - omega)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _cauchy_sums(wa, alpha, L, freq_chunk):
+    """r_q(ω_k) = Σ_n wa_qn/(α_n − ω_k) + conj(wa_qn)/(ᾱ_n − ω_k), k <= L/2 -> ``(M, F, Q)``.
+
+    Frequency chunks via ``lax.map``; the custom VJP recomputes the Cauchy terms chunk by chunk, so
+    neither pass stores an (M, F, N/2) array and the backward costs about two forwards.
+    """
+    F, _, n_chunks, k = _chunks(L, freq_chunk, jnp.real(alpha).dtype)
+
+    def chunk(kc):  # (fc,) -> (M, fc, Q)
+        g, gc = _cauchy_terms(alpha, kc, L)
+        return jnp.einsum("mfn,mqn->mfq", g, wa) + jnp.einsum("mfn,mqn->mfq", gc, jnp.conj(wa))
+
+    R = lax.map(chunk, k)  # (n_chunks, M, fc, Q)
+    M, Q = wa.shape[:2]
+    return jnp.moveaxis(R, 0, 1).reshape(M, -1, Q)[:, :F]
+
+
+def _cauchy_sums_fwd(wa, alpha, L, freq_chunk):
+    return _cauchy_sums(wa, alpha, L, freq_chunk), (wa, alpha)
+
+
+def _cauchy_sums_bwd(L, freq_chunk, res, ct):
+    # JAX cotangents pair bilinearly (no conjugation): holomorphic parts get ct·∂, the parts in ᾱ and
+    # conj(wa) get conj(ct·∂).  ∂g/∂α = −g², ∂gc/∂ᾱ = −gc².
+    wa, alpha = res
+    F, fc, n_chunks, k = _chunks(L, freq_chunk, jnp.real(alpha).dtype)
+    M, Q = wa.shape[:2]
+    ct = jnp.pad(ct, ((0, 0), (0, n_chunks * fc - F), (0, 0)))  # padded frequencies get zero cotangent
+    ct = jnp.moveaxis(ct.reshape(M, n_chunks, fc, Q), 1, 0)  # (n_chunks, M, fc, Q)
+
+    def step(carry, x):
+        d_wa, d_alpha = carry
+        kc, ctc = x
+        g, gc = _cauchy_terms(alpha, kc, L)
+        A1 = jnp.einsum("mfq,mfn->mqn", ctc, g)
+        A2 = jnp.einsum("mfq,mfn->mqn", ctc, gc)
+        B1 = jnp.einsum("mfq,mfn->mqn", ctc, g * g)
+        B2 = jnp.einsum("mfq,mfn->mqn", ctc, gc * gc)
+        d_wa = d_wa + A1 + jnp.conj(A2)
+        d_alpha = d_alpha - jnp.sum(wa * (B1 + jnp.conj(B2)), axis=1)
+        return (d_wa, d_alpha), None
+
+    (d_wa, d_alpha), _ = lax.scan(step, (jnp.zeros_like(wa), jnp.zeros_like(alpha)), (k, ct))
+    return d_wa, d_alpha
+
+
+_cauchy_sums.defvjp(_cauchy_sums_fwd, _cauchy_sums_bwd)
+
+
 def _cauchy(w, z, L, freq_chunk):
     """r_q(ω_k) = Σ_n w_qn / R_n(ω_k) + conj(w_qn) / conj(R_n)(ω_k) for k <= L/2: ``(M, F, Q)``.
 
     R_n(ω) = (1 − ω) − (1 + ω) z_n = (1 + z_n)(α_n − ω) with α = (1 − z)/(1 + z) = 1/ā (bilinear), so
-    the weights absorb 1/(1 + z) and each entry is one Cauchy term 1/(α_n − ω_k). Evaluated in frequency
-    chunks under ``jax.checkpoint``: memory O(M·chunk·N/2) in the forward and the backward pass.
+    the weights absorb 1/(1 + z) and each entry is one Cauchy term 1/(α_n − ω_k).
     """
-    M, Q, h = w.shape
-    F = L // 2 + 1
-    fc = min(int(freq_chunk), F)
-    n_chunks = -(-F // fc)
-    k = jnp.arange(n_chunks * fc, dtype=jnp.real(z).dtype).reshape(n_chunks, fc)
-    alpha = ((1.0 - z) / (1.0 + z))[:, None, :]  # (M, 1, N/2)
+    alpha = (1.0 - z) / (1.0 + z)  # (M, N/2)
     wa = w / (1.0 + z)[:, None, :]  # (M, Q, N/2)
-
-    @jax.checkpoint
-    def chunk(kc):  # (fc,) -> (M, fc, Q)
-        theta = (-2.0 * np.pi / L) * kc
-        omega = lax.complex(jnp.cos(theta), jnp.sin(theta))[None, :, None]  # (1, fc, 1)
-        g = 1.0 / (alpha - omega)  # (M, fc, N/2)
-        gc = 1.0 / (jnp.conj(alpha) - omega)  # conjugate half
-        return jnp.einsum("mfn,mqn->mfq", g, wa) + jnp.einsum("mfn,mqn->mfq", gc, jnp.conj(wa))
-
-    R = lax.map(chunk, k)  # (n_chunks, M, fc, Q)
-    return jnp.moveaxis(R, 0, 1).reshape(M, n_chunks * fc, Q)[:, :F]
+    return _cauchy_sums(wa, alpha, L, freq_chunk)
 
 
 @ck.jit(static_argnames=("L", "freq_chunk"))

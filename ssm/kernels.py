@@ -20,7 +20,6 @@ Conventions for layers:
 """
 
 import jax.numpy as jnp
-import numpy as np
 
 from ssm import _checks as ck
 from ssm import discretize as disc
