@@ -11,8 +11,10 @@ FFTs run in float32 (JAX's FFT rejects bfloat16) with zero padding to a power of
 circular convolution equals the linear one; the result is cast back to ``u``'s dtype.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ssm import _checks as ck
 
@@ -43,18 +45,51 @@ def _skip(y, u, D):
     return y.astype(u.dtype)
 
 
+@jax.custom_vjp
+def _fft_conv(u, K):
+    """float32 ``u (B, L, D)``, ``K (D, L_k)`` -> causal ``y (B, L, D)`` (zero padding to n >= L + L_k).
+
+    One batch element at a time (``lax.map``): temporaries are O(n·D), not O(B·n·D).
+    """
+    L, n = u.shape[1], _fft_size(u.shape[1] + K.shape[1])
+    kf = jnp.fft.rfft(K, n=n, axis=-1).T  # (n/2+1, D)
+    return lax.map(lambda ub: jnp.fft.irfft(jnp.fft.rfft(ub, n=n, axis=0) * kf, n=n, axis=0)[:L], u)
+
+
+def _fft_conv_fwd(u, K):
+    return _fft_conv(u, K), (u, K)
+
+
+def _fft_conv_bwd(res, ct):
+    # Adjoint of a causal convolution = correlation: du_s = Σ_t ct_t K[t-s], dK_j = Σ_{b,t} ct_t u_{t-j}.
+    # Spectra are recomputed per batch element, so only (u, K) are kept as residuals.
+    u, K = res
+    L, Lk, n = u.shape[1], K.shape[1], _fft_size(u.shape[1] + K.shape[1])
+    kf_conj = jnp.conj(jnp.fft.rfft(K, n=n, axis=-1).T)  # (n/2+1, D)
+
+    def step(cross, x):
+        ub, cb = x  # (L, D) each
+        cf = jnp.fft.rfft(cb, n=n, axis=0)
+        du = jnp.fft.irfft(cf * kf_conj, n=n, axis=0)[:L]
+        return cross + cf * jnp.conj(jnp.fft.rfft(ub, n=n, axis=0)), du
+
+    cross, du = lax.scan(step, jnp.zeros_like(kf_conj), (u, ct))
+    dK = jnp.fft.irfft(cross, n=n, axis=0)[:Lk].T  # (D, L_k)
+    return du, dK
+
+
+_fft_conv.defvjp(_fft_conv_fwd, _fft_conv_bwd)
+
+
 @ck.jit
 def causal_conv(u, K, D=None):
     """Causal FFT convolution ``u (B, L, D) * K (D, L_k)`` plus the skip ``D (D,)`` -> ``(B, L, D)``.
 
-    ``L_k`` may differ from L (taps beyond L are ignored, missing taps are zero).
+    ``L_k`` may differ from L (taps beyond L are ignored, missing taps are zero). The backward pass
+    is itself an FFT correlation (custom VJP), so only ``u`` and ``K`` are kept for it.
     """
     u, K, D = _check_conv(u, K, D)
-    L, Lk = u.shape[1], K.shape[1]
-    n = _fft_size(L + Lk)
-    uf = jnp.fft.rfft(u.astype(jnp.float32), n=n, axis=1)  # (B, n/2+1, D)
-    kf = jnp.fft.rfft(K.astype(jnp.float32), n=n, axis=-1).T  # (n/2+1, D)
-    y = jnp.fft.irfft(uf * kf[None], n=n, axis=1)[:, :L]  # (B, L, D)
+    y = _fft_conv(u.astype(jnp.float32), K.astype(jnp.float32))
     return _skip(y, u, D)
 
 
