@@ -64,18 +64,24 @@ def _reference_scan(a, b, h0, reverse: bool):
     return jnp.moveaxis(h, 0, 1)
 
 
-def _dispatch(a, b, h0, reverse: bool, backend: str):
-    """Forward scan on ``(B, L, D)`` arrays in the compute dtype, by the concrete ``backend``."""
+def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
+    """Forward scan on ``(B, L, D)`` arrays in the compute dtype, by the concrete ``backend``.
+
+    ``shifted=True``: step t uses the decay of the step visited before it (``a_{t+1}`` when ``reverse``,
+    ``a_{t-1}`` otherwise; 0 at the first step), the recurrence of the backward pass.
+    """
     if backend == "reference":
-        return _reference_scan(a, b, h0, reverse)
+        from scan_kernels._linear_scan_xla import shift_decays
+
+        return _reference_scan(shift_decays(a, reverse=reverse) if shifted else a, b, h0, reverse)
     if backend == "xla":
         from scan_kernels._linear_scan_xla import linear_scan_xla
 
-        return linear_scan_xla(a, b, h0, reverse=reverse)
+        return linear_scan_xla(a, b, h0, reverse=reverse, shifted=shifted)
     if backend == "pallas":
         from scan_kernels._linear_scan_pallas import linear_scan_pallas
 
-        return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse), a, b, h0)
+        return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse, shifted=shifted), a, b, h0)
     raise AssertionError(backend)  # resolve_backend already refused anything else
 
 
@@ -90,31 +96,17 @@ def _scan_fwd(a, b, h0, reverse, backend):
 
 
 def _scan_bwd(reverse, backend, res, dh):
+    """g_t = dh_t + a_{t+1} g_{t+1}: the same scan run the other way with shifted decays (same dispatcher),
+    then da_t = g_t h_{t-1}, db = g, dh0 = a_0 g_0 (mirrored when ``reverse``)."""
     a, h, h0 = res
-    if backend == "xla":
-        from scan_kernels import _linear_scan_xla as xla
-
-        if xla.has_fused_vjp():  # CPU: the same reverse scan, fused with the da/db epilogue in one loop
-            return xla.sequential_scan_vjp(a, h, h0, dh, reverse=reverse)
-    return _generic_bwd(a, h, h0, dh, reverse, backend)
-
-
-def _generic_bwd(a, h, h0, dh, reverse, backend):
-    """The backward as a reverse linear scan through :func:`_dispatch` plus elementwise products."""
-    zero_row = jnp.zeros_like(a[:, :1])
+    g = _dispatch(a, dh, jnp.zeros_like(h0), not reverse, backend, shifted=True)
     if not reverse:
-        # g_t = dh_t + a_{t+1} g_{t+1}: a reverse scan with the decays shifted one step left.
-        a_next = jnp.concatenate([a[:, 1:], zero_row], axis=1)
-        g = _dispatch(a_next, dh, jnp.zeros_like(h0), True, backend)
-        h_prev = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)  # (B, L, D)
+        h_nb = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)  # (B, L, D): h_{t-1}
         dh0 = a[:, 0] * g[:, 0]
     else:
-        # h_t = a_t h_{t+1} + b_t: g_t = dh_t + a_{t-1} g_{t-1}, a forward scan with decays shifted right.
-        a_prev = jnp.concatenate([zero_row, a[:, :-1]], axis=1)
-        g = _dispatch(a_prev, dh, jnp.zeros_like(h0), False, backend)
-        h_prev = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)
+        h_nb = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)  # h_{t+1}
         dh0 = a[:, -1] * g[:, -1]
-    return g * h_prev, g, dh0
+    return g * h_nb, g, dh0
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)

@@ -64,11 +64,12 @@ def _two_sum(x, y):
     return s, (x - (s - bp)) + (y - bp)
 
 
-def _scan_kernel(*refs, planes: int, reverse: bool, summary: bool):
+def _scan_kernel(*refs, planes: int, reverse: bool, summary: bool, shifted: bool):
     """One chunk ``(C, bd)`` of one batch row. Refs: a, b, h0 planes, then outputs.
 
     ``summary=False``: outputs ``h`` planes ``(C, bd)``, scanned from ``h0``.
     ``summary=True``: outputs end-state and decay-product planes ``(1, bd)``, scanned from zero.
+    ``shifted=True``: step t uses the decay of the step visited before it (0 at the first step).
     """
     a_refs, b_refs, h0_refs = refs[:planes], refs[planes : 2 * planes], refs[2 * planes : 3 * planes]
     out_refs = refs[3 * planes :]
@@ -77,7 +78,11 @@ def _scan_kernel(*refs, planes: int, reverse: bool, summary: bool):
     def body(i, carry):
         h, c, p = carry  # state ≈ h + c (TwoSum compensation); p = running product of decays (summary)
         t = C - 1 - i if reverse else i
-        a_t = tuple(r[pl.ds(t, 1), :] for r in a_refs)
+        if shifted:  # the backward pass's recurrence, without a shifted copy of a
+            s = jnp.clip(t + 1 if reverse else t - 1, 0, C - 1)
+            a_t = tuple(jnp.where(i == 0, 0.0, r[pl.ds(s, 1), :]).astype(r.dtype) for r in a_refs)
+        else:
+            a_t = tuple(r[pl.ds(t, 1), :] for r in a_refs)
         b_t = tuple(r[pl.ds(t, 1), :] for r in b_refs)
         y = tuple(u + v for u, v in zip(_cmul(a_t, c), b_t))
         h, c = zip(*(_two_sum(u, v) for u, v in zip(_cmul(a_t, h), y)))
@@ -104,7 +109,7 @@ def _scan_kernel(*refs, planes: int, reverse: bool, summary: bool):
             r[...] = v
 
 
-def _call(a, b, h0, *, reverse: bool, summary: bool, chunk: int, cfg: PallasScanConfig, interpret):
+def _call(a, b, h0, *, reverse: bool, summary: bool, chunk: int, cfg: PallasScanConfig, interpret, shifted=False):
     """Run the kernel on planes ``a, b (B, Lp, Dp)`` and ``h0 (B, n, Dp)`` with ``n = Lp / chunk`` chunks."""
     planes = len(a)
     B, Lp, Dp = a[0].shape
@@ -121,7 +126,7 @@ def _call(a, b, h0, *, reverse: bool, summary: bool, chunk: int, cfg: PallasScan
     else:
         out_shape = tuple(jax.ShapeDtypeStruct((B, Lp, Dp), dtype) for _ in range(planes))
         out_specs = (seq_spec,) * planes
-    kernel = partial(_scan_kernel, planes=planes, reverse=reverse, summary=summary)
+    kernel = partial(_scan_kernel, planes=planes, reverse=reverse, summary=summary, shifted=shifted)
     return pl.pallas_call(
         kernel,
         out_shape=out_shape,
@@ -150,10 +155,12 @@ def use_two_level(B: int, L: int, D: int, cfg: PallasScanConfig) -> bool:
     return B * pl.cdiv(D, cfg.block_d) < cfg.min_programs and L >= 2 * cfg.chunk
 
 
-def linear_scan_pallas(a, b, h0, *, reverse: bool = False, config: PallasScanConfig | None = None, interpret=None):
+def linear_scan_pallas(
+    a, b, h0, *, reverse: bool = False, shifted: bool = False, config: PallasScanConfig | None = None, interpret=None
+):
     """Pallas scan of ``a, b (B, L, D)`` from ``h0 (B, D)`` (all in one compute dtype); returns ``h (B, L, D)``.
 
-    ``interpret=None``: interpret mode off-GPU (see ``_pallas_config``).
+    ``shifted``: see ``_linear_scan._dispatch``. ``interpret=None``: interpret mode off-GPU (``_pallas_config``).
     """
     cfg = PallasScanConfig() if config is None else config
     B, L, D = b.shape
@@ -164,6 +171,10 @@ def linear_scan_pallas(a, b, h0, *, reverse: bool = False, config: PallasScanCon
     dpad = (0, pl.cdiv(D, bd) * bd - D)
     A, Bp, H0 = (_to_planes(x) for x in (a, b, h0))
     if use_two_level(B, L, D, cfg):
+        if shifted:  # the shift crosses chunk boundaries: make the shifted copy here
+            from scan_kernels._linear_scan_xla import shift_decays
+
+            A = tuple(shift_decays(x, reverse=reverse) for x in A)
         C = min(cfg.chunk, pl.next_power_of_2(L))
         lpad = (0, pl.cdiv(L, C) * C - L)  # padded steps (a=1, b=0) carry the state through unchanged
         A = _pad(A, ((0, 0), lpad, dpad), 1)
@@ -185,6 +196,6 @@ def linear_scan_pallas(a, b, h0, *, reverse: bool = False, config: PallasScanCon
         A = _pad(A, ((0, 0), (0, 0), dpad), 1)
         Bp = _pad(Bp, ((0, 0), (0, 0), dpad), 0)
         H0 = tuple(x[:, None] for x in _pad(H0, ((0, 0), dpad), 0))  # (B, 1, Dp)
-        h = _call(A, Bp, H0, reverse=reverse, summary=False, chunk=L, cfg=cfg, interpret=interpret)
+        h = _call(A, Bp, H0, reverse=reverse, summary=False, chunk=L, cfg=cfg, interpret=interpret, shifted=shifted)
     h = tuple(x[:, :L, :D] for x in h)
     return lax.complex(*h) if cplx else h[0]

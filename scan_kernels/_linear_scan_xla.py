@@ -6,8 +6,8 @@
   L=16384, D=1024). The carry is a compensated sum: the state is ``h + c`` with ``c`` the rounding error of
   the last addition (Knuth's TwoSum, TAOCP vol. 2 §4.2.2; Kahan 1965), so a cumulative sum of 10^6
   float32 terms keeps ~1e-7 relative error instead of ~1e-2 for the naive loop, for ~15% more time.
-  The backward (:func:`sequential_scan_vjp`) is the same loop run backwards with the decays read one
-  step shifted (no shifted copy of ``a``), plus one fused elementwise pass for ``da``.
+  For the backward pass the loop reads the decays one step shifted (``shifted=True``), so no shifted copy
+  of ``a`` is made.
 * GPU: ``lax.associative_scan`` with ``(a1, b1) ∘ (a2, b2) = (a2 a1, a2 b1 + b2)`` (Blelloch 1990), whose
   pairwise tree is also accurate for long sums.
 
@@ -62,25 +62,6 @@ def sequential_scan(a, b, h0, *, reverse: bool = False, shifted: bool = False):
     return lax.fori_loop(0, L, body, (h0, jnp.zeros_like(h0), b))[2]
 
 
-def sequential_scan_vjp(a, h, h0, dh, *, reverse: bool = False):
-    """Backward of :func:`sequential_scan` for the cotangent ``dh``: returns ``(da, db, dh0)``.
-
-    Forward direction (``reverse=False``): one reverse loop for
-        g_t = dh_t + a_{t+1} g_{t+1}  (``shifted`` scan, no copy of ``a``),  db_t = g_t,
-    then one fused elementwise pass  da_t = g_t h_{t-1} (h_{-1} = h0),  and dh0 = a_0 g_0.
-    ``reverse=True`` mirrors it (``a_{t-1}``, ``h_{t+1}``, ``h_L = h0``).
-    (Writing ``da`` inside the loop too was measured 2–3x slower at D=64 and no faster at D=1024.)
-    """
-    g = sequential_scan(a, dh, jnp.zeros_like(h0), reverse=not reverse, shifted=True)
-    if reverse:
-        h_nb = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)  # (B, L, D): h_{t+1}
-        dh0 = a[:, -1] * g[:, -1]
-    else:
-        h_nb = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)  # h_{t-1}
-        dh0 = a[:, 0] * g[:, 0]
-    return g * h_nb, g, dh0
-
-
 def associative_scan(a, b, h0, *, reverse: bool = False):
     """Parallel (log-depth) scan over axis 1; ``h0`` folded into the first step's input."""
 
@@ -95,13 +76,16 @@ def associative_scan(a, b, h0, *, reverse: bool = False):
     return h
 
 
-def linear_scan_xla(a, b, h0, *, reverse: bool = False):
+def shift_decays(a, *, reverse: bool):
+    """``a`` moved one step so that step t sees the decay of the step visited before it (0 at the first):
+    ``a_{t-1}`` for a forward scan, ``a_{t+1}`` for a reverse one (the backward pass's recurrence)."""
+    zero = jnp.zeros_like(a[:, :1])
+    return jnp.concatenate([a[:, 1:], zero], 1) if reverse else jnp.concatenate([zero, a[:, :-1]], 1)
+
+
+def linear_scan_xla(a, b, h0, *, reverse: bool = False, shifted: bool = False):
     """The fastest pure-XLA form for this device (see module docstring)."""
     if _backend.on_gpu():
+        a = shift_decays(a, reverse=reverse) if shifted else a
         return associative_scan(a, b, h0, reverse=reverse)
-    return sequential_scan(a, b, h0, reverse=reverse)
-
-
-def has_fused_vjp() -> bool:
-    """Whether :func:`linear_scan_xla` has the fused backward :func:`sequential_scan_vjp` (CPU form)."""
-    return not _backend.on_gpu()
+    return sequential_scan(a, b, h0, reverse=reverse, shifted=shifted)

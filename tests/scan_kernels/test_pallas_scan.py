@@ -24,6 +24,19 @@ def test_kernel_variants_on_ragged_shapes(two_level, dtype, reverse):
     assert_close(h, loop64(a, b, h0, reverse), dtype=dtype, name=two_level)
 
 
+@pytest.mark.parametrize("two_level", ("never", "always"))
+@pytest.mark.parametrize("reverse", (False, True))
+def test_shifted_decays_variant(two_level, reverse):
+    """shifted=True (the backward's recurrence) reads a_{t-1} (a_{t+1} when reverse) and 0 at the first step."""
+    a, b, h0 = make_inputs(12, 2, 40, 6, jnp.float32, "full")
+    a_np = np.asarray(a)
+    zero = np.zeros_like(a_np[:, :1])
+    a_shift = np.concatenate([a_np[:, 1:], zero], 1) if reverse else np.concatenate([zero, a_np[:, :-1]], 1)
+    cfg = lsp.PallasScanConfig(block_d=8, chunk=16, two_level=two_level)
+    h = jax.jit(lambda a, b, h0: lsp.linear_scan_pallas(a, b, h0, reverse=reverse, shifted=True, config=cfg))(a, b, h0)
+    assert_close(h, loop64(a_shift, b, h0, reverse), dtype=jnp.float32)
+
+
 def test_auto_variant_choice():
     cfg = lsp.PallasScanConfig()
     assert lsp.use_two_level(1, 65536, 64, cfg)  # one program would scan 65536 steps: split it
@@ -78,9 +91,10 @@ S = jax.ShapeDtypeStruct
     "dtype, B, L, D, two_level, reverse",
     [(jnp.float32, 2, 1000, 200, "never", False), (jnp.complex64, 1, 5000, 64, "always", True)],
 )
-def test_linear_scan_kernel_lowers_for_cuda(dtype, B, L, D, two_level, reverse):
+@pytest.mark.parametrize("shifted", (False, True))
+def test_linear_scan_kernel_lowers_for_cuda(dtype, B, L, D, two_level, reverse, shifted):
     cfg = lsp.PallasScanConfig(two_level=two_level, chunk=1024)
-    f = lambda a, b, h0: lsp.linear_scan_pallas(a, b, h0, reverse=reverse, config=cfg, interpret=False)
+    f = lambda a, b, h0: lsp.linear_scan_pallas(a, b, h0, reverse=reverse, shifted=shifted, config=cfg, interpret=False)
     text = lower_for_cuda(f, S((B, L, D), dtype), S((B, L, D), dtype), S((B, D), dtype))
     assert text.count("__gpu$xla.gpu.triton") == (3 if two_level == "always" else 1)
 
