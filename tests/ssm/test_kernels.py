@@ -155,9 +155,12 @@ def test_dplr_kernel_legs_long_16384():
     K = kernels.dplr_kernel(_c64(Lam), _c64(P), _c64(Bt), _c64(Ct), _f32(dts), L)
     Kd = kernels.dense_kernel(_f32(A), _f32(B), _f32(C), _f32(dts), L)
     ref = np.stack([_loop_kernel(A, B, C[d], dts[d], L) for d in range(2)])
+    Lam_d, _, B_d = hippo.dplr("inv", N)
+    Kg = kernels.diag_kernel(_c64(Lam_d), _c64(B_d), _c64(Ct[0]), _f32(dts), L, "zoh")
     for d in range(2):
         assert_close(K[d], ref[d], rtol=1e-4, name=f"dplr dt={dts[d]}")
         assert_close(Kd[d], ref[d], rtol=1e-4, name=f"dense dt={dts[d]}")
+        assert_close(Kg[d], _diag_vandermonde_f64(Lam_d, B_d, Ct[0], dts[d], L, "zoh"), rtol=1e-4, name="diag")
 
 
 @pytest.mark.parametrize("init, rank, L", [("random", 1, 333), ("lin", 2, 1024), ("inv", 3, 517)])
@@ -188,19 +191,33 @@ def test_legt_rank2_and_fout_dplr():
         assert_close(K, _loop_kernel(A - shift * np.eye(N), B, C, 0.01, L), rtol=1e-4, name=measure)
 
 
+def _diag_vandermonde_f64(Lam, B, C, dt, L, method):
+    """2 Re Σ_n C_n B̄_n ā_n^l in float64 numpy (closed-form diagonal discretization)."""
+    z = dt * Lam
+    a, coef = (np.exp(z), np.expm1(z) / Lam) if method == "zoh" else ((1 + z / 2) / (1 - z / 2), dt / (1 - z / 2))
+    return 2 * np.real((C * coef * B)[:, None] * a[:, None] ** np.arange(L)[None]).sum(0)
+
+
 def test_three_kernels_agree_on_a_diagonal_system():
-    """P = 0: dplr_kernel, bilinear diag_kernel and dense_kernel of the real form are one kernel."""
+    """N = 64, P = 0: dplr_kernel, bilinear diag_kernel and dense_kernel of the real form are one kernel,
+    equal to the float64 closed form; ZOH diag_kernel too."""
     rng = np.random.default_rng(6)
-    Lam, _, B = hippo.dplr("inv", 32)
-    C = rng.standard_normal(16) + 1j * rng.standard_normal(16)
-    dt, L = _f32([0.004, 0.04]), 777
-    zeros_P = jnp.zeros((2, 1, 16), jnp.complex64)
+    Lam, _, B = hippo.dplr("inv", 64)
+    C = rng.standard_normal(32) + 1j * rng.standard_normal(32)
+    dts, L = np.array([0.004, 0.04]), 2049
+    dt = _f32(dts)
+    zeros_P = jnp.zeros((2, 1, 32), jnp.complex64)
     Kp = kernels.dplr_kernel(_c64(Lam)[None], zeros_P, _c64(B)[None], _c64(C)[None], dt, L)
     Kg = kernels.diag_kernel(_c64(Lam)[None], _c64(B)[None], _c64(C)[None], dt, L, "bilinear")
     A_r, B_r, C_r = kernels.dplr_real_form(_c64(Lam), zeros_P[0], _c64(B), _c64(C))
     Kd = kernels.dense_kernel(A_r, B_r, C_r, dt, L)
-    assert_close(Kp, Kg, rtol=1e-4)
-    assert_close(Kd, Kg, rtol=1e-4)
+    Kz = kernels.diag_kernel(_c64(Lam)[None], _c64(B)[None], _c64(C)[None], dt, L, "zoh")
+    for d in range(2):
+        ref = _diag_vandermonde_f64(Lam, B, C, dts[d], L, "bilinear")
+        assert_close(Kp[d], ref, rtol=1e-4, name="dplr")
+        assert_close(Kg[d], ref, rtol=1e-4, name="diag")
+        assert_close(Kd[d], ref, rtol=1e-4, name="dense")
+        assert_close(Kz[d], _diag_vandermonde_f64(Lam, B, C, dts[d], L, "zoh"), rtol=1e-4, name="diag zoh")
 
 
 def test_dplr_kernel_grad_matches_reference():
