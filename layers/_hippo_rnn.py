@@ -56,11 +56,13 @@ class HiPPORNN(nnx.Module):
     def transitions(self, t, dt_scale: float = 1.0):
         """``(Ā (..., N, N), B̄ (..., N))`` for 0-based steps ``t`` (int array, any shape)."""
         A, B = ssm.hippo.transition(self.options.measure, self.options.d_state)
+        # the barrier keeps XLA from constant-folding L dense solves of these numpy constants at compile time
+        A, B = jax.lax.optimization_barrier((jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)))
         if self.options.measure == "legs":
             dt = 1.0 / (jnp.asarray(t, jnp.float32) + 1.0)
         else:
             dt = jnp.full(jnp.shape(t), self.options.dt * dt_scale, jnp.float32)
-        return ssm.discretize.bilinear(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), dt)
+        return ssm.discretize.bilinear(A, B, dt)
 
     def _cell(self, state, inp):
         """``state = (c (B, M, N), h (B, D))``, ``inp = (x_t (B, D), Ā_t (N, N), B̄_t (N,))``."""

@@ -82,8 +82,9 @@ class LMU(nnx.Module):
 
     def _system(self, dt_scale):
         A, B = ssm.hippo.transition("lmu", self.options.n)
-        dt = jnp.float32(dt_scale / self.options.theta)
-        return jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), dt
+        # the barrier keeps XLA from constant-folding the matrix exponential / powers at compile time
+        A, B = jax.lax.optimization_barrier((jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)))
+        return A, B, jnp.float32(dt_scale / self.options.theta)
 
     def discretized(self, dt_scale: float = 1.0):
         """``(Ā (N, N), B̄ (N,))`` of the Legendre memory (θ in time steps)."""

@@ -8,7 +8,7 @@ One SISO system per channel d that shares ``A (N, N)`` and ``B (N,)`` (initialis
     Ā_d, B̄_d = bilinear | zoh (A, B, Δ_d),   Δ = exp(log_dt) · dt_scale          (``ssm.discretize``)
     mode="conv": y = K * u + D u,  K_{d,l} = C_d Ā_d^l B̄_d     (``ssm.kernels.dense_kernel`` + FFT)
     mode="scan": x_t = Ā_d x_{t-1} + B̄_d u_t per channel on ``scan_kernels.dense_linear_scan``
-    step:        the same recurrence, one token at a time, O(D·N²)
+    step:        the same recurrence, one token at a time, O(D·N²) (Ā, B̄ cached in the state by ``init_state``)
 
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (two-sided kernel / reverse scan).
 Parameters: ``A (N, N)``, ``B (N,)``, ``log_dt (D,)`` (tag ``ssm``), ``C (D, N)``, ``D (D,)``.
@@ -107,20 +107,23 @@ class LSSL(nnx.Module):
             y = y + jnp.einsum("bldn,dn->bld", scan(Abar, b_next, True), Cs[1])
         return y + x * self.D[...][None, None]
 
-    def init_state(self, batch_size: int):
-        """``x (B, D, N)`` float32 zeros."""
+    def init_state(self, batch_size: int, *, dt_scale: float = 1.0):
+        """``(x (B, D, N) zeros, Ā (D, N, N), B̄ (D, N))``: the state plus a decode cache of the discretized
+        system (dense Ā costs O(D·N³) to form, so ``step`` reuses it: call ``init_state`` again after the
+        parameters change). ``dt_scale`` sets the step-size scale of the whole decode."""
         check_batch_size("LSSL", batch_size)
-        if self.options.bidirectional:
-            raise ValueError("LSSL: step is causal; bidirectional=True has no recurrent form")
-        return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32)
-
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
-        check_token("LSSL", x_t, self.d_model)
         check_dt_scale("LSSL", dt_scale)
         if self.options.bidirectional:
             raise ValueError("LSSL: step is causal; bidirectional=True has no recurrent form")
-        x_t = x_t.astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
-        s = jnp.einsum("dnm,bdm->bdn", Abar, state) + Bbar[None] * x_t[..., None]
-        return s, jnp.einsum("dn,bdn->bd", self.C[...], s) + x_t * self.D[...][None]
+        return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32), Abar, Bbar
+
+    def step(self, state, x_t):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``, O(D·N²)."""
+        check_token("LSSL", x_t, self.d_model)
+        if self.options.bidirectional:
+            raise ValueError("LSSL: step is causal; bidirectional=True has no recurrent form")
+        x, Abar, Bbar = state
+        x_t = x_t.astype(jnp.float32)
+        x = jnp.einsum("dnm,bdm->bdn", Abar, x) + Bbar[None] * x_t[..., None]
+        return (x, Abar, Bbar), jnp.einsum("dn,bdn->bd", self.C[...], x) + x_t * self.D[...][None]

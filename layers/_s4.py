@@ -7,9 +7,11 @@ Per channel d (N states; the conjugate half N/2 is stored, ``ssm.kernels`` conve
     bilinear: Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A),  B̄ = (I − Δ/2 A)^{-1} Δ B,   Δ = exp(log_dt) · dt_scale
     __call__ (convolution): K_l = C_fᵀ Ā^l B̄_f by Cauchy + Woodbury at the roots of unity
                             (``ssm.kernels.dplr_kernel``, truncation-corrected), y = K * u + D u (FFT)
-    step (recurrence):      x_t = Ā x_{t-1} + B̄ u_t,  y_t = C x_t + D u_t  in the exact real N-dim form of the
-                            same system (``ssm.kernels.dplr_real_form``): a dense N×N bilinear step, no
+    step (recurrence):      x_t = Ā x_{t-1} + B̄ u_t,  y_t = 2 Re(C x_t) + D u_t  on the conjugate half, with
+                            Ā applied without forming it: (I − Δ/2 A) x_t = (I + Δ/2 A) x_{t-1} + Δ B u_t solved
+                            by Woodbury in O(N·rank) per channel (S4's "linear" step, S4 App. C.2). No
                             eigendecomposition of Ā (S4's float32 "diagonal" step is off by ~4e-2, anchors §2.6).
+                            ``discretized()`` gives the dense real form (``ssm.kernels.dplr_real_form``) for checks.
 
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).
 Parameters (per channel): ``log_dt (D,)``, ``Lambda_re, Lambda_im, B_re, B_im (D, N/2)``, ``P_re, P_im
@@ -111,19 +113,42 @@ class S4(nnx.Module):
         return ssm.kernels.causal_conv(x, Ks[0], self.D[...])
 
     def init_state(self, batch_size: int):
-        """``x (B, D, N)`` float32 zeros (the real form of the state)."""
+        """``x (B, D, N/2)`` complex64 zeros (the conjugate half of the state)."""
         check_batch_size("S4", batch_size)
         if self.options.bidirectional:
             raise ValueError("S4: step is causal; bidirectional=True has no recurrent form")
-        return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32)
+        return jnp.zeros((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
 
     def step(self, state, x_t, *, dt_scale: float = 1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N²) per token."""
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N·rank) per token."""
         check_token("S4", x_t, self.d_model)
         check_dt_scale("S4", dt_scale)
         if self.options.bidirectional:
             raise ValueError("S4: step is causal; bidirectional=True has no recurrent form")
         x_t = x_t.astype(jnp.float32)
-        Abar, Bbar, Cr = self.discretized(dt_scale)
-        s = jnp.einsum("dnm,bdm->bdn", Abar, state) + Bbar[None] * x_t[..., None]
-        return s, jnp.einsum("dn,bdn->bd", Cr, s) + x_t * self.D[...][None]
+        Lam, P, B = self.dplr()
+        s = _dplr_bilinear_step(Lam, P, B, self.dt(dt_scale), state, x_t)
+        y = 2.0 * jnp.real(jnp.einsum("dn,bdn->bd", self._Cs()[0], s)) + x_t * self.D[...][None]
+        return s, y
+
+
+# Private adapter (``ssm`` has no DPLR recurrence step yet; it belongs in ``ssm/`` next to ``dplr_kernel``).
+def _dplr_bilinear_step(Lam, P, B, dt, x, u):
+    """One bilinear step of the conjugate-closed DPLR system on its conjugate half, in O(N·rank).
+
+    ``Lam, B (D, H)``, ``P (D, r, H)`` complex, ``dt (D,)``, state ``x (Bt, D, H)``, input ``u (Bt, D)``.
+    With A = diag(Λ_f) − P_f P_fᴴ and a conjugate-symmetric state, P_fᴴ x_f = 2 Re(Pᴴ x) is real. Solves
+    (I − Δ/2 A) x' = (I + Δ/2 A) x + Δ B u by Woodbury: M = diag(d) + (Δ/2) P_f P_fᴴ, d = 1 − Δ/2 Λ,
+    M⁻¹v = v/d − (P/d) G⁻¹ P_fᴴ(v/d),  G = (2/Δ) I + P_fᴴ diag(d)⁻¹ P_f  (real r×r).
+    """
+    half = (0.5 * dt).astype(jnp.complex64)[:, None]                                    # (D, 1)
+    proj = lambda v: 2.0 * jnp.real(jnp.einsum("drn,bdn->bdr", jnp.conj(P), v))      # noqa: E731  P_fᴴ v_f
+    Ax = Lam[None] * x - jnp.einsum("drn,bdr->bdn", P, proj(x).astype(jnp.complex64))
+    v = x + half[None] * Ax + (dt.astype(jnp.complex64)[:, None] * B)[None] * u.astype(jnp.complex64)[..., None]
+    d = 1.0 - half * Lam                                                                 # (D, H)
+    r = P.shape[1]
+    G = (2.0 / dt)[:, None, None] * jnp.eye(r, dtype=jnp.float32)[None] + 2.0 * jnp.real(
+        jnp.einsum("din,djn->dij", jnp.conj(P), P / d[:, None]))                        # (D, r, r)
+    w = v / d[None]
+    z = jnp.einsum("dij,bdj->bdi", jnp.linalg.inv(G), proj(w))                           # (Bt, D, r)
+    return w - jnp.einsum("drn,bdr->bdn", P / d[:, None], z.astype(jnp.complex64))

@@ -100,3 +100,23 @@ def test_bad_input_raises_value_error(name):
         layers.MIXERS[name](D_MODEL, rngs=nnx.Rngs(0), not_an_option=3)
     with pytest.raises(ValueError, match="batch_size"):
         mixer.init_state(0)
+
+
+@pytest.mark.parametrize("cls,bad,allowed", [
+    (layers.S4D, {"init": "foo"}, "'lin', 'inv', 'legs', 'real'"),
+    (layers.S4D, {"mode": "fft"}, "'conv', 'scan'"),
+    (layers.S4, {"measure": "lmu"}, "'legs', 'legt', 'fout', 'lagt'"),
+    (layers.S5, {"discretization": "euler"}, "'zoh', 'bilinear'"),
+    (layers.LSSL, {"backend": "cuda"}, "'reference', 'xla', 'pallas'"),
+    (layers.LMU, {"hidden_cell": "lstm"}, "'rnn', 'dense'"),
+    (layers.HiPPORNN, {"measure": "fout"}, "'legs', 'legt', 'lagt'"),
+    (layers.LinearAttention, {"normalize": 1}, "True or False"),
+    (layers.S4D, {"d_state": 7}, "multiple of 2"),
+    (layers.LRU, {"r_min": 0.9, "r_max": 0.5}, "r_min"),
+    (layers.S4D, {"dt_min": 0.5, "dt_max": 0.1}, "dt_min"),
+    (layers.DeltaNet, {"num_heads": 3}, "not divisible by num_heads"),
+])
+def test_bad_option_values_raise_value_error_with_allowed_values(cls, bad, allowed):
+    with pytest.raises(ValueError) as info:
+        cls(D_MODEL, rngs=nnx.Rngs(0), **bad)
+    assert allowed in str(info.value)

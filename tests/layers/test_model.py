@@ -135,15 +135,17 @@ def test_ssm_labels_drive_optax_multi_transform():
     assert sum(moved) > 0 and sum(not m for m in moved) > 0
 
 
-def test_linen_bridge_keeps_all_parameters_in_params():
-    to_linen = bridge.ToLinen(layers.SelectiveSSM, args=(8,), kwargs=OPTS)
+@pytest.mark.parametrize("cls,opts,ssm_name", [(layers.SelectiveSSM, OPTS, "A_log"),
+                                               (layers.S4D, {"d_state": 4}, "Lambda_re")])
+def test_linen_bridge_keeps_all_parameters_in_params(cls, opts, ssm_name):
+    to_linen = bridge.ToLinen(cls, args=(8,), kwargs=opts)
     x = jax.random.normal(jax.random.key(0), (2, 9, 8))
     variables = to_linen.init(jax.random.key(1), x)
     assert set(variables) == {"params"}
     names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables["params"])}
-    assert any("A_log" in n for n in names) and any("dt_bias" in n for n in names)
+    assert any(ssm_name in n for n in names)
     n_linen = sum(np.size(v) for v in jax.tree.leaves(variables["params"]))
-    native = layers.SelectiveSSM(8, rngs=nnx.Rngs(0), **OPTS)
+    native = cls(8, rngs=nnx.Rngs(0), **opts)
     n_nnx = sum(np.size(v) for v in jax.tree.leaves(nnx.state(native, nnx.Param)))
     assert n_linen == n_nnx
     y = to_linen.apply(variables, x)
@@ -152,11 +154,11 @@ def test_linen_bridge_keeps_all_parameters_in_params():
     class Wrapper(linen.Module):
         @linen.compact
         def __call__(self, x):
-            return linen.Dense(2)(bridge.ToLinen(layers.SelectiveSSM, args=(8,), kwargs=OPTS)(x))
+            return linen.Dense(2)(bridge.ToLinen(cls, args=(8,), kwargs=opts)(x))
 
     w = Wrapper()
     params = w.init(jax.random.key(2), x)["params"]
     grads = jax.grad(lambda p: jnp.sum(w.apply({"params": p}, x) ** 2))(params)
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
-    a_log_grads = [g for p, g in jax.tree_util.tree_leaves_with_path(grads) if "A_log" in jax.tree_util.keystr(p)]
-    assert a_log_grads and np.any(np.asarray(a_log_grads[0]) != 0)
+    ssm_grads = [g for p, g in jax.tree_util.tree_leaves_with_path(grads) if ssm_name in jax.tree_util.keystr(p)]
+    assert ssm_grads and np.any(np.asarray(ssm_grads[0]) != 0)

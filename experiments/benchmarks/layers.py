@@ -1,0 +1,190 @@
+"""Benchmark of the sequence mixers: ``python -m experiments.benchmarks.layers [--quick] [--out PATH] [--mixers ...]``.
+
+For every mixer in ``layers.MIXERS`` (default options except the sizes below), in one run:
+
+- fwd+bwd: ``jax.grad`` of ``sum(mixer(x) * w)`` w.r.t. all parameters and ``x`` at B x L x D, jitted; best of
+  ``--repeats`` calls after compilation; tokens/s = B·L / time.
+- peak memory: XLA's buffer assignment for that compiled fwd+bwd (arguments + outputs + temporaries, from
+  ``compiled.memory_analysis()``), and the device's ``peak_bytes_in_use`` where the backend reports it (GPU).
+- decoding: one jitted ``step`` call for the whole batch (B tokens), measured with a fresh state and with the
+  state reached after L tokens (the state is advanced by a ``lax.scan`` of ``step``, whose time per token is
+  also reported), against re-running ``__call__`` on the prefix (what a model without a recurrent form does per
+  generated token) at L/4 and L. ``speedup`` = call(L) / step. Target: step flat in L and >= 50x cheaper.
+
+Sizes (issue 5): B=8, L=4096, D=256, N=64 for the SSMs (SelectiveSSM: N=16, Mamba's default, since its
+(B, L, D, N) scan inputs at N=64 need ~1 GB each), 4 heads for the attention family. ``--quick``: B=2, L=1024,
+D=64, N=16, 2 heads. Timings on a shared CPU are noisy: compare rows of one run, not across runs.
+Writes JSON (default ``experiments/results/layers_<platform>.json``).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import layers
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
+HEADS_NAMES = ("linear_attention", "deltanet", "gla", "retnet")
+
+
+def mixer_options(name: str, n: int, heads: int) -> dict:
+    if name in SSM_NAMES:
+        return {"d_state": n}
+    if name == "lmu":
+        return {"order": n}
+    if name == "selective_ssm":
+        return {"d_state": min(n, 16)}
+    if name in HEADS_NAMES:
+        return {"num_heads": heads}
+    raise ValueError(f"no benchmark options for mixer {name!r}")
+
+
+def _best(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _peak_device_bytes():
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use")
+
+
+def bench_mixer(name: str, B: int, L: int, D: int, n: int, heads: int, repeats: int) -> dict:
+    opts = mixer_options(name, n, heads)
+    mixer = layers.MIXERS[name](D, rngs=nnx.Rngs(0), **opts)
+    graphdef, params = nnx.split(mixer)
+    kx, kw = jax.random.split(jax.random.key(1))
+    x = jax.random.normal(kx, (B, L, D), jnp.float32)
+    w = jax.random.normal(kw, (B, L, D), jnp.float32)
+
+    def loss(p, x):
+        return jnp.sum(nnx.merge(graphdef, p)(x) * w)
+
+    fb = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    t0 = time.perf_counter()
+    compiled = fb.lower(params, x).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    xla_bytes = None
+    if mem is not None:
+        xla_bytes = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                        - getattr(mem, "alias_size_in_bytes", 0))
+    fb_s = _best(lambda: compiled(params, x), repeats)
+
+    call = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
+    call_s = _best(lambda: call(params, x), repeats)
+    x4 = x[:, : max(1, L // 4)]
+    call_s_quarter = _best(lambda: call(params, x4), repeats)
+
+    step = jax.jit(lambda p, s, xt: nnx.merge(graphdef, p).step(s, xt))
+    state0 = mixer.init_state(B)
+    jax.block_until_ready(step(params, state0, x[:, 0]))
+    step_s_fresh = _best(lambda: step(params, state0, x[:, 0]), max(repeats, 20))
+
+    @jax.jit
+    def advance(p, s, xs):
+        m = nnx.merge(graphdef, p)
+        s, ys = jax.lax.scan(lambda s, xt: m.step(s, xt), s, jnp.moveaxis(xs, 1, 0))
+        return s, ys
+
+    jax.block_until_ready(advance(params, state0, x))
+    scan_steps_s = _best(lambda: advance(params, state0, x), 1)
+    state_L, _ = advance(params, state0, x)
+    step_s_after = _best(lambda: step(params, state_L, x[:, -1]), max(repeats, 20))
+    return {
+        "mixer": name, "options": opts, "B": B, "L": L, "D": D,
+        "compile_s": round(compile_s, 3),
+        "fwd_bwd_s": fb_s, "fwd_bwd_tokens_per_s": B * L / fb_s,
+        "xla_peak_bytes": xla_bytes, "device_peak_bytes": _peak_device_bytes(),
+        "call_s_L": call_s, "call_s_L_quarter": call_s_quarter,
+        "step_s_fresh": step_s_fresh, "step_s_after_L": step_s_after,
+        "step_scan_s_per_token": scan_steps_s / L,
+        "speedup_step_vs_call_L": call_s / step_s_after,
+    }
+
+
+def _fmt_bytes(b):
+    return "-" if b is None else f"{b / 2**20:8.1f}"
+
+
+HEADER = (f"{'mixer':<17}{'fwd+bwd ms':>11}{'tok/s':>11}{'XLA MiB':>9}{'call(L/4) ms':>13}{'call(L) ms':>11}"
+          f"{'step ms':>9}{'step@L ms':>10}{'scan/tok ms':>12}{'call/step':>10}")
+
+
+def format_row(r) -> str:
+    if "error" in r:
+        return f"{r['mixer']:<17}ERROR {r['error']}"
+    return (f"{r['mixer']:<17}{1e3 * r['fwd_bwd_s']:11.1f}{r['fwd_bwd_tokens_per_s']:11.0f}"
+            f"{_fmt_bytes(r['xla_peak_bytes']):>9}{1e3 * r['call_s_L_quarter']:13.2f}{1e3 * r['call_s_L']:11.2f}"
+            f"{1e3 * r['step_s_fresh']:9.3f}{1e3 * r['step_s_after_L']:10.3f}"
+            f"{1e3 * r['step_scan_s_per_token']:12.4f}{r['speedup_step_vs_call_L']:10.1f}")
+
+
+def print_table(rows):
+    print(HEADER)
+    print("-" * len(HEADER))
+    for r in rows:
+        print(format_row(r))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m experiments.benchmarks.layers",
+                                     description="Throughput, memory and decode latency of every mixer.")
+    parser.add_argument("--quick", action="store_true", help="small sizes (B=2, L=1024, D=64, N=16, 2 heads)")
+    parser.add_argument("--out", default=None, help="JSON path (default experiments/results/layers_<platform>.json)")
+    parser.add_argument("--mixers", default=None, help="comma-separated subset of " + ",".join(layers.MIXERS))
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best is kept)")
+    parser.add_argument("--B", type=int, default=None)
+    parser.add_argument("--L", type=int, default=None)
+    parser.add_argument("--D", type=int, default=None)
+    args = parser.parse_args(argv)
+    names = list(layers.MIXERS) if args.mixers is None else [m.strip() for m in args.mixers.split(",") if m.strip()]
+    unknown = [m for m in names if m not in layers.MIXERS]
+    if unknown:
+        parser.error(f"unknown mixer(s) {unknown}; choose from {sorted(layers.MIXERS)}")
+    B, L, D, n, heads = (2, 1024, 64, 16, 2) if args.quick else (8, 4096, 256, 64, 4)
+    B, L, D = args.B or B, args.L or L, args.D or D
+    platform_name = jax.default_backend()
+    print(f"device: {jax.devices()[0].device_kind} ({platform_name}); B={B} L={L} D={D} N={n} heads={heads}",
+          flush=True)
+    rows = []
+    print(HEADER)
+    for name in names:
+        try:
+            rows.append(bench_mixer(name, B, L, D, n, heads, args.repeats))
+        except Exception as e:  # report and continue: one mixer failing must not hide the others
+            rows.append({"mixer": name, "error": f"{type(e).__name__}: {e}"[:300]})
+        print(format_row(rows[-1]), flush=True)
+    print()
+    print_table(rows)
+    out = args.out or os.path.join(RESULTS_DIR, f"layers_{platform_name}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    record = {
+        "benchmark": "layers", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "device": jax.devices()[0].device_kind, "platform": platform_name, "jax": jax.__version__,
+        "python": platform.python_version(), "quick": args.quick, "repeats": args.repeats,
+        "command": "python -m experiments.benchmarks.layers " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "rows": rows,
+    }
+    with open(out, "w") as f:
+        json.dump(record, f, indent=1, default=float)
+    print(f"wrote {out}")
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
