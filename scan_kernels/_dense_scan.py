@@ -8,7 +8,7 @@ such as ``(L, N, N)`` or ``(B, L, N, N)`` (delta-rule chunk transitions); ``h0 (
 shape in the compute dtype (float32 for float32/bfloat16 inputs, complex64 if any input is complex).
 Matrix products use ``precision=HIGHEST`` (no TF32 on GPU).
 
-Backends: ``"reference"`` plain ``lax.scan``; ``"xla"``: the sequential scan on CPU, and on GPU
+Backends: ``"reference"`` plain ``lax.scan``; ``"xla"``: an in-place sequential loop on CPU, and on GPU
 ``lax.associative_scan`` with ``(A1, b1) ∘ (A2, b2) = (A2 A1, A2 b1 + b2)`` when the broadcast transitions
 fit a memory budget (else the sequential scan); ``"pallas"``: a Pallas kernel with the time loop inside.
 
@@ -86,6 +86,22 @@ def _sequential(A, b, h0, reverse: bool):
     return jnp.moveaxis(h, 0, 1)
 
 
+def _sequential_inplace(A, b, h0, reverse: bool):
+    """The CPU form: a ``fori_loop`` that reads row t of ``b (B, L, N)`` (and ``A (B, L, N, N)``) in place and
+    writes ``h`` over ``b``'s buffer, avoiding the ``(L, B, ...)`` transposes of a ``lax.scan`` (as in
+    ``_linear_scan_xla.sequential_scan``)."""
+    L = b.shape[1]
+
+    def body(i, carry):
+        h, out = carry
+        t = L - 1 - i if reverse else i
+        A_t = A if A.ndim == 2 else lax.dynamic_index_in_dim(A, t, axis=1, keepdims=False)
+        h = _matvec(A_t, h) + lax.dynamic_index_in_dim(out, t, axis=1, keepdims=False)
+        return h, lax.dynamic_update_index_in_dim(out, h, t, axis=1)
+
+    return lax.fori_loop(0, L, body, (h0, b))[1]
+
+
 def _associative(A, b, h0, reverse: bool):
     """Log-depth parallel form over axis 1 with ``h0`` folded into the first step's input."""
     B, L, N = b.shape
@@ -107,7 +123,9 @@ def _dispatch(A, b, h0, reverse: bool, backend: str):
         return _sequential(A, b, h0, reverse)
     if backend == "xla":
         B, L, N = b.shape
-        if _backend.on_gpu() and B * L * N * N * b.dtype.itemsize <= _ASSOC_BYTES_BUDGET:
+        if not _backend.on_gpu():
+            return _sequential_inplace(A, b, h0, reverse)
+        if B * L * N * N * b.dtype.itemsize <= _ASSOC_BYTES_BUDGET:
             return _associative(A, b, h0, reverse)
         return _sequential(A, b, h0, reverse)
     if backend == "pallas":
