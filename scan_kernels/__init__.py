@@ -1,5 +1,13 @@
 """scan_kernels: the recurrence core of AlgoRNN (pure functions of arrays).
 
+* ``linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom")``:
+  ``h_t = a_t ⊙ h_{t-1} + b_t`` over ``b (B, L, D)``, ``a`` broadcastable to ``b``, ``h0 (B, D)``.
+* ``dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom")``:
+  ``h_t = A_t h_{t-1} + b_t`` with ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``.
+* ``backend``: ``None`` (auto: Pallas on a GPU where it compiles, else XLA) | ``"reference"`` | ``"xla"`` |
+  ``"pallas"``; each op has a ``*_reference`` loop. Outputs are float32 for float32/bfloat16 inputs,
+  complex64 if any input is complex.
+
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
