@@ -248,3 +248,12 @@ def test_unit_modulus_decays_stay_finite(backend):
 def test_full_matrix_forward_and_gradients(backend, case):
     check_forward(backend, case)
     check_grads(backend, case)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float64_under_x64(backend):
+    with jax.enable_x64(True):
+        a, b, h0 = make_inputs(8, 2, 100, 3, jnp.float64, "LD")
+        h = jax.jit(lambda a, b, h0: sk.linear_scan(a, b, h0, backend=backend))(a, b, h0)
+        assert h.dtype == jnp.float64
+        assert_close(h, loop64(a, b, h0), dtype=jnp.float64)
