@@ -68,30 +68,50 @@ def dplr_real_form(Lambda, P, B, C):
     B = √2 [Re B; Im B], C = √2 [Re C; −Im C], so ``C·Ā^l B̄`` is the conjugate-half kernel.
     """
     Lambda, P, B, C, _ = _check_dplr(Lambda, P, B, C, jnp.zeros((), jnp.float32))
-    re, im = jnp.real(Lambda), jnp.imag(Lambda)
-    dg = jnp.vectorize(jnp.diag, signature="(n)->(n,n)")
-    A = jnp.concatenate(
-        [jnp.concatenate([dg(re), dg(-im)], axis=-1), jnp.concatenate([dg(im), dg(re)], axis=-1)], axis=-2
-    )
-    q = jnp.concatenate([jnp.real(P), jnp.imag(P)], axis=-1)  # (..., r, N)
-    A = A - 2.0 * jnp.einsum("...rn,...rm->...nm", q, q)
-    s2 = SQRT2
-    Br = s2 * jnp.concatenate([jnp.real(B), jnp.imag(B)], axis=-1)
-    Cr = s2 * jnp.concatenate([jnp.real(C), -jnp.imag(C)], axis=-1)
+    q = _realify(P)  # (..., r, N)
+    A = _complex_mult_matrix(Lambda) - 2.0 * jnp.einsum("...rn,...rm->...nm", q, q)
+    Br = SQRT2 * _realify(B)
+    Cr = SQRT2 * _realify(jnp.conj(C))
     return A, Br, Cr
 
 
-def _bilinear_real(A, dt):
-    N = A.shape[-1]
-    eye = ck.bcast(jnp.eye(N, dtype=A.dtype), A.shape)
-    half = (0.5 * dt)[..., None, None] * A
-    return jnp.linalg.solve(eye - half, eye + half)
+def _realify(x):
+    """complex ``(..., h)`` -> real ``(..., 2h)`` = [Re x, Im x]."""
+    return jnp.concatenate([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def _complex_mult_matrix(a):
+    """Real ``(..., 2h, 2h)`` matrix of y ↦ a ⊙ y in [Re y; Im y] coordinates: [[Re a, −Im a], [Im a, Re a]]."""
+    h = a.shape[-1]
+    eye = ck.bcast(jnp.eye(h, dtype=jnp.real(a).dtype), a.shape[:-1] + (h, h))
+    re, im = jnp.real(a)[..., None, :] * eye, jnp.imag(a)[..., None, :] * eye
+    return jnp.concatenate([jnp.concatenate([re, -im], axis=-1), jnp.concatenate([im, re], axis=-1)], axis=-2)
+
+
+def _bilinear_real(Lambda, P, dt):
+    """Real-form bilinear Ā = (I − Δ/2 A)^{-1}(I + Δ/2 A) = 2 (I − Δ/2 A)^{-1} − I without a dense solve.
+
+    I − Δ/2 A = D₂ + Δ qᵀq with D₂ the real matrix of y ↦ (1 − z) ⊙ y (z = Δ/2 Λ), so by Woodbury
+    (I − Δ/2 A)^{-1} = D₂^{-1} − G (I/Δ + q G)^{-1} Hᵀ,  G = D₂^{-1} qᵀ,  H = D₂^{-ᵀ} qᵀ  (rank r).
+    """
+    z = (0.5 * dt)[..., None].astype(Lambda.dtype) * Lambda  # (..., N/2)
+    inv = 1.0 / (1.0 - z)
+    q = _realify(P)  # (..., r, N)
+    G = _realify(inv[..., None, :] * P)  # (..., r, N): rows of D₂^{-1} qᵀ
+    H = _realify(jnp.conj(inv)[..., None, :] * P)  # rows of D₂^{-ᵀ} qᵀ
+    r = P.shape[-2]
+    S = jnp.einsum("...rn,...sn->...rs", q, G)  # (..., r, r): q G
+    S = S + ck.bcast(jnp.eye(r, dtype=S.dtype), S.shape) / dt[..., None, None]
+    T = jnp.linalg.solve(S, H)  # (..., r, N): S^{-1} Hᵀ (r x r system)
+    Minv = _complex_mult_matrix(inv) - jnp.einsum("...rn,...rm->...nm", G, T)
+    N = Minv.shape[-1]
+    return 2.0 * Minv - ck.bcast(jnp.eye(N, dtype=Minv.dtype), Minv.shape)
 
 
 def _truncation_correction(Lambda, P, C, dt, L):
     """C̃ = (I − Ā^L)ᵀ C for the conjugate half, via the real form and binary powering of Ā."""
-    A, _, c = dplr_real_form(Lambda, P, jnp.zeros_like(C), C)
-    Abar = _bilinear_real(A, dt)
+    c = SQRT2 * _realify(jnp.conj(C))  # real-form C (see dplr_real_form)
+    Abar = _bilinear_real(Lambda, P, dt)
     v, power, e = c, Abar, L  # v ← cᵀ Ā^L, bit by bit
     while e:
         if e & 1:
