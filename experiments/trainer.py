@@ -35,14 +35,15 @@ def _get_task(config: Config):
 
 
 class _MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, records after the restored step are dropped."""
+    """Append-only ``metrics.jsonl``; on resume, records after the restored step (and old test records) are dropped."""
 
     def __init__(self, path, resume_step: int):
         self.path = path
         kept = []
         if os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
+                        and json.loads(line)["split"] != "test"]
         with open(path, "w") as f:
             f.writelines(kept)
 

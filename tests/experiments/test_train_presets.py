@@ -74,7 +74,24 @@ def shrink(name, tmp_path):
     return apply_overrides(config, overrides)
 
 
-@pytest.mark.parametrize("name", list_presets())
+# The default run covers every task, mixer, head (pair / per-position / regression), norm and input kind at
+# least once; the remaining LRA presets differ from these only in hyperparameters and run with ``-m slow``
+# (each step is an XLA compile of a few seconds, which the CI time budget cannot take 25 times).
+DEFAULT = {"demo", "listops_s4", "listops_s5", "text_s4d", "retrieval_s5", "image_s4", "pathfinder_s5", "pathx_s4d",
+           "mqar_deltanet", "mqar_linear_attention", "selective_copying_deltanet", "induction_linear_attention",
+           "copying_lru", "adding_lru"}
+PRESETS = [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in list_presets()]
+
+
+def test_default_subset_covers_every_task_and_mixer():
+    configs = [get_preset(n) for n in list_presets()]
+    chosen = [get_preset(n) for n in DEFAULT]
+    assert {c.task.name for c in chosen} == {c.task.name for c in configs}
+    assert {c.model.mixer for c in chosen} == {c.model.mixer for c in configs}
+    assert DEFAULT <= set(list_presets())
+
+
+@pytest.mark.parametrize("name", PRESETS)
 def test_one_training_step(name, tmp_path):
     config = shrink(name, tmp_path)
     task = get_task(config.task.name, **config.task.options)
