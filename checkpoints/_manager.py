@@ -162,6 +162,10 @@ class CheckpointManager:
             nnx.update(optimizer, restored["optimizer"])
         return meta
 
+    def resolve_step(self, step=None) -> int:
+        """The step number for ``step`` = None / "latest" / "best" / a number; CheckpointError if absent."""
+        return self._resolve(step)
+
     def _resolve(self, step):
         if step is None or step == "latest":
             step = self.latest_step()

@@ -22,6 +22,9 @@ def evaluate_checkpoint(directory, *, split="test", step="best", batch_size=0, m
     from experiments.tasks import get_task
 
     mesh = lib.make_mesh(devices)
+    directory = checkpoints.find_checkpoint_dir(directory)
+    with checkpoints.CheckpointManager(directory, create=False) as manager:
+        step = manager.resolve_step(step)
     model, config = checkpoints.load(directory, step=step, mesh=mesh)
     options = {**config.task.options, **(task_options or {})}
     task = get_task(config.task.name, **options)
@@ -29,7 +32,7 @@ def evaluate_checkpoint(directory, *, split="test", step="best", batch_size=0, m
     metrics = lib.evaluate(model, task, split, batch_size=batch_size or config.train.eval_batch_size
                            or config.train.batch_size, mesh=mesh, kind=spec["kind"],
                            bf16=config.train.dtype == "bfloat16", max_batches=max_batches, seed=config.train.seed)
-    return {"checkpoint": checkpoints.find_checkpoint_dir(directory), "step": step, "split": split,
+    return {"checkpoint": directory, "step": step, "split": split,
             "preset": config.name, "task": config.task.name, "mixer": config.model.mixer, **metrics}
 
 
