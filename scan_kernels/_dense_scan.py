@@ -62,7 +62,10 @@ def _prepare(A, b, h0):
     else:
         A = jnp.broadcast_to(A.astype(dtype), b.shape[:-1] + (N, N)).reshape(B, L, N, N)
     b = b.astype(dtype).reshape(B, L, N)
-    h0 = jnp.zeros_like(b[:, 0]) if h0 is None else h0.astype(dtype).reshape(B, N)  # zeros_like keeps b's sharding
+    if h0 is None:  # zeros_like(b[:, 0]) keeps b's (batch) sharding
+        h0 = jnp.zeros_like(b[:, 0]) if L else jnp.zeros((B, N), dtype)
+    else:
+        h0 = h0.astype(dtype).reshape(B, N)
     return A, b, h0, batch_shape
 
 
@@ -190,7 +193,7 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
     _utils.check_choice(vjp, "vjp", ("custom", "autodiff"))
     A, b, h0, batch_shape = _prepare(A, b, h0)
     L, N = b.shape[1:]
-    if L == 0:
+    if b.size == 0:  # nothing to scan (L, B or N is 0)
         h = b
     elif vjp == "autodiff":
         h = _sequential(A, b, h0, reverse)
@@ -204,5 +207,5 @@ def dense_linear_scan_reference(A, b, h0=None, *, reverse=False):
     reverse = _utils.check_bool(reverse, "reverse")
     A, b, h0, batch_shape = _prepare(A, b, h0)
     L, N = b.shape[1:]
-    h = b if L == 0 else _sequential(A, b, h0, reverse)
+    h = b if b.size == 0 else _sequential(A, b, h0, reverse)
     return h.reshape(batch_shape + (L, N))

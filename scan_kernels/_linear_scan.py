@@ -31,7 +31,7 @@ from scan_kernels import _utils
 VJP_MODES = ("custom", "autodiff")
 
 
-def _prepare(a, b, h0, fn_name: str):
+def _prepare(a, b, h0):
     """Validate; return ``a, b`` as ``(B, L, D)`` and ``h0`` as ``(B, D)`` in the compute dtype + batch shape."""
     _utils.check_inexact(b, "b")
     _utils.check_ndim(b, "b", (2,), "(B, L, D) or (..., L, D)")
@@ -47,7 +47,10 @@ def _prepare(a, b, h0, fn_name: str):
         B *= s
     a = jnp.broadcast_to(a.astype(dtype), b.shape).reshape(B, L, D)  # broadcast: autodiff sums da back
     b = b.astype(dtype).reshape(B, L, D)
-    h0 = jnp.zeros_like(b[:, 0]) if h0 is None else h0.astype(dtype).reshape(B, D)  # zeros_like keeps b's sharding
+    if h0 is None:  # zeros_like(b[:, 0]) keeps b's (batch) sharding
+        h0 = jnp.zeros_like(b[:, 0]) if L else jnp.zeros((B, D), dtype)
+    else:
+        h0 = h0.astype(dtype).reshape(B, D)
     return a, b, h0, batch_shape
 
 
@@ -130,9 +133,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
     reverse = _utils.check_bool(reverse, "reverse")
     backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
     _utils.check_choice(vjp, "vjp", VJP_MODES)
-    a, b, h0, batch_shape = _prepare(a, b, h0, "linear_scan")
+    a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
-    if L == 0:
+    if b.size == 0:  # nothing to scan (L, B or D is 0)
         h = b
     elif vjp == "autodiff":
         h = _reference_scan(a, b, h0, reverse)
@@ -145,7 +148,7 @@ def linear_scan_reference(a, b, h0=None, *, reverse=False):
     """The plainly correct loop: same contract as :func:`linear_scan`, one ``lax.scan`` step per time step,
     differentiated by JAX autodiff."""
     reverse = _utils.check_bool(reverse, "reverse")
-    a, b, h0, batch_shape = _prepare(a, b, h0, "linear_scan_reference")
+    a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
-    h = b if L == 0 else _reference_scan(a, b, h0, reverse)
+    h = b if b.size == 0 else _reference_scan(a, b, h0, reverse)
     return h.reshape(batch_shape + (L, D))

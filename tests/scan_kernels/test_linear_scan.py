@@ -257,3 +257,13 @@ def test_float64_under_x64(backend):
         h = jax.jit(lambda a, b, h0: sk.linear_scan(a, b, h0, backend=backend))(a, b, h0)
         assert h.dtype == jnp.float64
         assert_close(h, loop64(a, b, h0), dtype=jnp.float64)
+
+
+@pytest.mark.parametrize("shape", [(2, 0, 3), (0, 5, 3), (2, 5, 0)])
+def test_empty_inputs(shape):
+    b = jnp.ones(shape, jnp.bfloat16)
+    for backend in BACKENDS:
+        h = sk.linear_scan(b, b, backend=backend)
+        assert h.shape == shape and h.dtype == jnp.float32
+        hd = sk.dense_linear_scan(jnp.ones((shape[-1], shape[-1]), jnp.float32), b, backend=backend)
+        assert hd.shape == shape and hd.dtype == jnp.float32
