@@ -33,15 +33,15 @@ def _tokens(B=3, L=19, seed=0):
 
 def test_mean_and_last_pooling_with_lengths_match_unpadded_sequences():
     """A suffix-padded batch with ``lengths`` gives the same logits as each sequence run on its own."""
-    lengths = np.array([19, 7, 12])
-    x = np.asarray(_tokens())
+    lengths = np.array([19, 7])
+    x = np.asarray(_tokens(B=2))
     x_pad = x.copy()
     for b, n in enumerate(lengths):
         x_pad[b, n:] = 0
     for pooling in ("mean", "last"):
         model = _model(pooling=pooling)
         batched = _call(model, jnp.asarray(x_pad), jnp.asarray(lengths))
-        assert batched.shape == (3, 3)
+        assert batched.shape == (2, 3)
         for b, n in enumerate(lengths):
             alone = _call(model, jnp.asarray(x[b:b + 1, :n]))
             assert_close(batched[b:b + 1], alone, rtol=1e-5, name=f"{pooling} b={b}")

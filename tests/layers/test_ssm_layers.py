@@ -111,14 +111,15 @@ def test_lmu_memory_is_scipy_zoh_of_the_legendre_system():
 
 
 # -- mode equivalence --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls,opts", [(layers.S4D, {"d_state": 8, "init": "inv"}),
-                                      (layers.S4D, {"d_state": 6, "init": "legs", "discretization": "bilinear"}),
-                                      (layers.LSSL, {"d_state": 5, "measure": "legs"})])
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cls,opts,bidirectional", [
+    (layers.S4D, {"d_state": 8, "init": "inv"}, False),
+    (layers.S4D, {"d_state": 6, "init": "legs", "discretization": "bilinear"}, True),
+    (layers.LSSL, {"d_state": 5, "measure": "legs"}, True),
+])
 def test_conv_equals_scan_forward_and_gradients(cls, opts, bidirectional):
     conv = cls(D, rngs=nnx.Rngs(3), mode="conv", bidirectional=bidirectional, **opts)
     scan = cls(D, rngs=nnx.Rngs(3), mode="scan", bidirectional=bidirectional, **opts)
-    x = _x(2, 131, seed=4)
+    x = _x(2, 67, seed=4)
     w = jax.random.normal(jax.random.key(5), x.shape)
     assert_close(run_call(scan, x), run_call(conv, x), rtol=1e-5, name="conv vs scan")
     grad = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) * w), argnums=(0, 1)))
@@ -150,12 +151,12 @@ def test_lmu_parallel_memory_equals_recurrent_cell():
                                       (layers.S4, {"d_state": 16, "measure": "legt"})])
 def test_more_configurations_step_equals_call(cls, opts):
     m = cls(D, rngs=nnx.Rngs(6), **opts)
-    x = _x(2, 300, seed=2)
+    x = _x(2, 160, seed=2)
     assert_close(run_steps(m, x), run_call(m, x), rtol=1e-4, name=f"{cls.__name__} {opts}")
 
 
 # -- bidirectional -----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["s4", "s4d", "s5", "lru", "lssl", "selective_ssm"])
+@pytest.mark.parametrize("name", ["s4", "s5", "lru", "selective_ssm"])
 def test_bidirectional_sees_the_future_and_the_causal_part_is_unchanged(name):
     opts = {"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "s5": {"d_state": 8}, "lru": {"d_state": 6},
             "lssl": {"d_state": 6}, "selective_ssm": {"d_state": 4}}[name]
@@ -185,7 +186,7 @@ def test_lru_bidirectional_matches_a_numpy_loop():
         h = lam * h + Bn @ x[t]
         hb[t] = h
     y = np.real(hf @ C.T) + np.real(hb @ C2.T) + x * _np(m.D)
-    assert_close(m(jnp.asarray(x[None], jnp.float32))[0], y, rtol=1e-5, name="LRU bidirectional")
+    assert_close(run_call(m, jnp.asarray(x[None], jnp.float32))[0], y, rtol=1e-5, name="LRU bidirectional")
 
 
 # -- sampling-rate change ----------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def test_dt_scale_half_at_twice_the_sampling_rate_gives_nearly_the_same_output(n
     """
     extra = {} if name == "lmu" else {"dt_min": 0.02, "dt_max": 0.2}
     m = layers.MIXERS[name](D, rngs=nnx.Rngs(0), **opts, **extra)
-    L = 200
+    L = 120
     freqs = np.array([0.7, 1.3, 2.1, 0.4]) * 2 * np.pi / 100.0
 
     def signal(n, step):
@@ -211,6 +212,6 @@ def test_dt_scale_half_at_twice_the_sampling_rate_gives_nearly_the_same_output(n
     y_coarse = run_call(m, coarse)
     y_fine = run_call(m, fine, dt_scale=0.5)[:, 1::2]
     y_wrong = run_call(m, fine)[:, 1::2]
-    err, wrong = rel_rms_error(y_fine[:, 20:], y_coarse[:, 20:]), rel_rms_error(y_wrong[:, 20:], y_coarse[:, 20:])
+    err, wrong = rel_rms_error(y_fine[:, 10:], y_coarse[:, 10:]), rel_rms_error(y_wrong[:, 10:], y_coarse[:, 10:])
     assert err < 0.05, f"{name}: Δ/2 at twice the rate differs by {err:.3f}"
     assert wrong > 3 * err, f"{name}: the test cannot tell Δ apart ({wrong:.3f} vs {err:.3f})"
