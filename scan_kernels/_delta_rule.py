@@ -29,6 +29,7 @@ from scan_kernels._backend import resolve_backend
 from scan_kernels._chunk_utils import (
     causal_masks,
     from_chunks,
+    map_chunk_groups,
     previous_states,
     scan_chunk_states_dense,
     segment_decay,
@@ -39,6 +40,8 @@ from scan_kernels._delta_rule_reference import delta_rule_reference
 from scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
+# Chunks per step of the sequential, rematerialised map over chunk groups (bounds the O(C²) temporaries).
+CHUNK_GROUP = 16
 
 
 def wy_chunk(kc, vc, bc, gam):
@@ -88,9 +91,9 @@ def delta_rule_chunked(q, k, v, beta, log_decay, s0, C, scan_backend):
     L = q.shape[1]
     qc, kc, vc, bc = (to_chunks(x, C) for x in (q, k, v, beta))
     gam = None if log_decay is None else jnp.cumsum(to_chunks(log_decay, C), axis=-1)
-    Ut, W, M, delta = wy_chunk(kc, vc, bc, gam)
+    Ut, W, M, delta = map_chunk_groups(wy_chunk, (kc, vc, bc, gam), CHUNK_GROUP)
     s_end = scan_chunk_states_dense(M, delta, s0, scan_backend)
-    o = delta_output(qc, kc, Ut, W, gam, previous_states(s_end, s0))
+    o = map_chunk_groups(delta_output, (qc, kc, Ut, W, gam, previous_states(s_end, s0)), CHUNK_GROUP)
     return from_chunks(o, L), s_end[:, :, -1]
 
 

@@ -25,6 +25,7 @@ from scan_kernels._chunk_utils import (
     causal_masks,
     from_chunks,
     key_segment_decay,
+    map_chunk_groups,
     previous_states,
     scan_chunk_states_diag,
     segment_decay,
@@ -33,56 +34,46 @@ from scan_kernels._chunk_utils import (
 from scan_kernels._fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
 from scan_kernels._linear_attention_reference import linear_attention_reference, safe_denominator
 
-# Per-key gates: chunks processed per step of the rematerialised map (bounds the (C, C, K) temporaries).
-_KEY_GATE_CHUNKS_PER_STEP = 2
+_mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
+
+# Chunks per step of the sequential, rematerialised map over chunk groups (bounds the O(C²) temporaries;
+# per-key gates form (C, C, K) tensors, so they take fewer chunks per step).
+CHUNK_GROUP = 16
+KEY_GATE_CHUNK_GROUP = 2
 
 
-def _intra_key_gate(qc, kc, gam):
-    """``A_ij = Σ_k q_ik k_jk exp(γ_ik − γ_jk)`` for i ≥ j, chunk by chunk: ``(B, H, NC, C, K)`` -> ``(B, H, NC, C, C)``.
-
-    The exponents cannot be split into a q-factor and a k-factor without overflow, so the ``(C, C, K)``
-    tensor is formed — a few chunks at a time and rematerialised in the backward pass.
-    """
-    C = qc.shape[3]
-    incl, _ = causal_masks(C)
-
-    @jax.checkpoint
-    def one(x):
-        q, k, g = x  # (B, H, C, K)
-        return jnp.sum(q[..., :, None, :] * k[..., None, :, :] * key_segment_decay(g, incl), axis=-1)
-
-    xs = tuple(jnp.moveaxis(x, 2, 0) for x in (qc, kc, gam))  # (NC, B, H, C, K)
-    nc = xs[0].shape[0]
-    A = lax.map(one, xs, batch_size=min(nc, _KEY_GATE_CHUNKS_PER_STEP))  # (NC, B, H, C, C)
-    return jnp.moveaxis(A, 0, 2)
-
-
-def chunk_local(qc, kc, vc, gc, kind):
-    """Everything inside a chunk that does not need the incoming state.
-
-    ``qc, kc (B, H, NC, C, K)``, ``vc (B, H, NC, C, V)``, ``gc`` log-gates ``(B, H, NC, C[, K])`` or None.
-    Returns ``o_intra (B, H, NC, C, V)``, ``delta (B, H, NC, K, V)`` (the chunk's own state contribution),
-    ``decay`` (total chunk decay, broadcastable to ``delta``) and ``qd = Q ⊙ exp(γ)`` for the inter part.
-    """
-    C = qc.shape[3]
-    incl, _ = causal_masks(C)
+def _scores(qc, kc, gam, kind):
+    """Masked, decayed intra-chunk scores ``(B, H, NC, C, C)``: ``Σ_k q_ik k_jk exp(γ_ik − γ_jk)``, i ≥ j."""
+    incl, _ = causal_masks(qc.shape[3])
     if kind == "none":
-        A = jnp.where(incl, jnp.einsum("bhnik,bhnjk->bhnij", qc, kc), 0.0)
-        return A @ vc, jnp.einsum("bhnck,bhncv->bhnkv", kc, vc), None, qc
-    gam = jnp.cumsum(gc, axis=3)  # γ, local to the chunk
+        return jnp.where(incl, _mm("bhnik,bhnjk->bhnij", qc, kc), 0.0)
     if kind == "scalar":
-        A = jnp.einsum("bhnik,bhnjk->bhnij", qc, kc) * segment_decay(gam, incl)
-        last = gam[:, :, :, -1:]  # (B, H, NC, 1)
-        kd = kc * jnp.exp(last - gam)[..., None]
-        qd = qc * jnp.exp(gam)[..., None]
-        decay = jnp.exp(last)[..., None]  # (B, H, NC, 1, 1)
+        return _mm("bhnik,bhnjk->bhnij", qc, kc) * segment_decay(gam, incl)
+    # per key: the exponents cannot be split into a q- and a k-factor without overflow -> (C, C, K) tensor
+    return _mm("bhnik,bhnjk,bhnijk->bhnij", qc, kc, key_segment_decay(gam, incl))
+
+
+def chunk_state(kc, vc, gam, kind):
+    """Each chunk's own state contribution ``Δ = (K ⊙ exp(γ_C − γ))ᵀ V`` ``(B, H, NC, K, V)`` and its total
+    decay ``exp(γ_C)`` (broadcastable to Δ; None without gates). ``gam``: cumulative log-gates or None."""
+    if kind == "none":
+        return _mm("bhnck,bhncv->bhnkv", kc, vc), None
+    if kind == "scalar":
+        last = gam[..., -1:]  # (B, H, NC, 1)
+        kd, decay = kc * jnp.exp(last - gam)[..., None], jnp.exp(last)[..., None]  # decay (B, H, NC, 1, 1)
     else:
-        A = _intra_key_gate(qc, kc, gam)
-        last = gam[:, :, :, -1:, :]  # (B, H, NC, 1, K)
-        kd = kc * jnp.exp(last - gam)
-        qd = qc * jnp.exp(gam)
-        decay = jnp.exp(last).transpose(0, 1, 2, 4, 3)  # (B, H, NC, K, 1)
-    return A @ vc, jnp.einsum("bhnck,bhncv->bhnkv", kd, vc), decay, qd
+        last = gam[..., -1:, :]  # (B, H, NC, 1, K)
+        kd, decay = kc * jnp.exp(last - gam), jnp.swapaxes(jnp.exp(last), -1, -2)  # decay (B, H, NC, K, 1)
+    return _mm("bhnck,bhncv->bhnkv", kd, vc), decay
+
+
+def chunk_output(qc, kc, vc, gam, s_prev, kind):
+    """``O = scores V + (Q ⊙ exp(γ)) S⁰`` per chunk, ``s_prev (B, H, NC, K, V)`` the entering states."""
+    if kind == "none":
+        qd = qc
+    else:
+        qd = qc * jnp.exp(gam if kind == "key" else gam[..., None])
+    return _mm("bhnij,bhnjv->bhniv", _scores(qc, kc, gam, kind), vc) + _mm("bhnck,bhnkv->bhncv", qd, s_prev)
 
 
 @partial(jax.jit, static_argnames=("kind", "C", "scan_backend"))
@@ -92,11 +83,13 @@ def linear_attention_chunked(q, k, v, log_decay, s0, kind, C, scan_backend):
     Returns ``o (B, L, H, V)`` float32 and the final state ``(B, H, K, V)``.
     """
     L = q.shape[1]
+    group = KEY_GATE_CHUNK_GROUP if kind == "key" else CHUNK_GROUP
     qc, kc, vc = to_chunks(q, C), to_chunks(k, C), to_chunks(v, C)
-    gc = None if kind == "none" else to_chunks(log_decay, C)
-    o_intra, delta, decay, qd = chunk_local(qc, kc, vc, gc, kind)
+    gam = None if kind == "none" else jnp.cumsum(to_chunks(log_decay, C), axis=3)  # γ, local to each chunk
+    delta, decay = map_chunk_groups(lambda kc, vc, gam: chunk_state(kc, vc, gam, kind), (kc, vc, gam), group)
     s_end = scan_chunk_states_diag(jnp.ones((), jnp.float32) if decay is None else decay, delta, s0, scan_backend)
-    o = o_intra + jnp.einsum("bhnck,bhnkv->bhncv", qd, previous_states(s_end, s0))
+    s_prev = previous_states(s_end, s0)
+    o = map_chunk_groups(lambda *a: chunk_output(*a, kind), (qc, kc, vc, gam, s_prev), group)
     return from_chunks(o, L), s_end[:, :, -1]
 
 
