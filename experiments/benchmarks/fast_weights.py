@@ -9,7 +9,8 @@ correctness tool, not timed) and ``quadratic`` (the O(L²) masked form, linear a
 when its score matrix alone would exceed ``--max-quadratic-gb``).
 Times: best of ``--reps`` jitted calls after a warm-up, forward and forward+backward (``value_and_grad``
 of ``<o, w>`` w.r.t. q, k, v, g[, β]). Memory: XLA's compiled buffer assignment
-(``memory_analysis()``: temp + arguments + outputs) — the peak the compiled program can reach.
+(``memory_analysis()``: temp + arguments + outputs, the peak the compiled program can reach; and
+temp alone, the scratch beyond inputs, outputs and gradients).
 Prints a table, writes JSON (device, jax version, timestamp) and checks the CPU targets:
 chunked ≥ 10× faster than the reference at L=4096; faster than quadratic from L=2048 on; peak memory at
 L=16384 below 1/10 of per-token states (L·H·K·V·4 bytes).
@@ -63,8 +64,9 @@ def _fwdbwd(f, op):
 
 
 def _memory_bytes(compiled):
+    """(total = temp + arguments + outputs, temp = XLA scratch) bytes of a compiled program."""
     m = compiled.memory_analysis()
-    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
+    return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes), int(m.temp_size_in_bytes)
 
 
 def _time(compiled, args, reps):
@@ -84,7 +86,7 @@ def measure(op, method, L, reps):
     for mode, fn in (("fwd", f), ("fwdbwd", _fwdbwd(f, op))):
         compiled = jax.jit(fn).lower(*args).compile()
         row[f"{mode}_ms"] = _time(compiled, args, reps)
-        row[f"{mode}_mem_bytes"] = _memory_bytes(compiled)
+        row[f"{mode}_mem_bytes"], row[f"{mode}_temp_bytes"] = _memory_bytes(compiled)
     return row
 
 
@@ -102,7 +104,8 @@ def check_targets(rows):
             per_token = 16384 * B * H * K * V * 4
             out[f"{op}: peak memory at L=16384 < 1/10 of per-token states"] = {
                 "peak_fwdbwd_bytes": big["fwdbwd_mem_bytes"], "per_token_states_bytes": per_token,
-                "ratio": big["fwdbwd_mem_bytes"] / per_token, "met": big["fwdbwd_mem_bytes"] < per_token / 10}
+                "ratio": big["fwdbwd_mem_bytes"] / per_token, "met": big["fwdbwd_mem_bytes"] < per_token / 10,
+                "temp_fwdbwd_bytes": big["fwdbwd_temp_bytes"], "temp_ratio": big["fwdbwd_temp_bytes"] / per_token}
     quads = [(r, get("linear_attention", "xla", r["L"])) for r in rows if r["method"] == "quadratic" and r["L"] >= 2048]
     if quads:
         ratios = {str(q["L"]): {m: q[f"{m}_ms"] / x[f"{m}_ms"] for m in ("fwd", "fwdbwd")} for q, x in quads if x}
