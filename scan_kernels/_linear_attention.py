@@ -10,8 +10,11 @@ a chunk and S⁰ the state entering it,
     O      = (Q Kᵀ ⊙ exp(γ_i − γ_j) ⊙ [i ≥ j]) V  +  (Q ⊙ exp(γ)) S⁰          intra + inter
     S_end  = exp(γ_C) S⁰ + (K ⊙ exp(γ_C − γ))ᵀ V                           passed by ``linear_scan``
 
-All exponents are ≤ 0. Gradients: autodiff of this form (the chunk scan is the scan core's custom_vjp);
-residuals are O(B·L·H·(K+V+C) + NC·B·H·K·V) — no per-token K×V state is ever formed.
+All exponents are ≤ 0. The intra-chunk work runs on groups of ``CHUNK_GROUP`` chunks in sequence
+(``map_chunk_groups``: batched matmuls inside a group, rematerialised in the backward pass).
+Gradients: autodiff of this form (the chunk scan is the scan core's custom_vjp); memory is
+O(B·L·H·(K+V) + NC·B·H·K·V + group·C²) — no per-token K×V state is ever formed (tested with
+``memory_analysis``).
 """
 
 from functools import partial
