@@ -58,8 +58,8 @@ def as_array(x, name):
 
 
 def real_dtype(*arrays):
-    """float64 when x64 is enabled and any input is 64-bit, else float32 (bfloat16 etc. compute in f32)."""
-    if jax.config.jax_enable_x64 and any(jnp.asarray(a).dtype in (jnp.float64, jnp.complex128) for a in arrays):
+    """float64 when any input is 64-bit (possible only with x64 enabled), else float32 (bfloat16 -> f32)."""
+    if any(jnp.asarray(a).dtype in (jnp.float64, jnp.complex128) for a in arrays):
         return jnp.float64
     return jnp.float32
 

@@ -148,6 +148,19 @@ def test_dplr_kernel_legs_matches_float64_recurrence(L, freq_chunk):
         assert_close(K[d], ref[d], rtol=1e-4, name=f"dt={dts[d]}")
 
 
+def test_float64_under_x64():
+    """With x64 enabled the kernels compute in float64 and match the float64 loop to ~1e-10."""
+    A, B, C, (Lam, P, Bt, Ct) = _legs_case(16, 2)
+    dts, L = np.array([1e-3, 1e-1]), 300
+    ref = np.stack([_loop_kernel(A, B, C[d], dts[d], L) for d in range(2)])
+    with jax.enable_x64(True):
+        K = kernels.dplr_kernel(jnp.asarray(Lam), jnp.asarray(P), jnp.asarray(Bt), jnp.asarray(Ct), jnp.asarray(dts), L)
+        Kd = kernels.dense_kernel(jnp.asarray(A), jnp.asarray(B), jnp.asarray(C), jnp.asarray(dts), L)
+        assert K.dtype == jnp.float64 and Kd.dtype == jnp.float64
+        assert_close(K, ref, rtol=1e-10, name="dplr f64")
+        assert_close(Kd, ref, rtol=1e-10, name="dense f64")
+
+
 @pytest.mark.slow
 def test_dplr_kernel_legs_long_16384():
     N, dts, L = 64, np.array([1e-3, 1e-1]), 16384
