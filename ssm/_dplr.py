@@ -132,11 +132,17 @@ def _chunks(L, freq_chunk, dtype):
 
 
 def _cauchy_terms(alpha, kc, L):
-    """g = 1/(α − ω_k), gc = 1/(ᾱ − ω_k) for the frequencies ``kc (fc,)``: each ``(M, fc, N/2)``."""
+    """g = 1/(α − ω_k), gc = 1/(ᾱ − ω_k) for the frequencies ``kc (fc,)``: each ``(M, fc, N/2)``.
+
+    Real-plane reciprocals 1/(x + iy) = (x − iy)/(x² + y²) (XLA's complex division is ~1.5x slower on
+    CPU); both share x = Re α − Re ω.
+    """
     theta = (-2.0 * np.pi / L) * kc
-    omega = lax.complex(jnp.cos(theta), jnp.sin(theta))[None, :, None]  # (1, fc, 1)
-    a = alpha[:, None, :]
-    return 1.0 / (a - omega), 1.0 / (jnp.conj(a) - omega)
+    wr, wi = jnp.cos(theta)[None, :, None], jnp.sin(theta)[None, :, None]  # (1, fc, 1)
+    ar, ai = jnp.real(alpha)[:, None, :], jnp.imag(alpha)[:, None, :]  # (M, 1, N/2)
+    x, y, yc = ar - wr, ai - wi, -ai - wi
+    inv, invc = 1.0 / (x * x + y * y), 1.0 / (x * x + yc * yc)
+    return lax.complex(x * inv, -y * inv), lax.complex(x * invc, -yc * invc)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
