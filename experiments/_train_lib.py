@@ -132,7 +132,7 @@ def train_step(model, optimizer, batches, step, *, kind, bf16, accumulate, seed)
     count = jnp.maximum(count, 1.0)
     grads = jax.tree.map(lambda g: g / count, grads)
     optimizer.update(model, grads)
-    return loss_sum / count, correct / count, optax.global_norm(grads)
+    return loss_sum / count, correct / count, optax.tree.norm(grads)
 
 
 @nnx.jit(static_argnames=("kind", "bf16"))
