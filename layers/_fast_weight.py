@@ -3,13 +3,13 @@
 Per head h (state ``S ∈ R^{K×V}``, output ``o_t = S_tᵀ q_t``), from ``x (B, L, D)``:
 
     LinearAttention        S_t = S_{t-1} + φ(k_t) v_tᵀ,  φ = elu + 1,  o_t /= φ(q_t)ᵀ z_t  (normalize=True)
-                           (Katharopoulos et al. 2020, eq. 4-6)
+                           (Katharopoulos et al. 2020, §3.2)
     DeltaNet               S_t = (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,  β_t = σ(x_t w_β),  q, k L2-normalised
-                           (Schlag, Irie & Schmidhuber 2021, eq. 18-22)
+                           (Schlag, Irie & Schmidhuber 2021, §4.2)
     GatedLinearAttention   S_t = diag(α_t) S_{t-1} + k_t v_tᵀ,  log α_t = logsigmoid(x_t W_1 W_2) / 16 per key dim,
                            o ← RMSNorm(o) ⊙ silu(x W_g)   (Yang et al. 2024, §4.1)
     RetNet                 S_t = γ_h S_{t-1} + k_t v_tᵀ,  γ_h = 1 − 2^{−5−h},  o ← RMSNorm(o) ⊙ silu(x W_g)
-                           (Sun et al. 2023, eq. 1-8; multi-scale retention)
+                           (Sun et al. 2023, §2; multi-scale retention)
 
 then ``y = concat_h(o) W_o``. Shape legend: B batch · L length · D d_model · H heads · K key dim · V value dim;
 ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, state ``(B, H, K, V)`` (``(S, z)`` with normalisation).

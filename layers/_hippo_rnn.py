@@ -1,5 +1,5 @@
 """``HiPPORNN``: a gated RNN with a HiPPO memory cell (Gu, Dao, Ermon, Rudra & Ré 2020, "HiPPO: Recurrent Memory
-with Optimal Polynomial Projections", §3 and App. D.2 "HiPPO-RNN").
+with Optimal Polynomial Projections", §3 and the HiPPO-RNN of its experiments).
 
     h_t = GRU(h_{t-1}, [x_t, c_{t-1}])                      gated hidden state (B, D)
     f_t = W_f h_t                                            memory input (B, M)
@@ -8,7 +8,7 @@ with Optimal Polynomial Projections", §3 and App. D.2 "HiPPO-RNN").
 
 Memory (``ssm.hippo.transition(measure, N)``, bilinear, ``ssm.discretize.bilinear``):
 ``measure="legs"`` is scale-invariant, c'(t) = (1/t)(A c + B f): at step k (0-based) Δ_k = 1/(k+1), so the
-memory covers the whole history (HiPPO eq. 19-20 with GBT); ``"legt"`` / ``"lagt"`` are time-invariant with
+memory covers the whole history (HiPPO §3, discretised by GBT); ``"legt"`` / ``"lagt"`` are time-invariant with
 Δ = ``dt`` · dt_scale. The recurrence is nonlinear, so ``__call__`` is a ``lax.scan`` over the same cell as
 ``step`` (transition matrices for all steps computed up front); ``step`` carries the step counter.
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N d_state · M memory_d.

@@ -1,4 +1,4 @@
-"""``LMU``: Legendre Memory Unit (Voelker, Kajić & Eliasmith 2019, eq. 1-4; keras-lmu ``LMUCell``).
+"""``LMU``: Legendre Memory Unit (Voelker, Kajić & Eliasmith 2019; keras-lmu ``LMUCell``).
 
 A linear Legendre memory of window θ (time steps) driving a nonlinear hidden cell:
 

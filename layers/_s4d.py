@@ -3,7 +3,7 @@ of Diagonal State Space Models"), one SISO SSM per channel with the conjugate ha
 
 Per channel d (N/2 complex states, conjugate pairs implied; ``ssm.kernels`` conventions):
 
-    x'(t) = Λ x(t) + B u(t),   y = 2 Re(C x) + D u                       (S4D eq. 1, 5)
+    x'(t) = Λ x(t) + B u(t),   y = 2 Re(C x) + D u                       (S4D §2-3)
     Ā, B̄ = zoh | bilinear (ΔΛ, ΔB),   Δ = exp(log_dt) · dt_scale
     mode="conv":  y = K * u + D u,  K_l = 2 Re Σ_n C_n Ā_n^l B̄_n   (``ssm.kernels.diag_kernel`` + FFT)
     mode="scan":  h_t = Ā ⊙ h_{t-1} + B̄ u_t on ``scan_kernels.linear_scan``,  y_t = 2 Re(C h_t) + D u_t

@@ -1,7 +1,7 @@
 """``S5``: simplified state space layer (Smith, Warrington & Linderman 2023, "Simplified State Space Layers for
 Sequence Modeling"), one MIMO diagonal SSM over all D channels, on ``scan_kernels.linear_scan``.
 
-    x_t = Λ̄ ⊙ x_{t-1} + B̄ u_t,   y_t = c · Re(C̃ x_t) + D ⊙ u_t      (S5 eq. 6-7; c = 2 with conj_sym)
+    x_t = Λ̄ ⊙ x_{t-1} + B̄ u_t,   y_t = c · Re(C̃ x_t) + D ⊙ u_t      (S5 §2-3; c = 2 with conj_sym)
     zoh:      Λ̄ = exp(ΛΔ),  B̄ = (Λ̄ − 1)/Λ · B̃;   bilinear: Λ̄ = (1 − ΔΛ/2)^{-1}(1 + ΔΛ/2),  B̄ = (1 − ΔΛ/2)^{-1} Δ B̃
     Δ = exp(log_step) · dt_scale, one timescale per state (S5 §4.3)
 
