@@ -11,9 +11,10 @@ plus ``output`` buffers (its arguments exist before the call; reported separatel
 ``peak_memory_in_bytes`` is recorded too, but on CPU it does not track the temp buffers. Prints a
 table and writes JSON with the device, jax version and a timestamp.
 
-On a shared CPU run it single-threaded for stable ratios (multi-threaded XLA CPU runs hung in the
-batched LU of ``dense_kernel`` under heavy load here):
-``XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
+On a shared CPU run it single-threaded for stable ratios; threaded runs hung here (all threads idle
+in futex waits) in the batched LU solve of ``dense_kernel`` under heavy load, plausibly the threaded
+OpenBLAS behind jaxlib's LAPACK calls:
+``OPENBLAS_NUM_THREADS=1 XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"``.
 
 Targets (issue 3): at L = 16384 the DPLR kernel's forward+backward costs no more than the FFT
 convolution that applies it, and no call allocates more than 1 GB.
@@ -186,6 +187,7 @@ def main(argv=None):
         "backend": backend,
         "cpu_count": os.cpu_count(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", ""),
         "platform": platform.platform(),
         "jax_version": jax.__version__,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
