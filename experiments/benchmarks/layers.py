@@ -161,16 +161,6 @@ def main(argv=None):
     platform_name = jax.default_backend()
     print(f"device: {jax.devices()[0].device_kind} ({platform_name}); B={B} L={L} D={D} N={n} heads={heads}",
           flush=True)
-    rows = []
-    print(HEADER)
-    for name in names:
-        try:
-            rows.append(bench_mixer(name, B, L, D, n, heads, args.repeats))
-        except Exception as e:  # report and continue: one mixer failing must not hide the others
-            rows.append({"mixer": name, "error": f"{type(e).__name__}: {e}"[:300]})
-        print(format_row(rows[-1]), flush=True)
-    print()
-    print_table(rows)
     out = args.out or os.path.join(RESULTS_DIR, f"layers_{platform_name}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     record = {
@@ -178,10 +168,21 @@ def main(argv=None):
         "device": jax.devices()[0].device_kind, "platform": platform_name, "jax": jax.__version__,
         "python": platform.python_version(), "quick": args.quick, "repeats": args.repeats,
         "command": "python -m experiments.benchmarks.layers " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "rows": rows,
+        "rows": [],
     }
-    with open(out, "w") as f:
-        json.dump(record, f, indent=1, default=float)
+    print(HEADER)
+    for name in names:
+        try:
+            row = bench_mixer(name, B, L, D, n, heads, args.repeats)
+        except Exception as e:  # report and continue: one mixer failing must not hide the others
+            row = {"mixer": name, "error": f"{type(e).__name__}: {e}"[:300]}
+        record["rows"].append(row)
+        print(format_row(row), flush=True)
+        with open(out, "w") as f:  # after every mixer, so a long run that is cut short keeps its rows
+            json.dump(record, f, indent=1, default=float)
+    rows = record["rows"]
+    print()
+    print_table(rows)
     print(f"wrote {out}")
     return 0 if all("error" not in r for r in rows) else 1
 
