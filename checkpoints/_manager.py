@@ -82,8 +82,8 @@ class CheckpointManager:
             best_fn=metric, best_mode=best_mode, create=create,
             preservation_policy=cm.AnyPreservationPolicy(policies),
             enable_async_checkpointing=True, cleanup_tmp_directories=True)
+        self._check_foreign()  # before Orbax starts its threads, so a refused directory leaves none behind
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
-        self._check_foreign()
 
     def _check_foreign(self):
         if not os.path.isdir(self.directory):
