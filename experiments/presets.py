@@ -1,6 +1,6 @@
 """Named experiment presets: ``demo`` (the default) plus LRA and synthetic-task presets.
 
-LRA presets follow the published configurations (see ``shared/reference/anchors_ssm.md (the project reference notes)`` §4):
+LRA presets follow the published configurations (see the project reference notes, ``shared/reference/anchors_ssm.md`` §4):
 
 * S4 / S4D: state-spaces/s4 ``configs/experiment/lra/s4-*.yaml`` — bidirectional, BatchNorm,
   AdamW (0.9, 0.999), cosine schedule with linear warmup stepped per step, masked mean pooling. S4D runs
