@@ -8,6 +8,7 @@ import pytest
 import scan_kernels as sk
 from tests._utils import assert_close
 from tests.scan_kernels.test_delta_rule import F32, check_against_reference, make_inputs
+from tests.scan_kernels.test_pallas_scan import lower_for_cuda
 
 # (B, L, H, K, V, beta, strength, C)
 CASES = [
@@ -48,7 +49,5 @@ def test_pallas_kernels_lower_for_cuda(gated, monkeypatch):
     g = S((B, L, H), F32) if gated else None
     args = (S((B, L, H, K), F32), S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32), g,
             S((B, H, K, V), F32))
-    checks = [jax.export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     f = jax.jit(lambda q, k, v, b, g, s0: drp._forward(q, k, v, b, g, s0, 64))
-    exported = jax.export.export(f, platforms=["cuda"], disabled_checks=checks)(*args)
-    assert "triton" in exported.mlir_module()
+    assert "triton" in lower_for_cuda(f, *args)  # abstract H100 device on jax >= 0.11
