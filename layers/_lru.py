@@ -20,7 +20,7 @@ from flax import nnx
 
 import ssm
 from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_float, check_int,
-                             check_sequence, check_token)
+                             check_sequence, check_token, check_causal)
 from layers._params import complex_of, normal, ssm_param
 from scan_kernels import BACKENDS, linear_scan
 
@@ -91,15 +91,13 @@ class LRU(nnx.Module):
     def init_state(self, batch_size: int):
         """``h (B, N)`` complex64 zeros."""
         check_batch_size("LRU", batch_size)
-        if self.options.bidirectional:
-            raise ValueError("LRU: step is causal; bidirectional=True has no recurrent form")
+        check_causal("LRU", self.options.bidirectional)
         return jnp.zeros((batch_size, self.options.d_state), jnp.complex64)
 
     def step(self, state, x_t):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("LRU", x_t, self.d_model)
-        if self.options.bidirectional:
-            raise ValueError("LRU: step is causal; bidirectional=True has no recurrent form")
+        check_causal("LRU", self.options.bidirectional)
         x_t = x_t.astype(jnp.float32)
         h = self.eigenvalues()[None] * state + self._input(x_t)
         y = jnp.real(jnp.einsum("bn,dn->bd", h, complex_of(self.C_re, self.C_im))) + x_t * self.D[...][None]

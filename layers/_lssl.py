@@ -24,7 +24,7 @@ from flax import nnx
 
 import ssm
 from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token)
+                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
 from layers._params import normal, ssm_param
 from scan_kernels import BACKENDS, dense_linear_scan
 
@@ -113,16 +113,14 @@ class LSSL(nnx.Module):
         parameters change). ``dt_scale`` sets the step-size scale of the whole decode."""
         check_batch_size("LSSL", batch_size)
         check_dt_scale("LSSL", dt_scale)
-        if self.options.bidirectional:
-            raise ValueError("LSSL: step is causal; bidirectional=True has no recurrent form")
+        check_causal("LSSL", self.options.bidirectional)
         Abar, Bbar = self.discretized(dt_scale)
         return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32), Abar, Bbar
 
     def step(self, state, x_t):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``, O(D·N²)."""
         check_token("LSSL", x_t, self.d_model)
-        if self.options.bidirectional:
-            raise ValueError("LSSL: step is causal; bidirectional=True has no recurrent form")
+        check_causal("LSSL", self.options.bidirectional)
         x, Abar, Bbar = state
         x_t = x_t.astype(jnp.float32)
         x = jnp.einsum("dnm,bdm->bdn", Abar, x) + Bbar[None] * x_t[..., None]

@@ -82,3 +82,9 @@ def check_dt_scale(owner: str, dt_scale) -> None:
 
 def check_batch_size(owner: str, batch_size) -> None:
     check_int(f"{owner}.init_state: batch_size", batch_size)
+
+
+def check_causal(owner: str, bidirectional: bool) -> None:
+    """Recurrent (``init_state`` / ``step``) use needs a causal layer."""
+    if bidirectional:
+        raise ValueError(f"{owner}: step is causal; bidirectional=True has no recurrent form")

@@ -27,7 +27,7 @@ from flax import nnx
 
 import ssm
 from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token)
+                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
 from layers._params import complex_of, normal, ssm_param
 
 S4_MEASURES = ("legs", "legt", "fout", "lagt")
@@ -115,16 +115,14 @@ class S4(nnx.Module):
     def init_state(self, batch_size: int):
         """``x (B, D, N/2)`` complex64 zeros (the conjugate half of the state)."""
         check_batch_size("S4", batch_size)
-        if self.options.bidirectional:
-            raise ValueError("S4: step is causal; bidirectional=True has no recurrent form")
+        check_causal("S4", self.options.bidirectional)
         return jnp.zeros((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
 
     def step(self, state, x_t, *, dt_scale: float = 1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N·rank) per token."""
         check_token("S4", x_t, self.d_model)
         check_dt_scale("S4", dt_scale)
-        if self.options.bidirectional:
-            raise ValueError("S4: step is causal; bidirectional=True has no recurrent form")
+        check_causal("S4", self.options.bidirectional)
         x_t = x_t.astype(jnp.float32)
         Lam, P, B = self.dplr()
         s = _dplr_bilinear_step(Lam, P, B, self.dt(dt_scale), state, x_t)

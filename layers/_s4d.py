@@ -23,7 +23,7 @@ from flax import nnx
 
 import ssm
 from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token)
+                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
 from layers._params import complex_of, normal, ssm_param
 from scan_kernels import BACKENDS, linear_scan
 
@@ -133,16 +133,14 @@ class S4D(nnx.Module):
     def init_state(self, batch_size: int):
         """``h (B, D, N/2)`` complex64 zeros."""
         check_batch_size("S4D", batch_size)
-        if self.options.bidirectional:
-            raise ValueError("S4D: step is causal; bidirectional=True has no recurrent form")
+        check_causal("S4D", self.options.bidirectional)
         return jnp.zeros((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
 
     def step(self, state, x_t, *, dt_scale: float = 1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("S4D", x_t, self.d_model)
         check_dt_scale("S4D", dt_scale)
-        if self.options.bidirectional:
-            raise ValueError("S4D: step is causal; bidirectional=True has no recurrent form")
+        check_causal("S4D", self.options.bidirectional)
         x_t = x_t.astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
         h = Abar[None] * state + x_t.astype(jnp.complex64)[..., None] * Bbar[None]

@@ -21,7 +21,7 @@ from flax import nnx
 
 import ssm
 from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token)
+                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
 from layers._params import complex_of, normal, ssm_param
 from scan_kernels import BACKENDS, linear_scan
 
@@ -103,16 +103,14 @@ class S5(nnx.Module):
     def init_state(self, batch_size: int):
         """``x (B, P)`` complex64 zeros."""
         check_batch_size("S5", batch_size)
-        if self.options.bidirectional:
-            raise ValueError("S5: step is causal; bidirectional=True has no recurrent form")
+        check_causal("S5", self.options.bidirectional)
         return jnp.zeros((batch_size, self.n_stored), jnp.complex64)
 
     def step(self, state, x_t, *, dt_scale: float = 1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("S5", x_t, self.d_model)
         check_dt_scale("S5", dt_scale)
-        if self.options.bidirectional:
-            raise ValueError("S5: step is causal; bidirectional=True has no recurrent form")
+        check_causal("S5", self.options.bidirectional)
         x_t = x_t.astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
         h = Abar[None] * state + jnp.einsum("bd,pd->bp", x_t.astype(jnp.complex64), Bbar)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token)
+                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
 from layers._params import ssm_param
 from scan_kernels import BACKENDS, linear_scan
 
@@ -113,8 +113,7 @@ class SelectiveSSM(nnx.Module):
     def init_state(self, batch_size: int):
         """``(conv buffer (B, d_conv-1, E), h (B, E, N))``, zeros."""
         check_batch_size("SelectiveSSM", batch_size)
-        if self.options.bidirectional:
-            raise ValueError("SelectiveSSM: step is causal; bidirectional=True has no recurrent form")
+        check_causal("SelectiveSSM", self.options.bidirectional)
         E, N, W = self.inner, self.options.d_state, self.options.d_conv
         return (jnp.zeros((batch_size, W - 1, E), jnp.float32), jnp.zeros((batch_size, E, N), jnp.float32))
 
@@ -122,8 +121,7 @@ class SelectiveSSM(nnx.Module):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("SelectiveSSM", x_t, self.d_model)
         check_dt_scale("SelectiveSSM", dt_scale)
-        if self.options.bidirectional:
-            raise ValueError("SelectiveSSM: step is causal; bidirectional=True has no recurrent form")
+        check_causal("SelectiveSSM", self.options.bidirectional)
         buf, h = state
         u, z = jnp.split(self.in_proj(x_t.astype(jnp.float32)), 2, axis=-1)             # (B, E)
         window = jnp.concatenate([buf, u[:, None]], axis=1)                              # (B, W, E)
