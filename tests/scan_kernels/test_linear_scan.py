@@ -212,7 +212,7 @@ def test_million_step_cumsum_is_accurate(backend):
 
 
 def test_naive_float32_loop_is_inaccurate_at_a_million_steps():
-    """The reason the test above needs compensation: the plain reference loop is off by more than 1e-3."""
+    """Why the test above needs chunked or compensated sums: the plain reference loop is off by more than 1e-3."""
     L = 10**6
     got = np.asarray(sk.linear_scan_reference(jnp.ones((1, L, 1), jnp.float32), jnp.full((1, L, 1), 1e-3, jnp.float32)))
     assert abs(got[0, -1, 0] - L * float(np.float32(1e-3))) / (L * 1e-3) > 1e-3
