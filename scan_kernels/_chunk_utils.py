@@ -116,13 +116,83 @@ def map_chunk_groups(fn, arrays, group: int):
     return jax.tree.map(lambda o: jnp.moveaxis(o, 0, 2), out)
 
 
+def pad_tokens(x, C: int):
+    """``(B, L, H, *F)`` -> ``(B, NC·C, H, *F)`` float32, zero-padded in time (no copy when C divides L)."""
+    pad = num_chunks(x.shape[1], C) * C - x.shape[1]
+    x = x.astype(jnp.float32)
+    return jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)) if pad else x
+
+
+def read_chunks(x, start, n: int, C: int):
+    """Chunks ``[start, start + n)`` of a token array ``(B, NC·C, H, *F)`` as ``(B, n, C, H, *F)`` (a slice)."""
+    y = lax.dynamic_slice_in_dim(x, start * C, n * C, axis=1)
+    return y.reshape((y.shape[0], n, C) + y.shape[2:])
+
+
+def write_chunks(buf, y, start):
+    """Write ``y (B, n, C, H, *F)`` into the token buffer ``buf (B, NC·C, H, *F)`` at chunk ``start`` (in place)."""
+    n, C = y.shape[1:3]
+    y = y.reshape((y.shape[0], n * C) + y.shape[3:])
+    return lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), start * C, axis=1)
+
+
+def read_states(s, start, n: int):
+    """States ``[start, start + n)`` of a per-chunk array ``(B, H, NC, ...)`` -> ``(B, H, n, ...)``."""
+    return lax.dynamic_slice_in_dim(s, start, n, axis=2)
+
+
+def write_states(buf, y, start):
+    return lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), start, axis=2)
+
+
+def entering_states(s_end, s0, start, n: int):
+    """States entering chunks ``[start, start + n)``: ``(S_{start-1}, ..., S_{start+n-2})`` with ``S_{-1} = s0``.
+
+    ``s_end (B, H, NC, K, V)`` end-of-chunk states, ``s0 (B, H, K, V)``; returns ``(B, H, n, K, V)``.
+    """
+    first = jnp.where(start == 0, s0, read_states(s_end, jnp.maximum(start - 1, 0), 1)[:, :, 0])
+    return jnp.concatenate([first[:, :, None], read_states(s_end, start, n)[:, :, :-1]], axis=2)
+
+
+def leaving_cotangents(h, d_final, start, n: int):
+    """Cotangents of the states *leaving* chunks ``[start, start + n)``: ``(h_{start+1}, ..., h_{start+n})``
+    with ``h_{NC} = d_final``, where ``h (B, H, NC, K, V)`` are the cotangents of the entering states."""
+    nc = h.shape[2]
+    last = jnp.where(start + n >= nc, d_final, read_states(h, jnp.minimum(start + n, nc - 1), 1)[:, :, 0])
+    return jnp.concatenate([read_states(h, start, n)[:, :, 1:], last[:, :, None]], axis=2)
+
+
+def for_chunk_groups(body, carry, nc: int, group: int, reverse: bool = False):
+    """``carry = body(start, n, carry)`` over the chunk groups ``[start, start + n)`` that tile ``0..nc-1``
+    (``n = group``, a shorter static tail last), in sequence: a ``fori_loop`` over the full groups.
+
+    Inputs are read and outputs written by slices of whole buffers (``read_chunks`` / ``write_chunks``),
+    so the O(C²) intra-chunk temporaries scale with the group, and no transposed copy of an input, an
+    output or a gradient is ever made — the "fused chunk" memory profile with batched matmuls inside a group.
+    """
+    n_full, tail = divmod(nc, group)
+
+    def full(carry):
+        if n_full == 0:
+            return carry
+        step = lambda i, c: body((n_full - 1 - i if reverse else i) * group, group, c)  # noqa: E731
+        return lax.fori_loop(0, n_full, step, carry)
+
+    if reverse and tail:
+        carry = body(n_full * group, tail, carry)
+    carry = full(carry)
+    if not reverse and tail:
+        carry = body(n_full * group, tail, carry)
+    return carry
+
+
 def _scan_core():
     import scan_kernels  # the package is fully imported by the time an op runs
 
     return scan_kernels
 
 
-def scan_chunk_states_diag(decay, delta, s0, backend: str):
+def scan_chunk_states_diag(decay, delta, s0, backend: str, reverse: bool = False):
     """End-of-chunk states ``S_n = decay_n ⊙ S_{n-1} + delta_n`` through the scan core's ``linear_scan``.
 
     ``decay`` broadcastable to ``delta (B, H, NC, K, V)``; ``s0 (B, H, K, V)``. Returns ``(B, H, NC, K, V)``.
@@ -130,11 +200,11 @@ def scan_chunk_states_diag(decay, delta, s0, backend: str):
     B, H, nc, K, V = delta.shape
     a = jnp.broadcast_to(decay, delta.shape).reshape(B, H, nc, K * V)  # time axis -2: (B, H, NC, K·V)
     b = delta.reshape(B, H, nc, K * V)
-    h = _scan_core().linear_scan(a, b, s0.reshape(B, H, K * V), backend=backend)
+    h = _scan_core().linear_scan(a, b, s0.reshape(B, H, K * V), reverse=reverse, backend=backend)
     return h.reshape(B, H, nc, K, V)
 
 
-def scan_chunk_states_dense(M, delta, s0, backend: str):
+def scan_chunk_states_dense(M, delta, s0, backend: str, reverse: bool = False):
     """End-of-chunk states ``S_n = M_n S_{n-1} + delta_n`` through the scan core's ``dense_linear_scan``.
 
     ``M (B, H, NC, K, K)``, ``delta (B, H, NC, K, V)``, ``s0 (B, H, K, V)``. The V columns of the state
@@ -146,7 +216,8 @@ def scan_chunk_states_dense(M, delta, s0, backend: str):
     b = delta.reshape(B * H, nc, K, V)
     h0 = s0.reshape(B * H, K, V)
     core = _scan_core()
-    scan = jax.vmap(lambda bb, hh: core.dense_linear_scan(A, bb, hh, backend=backend), in_axes=(3, 2), out_axes=3)
+    scan = jax.vmap(lambda bb, hh: core.dense_linear_scan(A, bb, hh, reverse=reverse, backend=backend),
+                    in_axes=(3, 2), out_axes=3)
     return scan(b, h0).reshape(B, H, nc, K, V)
 
 

@@ -28,73 +28,212 @@ from jax import lax
 from scan_kernels._backend import resolve_backend
 from scan_kernels._chunk_utils import (
     causal_masks,
-    from_chunks,
-    map_chunk_groups,
-    previous_states,
+    entering_states,
+    for_chunk_groups,
+    leaving_cotangents,
+    pad_tokens,
+    read_chunks,
     scan_chunk_states_dense,
     segment_decay,
-    to_chunks,
     unit_lower_inverse,
+    write_chunks,
+    write_states,
 )
 from scan_kernels._delta_rule_reference import delta_rule_reference
 from scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
-# Chunks per step of the sequential, rematerialised map over chunk groups (bounds the O(C²) temporaries).
+# Chunks per step of the sequential loop over chunk groups (bounds the O(C²) temporaries).
 CHUNK_GROUP = 16
 
 
-def wy_chunk(kc, vc, bc, gam):
-    """Per-chunk UT transform and chunk transition (no incoming state needed).
+def _heads_first(x):
+    """``(B, n, C, H, ...)`` -> ``(B, n, H, C, ...)`` for per-token scalars (β, γ)."""
+    return jnp.swapaxes(x, 2, 3)
 
-    ``kc (B, H, NC, C, K)``, ``vc (B, H, NC, C, V)``, ``bc (B, H, NC, C)``, ``gam`` cumulative log-gates
-    ``(B, H, NC, C)`` or None. Returns ``Ũ (.., C, V)``, ``W (.., C, K)``, ``M (.., K, K)``, ``Δ (.., K, V)``.
+
+@jax.custom_vjp
+def apply_inverse(T, A, rhs):
+    """``X = (I + A)⁻¹ rhs`` given ``T = (I + A)⁻¹`` ``(B, n, H, C, C)``; ``rhs (B, n, C, H, F)`` -> ``(B, n, H, C, F)``.
+
+    Its gradient uses T instead of differentiating the inversion: ``d rhs = Tᵀ dX``, ``dA = −(Tᵀ dX) Xᵀ``.
     """
-    C, K = kc.shape[-2:]
-    V = vc.shape[-1]
-    _, strict = causal_masks(C)
-    kk = _mm("bhnik,bhnjk->bhnij", kc, kc)
+    return _mm("bnhij,bnjhf->bnhif", T, rhs)
+
+
+def _apply_inverse_fwd(T, A, rhs):
+    X = apply_inverse(T, A, rhs)
+    return X, (T, X)
+
+
+def _apply_inverse_bwd(res, dX):
+    T, X = res
+    drhs = _mm("bnhij,bnhif->bnhjf", T, dX)  # (B, n, H, C, F)
+    dA = -_mm("bnhjf,bnhif->bnhji", drhs, X)
+    return jnp.zeros_like(T), dA, jnp.swapaxes(drhs, 2, 3)
+
+
+apply_inverse.defvjp(_apply_inverse_fwd, _apply_inverse_bwd)
+
+
+def ut_system(kc, vc, bc, gam):
+    """The chunk's UT system ``(I + A) [Ũ | W] = rhs``: ``A (B, n, H, C, C)`` (strictly lower) and
+    ``rhs = β ⊙ [V | exp(γ) ⊙ K]`` ``(B, n, C, H, V + K)``. ``kc (B, n, C, H, K)``, ``bc (B, n, C, H)``,
+    ``gam (B, n, H, C)`` cumulative log-gates or None."""
+    _, strict = causal_masks(kc.shape[2])
+    b = _heads_first(bc)
+    kk = _mm("bnihk,bnjhk->bnhij", kc, kc)
     if gam is None:
-        A = jnp.where(strict, bc[..., :, None] * kk, 0.0)
-        kw, khat, last = kc, kc, None
+        A, kw = jnp.where(strict, b[..., :, None] * kk, 0.0), kc
     else:
-        A = bc[..., :, None] * kk * segment_decay(gam, strict)
-        kw = kc * jnp.exp(gam)[..., None]
-        last = gam[..., -1:]  # (B, H, NC, 1)
-        khat = kc * jnp.exp(last - gam)[..., None]
-    rhs = bc[..., None] * jnp.concatenate([vc, kw], axis=-1)  # (B, H, NC, C, V + K)
-    X = _mm("bhnij,bhnjf->bhnif", unit_lower_inverse(A), rhs)  # (I + A)⁻¹ rhs
-    Ut, W = X[..., :V], X[..., V:]
+        A, kw = b[..., :, None] * kk * segment_decay(gam, strict), kc * _heads_first(jnp.exp(gam))[..., None]
+    return A, bc[..., None] * jnp.concatenate([vc, kw], axis=-1)
+
+
+def _decayed_keys(kc, gam):
+    """``K̂ = K ⊙ exp(γ_C − γ)`` ``(B, n, C, H, K)`` and ``exp(γ_C)`` ``(B, H, n, 1, 1)`` (None without gates)."""
+    if gam is None:
+        return kc, None
+    last = gam[..., -1:]  # (B, n, H, 1)
+    return kc * _heads_first(jnp.exp(last - gam))[..., None], jnp.swapaxes(jnp.exp(last), 1, 2)[..., None]
+
+
+def chunk_transition(kc, X, gam):
+    """``M = exp(γ_C) I − K̂ᵀ W`` ``(B, H, n, K, K)`` and ``Δ = K̂ᵀ Ũ`` ``(B, H, n, K, V)`` from ``X = [Ũ | W]``."""
+    K = kc.shape[-1]
+    V = X.shape[-1] - K
+    khat, last = _decayed_keys(kc, gam)
     eye = jnp.eye(K, dtype=jnp.float32)[None, None, None]  # (1, 1, 1, K, K)
-    ident = eye if last is None else jnp.exp(last)[..., None] * eye  # exp(γ_C) I
-    M = ident - _mm("bhnck,bhncj->bhnkj", khat, W)
-    delta = _mm("bhnck,bhncv->bhnkv", khat, Ut)
-    return Ut, W, M, delta
+    ident = eye if last is None else last * eye  # exp(γ_C) I
+    M = ident - _mm("bnchk,bnhcj->bhnkj", khat, X[..., V:])
+    return M, _mm("bnchk,bnhcv->bhnkv", khat, X[..., :V])
 
 
-def delta_output(qc, kc, Ut, W, gam, s_prev):
-    """``O = (Q ⊙ exp(γ)) S⁰ + (Q Kᵀ ⊙ Γ) (Ũ − W S⁰)`` for every chunk, ``s_prev (B, H, NC, K, V)``."""
-    C = qc.shape[-2]
-    incl, _ = causal_masks(C)
-    qk = _mm("bhnik,bhnjk->bhnij", qc, kc)
+def _output_terms(qc, kc, gam):
+    """``P = Q Kᵀ ⊙ exp(γ_i − γ_j) ⊙ [i ≥ j]`` ``(B, n, H, C, C)`` and ``Q ⊙ exp(γ)`` ``(B, n, C, H, K)``."""
+    incl, _ = causal_masks(qc.shape[2])
+    qk = _mm("bnihk,bnjhk->bnhij", qc, kc)
     if gam is None:
-        P, qd = jnp.where(incl, qk, 0.0), qc
-    else:
-        P, qd = qk * segment_decay(gam, incl), qc * jnp.exp(gam)[..., None]
-    U = Ut - _mm("bhnck,bhnkv->bhncv", W, s_prev)
-    return _mm("bhnck,bhnkv->bhncv", qd, s_prev) + _mm("bhnij,bhnjv->bhniv", P, U)
+        return jnp.where(incl, qk, 0.0), qc
+    return qk * segment_decay(gam, incl), qc * _heads_first(jnp.exp(gam))[..., None]
+
+
+def chunk_output(qc, kc, X, gam, s_prev):
+    """``O = (Q ⊙ exp(γ)) S⁰ + P (Ũ − W S⁰)`` ``(B, n, C, H, V)`` and the leaving state
+    ``exp(γ_C) S⁰ + K̂ᵀ (Ũ − W S⁰)`` ``(B, H, n, K, V)``; ``s_prev (B, H, n, K, V)`` the entering states."""
+    K = kc.shape[-1]
+    V = X.shape[-1] - K
+    P, qd = _output_terms(qc, kc, gam)
+    U = X[..., :V] - _mm("bnhck,bhnkv->bnhcv", X[..., V:], s_prev)  # (B, n, H, C, V)
+    o = _mm("bnihk,bhnkv->bnihv", qd, s_prev) + _mm("bnhij,bnhjv->bnihv", P, U)
+    khat, last = _decayed_keys(kc, gam)
+    s_leave = _mm("bnchk,bnhcv->bhnkv", khat, U) + (s_prev if last is None else last * s_prev)
+    return o, s_leave
+
+
+def _read_T(Tbuf, start, n):
+    return lax.dynamic_slice_in_dim(Tbuf, start, n, axis=1)
+
+
+def _forward(q, k, v, beta, g, s0, C, group, scan_backend):
+    """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, end-of-chunk states ``(B, H, NC, K, V)``
+    and the inverses ``T = (I + A)⁻¹`` ``(B, NC, H, C, C)`` of every chunk."""
+    B, Lp, H, K = q.shape
+    V = v.shape[-1]
+    nc = Lp // C
+    gates = lambda start, n: None if g is None else _heads_first(jnp.cumsum(read_chunks(g, start, n, C), axis=2))  # noqa: E731
+
+    def transitions(start, n, bufs):
+        Mb, Db, Tb = bufs
+        kc, gam = read_chunks(k, start, n, C), gates(start, n)
+        A, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
+        T = unit_lower_inverse(A)
+        M, delta = chunk_transition(kc, _mm("bnhij,bnjhf->bnhif", T, rhs), gam)
+        return write_states(Mb, M, start), write_states(Db, delta, start), lax.dynamic_update_slice_in_dim(Tb, T, start, 1)
+
+    bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros((B, H, nc, K, V), jnp.float32),
+            jnp.zeros((B, nc, H, C, C), jnp.float32))
+    M, delta, Tbuf = for_chunk_groups(transitions, bufs, nc, group)
+    s_end = scan_chunk_states_dense(M, delta, s0, scan_backend)
+
+    def output(start, n, buf):
+        qc, kc, gam = read_chunks(q, start, n, C), read_chunks(k, start, n, C), gates(start, n)
+        _, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
+        X = _mm("bnhij,bnjhf->bnhif", _read_T(Tbuf, start, n), rhs)
+        o, _ = chunk_output(qc, kc, X, gam, entering_states(s_end, s0, start, n))
+        return write_chunks(buf, o, start)
+
+    return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end, Tbuf
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(6, 7))
+def _chunked(q, k, v, beta, g, s0, C, scan_backend):
+    o, s_end, _ = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend)
+    return o, s_end[:, :, -1]
+
+
+def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
+    o, s_end, Tbuf = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend)
+    return (o, s_end[:, :, -1]), (q, k, v, beta, g, s0, s_end, Tbuf)
+
+
+def _chunked_bwd(C, scan_backend, res, cts):
+    """Chunkwise backward: state cotangents ``h_n = M_nᵀ h_{n+1} + (∂O_n/∂S⁰_n)ᵀ dO_n`` backwards through the
+    scan core, then each chunk group differentiated on its own (``jax.vjp`` with the stored inverses T)
+    given its entering state and the cotangent of its leaving state."""
+    q, k, v, beta, g, s0, s_end, Tbuf = res
+    do, d_final = cts
+    B, Lp, H, K = q.shape
+    V = v.shape[-1]
+    nc, group = Lp // C, CHUNK_GROUP
+    gates = lambda gc: None if gc is None else _heads_first(jnp.cumsum(gc, axis=2))  # noqa: E731
+    gchunks = lambda start, n: None if g is None else read_chunks(g, start, n, C)  # noqa: E731
+
+    def local(start, n, bufs):  # Mᵀ and (∂O/∂S⁰)ᵀ dO = (Q ⊙ exp(γ))ᵀ dO − Wᵀ Pᵀ dO per chunk
+        Mb, Lb = bufs
+        qc, kc, gam = read_chunks(q, start, n, C), read_chunks(k, start, n, C), gates(gchunks(start, n))
+        _, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
+        X = _mm("bnhij,bnjhf->bnhif", _read_T(Tbuf, start, n), rhs)
+        M, _ = chunk_transition(kc, X, gam)
+        P, qd = _output_terms(qc, kc, gam)
+        doc = read_chunks(do, start, n, C)
+        ptdo = _mm("bnhij,bnihv->bnhjv", P, doc)
+        loc = _mm("bnchk,bnchv->bhnkv", qd, doc) - _mm("bnhck,bnhcv->bhnkv", X[..., V:], ptdo)
+        return write_states(Mb, jnp.swapaxes(M, -1, -2), start), write_states(Lb, loc, start)
+
+    bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros(s_end.shape, jnp.float32))
+    Mt, dloc = for_chunk_groups(local, bufs, nc, group)
+    h = scan_chunk_states_dense(Mt, dloc, d_final, scan_backend, reverse=True)  # cotangents of entering states
+
+    def grads(start, n, bufs):
+        s_prev, d_next = entering_states(s_end, s0, start, n), leaving_cotangents(h, d_final, start, n)
+        T = _read_T(Tbuf, start, n)
+
+        def f(qc, kc, vc, bc, *gg):
+            gam = gates(gg[0]) if gg else None
+            A, rhs = ut_system(kc, vc, bc, gam)
+            return chunk_output(qc, kc, apply_inverse(T, A, rhs), gam, s_prev)
+
+        xs = tuple(read_chunks(x, start, n, C) for x in (q, k, v, beta) + (() if g is None else (g,)))
+        _, vjp = jax.vjp(f, *xs)
+        dxs = vjp((read_chunks(do, start, n, C), d_next))
+        return tuple(write_chunks(b, d, start) for b, d in zip(bufs, dxs))
+
+    bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta) + (() if g is None else (g,)))
+    bufs = for_chunk_groups(grads, bufs, nc, group, reverse=True)
+    return (*bufs[:4], None if g is None else bufs[4], h[:, :, 0])
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
 @partial(jax.jit, static_argnames=("C", "scan_backend"))
 def delta_rule_chunked(q, k, v, beta, log_decay, s0, C, scan_backend):
-    """Chunked forward in float32 on validated inputs; returns ``o (B, L, H, V)`` f32 and the final state."""
+    """Chunked form (``custom_vjp``) in float32 on validated inputs; returns ``o (B, L, H, V)`` f32 and the final state."""
     L = q.shape[1]
-    qc, kc, vc, bc = (to_chunks(x, C) for x in (q, k, v, beta))
-    gam = None if log_decay is None else jnp.cumsum(to_chunks(log_decay, C), axis=-1)
-    Ut, W, M, delta = map_chunk_groups(wy_chunk, (kc, vc, bc, gam), CHUNK_GROUP)
-    s_end = scan_chunk_states_dense(M, delta, s0, scan_backend)
-    o = map_chunk_groups(delta_output, (qc, kc, Ut, W, gam, previous_states(s_end, s0)), CHUNK_GROUP)
-    return from_chunks(o, L), s_end[:, :, -1]
+    g = None if log_decay is None else pad_tokens(log_decay, C)
+    o, final = _chunked(*(pad_tokens(x, C) for x in (q, k, v, beta)), g, s0, C, scan_backend)
+    return o[:, :L], final
 
 
 def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):

@@ -26,13 +26,16 @@ from jax import lax
 from scan_kernels._backend import resolve_backend
 from scan_kernels._chunk_utils import (
     causal_masks,
-    from_chunks,
+    entering_states,
+    for_chunk_groups,
     key_segment_decay,
-    map_chunk_groups,
-    previous_states,
+    leaving_cotangents,
+    pad_tokens,
+    read_chunks,
     scan_chunk_states_diag,
     segment_decay,
-    to_chunks,
+    write_chunks,
+    write_states,
 )
 from scan_kernels._fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
 from scan_kernels._linear_attention_reference import linear_attention_reference, safe_denominator
@@ -45,55 +48,145 @@ CHUNK_GROUP = 16
 KEY_GATE_CHUNK_GROUP = 2
 
 
+def _gates(g, kind):
+    """Cumulative log-gates γ inside each chunk: ``g (B, n, C, H[, K])`` -> ``(B, n, H, C[, K])``; None without gates."""
+    return None if kind == "none" else jnp.moveaxis(jnp.cumsum(g, axis=2), 3, 2)
+
+
 def _scores(qc, kc, gam, kind):
-    """Masked, decayed intra-chunk scores ``(B, H, NC, C, C)``: ``Σ_k q_ik k_jk exp(γ_ik − γ_jk)``, i ≥ j."""
-    incl, _ = causal_masks(qc.shape[3])
-    if kind == "none":
-        return jnp.where(incl, _mm("bhnik,bhnjk->bhnij", qc, kc), 0.0)
-    if kind == "scalar":
-        return _mm("bhnik,bhnjk->bhnij", qc, kc) * segment_decay(gam, incl)
-    # per key: the exponents cannot be split into a q- and a k-factor without overflow -> (C, C, K) tensor
-    return _mm("bhnik,bhnjk,bhnijk->bhnij", qc, kc, key_segment_decay(gam, incl))
+    """Masked, decayed intra-chunk scores ``(B, n, H, C, C)``: ``Σ_k q_ik k_jk exp(γ_ik − γ_jk)``, i ≥ j."""
+    incl, _ = causal_masks(qc.shape[2])
+    if kind == "key":  # the exponents cannot be split into a q- and a k-factor without overflow -> (C, C, K)
+        return _mm("bnihk,bnjhk,bnhijk->bnhij", qc, kc, key_segment_decay(gam, incl))
+    qk = _mm("bnihk,bnjhk->bnhij", qc, kc)
+    return jnp.where(incl, qk, 0.0) if kind == "none" else qk * segment_decay(gam, incl)
 
 
 def chunk_state(kc, vc, gam, kind):
-    """Each chunk's own state contribution ``Δ = (K ⊙ exp(γ_C − γ))ᵀ V`` ``(B, H, NC, K, V)`` and its total
-    decay ``exp(γ_C)`` (broadcastable to Δ; None without gates). ``gam``: cumulative log-gates or None."""
+    """Each chunk's own state contribution ``Δ = (K ⊙ exp(γ_C − γ))ᵀ V`` ``(B, H, n, K, V)`` and its total
+    decay ``exp(γ_C)`` (``(B, H, n, 1, 1)`` or ``(B, H, n, K, 1)``; None without gates).
+    ``kc (B, n, C, H, K)``, ``vc (B, n, C, H, V)``, ``gam`` from ``_gates``."""
     if kind == "none":
-        return _mm("bhnck,bhncv->bhnkv", kc, vc), None
+        return _mm("bnchk,bnchv->bhnkv", kc, vc), None
     if kind == "scalar":
-        last = gam[..., -1:]  # (B, H, NC, 1)
-        kd, decay = kc * jnp.exp(last - gam)[..., None], jnp.exp(last)[..., None]  # decay (B, H, NC, 1, 1)
+        last = gam[..., -1:]  # (B, n, H, 1)
+        kd = kc * jnp.swapaxes(jnp.exp(last - gam), 2, 3)[..., None]
+        decay = jnp.swapaxes(jnp.exp(last), 1, 2)[..., None]  # (B, H, n, 1, 1)
     else:
-        last = gam[..., -1:, :]  # (B, H, NC, 1, K)
-        kd, decay = kc * jnp.exp(last - gam), jnp.swapaxes(jnp.exp(last), -1, -2)  # decay (B, H, NC, K, 1)
-    return _mm("bhnck,bhncv->bhnkv", kd, vc), decay
+        last = gam[..., -1:, :]  # (B, n, H, 1, K)
+        kd = kc * jnp.swapaxes(jnp.exp(last - gam), 2, 3)
+        decay = jnp.swapaxes(jnp.swapaxes(jnp.exp(last), 1, 2), -1, -2)  # (B, H, n, K, 1)
+    return _mm("bnchk,bnchv->bhnkv", kd, vc), decay
+
+
+def _query_decay(qc, gam, kind):
+    """``Q ⊙ exp(γ)`` in the chunk layout ``(B, n, C, H, K)``."""
+    if kind == "none":
+        return qc
+    return qc * jnp.swapaxes(jnp.exp(gam if kind == "key" else gam[..., None]), 2, 3)
 
 
 def chunk_output(qc, kc, vc, gam, s_prev, kind):
-    """``O = scores V + (Q ⊙ exp(γ)) S⁰`` per chunk, ``s_prev (B, H, NC, K, V)`` the entering states."""
-    if kind == "none":
-        qd = qc
-    else:
-        qd = qc * jnp.exp(gam if kind == "key" else gam[..., None])
-    return _mm("bhnij,bhnjv->bhniv", _scores(qc, kc, gam, kind), vc) + _mm("bhnck,bhnkv->bhncv", qd, s_prev)
+    """``O = scores V + (Q ⊙ exp(γ)) S⁰`` per chunk ``(B, n, C, H, V)``; ``s_prev (B, H, n, K, V)`` entering states."""
+    intra = _mm("bnhij,bnjhv->bnihv", _scores(qc, kc, gam, kind), vc)
+    return intra + _mm("bnihk,bhnkv->bnihv", _query_decay(qc, gam, kind), s_prev)
+
+
+def _chunk_decays(g, kind, C):
+    """Total decay ``exp(Σ g)`` of every chunk, broadcastable to ``(B, H, NC, K, V)``; ``g (B, NC·C, H[, K])``."""
+    B, Lp, H = g.shape[:3]
+    tot = jnp.exp(g.reshape((B, Lp // C, C) + g.shape[2:]).sum(axis=2))  # (B, NC, H[, K])
+    return jnp.swapaxes(tot, 1, 2)[..., None, None] if kind == "scalar" else jnp.swapaxes(tot, 1, 2)[..., None]
+
+
+def _forward(q, k, v, g, s0, kind, C, group, scan_backend):
+    """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)`` and the end-of-chunk states."""
+    B, Lp, H, K = q.shape
+    nc = Lp // C
+    gc = lambda start, n: None if g is None else read_chunks(g, start, n, C)  # noqa: E731
+
+    def states(start, n, buf):
+        delta, _ = chunk_state(read_chunks(k, start, n, C), read_chunks(v, start, n, C), _gates(gc(start, n), kind), kind)
+        return write_states(buf, delta, start)
+
+    delta = for_chunk_groups(states, jnp.zeros((B, H, nc, K, v.shape[-1]), jnp.float32), nc, group)
+    decay = jnp.ones((), jnp.float32) if g is None else _chunk_decays(g, kind, C)
+    s_end = scan_chunk_states_diag(decay, delta, s0, scan_backend)
+
+    def output(start, n, buf):
+        qc, kc, vc = (read_chunks(x, start, n, C) for x in (q, k, v))
+        o = chunk_output(qc, kc, vc, _gates(gc(start, n), kind), entering_states(s_end, s0, start, n), kind)
+        return write_chunks(buf, o, start)
+
+    return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _chunked(q, k, v, g, s0, kind, C, scan_backend):
+    o, s_end = _forward(q, k, v, g, s0, kind, C, _group(kind), scan_backend)
+    return o, s_end[:, :, -1]
+
+
+def _chunked_fwd(q, k, v, g, s0, kind, C, scan_backend):
+    o, s_end = _forward(q, k, v, g, s0, kind, C, _group(kind), scan_backend)
+    return (o, s_end[:, :, -1]), (q, k, v, g, s0, s_end)
+
+
+def _chunked_bwd(kind, C, scan_backend, res, cts):
+    """Chunkwise backward: the state cotangents run backwards through the scan core, then every chunk group
+    is differentiated on its own (``jax.vjp``, recomputing its intra-chunk terms) given its entering state and
+    the cotangent of its leaving state. Memory O(B·L·H·(K+V) + NC·B·H·K·V + group·C²)."""
+    q, k, v, g, s0, s_end = res
+    do, d_final = cts
+    B, Lp, H, K = q.shape
+    nc, group = Lp // C, _group(kind)
+    gc = lambda start, n: None if g is None else read_chunks(g, start, n, C)  # noqa: E731
+
+    def local(start, n, buf):  # ∂O/∂S⁰ᵀ dO = (Q ⊙ exp(γ))ᵀ dO per chunk
+        qd = _query_decay(read_chunks(q, start, n, C), _gates(gc(start, n), kind), kind)
+        return write_states(buf, _mm("bnchk,bnchv->bhnkv", qd, read_chunks(do, start, n, C)), start)
+
+    dloc = for_chunk_groups(local, jnp.zeros(s_end.shape, jnp.float32), nc, group)
+    decay = jnp.ones((), jnp.float32) if g is None else _chunk_decays(g, kind, C)
+    h = scan_chunk_states_diag(decay, dloc, d_final, scan_backend, reverse=True)  # cotangents of entering states
+
+    def grads(start, n, bufs):
+        s_prev, d_next = entering_states(s_end, s0, start, n), leaving_cotangents(h, d_final, start, n)
+
+        def f(qc, kc, vc, *gg):
+            gam = _gates(gg[0], kind) if gg else None
+            delta, dec = chunk_state(kc, vc, gam, kind)
+            s_leave = delta + (s_prev if dec is None else dec * s_prev)
+            return chunk_output(qc, kc, vc, gam, s_prev, kind), s_leave
+
+        xs = tuple(read_chunks(x, start, n, C) for x in (q, k, v) + (() if g is None else (g,)))
+        _, vjp = jax.vjp(f, *xs)
+        dxs = vjp((read_chunks(do, start, n, C), d_next))
+        return tuple(write_chunks(b, d, start) for b, d in zip(bufs, dxs))
+
+    bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v) + (() if g is None else (g,)))
+    bufs = for_chunk_groups(grads, bufs, nc, group, reverse=True)
+    dq, dk, dv = bufs[:3]
+    return dq, dk, dv, (None if g is None else bufs[3]), h[:, :, 0]
+
+
+_chunked.defvjp(_chunked_fwd, _chunked_bwd)
+
+
+def _group(kind):
+    return KEY_GATE_CHUNK_GROUP if kind == "key" else CHUNK_GROUP
 
 
 @partial(jax.jit, static_argnames=("kind", "C", "scan_backend"))
 def linear_attention_chunked(q, k, v, log_decay, s0, kind, C, scan_backend):
-    """Chunked forward in float32 on validated inputs. ``s0 (B, H, K, V)`` float32.
+    """Chunked form in float32 on validated inputs (``custom_vjp``). ``s0 (B, H, K, V)`` float32.
 
     Returns ``o (B, L, H, V)`` float32 and the final state ``(B, H, K, V)``.
     """
     L = q.shape[1]
-    group = KEY_GATE_CHUNK_GROUP if kind == "key" else CHUNK_GROUP
-    qc, kc, vc = to_chunks(q, C), to_chunks(k, C), to_chunks(v, C)
-    gam = None if kind == "none" else jnp.cumsum(to_chunks(log_decay, C), axis=3)  # γ, local to each chunk
-    delta, decay = map_chunk_groups(lambda kc, vc, gam: chunk_state(kc, vc, gam, kind), (kc, vc, gam), group)
-    s_end = scan_chunk_states_diag(jnp.ones((), jnp.float32) if decay is None else decay, delta, s0, scan_backend)
-    s_prev = previous_states(s_end, s0)
-    o = map_chunk_groups(lambda *a: chunk_output(*a, kind), (qc, kc, vc, gam, s_prev), group)
-    return from_chunks(o, L), s_end[:, :, -1]
+    g = None if kind == "none" else pad_tokens(log_decay, C)
+    o, final = _chunked(pad_tokens(q, C), pad_tokens(k, C), pad_tokens(v, C), g, s0, kind, C, scan_backend)
+    return o[:, :L], final
 
 
 def with_normaliser(v, initial_state, normalize, B, H, K):
