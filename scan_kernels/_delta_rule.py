@@ -33,7 +33,7 @@ from scan_kernels._chunk_utils import (
     leaving_cotangents,
     pad_tokens,
     read_chunks,
-    scan_chunk_states_dense,
+    scan_state_columns_dense,
     segment_decay,
     unit_lower_inverse,
     write_chunks,
@@ -99,14 +99,15 @@ def _decayed_keys(kc, gam):
 
 
 def chunk_transition(kc, X, gam):
-    """``M = exp(γ_C) I − K̂ᵀ W`` ``(B, H, n, K, K)`` and ``Δ = K̂ᵀ Ũ`` ``(B, H, n, K, V)`` from ``X = [Ũ | W]``."""
+    """``M = exp(γ_C) I − K̂ᵀ W`` ``(B, H, n, K, K)`` and ``Δ = K̂ᵀ Ũ`` from ``X = [Ũ | W]``, columns first
+    ``(V, B, H, n, K)`` (the layout of ``scan_state_columns_dense``)."""
     K = kc.shape[-1]
     V = X.shape[-1] - K
     khat, last = _decayed_keys(kc, gam)
     eye = jnp.eye(K, dtype=jnp.float32)[None, None, None]  # (1, 1, 1, K, K)
     ident = eye if last is None else last * eye  # exp(γ_C) I
     M = ident - _mm("bnchk,bnhcj->bhnkj", khat, X[..., V:])
-    return M, _mm("bnchk,bnhcv->bhnkv", khat, X[..., :V])
+    return M, _mm("bnchk,bnhcv->vbhnk", khat, X[..., :V])
 
 
 def _output_terms(qc, kc, gam):
@@ -135,6 +136,15 @@ def _read_T(Tbuf, start, n):
     return lax.dynamic_slice_in_dim(Tbuf, start, n, axis=1)
 
 
+def _states_in(s_cols, s0, start, n):
+    """Entering states ``(B, H, n, K, V)`` of chunks ``[start, start + n)`` from columns-first ``(V, B, H, NC, K)``."""
+    return jnp.moveaxis(entering_states(s_cols, jnp.moveaxis(s0, -1, 0), start, n, axis=3), 0, -1)
+
+
+def _cotangents_out(h_cols, d_final, start, n):
+    return jnp.moveaxis(leaving_cotangents(h_cols, jnp.moveaxis(d_final, -1, 0), start, n, axis=3), 0, -1)
+
+
 def _forward(q, k, v, beta, g, s0, C, group, scan_backend):
     """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, end-of-chunk states ``(B, H, NC, K, V)``
     and the inverses ``T = (I + A)⁻¹`` ``(B, NC, H, C, C)`` of every chunk."""
@@ -149,18 +159,19 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend):
         A, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
         T = unit_lower_inverse(A)
         M, delta = chunk_transition(kc, _mm("bnhij,bnjhf->bnhif", T, rhs), gam)
-        return write_states(Mb, M, start), write_states(Db, delta, start), lax.dynamic_update_slice_in_dim(Tb, T, start, 1)
+        Db = lax.dynamic_update_slice_in_dim(Db, delta, start, 3)
+        return write_states(Mb, M, start), Db, lax.dynamic_update_slice_in_dim(Tb, T, start, 1)
 
-    bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros((B, H, nc, K, V), jnp.float32),
+    bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros((V, B, H, nc, K), jnp.float32),
             jnp.zeros((B, nc, H, C, C), jnp.float32))
     M, delta, Tbuf = for_chunk_groups(transitions, bufs, nc, group)
-    s_end = scan_chunk_states_dense(M, delta, s0, scan_backend)
+    s_end = scan_state_columns_dense(M, delta, jnp.moveaxis(s0, -1, 0), scan_backend)  # (V, B, H, NC, K)
 
     def output(start, n, buf):
         qc, kc, gam = read_chunks(q, start, n, C), read_chunks(k, start, n, C), gates(start, n)
         _, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
         X = _mm("bnhij,bnjhf->bnhif", _read_T(Tbuf, start, n), rhs)
-        o, _ = chunk_output(qc, kc, X, gam, entering_states(s_end, s0, start, n))
+        o, _ = chunk_output(qc, kc, X, gam, _states_in(s_end, s0, start, n))
         return write_chunks(buf, o, start)
 
     return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end, Tbuf
@@ -169,12 +180,12 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend):
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q, k, v, beta, g, s0, C, scan_backend):
     o, s_end, _ = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend)
-    return o, s_end[:, :, -1]
+    return o, jnp.moveaxis(s_end[:, :, :, -1], 0, -1)
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
     o, s_end, Tbuf = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend)
-    return (o, s_end[:, :, -1]), (q, k, v, beta, g, s0, s_end, Tbuf)
+    return (o, jnp.moveaxis(s_end[:, :, :, -1], 0, -1)), (q, k, v, beta, g, s0, s_end, Tbuf)
 
 
 def _chunked_bwd(C, scan_backend, res, cts):
@@ -198,15 +209,16 @@ def _chunked_bwd(C, scan_backend, res, cts):
         P, qd = _output_terms(qc, kc, gam)
         doc = read_chunks(do, start, n, C)
         ptdo = _mm("bnhij,bnihv->bnhjv", P, doc)
-        loc = _mm("bnchk,bnchv->bhnkv", qd, doc) - _mm("bnhck,bnhcv->bhnkv", X[..., V:], ptdo)
-        return write_states(Mb, jnp.swapaxes(M, -1, -2), start), write_states(Lb, loc, start)
+        loc = _mm("bnchk,bnchv->vbhnk", qd, doc) - _mm("bnhck,bnhcv->vbhnk", X[..., V:], ptdo)
+        return write_states(Mb, jnp.swapaxes(M, -1, -2), start), lax.dynamic_update_slice_in_dim(Lb, loc, start, 3)
 
     bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros(s_end.shape, jnp.float32))
     Mt, dloc = for_chunk_groups(local, bufs, nc, group)
-    h = scan_chunk_states_dense(Mt, dloc, d_final, scan_backend, reverse=True)  # cotangents of entering states
+    # cotangents of the entering states, columns first (V, B, H, NC, K)
+    h = scan_state_columns_dense(Mt, dloc, jnp.moveaxis(d_final, -1, 0), scan_backend, reverse=True)
 
     def grads(start, n, bufs):
-        s_prev, d_next = entering_states(s_end, s0, start, n), leaving_cotangents(h, d_final, start, n)
+        s_prev, d_next = _states_in(s_end, s0, start, n), _cotangents_out(h, d_final, start, n)
         T = _read_T(Tbuf, start, n)
 
         def f(qc, kc, vc, bc, *gg):
@@ -221,7 +233,7 @@ def _chunked_bwd(C, scan_backend, res, cts):
 
     bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta) + (() if g is None else (g,)))
     bufs = for_chunk_groups(grads, bufs, nc, group, reverse=True)
-    return (*bufs[:4], None if g is None else bufs[4], h[:, :, 0])
+    return (*bufs[:4], None if g is None else bufs[4], jnp.moveaxis(h[:, :, :, 0], 0, -1))
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
