@@ -15,8 +15,11 @@ solve a unit lower-triangular system (the UT transform):
 
 so the only sequential part is ``S_n = M_n S_{n-1} + Δ_n`` over chunks, run by the scan core's
 ``dense_linear_scan`` (a K×K transition per chunk and head). All exponents are ≤ 0.
-(I + A)⁻¹ comes from log2(C) rounds of batched matmuls (``unit_lower_inverse``). Gradients: autodiff of
-this form (the chunk scan is the scan core's custom_vjp); residuals O(B·L·H·(K+V+C) + NC·B·H·K·(K+V)).
+(I + A)⁻¹ comes from log2(C) rounds of batched matmuls (``unit_lower_inverse``), once per chunk; it is
+kept (``T``, C×C per chunk) for the output pass and the backward. Gradients: ``custom_vjp`` — the state
+cotangents ``h_n = M_nᵀ h_{n+1} + (∂O_n/∂S⁰)ᵀ dO_n`` run backwards through ``dense_linear_scan``, then each
+group of chunks is differentiated on its own (``jax.vjp``; the solve's gradient from T, ``apply_inverse``).
+Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
 """
 
 from functools import partial

@@ -10,9 +10,11 @@ a chunk and S⁰ the state entering it,
     O      = (Q Kᵀ ⊙ exp(γ_i − γ_j) ⊙ [i ≥ j]) V  +  (Q ⊙ exp(γ)) S⁰          intra + inter
     S_end  = exp(γ_C) S⁰ + (K ⊙ exp(γ_C − γ))ᵀ V                           passed by ``linear_scan``
 
-All exponents are ≤ 0. The intra-chunk work runs on groups of ``CHUNK_GROUP`` chunks in sequence
-(``map_chunk_groups``: batched matmuls inside a group, rematerialised in the backward pass).
-Gradients: autodiff of this form (the chunk scan is the scan core's custom_vjp); memory is
+All exponents are ≤ 0. Inputs stay in their ``(B, L, H, ·)`` layout: ``for_chunk_groups`` walks groups of
+``CHUNK_GROUP`` chunks in sequence, reading slices and writing outputs in place (heads as a batch dim of
+the einsums). Gradients: ``custom_vjp`` — the state cotangents ``h_n = exp(γ_C,n) h_{n+1} + (Q ⊙ e^γ)ᵀ dO``
+run backwards through ``linear_scan``, then each group is differentiated on its own (``jax.vjp``, its
+intra-chunk terms recomputed) from its entering state and its leaving state's cotangent. Memory
 O(B·L·H·(K+V) + NC·B·H·K·V + group·C²) — no per-token K×V state is ever formed (tested with
 ``memory_analysis``).
 """

@@ -89,6 +89,7 @@ CASES = [
     (2, 63, 4, 8, 12, "high", 20.0, 16),
     (1, 500, 1, 64, 64, "low", 0.0, 64),
     (1, 1000, 4, 16, 8, "mid", 1.0, 32),
+    (2, 1000, 2, 8, 8, "high", 1.0, 16),  # 63 chunks: full groups of the chunk loop and a shorter tail
 ]
 
 
@@ -171,6 +172,8 @@ def test_backward_memory_stores_no_per_token_states():
 
         compiled = jax.jit(jax.grad(loss, (0, 1, 2, 3, 4, 5))).lower(*args).compile()
         temps.append(compiled.memory_analysis().temp_size_in_bytes)
+        fwd_temp = jax.jit(loss).lower(*args).compile().memory_analysis().temp_size_in_bytes
     per_token = lambda V: B * L * H * K * V * 4  # noqa: E731  bytes of float32 per-token states
     assert temps[1] - temps[0] < 0.3 * (per_token(128) - per_token(64)), temps
     assert temps[1] < 0.5 * per_token(128), temps
+    assert fwd_temp < 0.1 * per_token(128), fwd_temp

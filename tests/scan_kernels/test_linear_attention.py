@@ -3,6 +3,7 @@ gradients; the reference against an independent float64 numpy loop and the quadr
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 import pytest
 
@@ -126,6 +127,7 @@ CASES = [
     (2, 63, 4, 8, 12, "scalar", 20.0, 16),
     (1, 500, 1, 64, 64, "none", 0.0, 64),
     (1, 1000, 4, 16, 8, "key", 1.0, 32),
+    (2, 1000, 2, 8, 8, "scalar", 1.0, 16),  # 63 chunks: full groups of the chunk loop and a shorter tail
     pytest.param(1, 200, 2, 16, 24, "key", 20.0, 16, marks=pytest.mark.slow),  # CI: key/-20 runs in the Pallas twin
 ]
 
@@ -236,6 +238,26 @@ def test_backward_memory_stores_no_per_token_states(gate):
             return jnp.sum(o) + jnp.sum(st)
 
         temps.append(grad_temp_bytes(loss, args, (0, 1, 2, 4) if g is None else (0, 1, 2, 3, 4)))
+        fwd_temp = jax.jit(loss).lower(*args).compile().memory_analysis().temp_size_in_bytes
     per_token = lambda V: B * L * H * K * V * 4  # noqa: E731  bytes of float32 per-token states
     assert temps[1] - temps[0] < 0.3 * (per_token(128) - per_token(64)), temps
     assert temps[1] < 0.5 * per_token(128), temps
+    assert fwd_temp < 0.1 * per_token(128), fwd_temp
+
+
+def test_chunk_groups_tile_all_chunks_in_order():
+    """``for_chunk_groups`` visits ``[start, start + n)`` groups covering 0..nc-1 once, full groups then the
+    tail (reverse: tail first, then the full groups backwards)."""
+    from scan_kernels._chunk_utils import for_chunk_groups
+
+    def body(start, n, carry):
+        visits, order, step = carry
+        visits = lax.dynamic_update_slice(visits, jnp.full((n,), step + 1, jnp.int32), (start,))
+        return visits, order.at[step].set(start), step + 1
+
+    for reverse in (False, True):
+        init = (jnp.zeros(23, jnp.int32), jnp.full(5, -1, jnp.int32), 0)
+        visits, order, steps = jax.jit(lambda c: for_chunk_groups(body, c, 23, 5, reverse=reverse))(init)
+        starts = [20, 15, 10, 5, 0] if reverse else [0, 5, 10, 15, 20]
+        assert int(steps) == 5 and order.tolist() == starts
+        assert visits.tolist() == sum(([starts.index(s) + 1] * min(5, 23 - s) for s in range(0, 23, 5)), [])
