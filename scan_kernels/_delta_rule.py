@@ -6,20 +6,22 @@ Shape legend: B batch · L length · H heads · K key dim · V value dim · C ch
 
 Chunk form (DeltaNet, Yang et al. 2024, §3.2 and App. B; gated DeltaNet §3): inside a chunk with
 entering state S⁰ and local cumulative log-gate γ, the per-token deltas ``u_r = β_r (v_r − exp(g_r) S_{r-1}ᵀ k_r)``
-solve a unit lower-triangular system (the UT transform):
+solve a unit lower-triangular system (the UT transform), ``T = (I + A)⁻¹``:
 
-    (I + A) [Ũ | W] = [β ⊙ V | β ⊙ exp(γ) ⊙ K],     A_ri = β_r exp(γ_r − γ_i) k_rᵀ k_i   (r > i)
-    U = Ũ − W S⁰
-    O = (Q ⊙ exp(γ)) S⁰ + (Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i]) U
+    Ũ = T (β ⊙ V),   W = T (β ⊙ exp(γ) ⊙ K),      A_ri = β_r exp(γ_r − γ_i) k_rᵀ k_i   (r > i)
+    U = Ũ − W S⁰,    O = (Q ⊙ exp(γ)) S⁰ + P U = P Ũ + Q' S⁰
+    P = Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i],   Q' = Q ⊙ exp(γ) − P W
     S_end = M S⁰ + Δ,   M = exp(γ_C) I − K̂ᵀ W,   Δ = K̂ᵀ Ũ,   K̂ = K ⊙ exp(γ_C − γ)
 
-so the only sequential part is ``S_n = M_n S_{n-1} + Δ_n`` over chunks, run by the scan core's
-``dense_linear_scan`` (a K×K transition per chunk and head). All exponents are ≤ 0.
-(I + A)⁻¹ comes from log2(C) rounds of batched matmuls (``unit_lower_inverse``), once per chunk; it is
-kept (``T``, C×C per chunk) for the output pass and the backward. Gradients: ``custom_vjp`` — the state
-cotangents ``h_n = M_nᵀ h_{n+1} + (∂O_n/∂S⁰)ᵀ dO_n`` run backwards through ``dense_linear_scan``, then each
-group of chunks is differentiated on its own (``jax.vjp``; the solve's gradient from T, ``apply_inverse``).
-Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
+All exponents are ≤ 0. One loop over groups of ``CHUNK_GROUP`` chunks (``for_chunk_groups``) does all a
+group needs: its chunk terms (heads as a batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its
+chunks through the scan core's ``dense_linear_scan`` (entered with the state the previous group left),
+and its outputs. ``T`` comes from XLA's batched triangular solve (``unit_lower_inverse``), once per chunk,
+and is kept with the entering states for the backward. Gradients: ``custom_vjp`` with a closed-form chunk
+backward (``chunk_grads``), groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` run
+over the group through ``dense_linear_scan``, then each chunk's input gradients follow, the solve's from T
+(``d(β V) = Tᵀ dŨ``, ``dA = −(Tᵀ dŨ) Ũᵀ − (Tᵀ dW) Wᵀ``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²));
+no per-token state is formed.
 """
 
 from functools import partial
@@ -31,212 +33,170 @@ from jax import lax
 from scan_kernels._backend import resolve_backend
 from scan_kernels._chunk_utils import (
     causal_masks,
-    entering_states,
     for_chunk_groups,
-    leaving_cotangents,
     pad_tokens,
     read_chunks,
     scan_state_columns_dense,
     segment_decay,
     unit_lower_inverse,
     write_chunks,
-    write_states,
 )
 from scan_kernels._delta_rule_reference import delta_rule_reference
 from scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
-# Chunks per step of the sequential loop over chunk groups (bounds the O(C²) temporaries).
-CHUNK_GROUP = 16
+# Chunks per step of the loop over chunk groups (bounds the O(C²) temporaries). 8 keeps a group's terms in
+# cache: fwd+bwd at L=4096 on the 2-core CPU took 93 / 86 / 103 / 115 ms with 4 / 8 / 16 / 32.
+CHUNK_GROUP = 8
 
 
-def _heads_first(x):
-    """``(B, n, C, H, ...)`` -> ``(B, n, H, C, ...)`` for per-token scalars (β, γ)."""
-    return jnp.swapaxes(x, 2, 3)
+def _read(x, start, n, C):
+    """Chunks ``[start, start + n)`` of ``(B, NC·C, H, *F)`` heads first: ``(B, n, H, C, *F)``."""
+    return jnp.swapaxes(read_chunks(x, start, n, C), 2, 3)
 
 
-@jax.custom_vjp
-def apply_inverse(T, A, rhs):
-    """``X = (I + A)⁻¹ rhs`` given ``T = (I + A)⁻¹`` ``(B, n, H, C, C)``; ``rhs (B, n, C, H, F)`` -> ``(B, n, H, C, F)``.
-
-    Its gradient uses T instead of differentiating the inversion: ``d rhs = Tᵀ dX``, ``dA = −(Tᵀ dX) Xᵀ``.
-    """
-    return _mm("bnhij,bnjhf->bnhif", T, rhs)
+def _write(buf, y, start):
+    """Write ``y (B, n, H, C, *F)`` into the token buffer ``buf (B, NC·C, H, *F)`` at chunk ``start``."""
+    return write_chunks(buf, jnp.swapaxes(y, 2, 3), start)
 
 
-def _apply_inverse_fwd(T, A, rhs):
-    X = apply_inverse(T, A, rhs)
-    return X, (T, X)
+def _read_cols(x, start, n):
+    """Per-chunk columns-first ``(V, B, H, NC, K)`` -> chunks ``[start, start + n)``."""
+    return lax.dynamic_slice_in_dim(x, start, n, axis=3)
 
 
-def _apply_inverse_bwd(res, dX):
-    T, X = res
-    drhs = _mm("bnhij,bnhif->bnhjf", T, dX)  # (B, n, H, C, F)
-    dA = -_mm("bnhjf,bnhif->bnhji", drhs, X)
-    return jnp.zeros_like(T), dA, jnp.swapaxes(drhs, 2, 3)
+def _write_cols(buf, y, start):
+    return lax.dynamic_update_slice_in_dim(buf, y, start, axis=3)
 
 
-apply_inverse.defvjp(_apply_inverse_fwd, _apply_inverse_bwd)
+def _inputs(q, k, v, beta, g, start, n, C):
+    """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ (B, n, H, C)``."""
+    Q, K, V, b = (_read(x, start, n, C) for x in (q, k, v, beta))
+    gam = jnp.zeros_like(b) if g is None else jnp.cumsum(_read(g, start, n, C), axis=-1)
+    return Q, K, V, b, gam
 
 
-def ut_system(kc, vc, bc, gam):
-    """The chunk's UT system ``(I + A) [Ũ | W] = rhs``: ``A (B, n, H, C, C)`` (strictly lower) and
-    ``rhs = β ⊙ [V | exp(γ) ⊙ K]`` ``(B, n, C, H, V + K)``. ``kc (B, n, C, H, K)``, ``bc (B, n, C, H)``,
-    ``gam (B, n, H, C)`` cumulative log-gates or None."""
-    _, strict = causal_masks(kc.shape[2])
-    b = _heads_first(bc)
-    kk = _mm("bnihk,bnjhk->bnhij", kc, kc)
-    if gam is None:
-        A, kw = jnp.where(strict, b[..., :, None] * kk, 0.0), kc
-    else:
-        A, kw = b[..., :, None] * kk * segment_decay(gam, strict), kc * _heads_first(jnp.exp(gam))[..., None]
-    return A, bc[..., None] * jnp.concatenate([vc, kw], axis=-1)
+def chunk_terms(Q, K, V, b, gam, T=None):
+    """Everything a chunk's forward and backward share (heads-first ``(B, n, H, C, ·)``); T computed unless given."""
+    incl, strict = causal_masks(Q.shape[-2])
+    D = segment_decay(gam, incl)  # exp(γ_r − γ_i), r ≥ i
+    e = jnp.exp(gam)
+    Bm = _mm("bnhik,bnhjk->bnhij", K, K) * jnp.where(strict, D, 0.0)  # A = β_r Bm
+    A = b[..., None] * Bm
+    T = unit_lower_inverse(A) if T is None else T
+    Wr = (b * e)[..., None] * K
+    Ut = _mm("bnhij,bnhjv->bnhiv", T, b[..., None] * V)
+    W = _mm("bnhij,bnhjk->bnhik", T, Wr)
+    P = _mm("bnhik,bnhjk->bnhij", Q, K) * D
+    Kd = jnp.exp(gam[..., -1:] - gam)  # exp(γ_C − γ)
+    Kh = K * Kd[..., None]
+    Qp = Q * e[..., None] - _mm("bnhij,bnhjk->bnhik", P, W)
+    return dict(D=D, e=e, eC=e[..., -1], Bm=Bm, A=A, T=T, Wr=Wr, Ut=Ut, W=W, P=P, Kd=Kd, Kh=Kh, Qp=Qp)
 
 
-def _decayed_keys(kc, gam):
-    """``K̂ = K ⊙ exp(γ_C − γ)`` ``(B, n, C, H, K)`` and ``exp(γ_C)`` ``(B, H, n, 1, 1)`` (None without gates)."""
-    if gam is None:
-        return kc, None
-    last = gam[..., -1:]  # (B, n, H, 1)
-    return kc * _heads_first(jnp.exp(last - gam))[..., None], jnp.swapaxes(jnp.exp(last), 1, 2)[..., None]
+def _transition_t(c, transpose):
+    """``M = exp(γ_C) I − K̂ᵀ W`` (or ``Mᵀ``) ``(B, H, n, K, K)`` — the layout of ``scan_state_columns_dense``."""
+    K = c["Kh"].shape[-1]
+    spec = "bnhck,bnhcj->bhnjk" if transpose else "bnhck,bnhcj->bhnkj"
+    eC = jnp.swapaxes(c["eC"], 1, 2)[..., None, None]  # (B, H, n, 1, 1)
+    return eC * jnp.eye(K, dtype=jnp.float32)[None, None, None] - _mm(spec, c["Kh"], c["W"])
 
 
-def chunk_transition(kc, X, gam):
-    """``M = exp(γ_C) I − K̂ᵀ W`` ``(B, H, n, K, K)`` and ``Δ = K̂ᵀ Ũ`` from ``X = [Ũ | W]``, columns first
-    ``(V, B, H, n, K)`` (the layout of ``scan_state_columns_dense``)."""
-    K = kc.shape[-1]
-    V = X.shape[-1] - K
-    khat, last = _decayed_keys(kc, gam)
-    eye = jnp.eye(K, dtype=jnp.float32)[None, None, None]  # (1, 1, 1, K, K)
-    ident = eye if last is None else last * eye  # exp(γ_C) I
-    M = ident - _mm("bnchk,bnhcj->bhnkj", khat, X[..., V:])
-    return M, _mm("bnchk,bnhcv->vbhnk", khat, X[..., :V])
+def _group_states(c, s_cols, scan_backend):
+    """States entering the group's chunks ``(V, B, H, n, K)`` and the one leaving it ``(V, B, H, K)``
+    (columns first), from the state ``s_cols`` entering the group."""
+    delta = _mm("bnhck,bnhcv->vbhnk", c["Kh"], c["Ut"])
+    s_leave = scan_state_columns_dense(_transition_t(c, False), delta, s_cols, scan_backend)
+    return jnp.concatenate([s_cols[:, :, :, None], s_leave[:, :, :, :-1]], axis=3), s_leave[:, :, :, -1]
 
 
-def _output_terms(qc, kc, gam):
-    """``P = Q Kᵀ ⊙ exp(γ_i − γ_j) ⊙ [i ≥ j]`` ``(B, n, H, C, C)`` and ``Q ⊙ exp(γ)`` ``(B, n, C, H, K)``."""
-    incl, _ = causal_masks(qc.shape[2])
-    qk = _mm("bnihk,bnjhk->bnhij", qc, kc)
-    if gam is None:
-        return jnp.where(incl, qk, 0.0), qc
-    return qk * segment_decay(gam, incl), qc * _heads_first(jnp.exp(gam))[..., None]
-
-
-def chunk_output(qc, kc, X, gam, s_prev):
-    """``O = (Q ⊙ exp(γ)) S⁰ + P (Ũ − W S⁰)`` ``(B, n, C, H, V)`` and the leaving state
-    ``exp(γ_C) S⁰ + K̂ᵀ (Ũ − W S⁰)`` ``(B, H, n, K, V)``; ``s_prev (B, H, n, K, V)`` the entering states."""
-    K = kc.shape[-1]
-    V = X.shape[-1] - K
-    P, qd = _output_terms(qc, kc, gam)
-    U = X[..., :V] - _mm("bnhck,bhnkv->bnhcv", X[..., V:], s_prev)  # (B, n, H, C, V)
-    o = _mm("bnihk,bhnkv->bnihv", qd, s_prev) + _mm("bnhij,bnhjv->bnihv", P, U)
-    khat, last = _decayed_keys(kc, gam)
-    s_leave = _mm("bnchk,bnhcv->bhnkv", khat, U) + (s_prev if last is None else last * s_prev)
-    return o, s_leave
-
-
-def _read_T(Tbuf, start, n):
-    return lax.dynamic_slice_in_dim(Tbuf, start, n, axis=1)
-
-
-def _states_in(s_cols, s0, start, n):
-    """Entering states ``(B, H, n, K, V)`` of chunks ``[start, start + n)`` from columns-first ``(V, B, H, NC, K)``."""
-    return jnp.moveaxis(entering_states(s_cols, jnp.moveaxis(s0, -1, 0), start, n, axis=3), 0, -1)
-
-
-def _cotangents_out(h_cols, d_final, start, n):
-    return jnp.moveaxis(leaving_cotangents(h_cols, jnp.moveaxis(d_final, -1, 0), start, n, axis=3), 0, -1)
-
-
-def _forward(q, k, v, beta, g, s0, C, group, scan_backend):
-    """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, end-of-chunk states ``(B, H, NC, K, V)``
-    and the inverses ``T = (I + A)⁻¹`` ``(B, NC, H, C, C)`` of every chunk."""
+def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
+    """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, the final state ``(B, H, K, V)`` and,
+    if ``keep``, the residuals: entering states ``(V, B, H, NC, K)`` and inverses ``T (B, NC, H, C, C)``."""
     B, Lp, H, K = q.shape
     V = v.shape[-1]
     nc = Lp // C
-    gates = lambda start, n: None if g is None else _heads_first(jnp.cumsum(read_chunks(g, start, n, C), axis=2))  # noqa: E731
 
-    def transitions(start, n, bufs):
-        Mb, Db, Tb = bufs
-        kc, gam = read_chunks(k, start, n, C), gates(start, n)
-        A, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
-        T = unit_lower_inverse(A)
-        M, delta = chunk_transition(kc, _mm("bnhij,bnjhf->bnhif", T, rhs), gam)
-        Db = lax.dynamic_update_slice_in_dim(Db, delta, start, 3)
-        return write_states(Mb, M, start), Db, lax.dynamic_update_slice_in_dim(Tb, T, start, 1)
+    def body(start, n, carry):
+        s_cols, o_buf, res = carry
+        Q, Kc, Vc, b, gam = _inputs(q, k, v, beta, g, start, n, C)
+        c = chunk_terms(Q, Kc, Vc, b, gam)
+        s_in, s_cols = _group_states(c, s_cols, scan_backend)
+        o = _mm("bnhij,bnhjv->bnhiv", c["P"], c["Ut"]) + _mm("bnhck,vbhnk->bnhcv", c["Qp"], s_in)
+        if keep:
+            res = (_write_cols(res[0], s_in, start), lax.dynamic_update_slice_in_dim(res[1], c["T"], start, 1))
+        return s_cols, _write(o_buf, o, start), res
 
-    bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros((V, B, H, nc, K), jnp.float32),
-            jnp.zeros((B, nc, H, C, C), jnp.float32))
-    M, delta, Tbuf = for_chunk_groups(transitions, bufs, nc, group)
-    s_end = scan_state_columns_dense(M, delta, jnp.moveaxis(s0, -1, 0), scan_backend)  # (V, B, H, NC, K)
-
-    def output(start, n, buf):
-        qc, kc, gam = read_chunks(q, start, n, C), read_chunks(k, start, n, C), gates(start, n)
-        _, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
-        X = _mm("bnhij,bnjhf->bnhif", _read_T(Tbuf, start, n), rhs)
-        o, _ = chunk_output(qc, kc, X, gam, _states_in(s_end, s0, start, n))
-        return write_chunks(buf, o, start)
-
-    return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end, Tbuf
+    res = (jnp.zeros((V, B, H, nc, K), jnp.float32), jnp.zeros((B, nc, H, C, C), jnp.float32)) if keep else ()
+    s_cols, o, res = for_chunk_groups(body, (jnp.moveaxis(s0, -1, 0), jnp.zeros(v.shape, jnp.float32), res), nc, group)
+    return o, jnp.moveaxis(s_cols, 0, -1), res
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q, k, v, beta, g, s0, C, scan_backend):
-    o, s_end, _ = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend)
-    return o, jnp.moveaxis(s_end[:, :, :, -1], 0, -1)
+    o, final, _ = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=False)
+    return o, final
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
-    o, s_end, Tbuf = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend)
-    return (o, jnp.moveaxis(s_end[:, :, :, -1], 0, -1)), (q, k, v, beta, g, s0, s_end, Tbuf)
+    o, final, (s_in, Tbuf) = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=True)
+    return (o, final), (q, k, v, beta, g, s_in, Tbuf)
+
+
+def chunk_grads(Q, K, V, b, c, S0, dO, dN):
+    """Input gradients of one chunk's ``(O, S_end)`` at fixed entering state: ``S0, dN (V, B, H, n, K)`` (the
+    entering state and the leaving state's cotangent, columns first), ``dO (B, n, H, C, V)``; returns
+    ``dQ, dK, dV, dβ, dγ`` heads first."""
+    incl, strict = causal_masks(Q.shape[-2])
+    e, eC, T, P, W, Ut = c["e"], c["eC"], c["T"], c["P"], c["W"], c["Ut"]
+    U = Ut - _mm("bnhck,vbhnk->bnhcv", W, S0)
+    dU = _mm("bnhij,bnhiv->bnhjv", P, dO) + _mm("bnhck,vbhnk->bnhcv", c["Kh"], dN)
+    dKh = _mm("bnhcv,vbhnk->bnhck", U, dN)
+    dP = _mm("bnhiv,bnhjv->bnhij", dO, U)
+    dQd = _mm("bnhcv,vbhnk->bnhck", dO, S0)
+    dUb = _mm("bnhji,bnhjv->bnhiv", T, dU)  # Tᵀ dŨ
+    dWr = -_mm("bnhji,bnhjk->bnhik", T, _mm("bnhcv,vbhnk->bnhck", dU, S0))  # Tᵀ dW, dW = −dU S⁰ᵀ
+    dA = -jnp.where(strict, _mm("bnhiv,bnhjv->bnhij", dUb, Ut) + _mm("bnhik,bnhjk->bnhij", dWr, W), 0.0)
+    dqk = dP * c["D"]
+    dkk = b[..., None] * dA * jnp.where(strict, c["D"], 0.0)
+    dQ = e[..., None] * dQd + _mm("bnhij,bnhjk->bnhik", dqk, K)
+    dK = (_mm("bnhij,bnhik->bnhjk", dqk, Q) + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
+          + (b * e)[..., None] * dWr + c["Kd"][..., None] * dKh)
+    dV = b[..., None] * dUb
+    db = jnp.sum(dUb * V, -1) + e * jnp.sum(dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
+    E = dP * P + dA * c["A"]  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
+    F = jnp.sum(dKh * c["Kh"], -1)
+    dgam = (jnp.sum(E, -1) - jnp.sum(E, -2) + e * jnp.sum(dQd * Q, -1) + jnp.sum(dWr * c["Wr"], -1) - F)
+    last = jnp.sum(F, -1) + eC * jnp.swapaxes(jnp.sum(S0 * dN, (0, 4)), 1, 2)  # (B, n, H)
+    dgam = dgam.at[..., -1].add(last)
+    return dQ, dK, dV, db, dgam
 
 
 def _chunked_bwd(C, scan_backend, res, cts):
-    """Chunkwise backward: state cotangents ``h_n = M_nᵀ h_{n+1} + (∂O_n/∂S⁰_n)ᵀ dO_n`` backwards through the
-    scan core, then each chunk group differentiated on its own (``jax.vjp`` with the stored inverses T)
-    given its entering state and the cotangent of its leaving state."""
-    q, k, v, beta, g, s0, s_end, Tbuf = res
+    """Chunkwise backward, groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` over the
+    group's chunks through the scan core (entered with the cotangent of the state leaving the group), then
+    ``chunk_grads`` at the stored entering states."""
+    q, k, v, beta, g, s_in, Tbuf = res
     do, d_final = cts
-    B, Lp, H, K = q.shape
-    V = v.shape[-1]
-    nc, group = Lp // C, CHUNK_GROUP
-    gates = lambda gc: None if gc is None else _heads_first(jnp.cumsum(gc, axis=2))  # noqa: E731
-    gchunks = lambda start, n: None if g is None else read_chunks(g, start, n, C)  # noqa: E731
+    nc = q.shape[1] // C
 
-    def local(start, n, bufs):  # Mᵀ and (∂O/∂S⁰)ᵀ dO = (Q ⊙ exp(γ))ᵀ dO − Wᵀ Pᵀ dO per chunk
-        Mb, Lb = bufs
-        qc, kc, gam = read_chunks(q, start, n, C), read_chunks(k, start, n, C), gates(gchunks(start, n))
-        _, rhs = ut_system(kc, read_chunks(v, start, n, C), read_chunks(beta, start, n, C), gam)
-        X = _mm("bnhij,bnjhf->bnhif", _read_T(Tbuf, start, n), rhs)
-        M, _ = chunk_transition(kc, X, gam)
-        P, qd = _output_terms(qc, kc, gam)
-        doc = read_chunks(do, start, n, C)
-        ptdo = _mm("bnhij,bnihv->bnhjv", P, doc)
-        loc = _mm("bnchk,bnchv->vbhnk", qd, doc) - _mm("bnhck,bnhcv->vbhnk", X[..., V:], ptdo)
-        return write_states(Mb, jnp.swapaxes(M, -1, -2), start), lax.dynamic_update_slice_in_dim(Lb, loc, start, 3)
+    def body(start, n, carry):
+        h_cols, bufs = carry
+        Q, K, V, b, gam = _inputs(q, k, v, beta, g, start, n, C)
+        c = chunk_terms(Q, K, V, b, gam, T=lax.dynamic_slice_in_dim(Tbuf, start, n, 1))
+        dO = _read(do, start, n, C)
+        loc = _mm("bnhck,bnhcv->vbhnk", c["Qp"], dO)
+        h_in = scan_state_columns_dense(_transition_t(c, True), loc, h_cols, scan_backend, reverse=True)
+        d_next = jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3)  # leaving states' cotangents
+        dQ, dK, dV, db, dgam = chunk_grads(Q, K, V, b, c, _read_cols(s_in, start, n), dO, d_next)
+        dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # γ = cumsum(g) inside the chunk
+        bufs = tuple(_write(buf, d, start) for buf, d in zip(bufs, (dQ, dK, dV, db, dg)))
+        return h_in[:, :, :, 0], bufs
 
-    bufs = (jnp.zeros((B, H, nc, K, K), jnp.float32), jnp.zeros(s_end.shape, jnp.float32))
-    Mt, dloc = for_chunk_groups(local, bufs, nc, group)
-    # cotangents of the entering states, columns first (V, B, H, NC, K)
-    h = scan_state_columns_dense(Mt, dloc, jnp.moveaxis(d_final, -1, 0), scan_backend, reverse=True)
-
-    def grads(start, n, bufs):
-        s_prev, d_next = _states_in(s_end, s0, start, n), _cotangents_out(h, d_final, start, n)
-        T = _read_T(Tbuf, start, n)
-
-        def f(qc, kc, vc, bc, *gg):
-            gam = gates(gg[0]) if gg else None
-            A, rhs = ut_system(kc, vc, bc, gam)
-            return chunk_output(qc, kc, apply_inverse(T, A, rhs), gam, s_prev)
-
-        xs = tuple(read_chunks(x, start, n, C) for x in (q, k, v, beta) + (() if g is None else (g,)))
-        _, vjp = jax.vjp(f, *xs)
-        dxs = vjp((read_chunks(do, start, n, C), d_next))
-        return tuple(write_chunks(b, d, start) for b, d in zip(bufs, dxs))
-
-    bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta) + (() if g is None else (g,)))
-    bufs = for_chunk_groups(grads, bufs, nc, group, reverse=True)
-    return (*bufs[:4], None if g is None else bufs[4], jnp.moveaxis(h[:, :, :, 0], 0, -1))
+    bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta, beta))
+    h0, (dq, dk, dv, db, dg) = for_chunk_groups(body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, CHUNK_GROUP,
+                                                reverse=True)
+    return dq, dk, dv, db, None if g is None else dg, jnp.moveaxis(h0, 0, -1)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
