@@ -60,15 +60,6 @@ def _write(buf, y, start):
     return write_chunks(buf, jnp.swapaxes(y, 2, 3), start)
 
 
-def _read_cols(x, start, n):
-    """Per-chunk columns-first ``(V, B, H, NC, K)`` -> chunks ``[start, start + n)``."""
-    return lax.dynamic_slice_in_dim(x, start, n, axis=3)
-
-
-def _write_cols(buf, y, start):
-    return lax.dynamic_update_slice_in_dim(buf, y, start, axis=3)
-
-
 def _inputs(q, k, v, beta, g, start, n, C):
     """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ (B, n, H, C)``."""
     Q, K, V, b = (_read(x, start, n, C) for x in (q, k, v, beta))
@@ -76,25 +67,22 @@ def _inputs(q, k, v, beta, g, start, n, C):
     return Q, K, V, b, gam
 
 
-def chunk_terms(Q, K, V, b, gam, T=None):
-    """Everything a chunk's forward and backward share (heads-first ``(B, n, H, C, ·)``); T computed unless given."""
-    incl, strict = causal_masks(Q.shape[-2])
+def chunk_terms(K, b, gam, T=None):
+    """The terms of a chunk's UT system, heads first ``(B, n, H, C, ·)``: decays, ``A = β_r Bm``, ``T = (I + A)⁻¹``
+    (computed unless given), ``W``, ``K̂``."""
+    incl, strict = causal_masks(K.shape[-2])
     D = segment_decay(gam, incl)  # exp(γ_r − γ_i), r ≥ i
     e = jnp.exp(gam)
-    Bm = _mm("bnhik,bnhjk->bnhij", K, K) * jnp.where(strict, D, 0.0)  # A = β_r Bm
+    Bm = _mm("bnhik,bnhjk->bnhij", K, K) * jnp.where(strict, D, 0.0)
     A = b[..., None] * Bm
     T = unit_lower_inverse(A) if T is None else T
     Wr = (b * e)[..., None] * K
-    Ut = _mm("bnhij,bnhjv->bnhiv", T, b[..., None] * V)
-    W = _mm("bnhij,bnhjk->bnhik", T, Wr)
-    P = _mm("bnhik,bnhjk->bnhij", Q, K) * D
     Kd = jnp.exp(gam[..., -1:] - gam)  # exp(γ_C − γ)
-    Kh = K * Kd[..., None]
-    Qp = Q * e[..., None] - _mm("bnhij,bnhjk->bnhik", P, W)
-    return dict(D=D, e=e, eC=e[..., -1], Bm=Bm, A=A, T=T, Wr=Wr, Ut=Ut, W=W, P=P, Kd=Kd, Kh=Kh, Qp=Qp)
+    return dict(D=D, e=e, eC=e[..., -1], Bm=Bm, A=A, T=T, Wr=Wr, W=_mm("bnhij,bnhjk->bnhik", T, Wr), Kd=Kd,
+                Kh=K * Kd[..., None])
 
 
-def _transition_t(c, transpose):
+def _transition(c, transpose):
     """``M = exp(γ_C) I − K̂ᵀ W`` (or ``Mᵀ``) ``(B, H, n, K, K)`` — the layout of ``scan_state_columns_dense``."""
     K = c["Kh"].shape[-1]
     spec = "bnhck,bnhcj->bhnjk" if transpose else "bnhck,bnhcj->bhnkj"
@@ -102,17 +90,16 @@ def _transition_t(c, transpose):
     return eC * jnp.eye(K, dtype=jnp.float32)[None, None, None] - _mm(spec, c["Kh"], c["W"])
 
 
-def _group_states(c, s_cols, scan_backend):
-    """States entering the group's chunks ``(V, B, H, n, K)`` and the one leaving it ``(V, B, H, K)``
-    (columns first), from the state ``s_cols`` entering the group."""
-    delta = _mm("bnhck,bnhcv->vbhnk", c["Kh"], c["Ut"])
-    s_leave = scan_state_columns_dense(_transition_t(c, False), delta, s_cols, scan_backend)
-    return jnp.concatenate([s_cols[:, :, :, None], s_leave[:, :, :, :-1]], axis=3), s_leave[:, :, :, -1]
+def _entering(s_cols, leave_cols):
+    """``(s_cols, leave_0, ..., leave_{n-2})`` ``(V, B, H, n, K)`` as ``(B, n, H, K, V)``: the states entering the
+    chunks (or, reversed roles, the cotangents of the states leaving them)."""
+    return jnp.transpose(jnp.concatenate([s_cols[:, :, :, None], leave_cols], axis=3), (1, 3, 2, 4, 0))
 
 
 def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, the final state ``(B, H, K, V)`` and,
-    if ``keep``, the residuals: entering states ``(V, B, H, NC, K)`` and inverses ``T (B, NC, H, C, C)``."""
+    if ``keep``, the residuals ``(S⁰, T, U)``: entering states ``(B, NC, H, K, V)``, ``T (B, NC, H, C, C)`` and
+    ``U (B, NC, H, C, V)``."""
     B, Lp, H, K = q.shape
     V = v.shape[-1]
     nc = Lp // C
@@ -120,14 +107,19 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     def body(start, n, carry):
         s_cols, o_buf, res = carry
         Q, Kc, Vc, b, gam = _inputs(q, k, v, beta, g, start, n, C)
-        c = chunk_terms(Q, Kc, Vc, b, gam)
-        s_in, s_cols = _group_states(c, s_cols, scan_backend)
-        o = _mm("bnhij,bnhjv->bnhiv", c["P"], c["Ut"]) + _mm("bnhck,vbhnk->bnhcv", c["Qp"], s_in)
+        c = chunk_terms(Kc, b, gam)
+        Ut = _mm("bnhij,bnhjv->bnhiv", c["T"], b[..., None] * Vc)
+        delta = _mm("bnhck,bnhcv->vbhnk", c["Kh"], Ut)
+        s_leave = scan_state_columns_dense(_transition(c, False), delta, s_cols, scan_backend)  # (V, B, H, n, K)
+        S0 = _entering(s_cols, s_leave[:, :, :, :-1])
+        U = Ut - _mm("bnhck,bnhkv->bnhcv", c["W"], S0)
+        P = _mm("bnhik,bnhjk->bnhij", Q, Kc) * c["D"]
+        o = _mm("bnhck,bnhkv->bnhcv", Q * c["e"][..., None], S0) + _mm("bnhij,bnhjv->bnhiv", P, U)
         if keep:
-            res = (_write_cols(res[0], s_in, start), lax.dynamic_update_slice_in_dim(res[1], c["T"], start, 1))
-        return s_cols, _write(o_buf, o, start), res
+            res = tuple(lax.dynamic_update_slice_in_dim(r, x, start, 1) for r, x in zip(res, (S0, c["T"], U)))
+        return s_leave[:, :, :, -1], _write(o_buf, o, start), res
 
-    res = (jnp.zeros((V, B, H, nc, K), jnp.float32), jnp.zeros((B, nc, H, C, C), jnp.float32)) if keep else ()
+    res = tuple(jnp.zeros((B, nc, H) + s, jnp.float32) for s in ((K, V), (C, C), (C, V))) if keep else ()
     s_cols, o, res = for_chunk_groups(body, (jnp.moveaxis(s0, -1, 0), jnp.zeros(v.shape, jnp.float32), res), nc, group)
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
@@ -139,56 +131,59 @@ def _chunked(q, k, v, beta, g, s0, C, scan_backend):
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, (s_in, Tbuf) = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=True)
-    return (o, final), (q, k, v, beta, g, s_in, Tbuf)
+    o, final, res = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=True)
+    return (o, final), (q, k, v, beta, g) + res
 
 
-def chunk_grads(Q, K, V, b, c, S0, dO, dN):
-    """Input gradients of one chunk's ``(O, S_end)`` at fixed entering state: ``S0, dN (V, B, H, n, K)`` (the
-    entering state and the leaving state's cotangent, columns first), ``dO (B, n, H, C, V)``; returns
-    ``dQ, dK, dV, dβ, dγ`` heads first."""
-    incl, strict = causal_masks(Q.shape[-2])
-    e, eC, T, P, W, Ut = c["e"], c["eC"], c["T"], c["P"], c["W"], c["Ut"]
-    U = Ut - _mm("bnhck,vbhnk->bnhcv", W, S0)
-    dU = _mm("bnhij,bnhiv->bnhjv", P, dO) + _mm("bnhck,vbhnk->bnhcv", c["Kh"], dN)
-    dKh = _mm("bnhcv,vbhnk->bnhck", U, dN)
+def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
+    """Input gradients of chunks' ``(O, S_end)`` at fixed entering states ``S0 (B, n, H, K, V)``, given the output
+    cotangent ``dO``, ``Pᵀ dO`` and the leaving states' cotangents ``dN (B, n, H, K, V)``; returns ``dQ, dK, dV, dβ, dγ``.
+
+    ``U = T R`` with ``R = β ⊙ V − W_r S⁰`` (``W_r = β ⊙ exp(γ) ⊙ K``), so with ``dR = Tᵀ dU``:
+    ``d(β ⊙ V) = dR``, ``dW_r = −dR S⁰ᵀ`` and ``dA = −dR Uᵀ`` (strict lower part).
+    """
+    _, strict = causal_masks(Q.shape[-2])
+    e, Kh = c["e"], c["Kh"]
+    dU = PtdO + _mm("bnhck,bnhkv->bnhcv", Kh, dN)
+    dKh = _mm("bnhcv,bnhkv->bnhck", U, dN)
     dP = _mm("bnhiv,bnhjv->bnhij", dO, U)
-    dQd = _mm("bnhcv,vbhnk->bnhck", dO, S0)
-    dUb = _mm("bnhji,bnhjv->bnhiv", T, dU)  # Tᵀ dŨ
-    dWr = -_mm("bnhji,bnhjk->bnhik", T, _mm("bnhcv,vbhnk->bnhck", dU, S0))  # Tᵀ dW, dW = −dU S⁰ᵀ
-    dA = -jnp.where(strict, _mm("bnhiv,bnhjv->bnhij", dUb, Ut) + _mm("bnhik,bnhjk->bnhij", dWr, W), 0.0)
+    dQd = _mm("bnhcv,bnhkv->bnhck", dO, S0)
+    dR = _mm("bnhji,bnhjv->bnhiv", c["T"], dU)
+    dWr = -_mm("bnhcv,bnhkv->bnhck", dR, S0)
+    dA = -jnp.where(strict, _mm("bnhiv,bnhjv->bnhij", dR, U), 0.0)
     dqk = dP * c["D"]
-    dkk = b[..., None] * dA * jnp.where(strict, c["D"], 0.0)
+    dkk = b[..., None] * dA * c["D"]  # dA is zero off the strict lower triangle
     dQ = e[..., None] * dQd + _mm("bnhij,bnhjk->bnhik", dqk, K)
     dK = (_mm("bnhij,bnhik->bnhjk", dqk, Q) + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
           + (b * e)[..., None] * dWr + c["Kd"][..., None] * dKh)
-    dV = b[..., None] * dUb
-    db = jnp.sum(dUb * V, -1) + e * jnp.sum(dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
+    db = jnp.sum(dR * V, -1) + e * jnp.sum(dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
     E = dP * P + dA * c["A"]  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
-    F = jnp.sum(dKh * c["Kh"], -1)
-    dgam = (jnp.sum(E, -1) - jnp.sum(E, -2) + e * jnp.sum(dQd * Q, -1) + jnp.sum(dWr * c["Wr"], -1) - F)
-    last = jnp.sum(F, -1) + eC * jnp.swapaxes(jnp.sum(S0 * dN, (0, 4)), 1, 2)  # (B, n, H)
-    dgam = dgam.at[..., -1].add(last)
-    return dQ, dK, dV, db, dgam
+    F = jnp.sum(dKh * Kh, -1)
+    dgam = jnp.sum(E, -1) - jnp.sum(E, -2) + e * jnp.sum(dQd * Q, -1) + jnp.sum(dWr * c["Wr"], -1) - F
+    dgam = dgam.at[..., -1].add(jnp.sum(F, -1) + c["eC"] * jnp.sum(S0 * dN, (-2, -1)))
+    return dQ, dK, b[..., None] * dR, db, dgam
 
 
 def _chunked_bwd(C, scan_backend, res, cts):
-    """Chunkwise backward, groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` over the
-    group's chunks through the scan core (entered with the cotangent of the state leaving the group), then
-    ``chunk_grads`` at the stored entering states."""
-    q, k, v, beta, g, s_in, Tbuf = res
+    """Chunkwise backward, groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (with
+    ``Q'ᵀ dO = (Q ⊙ e^γ)ᵀ dO − Wᵀ Pᵀ dO``) over the group's chunks through the scan core, entered with the
+    cotangent of the state leaving the group, then ``chunk_grads`` at the stored entering states."""
+    q, k, v, beta, g, S0buf, Tbuf, Ubuf = res
     do, d_final = cts
     nc = q.shape[1] // C
 
     def body(start, n, carry):
         h_cols, bufs = carry
         Q, K, V, b, gam = _inputs(q, k, v, beta, g, start, n, C)
-        c = chunk_terms(Q, K, V, b, gam, T=lax.dynamic_slice_in_dim(Tbuf, start, n, 1))
+        S0, T, U = (lax.dynamic_slice_in_dim(r, start, n, 1) for r in (S0buf, Tbuf, Ubuf))
+        c = chunk_terms(K, b, gam, T=T)
+        P = _mm("bnhik,bnhjk->bnhij", Q, K) * c["D"]
         dO = _read(do, start, n, C)
-        loc = _mm("bnhck,bnhcv->vbhnk", c["Qp"], dO)
-        h_in = scan_state_columns_dense(_transition_t(c, True), loc, h_cols, scan_backend, reverse=True)
-        d_next = jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3)  # leaving states' cotangents
-        dQ, dK, dV, db, dgam = chunk_grads(Q, K, V, b, c, _read_cols(s_in, start, n), dO, d_next)
+        PtdO = _mm("bnhij,bnhiv->bnhjv", P, dO)
+        loc = _mm("bnhck,bnhcv->vbhnk", Q * c["e"][..., None], dO) - _mm("bnhck,bnhcv->vbhnk", c["W"], PtdO)
+        h_in = scan_state_columns_dense(_transition(c, True), loc, h_cols, scan_backend, reverse=True)
+        dN = jnp.transpose(jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3), (1, 3, 2, 4, 0))
+        dQ, dK, dV, db, dgam = chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN)
         dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # γ = cumsum(g) inside the chunk
         bufs = tuple(_write(buf, d, start) for buf, d in zip(bufs, (dQ, dK, dV, db, dg)))
         return h_in[:, :, :, 0], bufs
