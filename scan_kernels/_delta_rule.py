@@ -91,14 +91,14 @@ def _transition(c, transpose):
 
 
 def _entering(s_cols, leave_cols):
-    """``(s_cols, leave_0, ..., leave_{n-2})`` ``(V, B, H, n, K)`` as ``(B, n, H, K, V)``: the states entering the
+    """``(s_cols, leave_0, ..., leave_{n-2})`` ``(V, B, H, n, K)`` as ``(B, n, H, V, K)`` (transposed): the states entering the
     chunks (or, reversed roles, the cotangents of the states leaving them)."""
-    return jnp.transpose(jnp.concatenate([s_cols[:, :, :, None], leave_cols], axis=3), (1, 3, 2, 4, 0))
+    return jnp.transpose(jnp.concatenate([s_cols[:, :, :, None], leave_cols], axis=3), (1, 3, 2, 0, 4))
 
 
 def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, the final state ``(B, H, K, V)`` and,
-    if ``keep``, the residuals ``(S⁰, T, U)``: entering states ``(B, NC, H, K, V)``, ``T (B, NC, H, C, C)`` and
+    if ``keep``, the residuals ``(S⁰, T, U)``: transposed entering states ``(B, NC, H, V, K)``, ``T (B, NC, H, C, C)`` and
     ``U (B, NC, H, C, V)``."""
     B, Lp, H, K = q.shape
     V = v.shape[-1]
@@ -112,14 +112,14 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
         delta = _mm("bnhck,bnhcv->vbhnk", c["Kh"], Ut)
         s_leave = scan_state_columns_dense(_transition(c, False), delta, s_cols, scan_backend)  # (V, B, H, n, K)
         S0 = _entering(s_cols, s_leave[:, :, :, :-1])
-        U = Ut - _mm("bnhck,bnhkv->bnhcv", c["W"], S0)
+        U = Ut - _mm("bnhck,bnhvk->bnhcv", c["W"], S0)
         P = _mm("bnhik,bnhjk->bnhij", Q, Kc) * c["D"]
-        o = _mm("bnhck,bnhkv->bnhcv", Q * c["e"][..., None], S0) + _mm("bnhij,bnhjv->bnhiv", P, U)
+        o = _mm("bnhck,bnhvk->bnhcv", Q * c["e"][..., None], S0) + _mm("bnhij,bnhjv->bnhiv", P, U)
         if keep:
             res = tuple(lax.dynamic_update_slice_in_dim(r, x, start, 1) for r, x in zip(res, (S0, c["T"], U)))
         return s_leave[:, :, :, -1], _write(o_buf, o, start), res
 
-    res = tuple(jnp.zeros((B, nc, H) + s, jnp.float32) for s in ((K, V), (C, C), (C, V))) if keep else ()
+    res = tuple(jnp.zeros((B, nc, H) + s, jnp.float32) for s in ((V, K), (C, C), (C, V))) if keep else ()
     s_cols, o, res = for_chunk_groups(body, (jnp.moveaxis(s0, -1, 0), jnp.zeros(v.shape, jnp.float32), res), nc, group)
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
@@ -136,20 +136,20 @@ def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
 
 
 def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
-    """Input gradients of chunks' ``(O, S_end)`` at fixed entering states ``S0 (B, n, H, K, V)``, given the output
-    cotangent ``dO``, ``Pᵀ dO`` and the leaving states' cotangents ``dN (B, n, H, K, V)``; returns ``dQ, dK, dV, dβ, dγ``.
+    """Input gradients of chunks' ``(O, S_end)`` at fixed (transposed) entering states ``S0 (B, n, H, V, K)``, given the output
+    cotangent ``dO``, ``Pᵀ dO`` and the leaving states' cotangents ``dN`` (same layout); returns ``dQ, dK, dV, dβ, dγ``.
 
     ``U = T R`` with ``R = β ⊙ V − W_r S⁰`` (``W_r = β ⊙ exp(γ) ⊙ K``), so with ``dR = Tᵀ dU``:
     ``d(β ⊙ V) = dR``, ``dW_r = −dR S⁰ᵀ`` and ``dA = −dR Uᵀ`` (strict lower part).
     """
     _, strict = causal_masks(Q.shape[-2])
     e, Kh = c["e"], c["Kh"]
-    dU = PtdO + _mm("bnhck,bnhkv->bnhcv", Kh, dN)
-    dKh = _mm("bnhcv,bnhkv->bnhck", U, dN)
+    dU = PtdO + _mm("bnhck,bnhvk->bnhcv", Kh, dN)
+    dKh = _mm("bnhcv,bnhvk->bnhck", U, dN)
     dP = _mm("bnhiv,bnhjv->bnhij", dO, U)
-    dQd = _mm("bnhcv,bnhkv->bnhck", dO, S0)
+    dQd = _mm("bnhcv,bnhvk->bnhck", dO, S0)
     dR = _mm("bnhji,bnhjv->bnhiv", c["T"], dU)
-    dWr = -_mm("bnhcv,bnhkv->bnhck", dR, S0)
+    dWr = -_mm("bnhcv,bnhvk->bnhck", dR, S0)
     dA = -jnp.where(strict, _mm("bnhiv,bnhjv->bnhij", dR, U), 0.0)
     dqk = dP * c["D"]
     dkk = b[..., None] * dA * c["D"]  # dA is zero off the strict lower triangle
@@ -182,7 +182,7 @@ def _chunked_bwd(C, scan_backend, res, cts):
         PtdO = _mm("bnhij,bnhiv->bnhjv", P, dO)
         loc = _mm("bnhck,bnhcv->vbhnk", Q * c["e"][..., None], dO) - _mm("bnhck,bnhcv->vbhnk", c["W"], PtdO)
         h_in = scan_state_columns_dense(_transition(c, True), loc, h_cols, scan_backend, reverse=True)
-        dN = jnp.transpose(jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3), (1, 3, 2, 4, 0))
+        dN = jnp.transpose(jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3), (1, 3, 2, 0, 4))
         dQ, dK, dV, db, dgam = chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN)
         dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # γ = cumsum(g) inside the chunk
         bufs = tuple(_write(buf, d, start) for buf, d in zip(bufs, (dQ, dK, dV, db, dg)))
