@@ -177,3 +177,27 @@ def test_backward_memory_stores_no_per_token_states():
     assert temps[1] - temps[0] < 0.3 * (per_token(128) - per_token(64)), temps
     assert temps[1] < 0.5 * per_token(128), temps
     assert fwd_temp < 0.1 * per_token(128), fwd_temp
+
+
+@pytest.mark.parametrize("C", [1, 3, 16, 17, 64, 100])
+def test_unit_lower_inverse_matches_numpy(C):
+    """``(I + A)⁻¹`` from Neumann-factor diagonal blocks and pairwise merges, C not a power of two included."""
+    from scan_kernels._chunk_utils import unit_lower_inverse
+
+    A = np.tril(np.random.RandomState(C).randn(2, 3, C, C), -1) * 0.3
+    T = unit_lower_inverse(jnp.asarray(A, F32))
+    assert_close(T, np.linalg.inv(np.eye(C) + A), rtol=1e-5, name="T")
+
+
+def test_fwd_bwd_temp_below_tenth_of_per_token_states():
+    """Issue 4's memory target at the benchmark shape (B=1, L=16384, H=4, K=V=64, C=64): the scratch XLA
+    allocates for forward+backward, beyond inputs, outputs and gradients, is < 1/10 of per-token states."""
+    B, L, H, K, V = 1, 16384, 4, 64, 64
+    S = jax.ShapeDtypeStruct
+    args = (S((B, L, H, K), F32), S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32), S((B, L, H), F32))
+
+    def loss(q, k, v, b, g):
+        return jnp.sum(sk.delta_rule(q, k, v, b, log_decay=g, chunk_size=64, backend="xla")[0])
+
+    temp = jax.jit(jax.grad(loss, (0, 1, 2, 3, 4))).lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 0.1 * B * L * H * K * V * 4, temp
