@@ -68,6 +68,21 @@ def _fwdbwd(f, op):
     return jax.value_and_grad(loss, argnums)
 
 
+def _inverse_flops(C, block=16):
+    """Matrix-product FLOPs of ``unit_lower_inverse`` for one C×C system: Neumann factors of the diagonal
+    blocks (two products per round), then pairwise merges ``T22 A21 T11``."""
+    Cp = 1
+    while Cp < C:
+        Cp *= 2
+    s = min(block, Cp)
+    rounds = max(0, (s - 1).bit_length() - 1)  # T ← T (I + N^{2k}) while 2k < s
+    flops = (Cp // s) * rounds * 2 * 2 * s ** 3
+    while s < Cp:
+        flops += (Cp // (2 * s)) * 2 * 2 * s ** 3
+        s *= 2
+    return flops
+
+
 def _dense_fwd_flops(op, method, L):
     """Matrix-product FLOPs of one forward pass (all heads, B=1); see the module docstring."""
     nc = -(-L // C)
@@ -77,16 +92,17 @@ def _dense_fwd_flops(op, method, L):
         return B * H * 2 * L * L * (K + V)
     per_chunk = {  # per chunk and head, as executed by scan_kernels/_linear_attention.py / _delta_rule.py
         "linear_attention": 2 * C * C * (K + V) + 4 * C * K * V,  # scores, P V, Δ = K̂ᵀ V, (Q ⊙ e^γ) S⁰
-        # kk, (I + A)⁻¹, T·rhs (twice), M, Δ, chunk scan M S, qk, W S⁰, Q S⁰, P U
-        "delta_rule": 2 * C * C * K + (2 * C ** 3) // 3 + 2 * (2 * C * C * (K + V)) + 2 * C * K * K + 2 * C * K * V
-        + 2 * K * K * V + 2 * C * C * K + 4 * C * K * V + 2 * C * C * V,
+        # kk, (I + A)⁻¹, Ũ, W, M, Δ, chunk scan M S, W S⁰, qk, (Q ⊙ e^γ) S⁰, P U
+        "delta_rule": 3 * 2 * C * C * K + _inverse_flops(C) + 2 * 2 * C * C * V + 2 * C * K * K + 3 * 2 * C * K * V
+        + 2 * K * K * V,
     }[op]
     return B * H * nc * per_chunk
 
 
 def flops(op, method, L, mode):
     """Dense matrix-product FLOPs of ``mode`` ("fwd" | "fwdbwd"): autodiff/vjp backward = 2× the products it
-    differentiates; the chunked custom_vjp backward recomputes each chunk's forward (delta: without the inverse)."""
+    differentiates; the chunked custom_vjp backwards as executed (linear attention recomputes each chunk's
+    forward; the delta rule recomputes kk, W and qk, not the inverse, and applies closed-form chunk gradients)."""
     fwd = _dense_fwd_flops(op, method, L)
     if mode == "fwd":
         return fwd
@@ -95,11 +111,10 @@ def flops(op, method, L, mode):
     nc = -(-L // C)
     if op == "linear_attention":  # local (Q ⊙ e^γ)ᵀ dO, then per chunk the forward again + 2× its products
         return fwd + B * H * nc * 2 * C * K * V + 3 * fwd
-    # local pass: T·rhs, M, P, Pᵀ dO, Q̂ᵀ dO, Wᵀ(Pᵀ dO); reverse scan Mᵀ h; vjp pass: 3× (kk, T·rhs, qk, W S⁰,
-    # Q S⁰, P U, K̂ᵀ U)
-    local = 2 * C * C * (K + V) + 2 * C * K * K + 2 * C * C * K + 2 * C * C * V + 4 * C * K * V + 2 * K * K * V
-    per_chunk_vjp = 2 * C * C * K + 2 * C * C * (K + V) + 2 * C * C * K + 6 * C * K * V + 2 * C * C * V
-    return fwd + B * H * nc * (local + 3 * per_chunk_vjp)
+    # kk, W, qk, Pᵀ dO, (Q ⊙ e^γ)ᵀ dO, Wᵀ (Pᵀ dO), Mᵀ, reverse chunk scan Mᵀ h, then the chunk gradients:
+    # K̂ dN, U dNᵀ, dO Uᵀ, dO S⁰ᵀ, Tᵀ dU, dR S⁰ᵀ, dR Uᵀ, dqk K, dqkᵀ Q, (dkk + dkkᵀ) K
+    bwd = 6 * 2 * C * C * K + 4 * 2 * C * C * V + 6 * 2 * C * K * V + 2 * C * K * K + 2 * K * K * V
+    return fwd + B * H * nc * bwd
 
 
 def _memory_bytes(compiled):
