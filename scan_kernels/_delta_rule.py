@@ -8,20 +8,19 @@ Chunk form (DeltaNet, Yang et al. 2024, §3.2 and App. B; gated DeltaNet §3): i
 entering state S⁰ and local cumulative log-gate γ, the per-token deltas ``u_r = β_r (v_r − exp(g_r) S_{r-1}ᵀ k_r)``
 solve a unit lower-triangular system (the UT transform), ``T = (I + A)⁻¹``:
 
-    Ũ = T (β ⊙ V),   W = T (β ⊙ exp(γ) ⊙ K),      A_ri = β_r exp(γ_r − γ_i) k_rᵀ k_i   (r > i)
-    U = Ũ − W S⁰,    O = (Q ⊙ exp(γ)) S⁰ + P U = P Ũ + Q' S⁰
-    P = Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i],   Q' = Q ⊙ exp(γ) − P W
+    Ũ = T (β ⊙ V),   W = T W_r,   W_r = β ⊙ exp(γ) ⊙ K,      A_ri = β_r exp(γ_r − γ_i) k_rᵀ k_i   (r > i)
+    U = Ũ − W S⁰ = T (β ⊙ V − W_r S⁰),     O = (Q ⊙ exp(γ)) S⁰ + P U,     P = Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i]
     S_end = M S⁰ + Δ,   M = exp(γ_C) I − K̂ᵀ W,   Δ = K̂ᵀ Ũ,   K̂ = K ⊙ exp(γ_C − γ)
 
 All exponents are ≤ 0. One loop over groups of ``CHUNK_GROUP`` chunks (``for_chunk_groups``) does all a
 group needs: its chunk terms (heads as a batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its
 chunks through the scan core's ``dense_linear_scan`` (entered with the state the previous group left),
-and its outputs. ``T`` comes from XLA's batched triangular solve (``unit_lower_inverse``), once per chunk,
-and is kept with the entering states for the backward. Gradients: ``custom_vjp`` with a closed-form chunk
-backward (``chunk_grads``), groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` run
-over the group through ``dense_linear_scan``, then each chunk's input gradients follow, the solve's from T
-(``d(β V) = Tᵀ dŨ``, ``dA = −(Tᵀ dŨ) Ũᵀ − (Tᵀ dW) Wᵀ``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²));
-no per-token state is formed.
+and its outputs. ``T`` comes from ``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept
+with the entering states and U for the backward. Gradients: ``custom_vjp`` with a closed-form chunk
+backward (``chunk_grads``), groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n``
+(``Q' = Q ⊙ exp(γ) − P W``) run over the group through ``dense_linear_scan``, then each chunk's input
+gradients follow; as U = T R, the solve's cotangents are ``dR = Tᵀ dU``, ``dA = −dR Uᵀ``. Residuals
+O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
 """
 
 from functools import partial
@@ -46,7 +45,7 @@ from scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 # Chunks per step of the loop over chunk groups (bounds the O(C²) temporaries). 8 keeps a group's terms in
-# cache: fwd+bwd at L=4096 on the 2-core CPU took 93 / 86 / 103 / 115 ms with 4 / 8 / 16 / 32.
+# cache: fwd+bwd at L=4096 (B=1, H=4, K=V=C=64) on the 2-core CPU took 79 / 77 / 97 ms with 4 / 8 / 16.
 CHUNK_GROUP = 8
 
 
@@ -61,7 +60,8 @@ def _write(buf, y, start):
 
 
 def _inputs(q, k, v, beta, g, start, n, C):
-    """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ (B, n, H, C)``."""
+    """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ (B, n, H, C)``
+    (zeros without gates)."""
     Q, K, V, b = (_read(x, start, n, C) for x in (q, k, v, beta))
     gam = jnp.zeros_like(b) if g is None else jnp.cumsum(_read(g, start, n, C), axis=-1)
     return Q, K, V, b, gam
@@ -91,15 +91,15 @@ def _transition(c, transpose):
 
 
 def _entering(s_cols, leave_cols):
-    """``(s_cols, leave_0, ..., leave_{n-2})`` ``(V, B, H, n, K)`` as ``(B, n, H, V, K)`` (transposed): the states entering the
-    chunks (or, reversed roles, the cotangents of the states leaving them)."""
+    """States entering a group's chunks, ``(s_cols, leave_0, ..., leave_{n-2})`` from columns-first
+    ``(V, B, H, ·, K)``, transposed as ``Sᵀ (B, n, H, V, K)``."""
     return jnp.transpose(jnp.concatenate([s_cols[:, :, :, None], leave_cols], axis=3), (1, 3, 2, 0, 4))
 
 
 def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, the final state ``(B, H, K, V)`` and,
-    if ``keep``, the residuals ``(S⁰, T, U)``: transposed entering states ``(B, NC, H, V, K)``, ``T (B, NC, H, C, C)`` and
-    ``U (B, NC, H, C, V)``."""
+    if ``keep``, the residuals: transposed entering states ``S⁰ᵀ (B, NC, H, V, K)``, ``T (B, NC, H, C, C)``
+    and ``U (B, NC, H, C, V)``."""
     B, Lp, H, K = q.shape
     V = v.shape[-1]
     nc = Lp // C
@@ -136,8 +136,9 @@ def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
 
 
 def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
-    """Input gradients of chunks' ``(O, S_end)`` at fixed (transposed) entering states ``S0 (B, n, H, V, K)``, given the output
-    cotangent ``dO``, ``Pᵀ dO`` and the leaving states' cotangents ``dN`` (same layout); returns ``dQ, dK, dV, dβ, dγ``.
+    """Input gradients of chunks' ``(O, S_end)`` at fixed entering states ``S0`` (transposed, ``(B, n, H, V, K)``),
+    given the output cotangent ``dO``, ``Pᵀ dO`` and the leaving states' cotangents ``dN`` (as S0); returns
+    ``dQ, dK, dV, dβ, dγ``.
 
     ``U = T R`` with ``R = β ⊙ V − W_r S⁰`` (``W_r = β ⊙ exp(γ) ⊙ K``), so with ``dR = Tᵀ dU``:
     ``d(β ⊙ V) = dR``, ``dW_r = −dR S⁰ᵀ`` and ``dA = −dR Uᵀ`` (strict lower part).
