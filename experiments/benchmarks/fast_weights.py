@@ -152,12 +152,13 @@ def check_targets(rows):
     for op in ("linear_attention", "delta_rule"):
         ref, xla = get(op, "reference", 4096), get(op, "xla", 4096)
         if ref and xla:
-            sp = {m: ref[f"{m}_ms"] / xla[f"{m}_ms"] for m in ("fwd", "fwdbwd")}
-            out[f"{op}: chunked >= 10x faster than reference at L=4096"] = {
-                "speedup_fwd": sp["fwd"], "speedup_fwdbwd": sp["fwdbwd"], "met": min(sp.values()) >= 10.0,
-                "gflop": {m: {"reference": ref[f"{m}_gflop"], "xla": xla[f"{m}_gflop"]} for m in ("fwd", "fwdbwd")},
-                "gflop_per_s": {m: {"reference": ref[f"{m}_gflop_per_s"], "xla": xla[f"{m}_gflop_per_s"]}
-                                for m in ("fwd", "fwdbwd")}}
+            for m, what in (("fwdbwd", "fwd+bwd"), ("fwd", "fwd alone")):
+                # speedup_bound: the speedup if chunked ran at the reference's own FLOP rate (FLOP ratio)
+                out[f"{op}: chunked >= 10x faster than reference at L=4096, {what}"] = {
+                    "speedup": ref[f"{m}_ms"] / xla[f"{m}_ms"], "met": ref[f"{m}_ms"] / xla[f"{m}_ms"] >= 10.0,
+                    "gflop": {"reference": ref[f"{m}_gflop"], "xla": xla[f"{m}_gflop"]},
+                    "gflop_per_s": {"reference": ref[f"{m}_gflop_per_s"], "xla": xla[f"{m}_gflop_per_s"]},
+                    "speedup_bound_at_reference_rate": ref[f"{m}_gflop"] / xla[f"{m}_gflop"]}
         big = get(op, "xla", 16384)
         if big:
             per_token = 16384 * B * H * K * V * 4
