@@ -78,29 +78,34 @@ def unit_lower_inverse(A, block: int = 16):
     """
     hi = lax.Precision.HIGHEST
     lead, C = A.shape[:-2], A.shape[-1]
+    # One flat batch axis for every matmul: with several batch axes (e.g. (2, 8, 2, 4) blocks) XLA's algebraic
+    # simplifier (jaxlib 0.10.2 and 0.11.2) aborted the process on a transpose folded into these dots.
+    A = A.reshape((-1, C, C))
     Cp = 1
     while Cp < C:
         Cp *= 2
     if Cp != C:
-        A = jnp.pad(A, [(0, 0)] * len(lead) + [(0, Cp - C), (0, Cp - C)])
+        A = jnp.pad(A, [(0, 0), (0, Cp - C), (0, Cp - C)])
+    mm = lambda x, y: jnp.einsum("bij,bjk->bik", x, y, precision=hi)  # noqa: E731
     s = min(block, Cp)
     nb = Cp // s
-    N = -jnp.moveaxis(jnp.diagonal(A.reshape(lead + (nb, s, nb, s)), axis1=-4, axis2=-2), -1, -3)  # (..., nb, s, s)
-    T, Nk, k = jnp.eye(s, dtype=A.dtype).reshape((1,) * (N.ndim - 2) + (s, s)) + N, N, 1
+    N = -jnp.moveaxis(jnp.diagonal(A.reshape((-1, nb, s, nb, s)), axis1=-4, axis2=-2), -1, -3).reshape(-1, s, s)
+    T, Nk, k = jnp.eye(s, dtype=A.dtype)[None] + N, N, 1
     while 2 * k < s:  # T ← T (I + N^{2k})
-        Nk = jnp.einsum("...ij,...jk->...ik", Nk, Nk, precision=hi)
-        T = T + jnp.einsum("...ij,...jk->...ik", T, Nk, precision=hi)
+        Nk = mm(Nk, Nk)
+        T = T + mm(T, Nk)
         k *= 2
+    T = T.reshape(-1, nb, s, s)
     while s < Cp:
         nb = Cp // (2 * s)
-        Ab = jnp.diagonal(A.reshape(lead + (nb, 2 * s, nb, 2 * s)), axis1=-4, axis2=-2)  # (..., 2s, 2s, nb)
-        A21 = jnp.moveaxis(Ab, -1, -3)[..., s:, :s]  # (..., nb, s, s)
-        T11, T22 = T[..., 0::2, :, :], T[..., 1::2, :, :]
-        X = -jnp.einsum("...ij,...jk,...kl->...il", T22, A21, T11, precision=hi)
+        Ab = jnp.diagonal(A.reshape((-1, nb, 2 * s, nb, 2 * s)), axis1=-4, axis2=-2)  # (b, 2s, 2s, nb)
+        A21 = jnp.moveaxis(Ab, -1, -3)[..., s:, :s].reshape(-1, s, s)  # (b·nb, s, s)
+        T11, T22 = T[:, 0::2], T[:, 1::2]  # (b, nb, s, s)
+        X = -mm(mm(T22.reshape(-1, s, s), A21), T11.reshape(-1, s, s)).reshape(T11.shape)
         top = jnp.concatenate([T11, jnp.zeros_like(T11)], axis=-1)
-        T = jnp.concatenate([top, jnp.concatenate([X, T22], axis=-1)], axis=-2)  # (..., nb, 2s, 2s)
+        T = jnp.concatenate([top, jnp.concatenate([X, T22], axis=-1)], axis=-2)  # (b, nb, 2s, 2s)
         s *= 2
-    return T[..., 0, :C, :C]
+    return T[:, 0, :C, :C].reshape(lead + (C, C))
 
 
 def map_chunk_groups(fn, arrays, group: int):
