@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 import scan_kernels as sk
+from experiments.benchmarks._report import write_json
 
 B, H, K, V, C = 1, 4, 64, 64, 64
 F32 = jnp.float32
@@ -222,10 +223,7 @@ def main(argv=None):
         "targets": targets,
     }
     out = a.out or os.path.join(os.path.dirname(__file__), "..", "results", f"fast_weights_{platform_name}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"wrote {os.path.abspath(out)}")
+    print(f"wrote {write_json(result, out)}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ convolution that applies it, and no call allocates more than 1 GB.
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssm import hippo, kernels
+from experiments.benchmarks._report import write_json
 
 GB = 1 << 30
 
@@ -196,10 +196,7 @@ def main(argv=None):
         "side_by_side": pairs,
         "targets": targets,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as fh:
-        json.dump(result, fh, indent=1)
-    print(f"wrote {os.path.abspath(out)}")
+    print(f"wrote {write_json(result, out)}")
 
 
 if __name__ == "__main__":

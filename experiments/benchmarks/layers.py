@@ -19,7 +19,6 @@ Writes JSON (default ``experiments/results/layers_<platform>.json``).
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -27,10 +26,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 import layers
+from experiments.benchmarks._report import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
@@ -178,8 +177,7 @@ def main(argv=None):
             row = {"mixer": name, "error": f"{type(e).__name__}: {e}"[:300]}
         record["rows"].append(row)
         print(format_row(row), flush=True)
-        with open(out, "w") as f:  # after every mixer, so a long run that is cut short keeps its rows
-            json.dump(record, f, indent=1, default=float)
+        write_json(record, out)  # after every mixer, so a long run that is cut short keeps its rows
     rows = record["rows"]
     print()
     print_table(rows)

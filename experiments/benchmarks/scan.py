@@ -44,6 +44,7 @@ import numpy as np
 import scan_kernels as sk
 from scan_kernels import _backend
 from scan_kernels._linear_scan_xla import associative_scan
+from experiments.benchmarks._report import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 VARIANTS = ("reference", "xla", "pallas", "associative_scan")
@@ -245,10 +246,7 @@ def main(argv=None):
         targets=targets,
     )
     path = args.out or os.path.join(RESULTS_DIR, f"scan_{dev.platform}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1, default=float)
-    print(f"wrote {path}")
+    print(f"wrote {write_json(result, path)}")
     return result
 
 
