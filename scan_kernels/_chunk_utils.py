@@ -2,9 +2,10 @@
 
 Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC = ceil(L / C).
 
-* ``to_chunks`` pads the time axis with zeros to a multiple of C and lays a ``(B, L, H, ...)`` array out
-  as ``(B, H, NC, C, ...)``; zero keys/values (and zero log-gates, zero β) make the padded steps the
-  identity map on the state, so the final state is exact.
+* ``pad_tokens`` pads the time axis with zeros to a multiple of C; zero keys/values (and zero log-gates,
+  zero β) make the padded steps the identity map on the state, so the final state is exact.
+  ``for_chunk_groups`` walks groups of chunks in sequence, reading (``read_chunks``) and writing
+  (``write_chunks``) slices of the ``(B, L, H, ...)`` arrays in place.
 * Gates are cumulative log-sums *inside* each chunk (Mamba-2 SSD "segsum", GLA §4): every exponent
   used is a difference γ_i − γ_j with i ≥ j (or γ_C − γ_j), hence ≤ 0 — nothing overflows, even with
   g = −20 per step over long sequences.
@@ -19,27 +20,6 @@ from jax import lax
 
 def num_chunks(L: int, C: int) -> int:
     return -(-L // C)
-
-
-def to_chunks(x, C: int):
-    """``(B, L, H, *F)`` -> ``(B, H, NC, C, *F)`` float32, zero-padded in time."""
-    B, L, H = x.shape[:3]
-    nc = num_chunks(L, C)
-    pad = nc * C - L
-    x = x.astype(jnp.float32)
-    if pad:
-        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
-    x = x.reshape((B, nc, C, H) + x.shape[3:])  # (B, NC, C, H, *F)
-    perm = (0, 3, 1, 2) + tuple(range(4, x.ndim))
-    return x.transpose(perm)  # (B, H, NC, C, *F)
-
-
-def from_chunks(x, L: int):
-    """``(B, H, NC, C, *F)`` -> ``(B, L, H, *F)`` (drops the time padding)."""
-    B, H, nc, C = x.shape[:4]
-    perm = (0, 2, 3, 1) + tuple(range(4, x.ndim))
-    x = x.transpose(perm).reshape((B, nc * C, H) + x.shape[4:])
-    return x[:, :L]
 
 
 def causal_masks(C: int):
@@ -108,29 +88,6 @@ def unit_lower_inverse(A, block: int = 16):
     return T[:, 0, :C, :C].reshape(lead + (C, C))
 
 
-def map_chunk_groups(fn, arrays, group: int):
-    """``fn(*arrays)`` on ``group`` chunks at a time, in sequence (``lax.map``), rematerialised in the backward.
-
-    ``arrays``: ``(B, H, NC, ...)`` arrays or None; ``fn`` maps such arrays to a pytree of ``(B, H, NC, ...)``
-    arrays chunk by chunk. The O(C²) intra-chunk temporaries (and their gradients) then scale with the
-    group instead of with L — the "fused chunk" memory profile, without giving up batched matmuls.
-    """
-    nc = next(a for a in arrays if a is not None).shape[2]
-    if nc <= group:
-        return fn(*arrays)
-    live = [i for i, a in enumerate(arrays) if a is not None]
-
-    @jax.checkpoint
-    def one(xs):  # one chunk: (B, H, ...) slices, vmapped over the group by lax.map
-        full = [None] * len(arrays)
-        for i, x in zip(live, xs):
-            full[i] = x[:, :, None]
-        return jax.tree.map(lambda o: o[:, :, 0], fn(*full))
-
-    out = lax.map(one, tuple(jnp.moveaxis(arrays[i], 2, 0) for i in live), batch_size=group)  # (NC, B, H, ...)
-    return jax.tree.map(lambda o: jnp.moveaxis(o, 0, 2), out)
-
-
 def pad_tokens(x, C: int):
     """``(B, L, H, *F)`` -> ``(B, NC·C, H, *F)`` float32, zero-padded in time (no copy when C divides L)."""
     pad = num_chunks(x.shape[1], C) * C - x.shape[1]
@@ -149,11 +106,6 @@ def write_chunks(buf, y, start):
     n, C = y.shape[1:3]
     y = y.reshape((y.shape[0], n * C) + y.shape[3:])
     return lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), start * C, axis=1)
-
-
-def read_states(s, start, n: int):
-    """States ``[start, start + n)`` of a per-chunk array ``(B, H, NC, ...)`` -> ``(B, H, n, ...)``."""
-    return lax.dynamic_slice_in_dim(s, start, n, axis=2)
 
 
 def write_states(buf, y, start):
