@@ -112,26 +112,23 @@ def write_states(buf, y, start):
     return lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), start, axis=2)
 
 
-def entering_states(s_end, s0, start, n: int, axis: int = 2):
-    """States entering chunks ``[start, start + n)``: ``(S_{start-1}, ..., S_{start+n-2})`` with ``S_{-1} = s0``.
-
-    ``s_end`` end-of-chunk states with the chunk axis ``axis`` (``(B, H, NC, K, V)`` by default), ``s0``
-    the same without that axis; returns ``s_end``'s layout with n chunks.
-    """
-    first = jnp.where(start == 0, s0, lax.dynamic_index_in_dim(s_end, jnp.maximum(start - 1, 0), axis, False))
-    rest = lax.dynamic_slice_in_dim(s_end, start, n - 1, axis=axis) if n > 1 else None
-    first = jnp.expand_dims(first, axis)
-    return first if rest is None else jnp.concatenate([first, rest], axis=axis)
+def entering_states(s_end, s0, start, n: int):
+    """States entering chunks ``[start, start + n)``: ``(S_{start-1}, ..., S_{start+n-2})`` with ``S_{-1} = s0``;
+    ``s_end (B, H, NC, K, V)`` end-of-chunk states, ``s0 (B, H, K, V)``; returns ``(B, H, n, K, V)``."""
+    first = jnp.where(start == 0, s0, lax.dynamic_index_in_dim(s_end, jnp.maximum(start - 1, 0), 2, False))
+    rest = lax.dynamic_slice_in_dim(s_end, start, n - 1, axis=2) if n > 1 else None
+    first = first[:, :, None]
+    return first if rest is None else jnp.concatenate([first, rest], axis=2)
 
 
-def leaving_cotangents(h, d_final, start, n: int, axis: int = 2):
+def leaving_cotangents(h, d_final, start, n: int):
     """Cotangents of the states *leaving* chunks ``[start, start + n)``: ``(h_{start+1}, ..., h_{start+n})``
-    with ``h_{NC} = d_final``, where ``h`` (chunk axis ``axis``) are the cotangents of the entering states."""
-    nc = h.shape[axis]
-    last = jnp.where(start + n >= nc, d_final, lax.dynamic_index_in_dim(h, jnp.minimum(start + n, nc - 1), axis, False))
-    rest = lax.dynamic_slice_in_dim(h, start + 1, n - 1, axis=axis) if n > 1 else None
-    last = jnp.expand_dims(last, axis)
-    return last if rest is None else jnp.concatenate([rest, last], axis=axis)
+    with ``h_{NC} = d_final``, where ``h (B, H, NC, K, V)`` are the cotangents of the entering states."""
+    nc = h.shape[2]
+    last = jnp.where(start + n >= nc, d_final, lax.dynamic_index_in_dim(h, jnp.minimum(start + n, nc - 1), 2, False))
+    rest = lax.dynamic_slice_in_dim(h, start + 1, n - 1, axis=2) if n > 1 else None
+    last = last[:, :, None]
+    return last if rest is None else jnp.concatenate([rest, last], axis=2)
 
 
 def for_chunk_groups(body, carry, nc: int, group: int, reverse: bool = False):
@@ -177,28 +174,19 @@ def scan_chunk_states_diag(decay, delta, s0, backend: str, reverse: bool = False
 
 
 def scan_chunk_states_dense(M, delta, s0, backend: str, reverse: bool = False):
-    """End-of-chunk states ``S_n = M_n S_{n-1} + delta_n`` through the scan core's ``dense_linear_scan``.
-
-    ``M (B, H, NC, K, K)``, ``delta (B, H, NC, K, V)``, ``s0 (B, H, K, V)``. The V columns of the state
-    are independent vectors sharing ``M``, so the vector scan is mapped over them (``vmap``, no copy of M).
-    Returns ``(B, H, NC, K, V)``.
-    """
-    B, H, nc, K, V = delta.shape
-    A = M.reshape(B * H, nc, K, K)
-    b = delta.reshape(B * H, nc, K, V)
-    h0 = s0.reshape(B * H, K, V)
-    core = _scan_core()
-    scan = jax.vmap(lambda bb, hh: core.dense_linear_scan(A, bb, hh, reverse=reverse, backend=backend),
-                    in_axes=(3, 2), out_axes=3)
-    return scan(b, h0).reshape(B, H, nc, K, V)
+    """End-of-chunk states ``S_n = M_n S_{n-1} + delta_n`` through the scan core's ``dense_linear_scan``, in the
+    states' own layout: ``M (B, H, NC, K, K)``, ``delta (B, H, NC, K, V)``, ``s0 (B, H, K, V)`` ->
+    ``(B, H, NC, K, V)`` (``scan_state_columns_dense`` with the V columns moved first and back)."""
+    cols = scan_state_columns_dense(M, jnp.moveaxis(delta, -1, 0), jnp.moveaxis(s0, -1, 0), backend, reverse)
+    return jnp.moveaxis(cols, 0, -1)
 
 
 def scan_state_columns_dense(M, cols, s0_cols, backend: str, reverse: bool = False):
     """``S_n = M_n S_{n-1} + Δ_n`` through ``dense_linear_scan`` with the V columns of the state leading:
     ``cols (V, B, H, NC, K)``, ``s0_cols (V, B, H, K)``, ``M (B, H, NC, K, K)``; returns ``(V, B, H, NC, K)``.
 
-    ``vmap`` over the leading axis: unlike ``scan_chunk_states_dense`` no transposed copy of Δ or of the
-    result is made (a batched loop carries its mapped axis first).
+    The V columns are independent vectors sharing ``M``: ``vmap`` over the leading axis (no copy of M, and no
+    transposed copy of Δ or of the result, as a batched loop carries its mapped axis first).
     """
     V, B, H, nc, K = cols.shape
     A = M.reshape(B * H, nc, K, K)
