@@ -102,7 +102,8 @@ def _chunk_decays(g, kind, C):
 
 
 def _forward(q, k, v, g, s0, kind, C, group, scan_backend):
-    """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)`` and the end-of-chunk states."""
+    """Chunked forward on padded float32 inputs: ``o (B, NC·C, H, V)``, the end-of-chunk states and the chunk
+    decays (kept for the backward's reverse scan)."""
     B, Lp, H, K = q.shape
     nc = Lp // C
     gc = lambda start, n: None if g is None else read_chunks(g, start, n, C)  # noqa: E731
@@ -120,25 +121,25 @@ def _forward(q, k, v, g, s0, kind, C, group, scan_backend):
         o = chunk_output(qc, kc, vc, _gates(gc(start, n), kind), entering_states(s_end, s0, start, n), kind)
         return write_chunks(buf, o, start)
 
-    return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end
+    return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end, decay
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
 def _chunked(q, k, v, g, s0, kind, C, scan_backend):
-    o, s_end = _forward(q, k, v, g, s0, kind, C, _group(kind), scan_backend)
+    o, s_end, _ = _forward(q, k, v, g, s0, kind, C, _group(kind), scan_backend)
     return o, s_end[:, :, -1]
 
 
 def _chunked_fwd(q, k, v, g, s0, kind, C, scan_backend):
-    o, s_end = _forward(q, k, v, g, s0, kind, C, _group(kind), scan_backend)
-    return (o, s_end[:, :, -1]), (q, k, v, g, s0, s_end)
+    o, s_end, decay = _forward(q, k, v, g, s0, kind, C, _group(kind), scan_backend)
+    return (o, s_end[:, :, -1]), (q, k, v, g, s0, s_end, decay)
 
 
 def _chunked_bwd(kind, C, scan_backend, res, cts):
     """Chunkwise backward: the state cotangents run backwards through the scan core, then every chunk group
     is differentiated on its own (``jax.vjp``, recomputing its intra-chunk terms) given its entering state and
     the cotangent of its leaving state. Memory O(B·L·H·(K+V) + NC·B·H·K·V + group·C²)."""
-    q, k, v, g, s0, s_end = res
+    q, k, v, g, s0, s_end, decay = res
     do, d_final = cts
     B, Lp, H, K = q.shape
     nc, group = Lp // C, _group(kind)
@@ -149,7 +150,6 @@ def _chunked_bwd(kind, C, scan_backend, res, cts):
         return write_states(buf, _mm("bnchk,bnchv->bhnkv", qd, read_chunks(do, start, n, C)), start)
 
     dloc = for_chunk_groups(local, jnp.zeros(s_end.shape, jnp.float32), nc, group)
-    decay = jnp.ones((), jnp.float32) if g is None else _chunk_decays(g, kind, C)
     h = scan_chunk_states_diag(decay, dloc, d_final, scan_backend, reverse=True)  # cotangents of entering states
 
     def grads(start, n, bufs):
