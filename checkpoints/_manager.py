@@ -204,8 +204,15 @@ def find_checkpoint_dir(path):
     return path
 
 
+# Checkpoints written before the ``algornn`` namespace (version 0.1) name their builder by its old
+# top-level module path, e.g. ``experiments._models:model_from_config``.
+_LEGACY_TOP_LEVEL = ("scan_kernels", "ssm", "layers", "experiments", "checkpoints")
+
+
 def _import_builder(spec):
     module, _, name = spec.partition(":")
+    if module.split(".")[0] in _LEGACY_TOP_LEVEL:
+        module = "algornn." + module
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:

@@ -5,11 +5,12 @@ not pull in Flax, Optax and Orbax.
 """
 
 _LAZY = {
-    "train_and_evaluate": ("experiments.trainer", "train_and_evaluate"),
-    "evaluate_checkpoint": ("experiments.evaluate", "evaluate_checkpoint"),
-    "Config": ("experiments.config", "Config"),
-    "get_preset": ("experiments.presets", "get_preset"),
-    "list_presets": ("experiments.presets", "list_presets"),
+    "train_and_evaluate": ("algornn.experiments.trainer", "train_and_evaluate"),
+    "evaluate_checkpoint": ("algornn.experiments.evaluate", "evaluate_checkpoint"),
+    "Config": ("algornn.experiments.config", "Config"),
+    "get_preset": ("algornn.experiments.presets", "get_preset"),
+    "list_presets": ("algornn.experiments.presets", "list_presets"),
+    "model_from_config": ("algornn.experiments._models", "model_from_config"),
 }
 
 __all__ = list(_LAZY)
@@ -21,4 +22,4 @@ def __getattr__(name):
 
         module, attr = _LAZY[name]
         return getattr(importlib.import_module(module), attr)
-    raise AttributeError(f"module 'experiments' has no attribute {name!r}")
+    raise AttributeError(f"module 'algornn.experiments' has no attribute {name!r}")

@@ -12,9 +12,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from experiments.config import Config
+from algornn.experiments.config import Config
 
-BUILDER = "experiments._models:model_from_config"
+# The builder a checkpoint records: a public name that stays stable when modules move.
+BUILDER = "algornn.experiments:model_from_config"
 
 
 def model_spec(task) -> dict:

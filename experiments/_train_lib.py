@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-from experiments._models import apply_model, param_groups
+from algornn.experiments._models import apply_model, param_groups
 
 _BATCH_KEYS = ("inputs", "labels", "lengths", "inputs2", "lengths2")
 

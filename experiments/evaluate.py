@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint: ``python -m experiments.evaluate --checkpoint DIR [--split test]``.
+"""Evaluate a checkpoint: ``python -m algornn.experiments.evaluate --checkpoint DIR [--split test]``.
 
 Rebuilds the model from the checkpoint's stored config alone (``checkpoints.load``), evaluates it on a
 split of the task named in that config, prints the metrics and writes them as JSON.
@@ -16,10 +16,10 @@ def evaluate_checkpoint(directory, *, split="test", step="best", batch_size=0, m
 
     ``task_options`` override the stored task options (e.g. a ``data_dir`` on another machine).
     """
-    import checkpoints
-    from experiments import _train_lib as lib
-    from experiments._models import model_spec
-    from experiments.tasks import get_task
+    from algornn import checkpoints
+    from algornn.experiments import _train_lib as lib
+    from algornn.experiments._models import model_spec
+    from algornn.experiments.tasks import get_task
 
     mesh = lib.make_mesh(devices)
     directory = checkpoints.find_checkpoint_dir(directory)
@@ -37,7 +37,7 @@ def evaluate_checkpoint(directory, *, split="test", step="best", batch_size=0, m
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, metavar="DIR",
                         help="checkpoint directory or training workdir (uses DIR/checkpoints)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
@@ -53,8 +53,7 @@ def main(argv=None):
             step = int(args.step)
         except ValueError:
             parser.error(f"--step: {args.step!r} is not 'best', 'latest' or an integer")
-    import checkpoints
-
+    from algornn import checkpoints
     try:
         metrics = evaluate_checkpoint(args.checkpoint, split=args.split, step=step, batch_size=args.batch_size,
                                       max_batches=args.max_batches,

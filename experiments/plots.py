@@ -1,6 +1,6 @@
 """Training curves from ``workdir/metrics.jsonl`` as a PNG (matplotlib, Agg backend).
 
-``python -m experiments.plots WORKDIR [--out FILE.png]`` redraws the plot of a finished or running job.
+``python -m algornn.experiments.plots WORKDIR [--out FILE.png]`` redraws the plot of a finished or running job.
 """
 
 import argparse
@@ -48,7 +48,7 @@ def plot_curves(records, out_path, *, title: str = "") -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.plots", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.plots", description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="training workdir holding metrics.jsonl")
     parser.add_argument("--out", default=None, help="PNG path (default WORKDIR/curves.png)")
     args = parser.parse_args(argv)

@@ -15,7 +15,7 @@ External-data presets (``text_*``, ``retrieval_*``, ``image_*``) need ``task.opt
 
 import dataclasses
 
-from experiments.config import Config, ModelConfig, OptimConfig, TaskConfig, TrainConfig
+from algornn.experiments.config import Config, ModelConfig, OptimConfig, TaskConfig, TrainConfig
 
 # ----------------------------------------------------------------------------------------------------
 # demo: a small long-range model on an embedded generated task (minutes on a 2-core CPU)

@@ -1,6 +1,6 @@
 """Look at a task: draw examples to a PNG and print length / label statistics.
 
-    python -m experiments.show_task NAME [--n 8] [--out FILE.png] [--split train] [--stats]
+    python -m algornn.experiments.show_task NAME [--n 8] [--out FILE.png] [--split train] [--stats]
                                          [--set key=value ...]
 
 Image tasks (pathfinder, pathx, image, scifar, smnist, psmnist) are drawn as images; the others as token
@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from experiments.tasks import get_task, list_tasks
+from algornn.experiments.tasks import get_task, list_tasks
 
 IMAGE_TASKS = {"pathfinder", "pathx", "image", "scifar", "smnist", "psmnist"}
 
@@ -107,7 +107,7 @@ def _label_text(task, ex, i):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.show_task", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.show_task", description=__doc__.split("\n")[0])
     parser.add_argument("name", help=f"task name, one of: {', '.join(list_tasks())}")
     parser.add_argument("--n", type=int, default=8, help="number of examples to draw (default 8)")
     parser.add_argument("--out", default=None, help="PNG file to write (default: no drawing)")

@@ -1,4 +1,4 @@
-"""Train a sequence model: ``python -m experiments.train [--config PRESET] [--workdir DIR] [key=value ...]``.
+"""Train a sequence model: ``python -m algornn.experiments.train [--config PRESET] [--workdir DIR] [key=value ...]``.
 
 A thin wrapper over ``experiments.train_and_evaluate(config, workdir)``. Overrides are dotted keys of the
 typed config (``train.steps=200 model.d_model=128 model.mixer_options.d_state=16``). Rerunning the same
@@ -8,15 +8,15 @@ command resumes from the last complete checkpoint in the workdir.
 import argparse
 import sys
 
-from experiments.config import apply_overrides, override_keys
-from experiments.presets import get_preset, list_presets
+from algornn.experiments.config import apply_overrides, override_keys
+from algornn.experiments.presets import get_preset, list_presets
 
 
 def _parser():
     presets = list_presets()
     epilog = ("presets: " + ", ".join(presets) + "\n\noverride keys (key=value): " + ", ".join(override_keys()) +
               "\n  dict fields take sub-keys: task.options.max_length=256, model.mixer_options.d_state=16")
-    parser = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.train", description=__doc__.splitlines()[0],
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="demo", metavar="PRESET", help="preset name (default: demo)")
     parser.add_argument("--workdir", default=None, help="output directory (default: runs/<preset>)")
@@ -36,7 +36,7 @@ def main(argv=None):
         print(config.to_json())
         return 0
     workdir = args.workdir or f"runs/{config.name}"
-    from experiments.trainer import train_and_evaluate
+    from algornn.experiments.trainer import train_and_evaluate
 
     try:
         results = train_and_evaluate(config, workdir)

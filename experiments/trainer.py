@@ -1,4 +1,4 @@
-"""``train_and_evaluate(config, workdir)``: the training loop behind ``python -m experiments.train``.
+"""``train_and_evaluate(config, workdir)``: the training loop behind ``python -m algornn.experiments.train``.
 
 Workdir layout::
 
@@ -21,15 +21,15 @@ import time
 import numpy as np
 from flax import nnx
 
-import checkpoints
-from experiments import _train_lib as lib
-from experiments._models import BUILDER, build_model, model_spec
-from experiments.config import Config
-from experiments.plots import plot_curves
+from algornn import checkpoints
+from algornn.experiments import _train_lib as lib
+from algornn.experiments._models import BUILDER, build_model, model_spec
+from algornn.experiments.config import Config
+from algornn.experiments.plots import plot_curves
 
 
 def _get_task(config: Config):
-    from experiments.tasks import get_task
+    from algornn.experiments.tasks import get_task
 
     return get_task(config.task.name, **config.task.options)
 
@@ -174,7 +174,7 @@ def train_and_evaluate(config: Config, workdir) -> dict:
     results["wall_time_s"] = time.time() - t_start
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    from experiments.plots import read_metrics
+    from algornn.experiments.plots import read_metrics
 
     plot_curves(read_metrics(os.path.join(workdir, "metrics.jsonl")), os.path.join(workdir, "curves.png"),
                 title=f"{config.name}: {config.model.mixer} on {config.task.name}")

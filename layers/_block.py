@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from layers._options import check_bool, check_choice, check_float
-from layers._registry import resolve_mixer
+from algornn.layers._options import check_bool, check_choice, check_float
+from algornn.layers._registry import resolve_mixer
 
 NORMS = ("layer", "batch")
 FFS = ("glu", "mlp", "none")

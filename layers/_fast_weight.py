@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_float, check_int,
+from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_float, check_int,
                              check_sequence, check_token)
-from scan_kernels import BACKENDS, delta_rule, delta_rule_step, linear_attention, linear_attention_step
+from algornn.scan_kernels import BACKENDS, delta_rule, delta_rule_step, linear_attention, linear_attention_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import ssm
-from layers._options import (build_options, check_batch_size, check_choice, check_dt_scale, check_float,
+from algornn import ssm
+from algornn.layers._options import (build_options, check_batch_size, check_choice, check_dt_scale, check_float,
                              check_int, check_sequence, check_token)
 
 

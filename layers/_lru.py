@@ -18,11 +18,11 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
-import ssm
-from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_float, check_int,
+from algornn import ssm
+from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_float, check_int,
                              check_sequence, check_token, check_causal)
-from layers._params import complex_of, normal, ssm_param
-from scan_kernels import BACKENDS, linear_scan
+from algornn.layers._params import complex_of, normal, ssm_param
+from algornn.scan_kernels import BACKENDS, linear_scan
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import ssm
-from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
+from algornn import ssm
+from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
                              check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from layers._params import normal, ssm_param
-from scan_kernels import BACKENDS, dense_linear_scan
+from algornn.layers._params import normal, ssm_param
+from algornn.scan_kernels import BACKENDS, dense_linear_scan
 
 LSSL_MEASURES = ("legs", "legt", "lagt", "fout", "lmu")
 

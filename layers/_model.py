@@ -13,8 +13,8 @@ Train/eval mode (Dropout, BatchNorm) is switched by ``model.train()`` / ``model.
 import jax.numpy as jnp
 from flax import nnx
 
-from layers._block import SequenceBlock, make_norm
-from layers._options import check_bool, check_choice, check_int
+from algornn.layers._block import SequenceBlock, make_norm
+from algornn.layers._options import check_bool, check_choice, check_int
 
 POOLINGS = ("mean", "last", "none")
 

@@ -1,14 +1,14 @@
 """``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
 
-from layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
-from layers._hippo_rnn import HiPPORNN
-from layers._lmu import LMU
-from layers._lru import LRU
-from layers._lssl import LSSL
-from layers._s4 import S4
-from layers._s4d import S4D
-from layers._s5 import S5
-from layers._selective import SelectiveSSM
+from algornn.layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
+from algornn.layers._hippo_rnn import HiPPORNN
+from algornn.layers._lmu import LMU
+from algornn.layers._lru import LRU
+from algornn.layers._lssl import LSSL
+from algornn.layers._s4 import S4
+from algornn.layers._s4d import S4D
+from algornn.layers._s5 import S5
+from algornn.layers._selective import SelectiveSSM
 
 MIXERS = {
     "s4": S4,

@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import ssm
-from layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
+from algornn import ssm
+from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
                              check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from layers._params import complex_of, normal, ssm_param
+from algornn.layers._params import complex_of, normal, ssm_param
 
 S4_MEASURES = ("legs", "legt", "fout", "lagt")
 MAX_RE = -1e-4

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels._backend import resolve_backend
-from scan_kernels._chunk_utils import (
+from algornn.scan_kernels._backend import resolve_backend
+from algornn.scan_kernels._chunk_utils import (
     causal_masks,
     for_chunk_groups,
     pad_tokens,
@@ -40,8 +40,8 @@ from scan_kernels._chunk_utils import (
     unit_lower_inverse,
     write_chunks,
 )
-from scan_kernels._delta_rule_reference import delta_rule_reference
-from scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._delta_rule_reference import delta_rule_reference
+from algornn.scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 # Chunks per step of the loop over chunk groups (bounds the O(C²) temporaries). 8 keeps a group's terms in
@@ -233,7 +233,7 @@ def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
     g = None if kind == "none" else log_decay
     if backend == "pallas":
-        from scan_kernels._delta_rule_pallas import delta_rule_pallas
+        from algornn.scan_kernels._delta_rule_pallas import delta_rule_pallas
 
         o, final = delta_rule_pallas(q, k, v, beta, g, s0, chunk_size=C)
     else:

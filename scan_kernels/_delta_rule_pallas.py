@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from scan_kernels._chunk_utils import previous_states, scan_chunk_states_dense
-from scan_kernels._fast_weight_pallas import (
+from algornn.scan_kernels._chunk_utils import previous_states, scan_chunk_states_dense
+from algornn.scan_kernels._fast_weight_pallas import (
     F32,
     causal,
     decay_matrix,
@@ -40,7 +40,7 @@ from scan_kernels._fast_weight_pallas import (
     tile_spec,
     to_rows,
 )
-from scan_kernels._pallas_config import pallas_call_kwargs
+from algornn.scan_kernels._pallas_config import pallas_call_kwargs
 
 
 def _wy_kernel(*refs, gated):
@@ -150,7 +150,7 @@ def _pallas_fwd(q, k, v, beta, g, s0, C):
 
 
 def _pallas_bwd(C, res, cts):
-    from scan_kernels._delta_rule import delta_rule_chunked
+    from algornn.scan_kernels._delta_rule import delta_rule_chunked
 
     q, k, v, beta, g, s0 = res
     L = q.shape[1]

@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels import _backend
-from scan_kernels import _pallas_config
-from scan_kernels import _utils
+from algornn.scan_kernels import _backend
+from algornn.scan_kernels import _pallas_config
+from algornn.scan_kernels import _utils
 
 _HI = lax.Precision.HIGHEST
 # On GPU the parallel form materialises (B, L, N, N) products; above this many bytes use the loop instead.
@@ -132,7 +132,7 @@ def _dispatch(A, b, h0, reverse: bool, backend: str):
             return _associative(A, b, h0, reverse)
         return _sequential(A, b, h0, reverse)
     if backend == "pallas":
-        from scan_kernels._dense_scan_pallas import dense_scan_pallas
+        from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
 
         return _utils.batch_shard_map(partial(dense_scan_pallas, reverse=reverse), (A, A.ndim == 4), b, h0)
     raise AssertionError(backend)

@@ -18,8 +18,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from scan_kernels import _pallas_config
-from scan_kernels import _utils
+from algornn.scan_kernels import _pallas_config
+from algornn.scan_kernels import _utils
 
 
 def _cmul(x, y):

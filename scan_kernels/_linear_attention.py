@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels._backend import resolve_backend
-from scan_kernels._chunk_utils import (
+from algornn.scan_kernels._backend import resolve_backend
+from algornn.scan_kernels._chunk_utils import (
     causal_masks,
     entering_states,
     for_chunk_groups,
@@ -39,8 +39,8 @@ from scan_kernels._chunk_utils import (
     write_chunks,
     write_states,
 )
-from scan_kernels._fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
-from scan_kernels._linear_attention_reference import linear_attention_reference, safe_denominator
+from algornn.scan_kernels._fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._linear_attention_reference import linear_attention_reference, safe_denominator
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 
@@ -239,7 +239,7 @@ def linear_attention(q, k, v, *, log_decay=None, initial_state=None, normalize=F
         return linear_attention_reference(q, k, v, log_decay=log_decay, initial_state=initial_state, normalize=normalize)
     vv, s0 = with_normaliser(v, initial_state, normalize, B, H, K)
     if backend == "pallas":
-        from scan_kernels._linear_attention_pallas import linear_attention_pallas
+        from algornn.scan_kernels._linear_attention_pallas import linear_attention_pallas
 
         o, final = linear_attention_pallas(q, k, vv, log_decay, s0, kind=kind, chunk_size=C)
     else:

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from scan_kernels._chunk_utils import previous_states, scan_chunk_states_diag
-from scan_kernels._fast_weight_pallas import (
+from algornn.scan_kernels._chunk_utils import previous_states, scan_chunk_states_diag
+from algornn.scan_kernels._fast_weight_pallas import (
     F32,
     causal,
     decay_matrix,
@@ -40,7 +40,7 @@ from scan_kernels._fast_weight_pallas import (
     tile_spec,
     to_rows,
 )
-from scan_kernels._pallas_config import pallas_call_kwargs
+from algornn.scan_kernels._pallas_config import pallas_call_kwargs
 
 
 def _state_kernel(*refs, kind):
@@ -141,7 +141,7 @@ def _pallas_fwd(q, k, v, g, s0, kind, C):
 
 
 def _pallas_bwd(kind, C, res, cts):
-    from scan_kernels._linear_attention import linear_attention_chunked
+    from algornn.scan_kernels._linear_attention import linear_attention_chunked
 
     q, k, v, g, s0 = res
     L = q.shape[1]

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels._fast_weight_checks import check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._fast_weight_checks import check_log_decay, check_qkv, check_state
 
 # |q·z| below this is replaced by ±NORM_EPS (the sign of q·z, + at 0) before dividing.
 NORM_EPS = 1e-6

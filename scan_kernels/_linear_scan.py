@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels import _pallas_config
-from scan_kernels import _utils
+from algornn.scan_kernels import _pallas_config
+from algornn.scan_kernels import _utils
 
 VJP_MODES = ("custom", "autodiff")
 
@@ -74,15 +74,15 @@ def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
     ``a_{t-1}`` otherwise; 0 at the first step), the recurrence of the backward pass.
     """
     if backend == "reference":
-        from scan_kernels._linear_scan_xla import shift_decays
+        from algornn.scan_kernels._linear_scan_xla import shift_decays
 
         return _reference_scan(shift_decays(a, reverse=reverse) if shifted else a, b, h0, reverse)
     if backend == "xla":
-        from scan_kernels._linear_scan_xla import linear_scan_xla
+        from algornn.scan_kernels._linear_scan_xla import linear_scan_xla
 
         return linear_scan_xla(a, b, h0, reverse=reverse, shifted=shifted)
     if backend == "pallas":
-        from scan_kernels._linear_scan_pallas import linear_scan_pallas
+        from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
 
         return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse, shifted=shifted), a, b, h0)
     raise AssertionError(backend)  # resolve_backend already refused anything else

@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from scan_kernels import _pallas_config
-from scan_kernels import _utils
+from algornn.scan_kernels import _pallas_config
+from algornn.scan_kernels import _utils
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +172,7 @@ def linear_scan_pallas(
     A, Bp, H0 = (_to_planes(x) for x in (a, b, h0))
     if use_two_level(B, L, D, cfg):
         if shifted:  # the shift crosses chunk boundaries: make the shifted copy here
-            from scan_kernels._linear_scan_xla import shift_decays
+            from algornn.scan_kernels._linear_scan_xla import shift_decays
 
             A = tuple(shift_decays(x, reverse=reverse) for x in A)
         C = min(cfg.chunk, pl.next_power_of_2(L))

@@ -20,7 +20,7 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from scan_kernels import _backend
+from algornn.scan_kernels import _backend
 
 
 def two_sum(x, y):
@@ -166,7 +166,7 @@ def cpu_chunks(B: int, L: int, D: int) -> int:
 
     The largest divisor of L up to ``min(1024, √L)`` whose ``(B, P, D)`` slab stays within 2^18 elements
     (1 MiB in float32, cache-sized), or 1 if that is below 4 (few runs gain nothing; a prime L also lands
-    here). Chosen from ``python -m experiments.benchmarks.scan`` and a P sweep on 2 cores: P in 16–256 was
+    here). Chosen from ``python -m algornn.experiments.benchmarks.scan`` and a P sweep on 2 cores: P in 16–256 was
     within noise of the best at L ≥ 1024, up to 2.9× faster than the single loop for D = 64.
     """
     cap = min(1024, math.isqrt(L), (1 << 18) // max(B * D, 1))

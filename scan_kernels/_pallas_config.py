@@ -20,7 +20,7 @@ import warnings
 
 from jax.experimental.pallas import triton as pltr
 
-from scan_kernels import _backend
+from algornn.scan_kernels import _backend
 
 GPU_LOWERING = "triton"
 
@@ -58,7 +58,7 @@ def pallas_compiles() -> bool:
     import jax
     import jax.numpy as jnp
 
-    from scan_kernels._linear_scan_pallas import linear_scan_pallas
+    from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
 
     x = jax.ShapeDtypeStruct((1, 16, 128), jnp.float32)
     try:

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm import _checks as ck
+from algornn.ssm import _checks as ck
 
 
 def _fft_size(n):

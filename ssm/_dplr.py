@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ssm import _checks as ck
+from algornn.ssm import _checks as ck
 
 SQRT2 = 2.0**0.5  # a Python float stays weakly typed under strict promotion
 
@@ -251,7 +251,7 @@ def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
 @ck.jit(static_argnames=("L",))
 def dplr_kernel_reference(Lambda, P, B, C, dt, L):
     """Same kernel from the dense real form: bilinear Ā by a linear solve, then K_l = C Ā^l B̄ by powers."""
-    from ssm.kernels import dense_kernel  # local import: kernels re-exports this module
+    from algornn.ssm.kernels import dense_kernel  # local import: kernels re-exports this module
 
     L = ck.check_length(L)
     Lambda, P, B, C, dt = _check_dplr(Lambda, P, B, C, dt)

@@ -23,7 +23,7 @@ complex; S4D's conjugate half). Results are float32 / complex64 (float64 / compl
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from ssm import _checks as ck
+from algornn.ssm import _checks as ck
 
 
 def _prepare(A, B, dt, *, diagonal):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssm import hippo
+from algornn.ssm import hippo
 
 
 def _check_shape(shape, name="shape", min_ndim=1):

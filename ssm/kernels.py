@@ -21,16 +21,16 @@ Conventions for layers:
 
 import jax.numpy as jnp
 
-from ssm import _checks as ck
-from ssm import discretize as disc
-from ssm._conv import bidirectional_conv as bidirectional_conv
-from ssm._conv import causal_conv as causal_conv
-from ssm._conv import causal_conv_reference as causal_conv_reference
-from ssm._conv import two_sided_kernel as two_sided_kernel
-from ssm._dplr import dplr_kernel as dplr_kernel
-from ssm._dplr import dplr_kernel_reference as dplr_kernel_reference
-from ssm._dplr import dplr_real_form as dplr_real_form
-from ssm._vandermonde import split_length, vandermonde_2re
+from algornn.ssm import _checks as ck
+from algornn.ssm import discretize as disc
+from algornn.ssm._conv import bidirectional_conv as bidirectional_conv
+from algornn.ssm._conv import causal_conv as causal_conv
+from algornn.ssm._conv import causal_conv_reference as causal_conv_reference
+from algornn.ssm._conv import two_sided_kernel as two_sided_kernel
+from algornn.ssm._dplr import dplr_kernel as dplr_kernel
+from algornn.ssm._dplr import dplr_kernel_reference as dplr_kernel_reference
+from algornn.ssm._dplr import dplr_real_form as dplr_real_form
+from algornn.ssm._vandermonde import split_length, vandermonde_2re
 
 __all__ = [
     "dense_kernel",

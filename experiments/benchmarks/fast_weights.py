@@ -1,6 +1,6 @@
 """Benchmark the fast-weight recurrences: reference loop vs chunked XLA vs Pallas vs quadratic attention.
 
-    python -m experiments.benchmarks.fast_weights [--quick] [--out PATH] [--lengths 512 4096] [--reps 3]
+    python -m algornn.experiments.benchmarks.fast_weights [--quick] [--out PATH] [--lengths 512 4096] [--reps 3]
 
 Shapes B=1, H=4, K=V=64, float32 (issue 4 §4). Ops: ``linear_attention`` with a scalar per-head decay
 (RetNet / Mamba-2 style) and ``delta_rule`` with a scalar decay (gated DeltaNet); methods: ``reference``
@@ -32,8 +32,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-import scan_kernels as sk
-from experiments.benchmarks._report import write_json
+import algornn.scan_kernels as sk
+from algornn.experiments.benchmarks._report import write_json
 
 B, H, K, V, C = 1, 4, 64, 64, 64
 F32 = jnp.float32
@@ -215,7 +215,7 @@ def main(argv=None):
                    "cpu_count": os.cpu_count()},
         "jax_version": jax.__version__,
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m experiments.benchmarks.fast_weights " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m algornn.experiments.benchmarks.fast_weights " + " ".join(sys.argv[1:] if argv is None else argv),
         "config": {"B": B, "H": H, "K": K, "V": V, "chunk_size": C, "dtype": "float32", "reps": reps,
                    "decay": "scalar per head, g ~ -U(0, 1)", "beta": "sigmoid(N(0, 1))"},
         "results": rows,

@@ -1,6 +1,6 @@
 """Benchmark the SSM convolution kernels and the FFT convolution that applies them.
 
-    python -m experiments.benchmarks.kernels [--quick] [--out PATH] [--lengths 1024 16384] [--batch 1 8]
+    python -m algornn.experiments.benchmarks.kernels [--quick] [--out PATH] [--lengths 1024 16384] [--batch 1 8]
 
 Times (median wall clock of jitted calls after a warm-up) and memory of ``dense_kernel``,
 ``diag_kernel``, ``dplr_kernel`` (D channels, N states: N/2 complex for diag/DPLR) and ``causal_conv``
@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssm import hippo, kernels
-from experiments.benchmarks._report import write_json
+from algornn.ssm import hippo, kernels
+from algornn.experiments.benchmarks._report import write_json
 
 GB = 1 << 30
 
@@ -162,7 +162,7 @@ def _targets(rows, pairs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.kernels", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="L=1024 only, 3 repetitions")
     p.add_argument("--out", default=None, help="JSON path (default experiments/results/kernels_<backend>.json)")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 16384])
@@ -182,7 +182,7 @@ def main(argv=None):
         print(f"target  {k}: {v}")
     result = {
         "benchmark": "ssm kernels",
-        "command": "python -m experiments.benchmarks.kernels " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m algornn.experiments.benchmarks.kernels " + " ".join(sys.argv[1:] if argv is None else argv),
         "device": jax.devices()[0].device_kind,
         "backend": backend,
         "cpu_count": os.cpu_count(),

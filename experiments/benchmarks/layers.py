@@ -1,4 +1,4 @@
-"""Benchmark of the sequence mixers: ``python -m experiments.benchmarks.layers [--quick] [--out PATH] [--mixers ...]``.
+"""Benchmark of the sequence mixers: ``python -m algornn.experiments.benchmarks.layers [--quick] [--out PATH] [--mixers ...]``.
 
 For every mixer in ``layers.MIXERS`` (default options except the sizes below), in one run:
 
@@ -28,8 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import layers
-from experiments.benchmarks._report import write_json
+from algornn import layers
+from algornn.experiments.benchmarks._report import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
@@ -141,7 +141,7 @@ def print_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m experiments.benchmarks.layers",
+    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.layers",
                                      description="Throughput, memory and decode latency of every mixer.")
     parser.add_argument("--quick", action="store_true", help="small sizes (B=2, L=1024, D=64, N=16, 2 heads)")
     parser.add_argument("--out", default=None, help="JSON path (default experiments/results/layers_<platform>.json)")
@@ -166,7 +166,7 @@ def main(argv=None):
         "benchmark": "layers", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "device": jax.devices()[0].device_kind, "platform": platform_name, "jax": jax.__version__,
         "python": platform.python_version(), "quick": args.quick, "repeats": args.repeats,
-        "command": "python -m experiments.benchmarks.layers " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m algornn.experiments.benchmarks.layers " + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": [],
     }
     print(HEADER)

@@ -1,4 +1,4 @@
-"""Benchmark of the linear-recurrence scan core: ``python -m experiments.benchmarks.scan [--quick] [--out PATH]``.
+"""Benchmark of the linear-recurrence scan core: ``python -m algornn.experiments.benchmarks.scan [--quick] [--out PATH]``.
 
 For L x D x dtype (B = 1 by default) it times, side by side in one run, forward and forward+backward
 (``jax.grad`` of ``sum(real(h))`` w.r.t. ``a`` and ``b``) of every backend of ``scan_kernels.linear_scan``
@@ -41,10 +41,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import scan_kernels as sk
-from scan_kernels import _backend
-from scan_kernels._linear_scan_xla import associative_scan
-from experiments.benchmarks._report import write_json
+import algornn.scan_kernels as sk
+from algornn.scan_kernels import _backend
+from algornn.scan_kernels._linear_scan_xla import associative_scan
+from algornn.experiments.benchmarks._report import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 VARIANTS = ("reference", "xla", "pallas", "associative_scan")
@@ -188,7 +188,7 @@ def evaluate_targets(rows, auto_backend, on_gpu):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m experiments.benchmarks.scan", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.scan", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="L in {1024, 16384}, float32 only, 3 repeats")
     p.add_argument("--out", default=None, help="JSON path (default experiments/results/scan_<platform>.json)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 5; 3 with --quick)")
@@ -228,14 +228,14 @@ def main(argv=None):
     print("\nTargets:", json.dumps(targets, indent=1))
     dev = jax.devices()[0]
     result = dict(
-        benchmark="scan_kernels.linear_scan",
+        benchmark="algornn.scan_kernels.linear_scan",
         device=f"{dev.platform}: {getattr(dev, 'device_kind', '')}",
         host=platform.processor() or platform.machine(),
         cpu_count=os.cpu_count(),
         load_average=os.getloadavg(),
         jax_version=jax.__version__,
         timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        command="python -m experiments.benchmarks.scan " + " ".join(argv if argv is not None else sys.argv[1:]),
+        command="python -m algornn.experiments.benchmarks.scan " + " ".join(argv if argv is not None else sys.argv[1:]),
         auto_backend=auto,
         repeats=repeats,
         copy_definition=(

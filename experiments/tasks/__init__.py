@@ -16,9 +16,9 @@
   adding             generated                   (L, 2) real          regression (MSE)  1/6
 """
 
-from experiments.tasks._base import IGNORE_INDEX as IGNORE_INDEX
-from experiments.tasks._base import SPLITS as SPLITS
-from experiments.tasks._base import Task as Task
-from experiments.tasks._registry import get_task as get_task
-from experiments.tasks._registry import list_tasks as list_tasks
-from experiments.tasks._registry import task_options as task_options
+from algornn.experiments.tasks._base import IGNORE_INDEX as IGNORE_INDEX
+from algornn.experiments.tasks._base import SPLITS as SPLITS
+from algornn.experiments.tasks._base import Task as Task
+from algornn.experiments.tasks._registry import get_task as get_task
+from algornn.experiments.tasks._registry import list_tasks as list_tasks
+from algornn.experiments.tasks._registry import task_options as task_options

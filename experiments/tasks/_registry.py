@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from experiments.tasks._base import Task
+from algornn.experiments.tasks._base import Task
 
 _BUILDERS: dict[str, Callable[..., Task]] = {}
 
@@ -63,7 +63,7 @@ def _builder(name: str):
 
 def _load_all():
     # Importing the task modules registers their builders.
-    from experiments.tasks import image, listops, pathfinder, retrieval, synthetic, text  # noqa: F401
+    from algornn.experiments.tasks import image, listops, pathfinder, retrieval, synthetic, text  # noqa: F401
 
 
 # ---------------------------------------------------------------------- shared option helpers

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.tasks._base import Task, pixel_converter
-from experiments.tasks._registry import check_choice, missing_files_error, register
+from algornn.experiments.tasks._base import Task, pixel_converter
+from algornn.experiments.tasks._registry import check_choice, missing_files_error, register
 
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack to get cifar-10-batches-py/)"

@@ -12,7 +12,7 @@ an operator node 2 + its children: the operator and ``]``) must satisfy ``min_le
 Vocabulary (fixed, ``VOCAB``): 0 ``<pad>``, 1-10 the digits 0-9, 11-14 ``[MIN [MAX [MED [SM``, 15 ``]``.
 Labels are the value of the expression, 10 classes; ``chance`` = 0.1 (uniform guess). The classes are
 not balanced: always answering the majority class scores more (0.16 on 2000 examples of the LRA
-setting; ``python -m experiments.show_task listops --stats`` prints it for any setting).
+setting; ``python -m algornn.experiments.show_task listops --stats`` prints it for any setting).
 
 Generated splits are deterministic from ``data_seed`` and drawn from one stream in the order test, val,
 train (so val/test do not change when ``n_train`` does), de-duplicated across splits, and cached as
@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from experiments.tasks._base import SPLITS, Task, pad_tokens
-from experiments.tasks._registry import cache_path, check_int, missing_files_error, register
+from algornn.experiments.tasks._base import SPLITS, Task, pad_tokens
+from algornn.experiments.tasks._registry import cache_path, check_int, missing_files_error, register
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"

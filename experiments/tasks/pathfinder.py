@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from experiments.tasks._base import SPLITS, Task, pixel_converter
-from experiments.tasks._pathfinder_gen import CONTOUR_LENGTH, SIZES, generate_images
-from experiments.tasks._registry import cache_path, check_choice, check_int, missing_files_error, register
+from algornn.experiments.tasks._base import SPLITS, Task, pixel_converter
+from algornn.experiments.tasks._pathfinder_gen import CONTOUR_LENGTH, SIZES, generate_images
+from algornn.experiments.tasks._registry import cache_path, check_choice, check_int, missing_files_error, register
 
 DIFFICULTY_DIRS = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9", "hard": "curv_contour_length_14"}
 RELEASE_SPLIT = (0.8, 0.1, 0.1)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.tasks._base import Task, pad_tokens
-from experiments.tasks._registry import check_int, missing_files_error, register
-from experiments.tasks.text import byte_converter, encode_bytes
+from algornn.experiments.tasks._base import Task, pad_tokens
+from algornn.experiments.tasks._registry import check_int, missing_files_error, register
+from algornn.experiments.tasks.text import byte_converter, encode_bytes
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 SOURCE = ("the tsv_data/ folder of lra_release.gz from google-research/long-range-arena (the public bucket "

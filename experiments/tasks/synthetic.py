@@ -29,8 +29,8 @@ import zlib
 
 import numpy as np
 
-from experiments.tasks._base import IGNORE_INDEX, SPLITS, Task, compact_int_dtype
-from experiments.tasks._registry import check_int, register
+from algornn.experiments.tasks._base import IGNORE_INDEX, SPLITS, Task, compact_int_dtype
+from algornn.experiments.tasks._registry import check_int, register
 
 BLANK, DELIM, FIRST_SYMBOL = 1, 2, 3
 

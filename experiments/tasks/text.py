@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from experiments.tasks._base import Task, pad_tokens
-from experiments.tasks._registry import check_int, missing_files_error, register
+from algornn.experiments.tasks._base import Task, pad_tokens
+from algornn.experiments.tasks._registry import check_int, missing_files_error, register
 
 SOURCE = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz (unpack to get aclImdb/)"
 CLASSES = ("neg", "pos")

@@ -18,8 +18,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-import checkpoints
-from checkpoints import CheckpointError, CheckpointManager
+from algornn import checkpoints
+from algornn.checkpoints import CheckpointError, CheckpointManager
 
 pytestmark = pytest.mark.loose_promotion
 
@@ -150,7 +150,7 @@ _KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
     import jax.numpy as jnp, optax
     from flax import nnx
-    from checkpoints import CheckpointManager
+    from algornn.checkpoints import CheckpointManager
     class Big(nnx.Module):
         def __init__(self):
             self.w = nnx.Param(jnp.ones((4096, 4096), jnp.float32))  # 64 MiB: the async save is still running
@@ -221,7 +221,7 @@ def test_foreign_meta_format_raises(tmp_path):
 def test_restore_onto_other_device_counts(tmp_path):
     # The trainer's own meshes (Auto axes, experiments._train_lib.make_mesh): with Explicit axes, jax >= 0.11
     # rejects optax's integer-label scatter on a batch-sharded loss.
-    from experiments import _train_lib as lib
+    from algornn.experiments import _train_lib as lib
 
     mesh4 = lib.make_mesh(4)
     model, opt = _make()

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from experiments.config import Config, ModelConfig, TrainConfig, apply_overrides, override_keys
-from experiments.presets import get_preset, list_presets
+from algornn.experiments.config import Config, ModelConfig, TrainConfig, apply_overrides, override_keys
+from algornn.experiments.presets import get_preset, list_presets
 
 
 def test_overrides_parse_by_field_type():
@@ -89,7 +89,7 @@ def test_presets_cover_lra_and_synthetic():
 
 
 def test_train_cli_help_and_errors(capsys):
-    from experiments import train
+    from algornn.experiments import train
 
     with pytest.raises(SystemExit) as exc:
         train.main(["--help"])

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments.tasks import IGNORE_INDEX, get_task, list_tasks, task_options
+from algornn.experiments.tasks import IGNORE_INDEX, get_task, list_tasks, task_options
 
 
 @pytest.fixture(scope="module")

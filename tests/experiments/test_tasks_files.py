@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from experiments.tasks import get_task
-from experiments.tasks.text import decode_bytes
+from algornn.experiments.tasks import get_task
+from algornn.experiments.tasks.text import decode_bytes
 from tests.experiments._task_files import write_aan_tsv, write_cifar, write_idx_file, write_imdb
 
 
@@ -106,7 +106,7 @@ def test_mnist_round_trip(tmp_path, gz):
 
 def test_bad_idx_file(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x0d\x03garbage")
-    from experiments.tasks.image import read_idx
+    from algornn.experiments.tasks.image import read_idx
 
     with pytest.raises(ValueError, match="IDX"):
         read_idx(tmp_path / "train-images-idx3-ubyte")

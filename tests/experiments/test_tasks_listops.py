@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from experiments.tasks import get_task
-from experiments.tasks import listops as lo
+from algornn.experiments.tasks import get_task
+from algornn.experiments.tasks import listops as lo
 from tests.experiments._task_files import write_listops_tsv
 
 OPS = {"[MIN": min, "[MAX": max, "[MED": lambda a: int(np.median(a)), "[SM": lambda a: sum(a) % 10}

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from experiments.tasks import get_task
-from experiments.tasks import pathfinder as pf
+from algornn.experiments.tasks import get_task
+from algornn.experiments.tasks import pathfinder as pf
 from tests.experiments._task_files import write_pathfinder_release
 
 # Dilation (pixels) that closes the gaps between the dashes of one contour at each size; the generator

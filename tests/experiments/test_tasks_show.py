@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments import show_task
+from algornn.experiments import show_task
 
 
 def test_draws_pathfinder_and_prints_stats(tmp_path, capsys):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from experiments.tasks import get_task
+from algornn.experiments.tasks import get_task
 
 N = 300
 

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import checkpoints
-from experiments import _train_lib as lib
-from experiments._models import build_model, model_spec, param_groups
-from experiments.config import OptimConfig, apply_overrides
-from experiments.presets import get_preset
-from experiments.tasks import get_task
-from experiments.trainer import train_and_evaluate
+from algornn import checkpoints
+from algornn.experiments import _train_lib as lib
+from algornn.experiments._models import build_model, model_spec, param_groups
+from algornn.experiments.config import OptimConfig, apply_overrides
+from algornn.experiments.presets import get_preset
+from algornn.experiments.tasks import get_task
+from algornn.experiments.trainer import train_and_evaluate
 from tests._utils import assert_close
 
 pytestmark = pytest.mark.loose_promotion
@@ -198,7 +198,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
         np.testing.assert_array_equal(pb[k], pa[k], err_msg=k)
 
     # evaluate CLI on the fresh checkpoint reproduces the trainer's test metrics
-    from experiments import evaluate
+    from algornn.experiments import evaluate
 
     out = tmp_path / "eval.json"
     assert evaluate.main(["--checkpoint", str(tmp_path / "b"), "--split", "test", "--out", str(out)]) == 0
@@ -208,7 +208,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_evaluate_cli_bad_directory(tmp_path, capsys):
-    from experiments import evaluate
+    from algornn.experiments import evaluate
 
     (tmp_path / "junk.txt").write_text("x")
     assert evaluate.main(["--checkpoint", str(tmp_path)]) == 1

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import _train_lib as lib
-from experiments._models import build_model, model_spec
-from experiments.config import apply_overrides
-from experiments.presets import get_preset, list_presets
-from experiments.tasks import get_task
+from algornn.experiments import _train_lib as lib
+from algornn.experiments._models import build_model, model_spec
+from algornn.experiments.config import apply_overrides
+from algornn.experiments.presets import get_preset, list_presets
+from algornn.experiments.tasks import get_task
 from tests.experiments._task_files import write_aan_tsv, write_cifar, write_imdb
 
 pytestmark = pytest.mark.loose_promotion

@@ -4,8 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-import layers
-
+from algornn import layers
 D_MODEL = 8
 
 # Small but non-trivial options per mixer (state sizes and head counts that are not all equal to D).

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-import layers
+from algornn import layers
 from tests._utils import assert_close, rel_rms_error
 from tests.layers._common import D_MODEL, available_mixers, make_mixer, run_call, run_steps
 

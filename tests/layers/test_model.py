@@ -8,7 +8,7 @@ import pytest
 from flax import linen, nnx
 from flax.nnx import bridge
 
-import layers
+from algornn import layers
 from tests._utils import assert_close, rel_rms_error
 
 pytestmark = pytest.mark.loose_promotion

@@ -9,7 +9,7 @@ import scipy.linalg
 import scipy.signal
 from flax import nnx
 
-import layers
+from algornn import layers
 from tests._utils import assert_close, rel_rms_error
 from tests.layers._common import run_call, run_steps
 

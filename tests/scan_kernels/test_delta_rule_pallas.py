@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import scan_kernels as sk
+import algornn.scan_kernels as sk
 from tests._utils import assert_close
 from tests.scan_kernels.test_delta_rule import F32, check_against_reference, make_inputs
 from tests.scan_kernels.test_pallas_scan import lower_for_cuda
@@ -37,8 +37,8 @@ def test_pallas_bfloat16_inputs():
 @pytest.mark.parametrize("gated", [False, True])
 def test_pallas_kernels_lower_for_cuda(gated, monkeypatch):
     """Lowering for CUDA (Triton) on a CPU host proves the kernel bodies use only lowerable ops."""
-    import scan_kernels._delta_rule_pallas as drp
-    from scan_kernels import _pallas_config
+    import algornn.scan_kernels._delta_rule_pallas as drp
+    from algornn.scan_kernels import _pallas_config
 
     orig = _pallas_config.pallas_call_kwargs
     no_interp = lambda **kw: orig(**{**kw, "interpret": False})  # noqa: E731

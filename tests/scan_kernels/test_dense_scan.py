@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import scan_kernels as sk
-from scan_kernels import _dense_scan
+import algornn.scan_kernels as sk
+from algornn.scan_kernels import _dense_scan
 from tests._utils import assert_close
 
 BACKENDS = ("reference", "xla", "pallas")

@@ -7,7 +7,7 @@ from jax import lax
 import numpy as np
 import pytest
 
-import scan_kernels as sk
+import algornn.scan_kernels as sk
 from tests._utils import assert_close
 
 F32 = jnp.float32
@@ -248,7 +248,7 @@ def test_backward_memory_stores_no_per_token_states(gate):
 def test_chunk_groups_tile_all_chunks_in_order():
     """``for_chunk_groups`` visits ``[start, start + n)`` groups covering 0..nc-1 once, full groups then the
     tail (reverse: tail first, then the full groups backwards)."""
-    from scan_kernels._chunk_utils import for_chunk_groups
+    from algornn.scan_kernels._chunk_utils import for_chunk_groups
 
     def body(start, n, carry):
         visits, order, step = carry

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-import scan_kernels as sk
+import algornn.scan_kernels as sk
 from tests._utils import assert_close
 from tests.scan_kernels.test_linear_attention import F32, check_against_reference, make_inputs, strong_decay_rtol
 from tests.scan_kernels.test_pallas_scan import lower_for_cuda
@@ -42,8 +42,8 @@ def test_pallas_bfloat16_inputs():
 @pytest.mark.parametrize("gate", ["none", "scalar", "key"])
 def test_pallas_kernels_lower_for_cuda(gate, monkeypatch):
     """Lowering for CUDA (Triton) on a CPU host proves the kernel bodies use only lowerable ops."""
-    import scan_kernels._linear_attention_pallas as lap
-    from scan_kernels import _pallas_config
+    import algornn.scan_kernels._linear_attention_pallas as lap
+    from algornn.scan_kernels import _pallas_config
 
     orig = _pallas_config.pallas_call_kwargs
     no_interp = lambda **kw: orig(**{**kw, "interpret": False})  # noqa: E731

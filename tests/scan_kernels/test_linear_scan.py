@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import scan_kernels as sk
+import algornn.scan_kernels as sk
 from tests._utils import assert_close
 
 BACKENDS = ("reference", "xla", "pallas")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import scan_kernels as sk
+import algornn.scan_kernels as sk
 
 F = jnp.float32
 

@@ -9,7 +9,7 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-import scan_kernels as sk
+import algornn.scan_kernels as sk
 from tests._utils import assert_close
 
 

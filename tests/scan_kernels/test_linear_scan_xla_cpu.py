@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import scan_kernels as sk
-from scan_kernels import _linear_scan_xla as X
+import algornn.scan_kernels as sk
+from algornn.scan_kernels import _linear_scan_xla as X
 from tests._utils import assert_close
 from tests.scan_kernels.test_linear_scan import loop64, make_inputs
 

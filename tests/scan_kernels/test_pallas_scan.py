@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax import export
 
-from scan_kernels import _linear_scan_pallas as lsp
-from scan_kernels import _pallas_config
-from scan_kernels._dense_scan_pallas import dense_scan_pallas
+from algornn.scan_kernels import _linear_scan_pallas as lsp
+from algornn.scan_kernels import _pallas_config
+from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
 from tests._utils import assert_close
 from tests.scan_kernels.test_linear_scan import loop64, make_inputs
 
@@ -120,7 +120,7 @@ def test_dense_kernel_complex_and_padding():
 
 
 def test_auto_backend_uses_pallas_only_where_it_compiles(monkeypatch):
-    from scan_kernels import _backend
+    from algornn.scan_kernels import _backend
 
     assert _pallas_config.auto_backend(None) == ("pallas" if _pallas_config.pallas_compiles() else "xla")
     # Pretend to be on a GPU: the probe compiles for real (non-interpret) on this CPU host, fails, and auto

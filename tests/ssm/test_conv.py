@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssm import kernels
+from algornn.ssm import kernels
 from tests._utils import assert_close
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.signal import cont2discrete
 
-from ssm import discretize, hippo
+from algornn.ssm import discretize, hippo
 from tests._utils import assert_close
 
 SCIPY_METHOD = {"zoh": "zoh", "bilinear": "bilinear", "euler": "euler"}
@@ -115,7 +115,7 @@ def test_bad_input():
 
 _LARGE_BATCH_SCRIPT = """
 import numpy as np, jax.numpy as jnp, scipy.signal
-import ssm
+from algornn import ssm
 A, B = ssm.hippo.transition("legs", 64)
 dt = np.linspace(1e-3, 1e-1, 1100)
 Abar, Bbar = ssm.discretize.bilinear(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), jnp.asarray(dt, jnp.float32))

@@ -9,7 +9,7 @@ import pytest
 from scipy.integrate import solve_ivp
 from scipy.special import eval_legendre
 
-from ssm import hippo
+from algornn.ssm import hippo
 
 FUNCS = {
     "sin": lambda s: np.sin(2 * np.pi * s) + 0.5 * np.cos(5 * s),

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 from scipy.linalg import block_diag
 
-from ssm import hippo, init
+from algornn.ssm import hippo, init
 
 KEY = jax.random.key(0)
 P_MIN = 1e-3  # loose KS threshold: a correct sampler fails with probability 1e-3 for a fixed seed

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-from ssm import hippo, kernels
+from algornn.ssm import hippo, kernels
 from tests._utils import assert_close
 
 
