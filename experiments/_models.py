@@ -59,7 +59,7 @@ class RetrievalModel(nnx.Module):
 
 def build_model(config: Config, spec: dict, *, rngs: nnx.Rngs):
     """The model for ``config`` and the task facts ``spec`` (see ``model_spec``)."""
-    import layers  # heavy: imported only when a model is built
+    from algornn import layers  # heavy: imported only when a model is built
 
     m = config.model
     if m.mixer not in layers.MIXERS:

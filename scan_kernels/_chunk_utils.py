@@ -156,7 +156,7 @@ def for_chunk_groups(body, carry, nc: int, group: int, reverse: bool = False):
 
 
 def _scan_core():
-    import scan_kernels  # the package is fully imported by the time an op runs
+    from algornn import scan_kernels  # the package is fully imported by the time an op runs
 
     return scan_kernels
 
