@@ -9,9 +9,9 @@ Layout of a checkpoint directory (one Orbax ``CheckpointManager`` root, absolute
 Orbax writes each step into a ``*.orbax-checkpoint-tmp*`` directory and renames it when complete, so a
 process killed during a save leaves no half-written step behind that ``latest_step`` would return.
 Retention combines ``LatestN`` with ``BestN`` (keeping only ``BestN`` can delete the newest step, see
-jax_stack §5): the latest ``keep_latest`` steps and the ``keep_best`` steps with the best tracked metric
-survive. Restoring goes into ``nnx.eval_shape`` targets that carry explicit shardings (replicated over a
-mesh, or one device), so a checkpoint saved on 4 devices restores onto 1 and vice versa.
+docs/architecture.md §Checkpoints): the latest ``keep_latest`` steps and the ``keep_best`` steps with the best
+tracked metric survive. Restoring goes into ``nnx.eval_shape`` targets that carry explicit shardings (replicated
+over a mesh, or one device), so a checkpoint saved on 4 devices restores onto 1 and vice versa.
 """
 
 import importlib

@@ -90,8 +90,9 @@ def apply_model(model, batch: dict):
 def param_groups(model) -> dict:
     """Static optimizer label tree over ``nnx.state(model, nnx.Param)``:
 
-    ``"ssm"`` for parameters tagged ``nnx.Param(..., tag="ssm")`` (DESIGN §5), ``"decay"`` for other
-    matrices (ndim >= 2; weight decay), ``"no_decay"`` for vectors (biases, norm scales, D skips).
+    ``"ssm"`` for parameters tagged ``nnx.Param(..., tag="ssm")`` (docs/layers.md §SSM parameter tagging),
+    ``"decay"`` for other matrices (ndim >= 2; weight decay), ``"no_decay"`` for vectors (biases, norm scales,
+    D skips).
     """
     def label(v):
         if getattr(v, "tag", None) == "ssm":

@@ -1,6 +1,6 @@
 """Training pieces: optimizer, schedules, jitted train/eval steps, data streams and evaluation.
 
-Optimizer (anchors §3): AdamW for ordinary matrices, Adam without weight decay for vectors (biases,
+Optimizer (docs/experiments.md §Optimizer): AdamW for ordinary matrices, Adam without weight decay for vectors (biases,
 norm scales) and, with their own learning rate, for the ``ssm``-tagged parameters (Δ, A/Λ, B); both
 learning rates follow linear warmup then cosine decay to ``end_lr_ratio`` x peak; the global gradient
 norm is clipped first. Gradient accumulation averages ``accumulate`` micro-batches inside one jitted

@@ -1,6 +1,6 @@
 """Named experiment presets: ``demo`` (the default) plus LRA and synthetic-task presets.
 
-LRA presets follow the published configurations (see the project reference notes, ``shared/reference/anchors_ssm.md`` §4):
+LRA presets follow the published configurations (docs/experiments.md §LRA published configurations):
 
 * S4 / S4D: state-spaces/s4 ``configs/experiment/lra/s4-*.yaml`` — bidirectional, BatchNorm,
   AdamW (0.9, 0.999), cosine schedule with linear warmup stepped per step, masked mean pooling. S4D runs
@@ -35,7 +35,7 @@ def demo() -> Config:
 
 
 # ----------------------------------------------------------------------------------------------------
-# LRA: S4 / S4D (state-spaces/s4, anchors §4.1)
+# LRA: S4 / S4D (state-spaces/s4, docs/experiments.md §LRA published configurations)
 
 # task -> (task name, task options, n_layers, d_model, d_state, prenorm, dropout, batch, lr, ssm_lr,
 #          steps, warmup, seed)
@@ -48,8 +48,9 @@ _S4_LRA = {
     "pathx": ("pathx", {}, 6, 256, 64, True, 0.0, 16, 0.001, 1e-3, 500_000, 50_000, 3333),
 }
 
-# S5 (anchors §4.2): (n_layers, d_model, ssm_size P, blocks J, dropout, batch, ssm_lr, lr_factor, wd,
-#                     train examples, epochs, warmup epochs)
+# S5 (docs/experiments.md §LRA published configurations):
+# (n_layers, d_model, ssm_size P, blocks J, dropout, batch, ssm_lr, lr_factor, wd, train examples, epochs,
+#  warmup epochs)
 _S5_LRA = {
     "listops": (8, 128, 16, 8, 0.0, 50, 1e-3, 3.0, 0.04, 96_000, 40, 1),
     "text": (6, 256, 192, 12, 0.1, 50, 1e-3, 4.0, 0.07, 25_000, 35, 0),

@@ -1,6 +1,6 @@
 """``SequenceBlock``: norm → mixer → GELU → dropout → GLU/MLP → dropout → residual (pre- or post-norm).
 
-The wiring of the S4/S5 residual blocks (anchors_ssm §2.7, §6.1):
+The wiring of the S4/S5 residual blocks (docs/layers.md §SequenceBlock):
 
     prenorm:   y = x + FF(mixer(norm(x)))
     postnorm:  y = norm(x + FF(mixer(x)))

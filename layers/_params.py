@@ -1,4 +1,4 @@
-"""Parameter tagging and the optax label tree (DESIGN §5).
+"""Parameter tagging and the optax label tree (docs/layers.md §SSM parameter tagging).
 
 SSM parameters (Δ, A/Λ, B, P) are ordinary ``nnx.Param`` with metadata ``tag="ssm"``: they stay in the
 ``params`` collection (also through ``flax.nnx.bridge.ToLinen``, where an ``nnx.Param`` subclass would land in a

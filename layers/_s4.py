@@ -10,7 +10,8 @@ Per channel d (N states; the conjugate half N/2 is stored, ``ssm.kernels`` conve
     step (recurrence):      x_t = Ā x_{t-1} + B̄ u_t,  y_t = 2 Re(C x_t) + D u_t  on the conjugate half, with
                             Ā applied without forming it: (I − Δ/2 A) x_t = (I + Δ/2 A) x_{t-1} + Δ B u_t solved
                             by Woodbury in O(N·rank) per channel (the "linear" step of state-spaces/s4). No
-                            eigendecomposition of Ā (S4's float32 "diagonal" step is off by ~4e-2, anchors §2.6).
+                            eigendecomposition of Ā (S4's float32 "diagonal" step is off by ~4e-2,
+                            docs/layers.md §S4).
                             ``discretized()`` gives the dense real form (``ssm.kernels.dplr_real_form``) for checks.
 
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).

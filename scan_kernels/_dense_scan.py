@@ -1,4 +1,4 @@
-"""Linear recurrence with dense transitions (DESIGN §3.2): public op, ``custom_vjp`` and reference.
+"""Linear recurrence with dense transitions (docs/ops.md §dense_linear_scan): public op, ``custom_vjp`` and reference.
 
     h_t = A_t h_{t-1} + b_t            (reverse=True:  h_t = A_t h_{t+1} + b_t),   h_{-1} = h0 (default 0)
 

@@ -7,8 +7,8 @@ Kernels see one chunk of one (batch, head) pair: rows ``(C, Kp)`` / ``(C, Vp)`` 
 ``(Kp, Vp)``, on a grid ``(B·H, NC)``. Triton lowering wants power-of-two block shapes (and ≥ 16 for
 ``dot``), so features are zero-padded to ``next_pow2(·) ≥ 16`` and time to a multiple of C; zero keys,
 values, gates and β leave the state unchanged, so the padding is exact. Inside kernels we use only
-what Triton lowers (DESIGN §3.4): ref loads/stores, ``fori_loop``, forward ``cumsum``, 2-D ``dot``,
-``iota`` masks and reductions — no value slicing.
+what Triton lowers (docs/backends.md §Pallas lowering): ref loads/stores, ``fori_loop``, forward ``cumsum``,
+2-D ``dot``, ``iota`` masks and reductions — no value slicing.
 """
 
 import jax.numpy as jnp

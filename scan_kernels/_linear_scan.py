@@ -1,4 +1,4 @@
-"""Diagonal first-order linear recurrence (DESIGN §3.1): the public op, its ``custom_vjp`` and the reference.
+"""Diagonal first-order linear recurrence (docs/ops.md §linear_scan): public op, ``custom_vjp`` and reference.
 
     h_t = a_t ⊙ h_{t-1} + b_t          (reverse=True:  h_t = a_t ⊙ h_{t+1} + b_t),   h_{-1} = h0 (default 0)
 

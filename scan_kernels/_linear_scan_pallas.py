@@ -1,6 +1,6 @@
 """Pallas kernel for the diagonal linear scan ``h_t = a_t ⊙ h_{t-1} + b_t`` on ``(B, L, D)`` arrays.
 
-Layout (after recurrentgemma's and accelerated-scan's GPU scans, anchors_linear §3.1, §8.1): one program per
+Layout (after recurrentgemma's and accelerated-scan's GPU scans, docs/backends.md §Pallas lowering): one program per
 (batch row, block of ``block_d`` channels); the **time loop runs inside the kernel** (``fori_loop`` over rows
 ``ref[pl.ds(t, 1), :]``), vectorised across the channel block, carrying a compensated sum (TwoSum, as in
 ``_linear_scan_xla``) so long sums stay accurate. ``reverse`` walks the rows backwards by index (Triton has

@@ -1,6 +1,7 @@
 """Pure-XLA forms of the diagonal linear scan ``h_t = a_t ⊙ h_{t-1} + b_t`` on ``(B, L, D)`` arrays.
 
-* CPU: sequential loops over time (2–4× faster than ``lax.associative_scan`` on 2 cores, jax_stack §3) that
+* CPU (docs/backends.md §CPU measurements): sequential loops over time (2–4× faster than
+  ``lax.associative_scan`` on 2 cores) that
   slice rows of the ``(B, L, D)`` arrays in place: no ``(L, B, D)`` transposes, which a ``lax.scan`` over
   ``moveaxis``-ed inputs pays for (~2× the time at L=16384, D=1024). For real inputs whose L has a divisor
   P in 4…√L, :func:`chunked_scan` runs P pieces of the sequence side by side (two passes, P times fewer

@@ -1,10 +1,10 @@
-"""The one place that decides how AlgoRNN's Pallas kernels lower on a GPU (DESIGN §3.4).
+"""The one place that decides how AlgoRNN's Pallas kernels lower on a GPU (docs/backends.md §Pallas lowering).
 
 Decision: **Triton** lowering, requested explicitly with ``pltr.CompilerParams``.
 
 * JAX 0.10.2 defaults ``pallas_call`` to Mosaic GPU (``jax_pallas_use_mosaic_gpu=True``), 0.11+ to Triton.
   Passing Triton compiler params makes both versions lower the same way, instead of by accident of the
-  installed JAX (jax_stack §2 "Which backend runs by default").
+  installed JAX (docs/backends.md §Pallas lowering).
 * Triton runs on every NVIDIA GPU; our kernels (time loop inside the kernel, row loads ``ref[pl.ds(t, 1), :]``)
   lower on it, while on Mosaic GPU the same ``pallas_call`` exceeds shared memory (0.10.2) or has no lowering
   rule at all (0.11+, where Mosaic GPU is reached through ``plgpu.kernel``).

@@ -123,9 +123,10 @@ def _batch_sharding(x):
 def batch_shard_map(fn, *args):
     """``fn(*args)``, run per device under ``shard_map`` when the arrays' batch axis is explicitly sharded.
 
-    Pallas calls cannot be partitioned by XLA (DESIGN §3.4), so a kernel on batch-sharded inputs runs on each
-    device's batch block. ``args`` are arrays whose axis 0 is the batch, or ``None``-batch arrays (shared,
-    e.g. a time-invariant ``(N, N)`` transition) passed as ``(array, False)``; outputs are batch-sharded.
+    Pallas calls cannot be partitioned by XLA (docs/backends.md §Sharded inputs), so a kernel on batch-sharded
+    inputs runs on each device's batch block. ``args`` are arrays whose axis 0 is the batch, or ``None``-batch
+    arrays (shared, e.g. a time-invariant ``(N, N)`` transition) passed as ``(array, False)``; outputs are
+    batch-sharded.
     """
     import jax
     from jax.sharding import PartitionSpec as P

@@ -1,6 +1,6 @@
 """ssm: state-space math (HiPPO operators, NPLR/DPLR forms, discretization, kernels, initializers).
 
-Pure functions of arrays; no Flax, no parameters. Shape legend: B L D N H K V C (see DESIGN.md §2).
+Pure functions of arrays; no Flax, no parameters. Shape legend: B L D N H K V C (see docs/shapes.md).
 Submodules: ``ssm.hippo`` (float64 numpy HiPPO matrices, NPLR/DPLR), ``ssm.discretize`` (ZOH,
 bilinear, Euler; dense and diagonal), ``ssm.kernels`` (convolution kernels K (..., L) and FFT
 convolutions), ``ssm.init`` (``(key, shape, ...)`` initializers). Conventions for layers are in the

@@ -1,6 +1,6 @@
 """FFT convolution of a sequence with SSM kernels: causal and two-sided (bidirectional).
 
-Shape legend (DESIGN.md §2): B batch, L length, D channels. Inputs ``u (B, L, D)`` batch-first;
+Shape legend (docs/shapes.md): B batch, L length, D channels. Inputs ``u (B, L, D)`` batch-first;
 kernels channel-first ``K (D, L)`` (the layout ``ssm.kernels`` returns).
 
     causal:        y_t = Σ_{s<=t} K[t-s] u_s + D ⊙ u_t

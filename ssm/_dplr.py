@@ -1,6 +1,6 @@
 """S4's DPLR kernel: truncation correction, Cauchy kernel at the roots of unity, Woodbury, inverse FFT.
 
-Shape legend (DESIGN.md §2): D channels (``...`` batch dims), N state size, N/2 the conjugate half,
+Shape legend (docs/shapes.md): D channels (``...`` batch dims), N state size, N/2 the conjugate half,
 r the low rank, L length, F = L/2 + 1 frequencies. Conventions: ``ssm.kernels`` module docstring.
 
 System (S4, Gu et al. 2022, §3.3, Alg. 1): A = diag(Λ_f) − P_f P_fᴴ on the conjugate-closed basis

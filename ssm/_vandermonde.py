@@ -1,6 +1,6 @@
 """Two-level Vandermonde products 2·Re Σ_n w_n a_n^l for l < L (private; S4D kernel, DPLR via FFT).
 
-Shape legend (DESIGN.md §2): N/2 conjugate-half states, L length, Q stacked weight vectors.
+Shape legend (docs/shapes.md): N/2 conjugate-half states, L length, Q stacked weight vectors.
 Split l = j·m + i with m ≈ √L: a^l = a^{jm} · a^i, so the sum is one real matmul per channel of
 ``(Q·J, N)`` outer powers (weights folded in) by ``(N, m)`` inner powers, with re/im planes stacked
 on the contraction axis. Memory O(N·√L + Q·L) instead of the O(N·L) Vandermonde matrix; powers

@@ -1,6 +1,6 @@
 """Discretization of x'(t) = A x(t) + B u(t) into x_k = Ā x_{k-1} + B̄ u_k.
 
-Shape legend (DESIGN.md §2): N state size; ``...`` leading batch dims (e.g. D channels, or B, L, D
+Shape legend (docs/shapes.md): N state size; ``...`` leading batch dims (e.g. D channels, or B, L, D
 for per-step sizes). Single-input (SISO) systems: ``B`` is a vector ``(..., N)``; for an input matrix
 ``(N, M)`` (S5) use the diagonal forms with ``B = 1`` and multiply the returned coefficient.
 

@@ -1,10 +1,10 @@
 """HiPPO operators and their normal-plus-low-rank (NPLR) / diagonal-plus-low-rank (DPLR) forms.
 
-Shape legend (DESIGN.md §2): N state size; n row index, k column index; r_n = sqrt(2n + 1).
+Shape legend (docs/shapes.md): N state size; n row index, k column index; r_n = sqrt(2n + 1).
 Everything here is float64 / complex128 numpy, computed once at initialisation; cast afterwards.
 
 Continuous-time dynamics x'(t) = A x(t) + B u(t) (HiPPO, Gu et al. 2020, §2-4 and App. D;
-S4, Gu et al. 2022, §3.1 and Thm. 1; conventions of DESIGN.md §4):
+S4, Gu et al. 2022, §3.1 and Thm. 1; conventions of docs/ssm.md §HiPPO measures):
 
 - ``legs``: A_nk = -r_n r_k (n > k), -(n + 1) (n = k), 0 (n < k);  B_n = r_n.
   (The scale-invariant LegS ODE is x' = (1/t)(A x + B u); S4 uses the time-invariant A, B.)
@@ -48,7 +48,7 @@ def _check_measure(measure, allowed):
 def transition(measure: str, N: int):
     """HiPPO transition ``(A (N, N), B (N,))`` as float64 numpy for ``measure`` in ``MEASURES``.
 
-    Conventions in the module docstring (DESIGN.md §4). Raises ``ValueError`` for an unknown measure,
+    Conventions in the module docstring (docs/ssm.md §HiPPO measures). Raises ``ValueError`` for an unknown measure,
     a non-positive N, or an odd N with ``fout``.
     """
     _check_measure(measure, MEASURES)

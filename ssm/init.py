@@ -1,6 +1,6 @@
 """Initializers for SSM parameters, as ``(key, shape, ...)`` functions returning jax arrays.
 
-Shape legend (DESIGN.md §2): D channels, N state size; diagonal SSMs store the conjugate half
+Shape legend (docs/shapes.md): D channels, N state size; diagonal SSMs store the conjugate half
 ``(..., N/2)`` (``shape[-1]`` is N/2 and N = 2·shape[-1]); Im Λ >= 0 (as ``ssm.hippo.nplr``).
 Deterministic initializers accept and ignore ``key`` so every initializer has the same signature;
 leading dims of ``shape`` repeat the same values.

@@ -1,6 +1,6 @@
 """SSM convolution kernels K_l = C Ā^l B̄ (l = 0..L-1) and the FFT convolutions that apply them.
 
-Shape legend (DESIGN.md §2): D channels, N state size (N/2 for the conjugate half), L length,
+Shape legend (docs/shapes.md): D channels, N state size (N/2 for the conjugate half), L length,
 B batch. ``...`` are leading batch dims (typically ``(D,)``); they broadcast between all arguments,
 including ``dt``. **Kernel layout: channel-first ``K (..., L)``**, e.g. ``(D, L)``; ``causal_conv``
 takes ``u (B, L, D)`` and ``K (D, L)``.

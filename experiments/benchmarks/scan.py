@@ -6,7 +6,8 @@ For L x D x dtype (B = 1 by default) it times, side by side in one run, forward 
 numpy copy of the same bytes as references:
 
     copy (CPU) = np.copyto of a (3·B·L·D)-element buffer into a preallocated one, single thread (the
-                 definition of jax_stack §3, against which "plain lax.scan ~3x" was measured);
+                 yardstick of docs/backends.md §CPU measurements, against which "plain lax.scan ~3x" was
+                 measured);
     copy (GPU) = a jitted device copy moving the scan's own bytes (1.5·B·L·D read + written), so
                  copy_ms / fwd_ms is the fraction of copy bandwidth the scan reaches.
 
@@ -240,7 +241,8 @@ def main(argv=None):
         repeats=repeats,
         copy_definition=(
             "GPU: jitted x + 0 over 1.5*B*L*D elements (the scan's bytes: 3*B*L*D moved)" if on_gpu
-            else "np.copyto of a 3*B*L*D-element buffer into a preallocated one, single thread (jax_stack §3)"
+            else "np.copyto of a 3*B*L*D-element buffer into a preallocated one, single thread "
+            "(docs/backends.md §CPU measurements)"
         ),
         rows=rows,
         targets=targets,

@@ -68,7 +68,7 @@ def test_compiler_params_select_triton():
 
 
 def lower_for_cuda(f, *shapes):
-    """Lower ``f`` for CUDA from a CPU host (jax_stack §2); returns the StableHLO text."""
+    """Lower ``f`` for CUDA from a CPU host (docs/backends.md §Pallas lowering); returns the StableHLO text."""
     checks = [export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")]
     try:  # jax >= 0.11: Triton lowering needs a (here abstract) GPU device kind
         from jax._src.mesh import AbstractDevice
