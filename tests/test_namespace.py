@@ -88,10 +88,11 @@ def test_regular_install_ignores_generic_folders_in_cwd(tmp_path):
     # Copy the sources so the build writes its egg-info/build folders outside the repository.
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "data", "*.egg-info",
                                                              "__pycache__", "build", "tests"))
-    try:
-        import setuptools  # noqa: F401
+    try:  # build with this environment's setuptools when it can make wheels (>= 70.1 has bdist_wheel) ...
+        import setuptools.command.bdist_wheel  # noqa: F401
+
         isolation = ["--no-build-isolation"]
-    except ImportError:  # a build environment from the package index instead
+    except ImportError:  # ... else pip makes an isolated build environment from the package index
         isolation = []
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target",
                           str(target), str(src)], capture_output=True, text=True, timeout=600)
