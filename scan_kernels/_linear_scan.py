@@ -27,19 +27,27 @@ from jax import lax
 
 from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
+from algornn.scan_kernels._validate import (
+    check_bool,
+    check_broadcastable,
+    check_choice,
+    check_inexact,
+    check_ndim,
+    check_shape,
+)
 
 VJP_MODES = ("custom", "autodiff")
 
 
 def _prepare(a, b, h0):
     """Validate; return ``a, b`` as ``(B, L, D)`` and ``h0`` as ``(B, D)`` in the compute dtype + batch shape."""
-    _utils.check_inexact(b, "b")
-    _utils.check_ndim(b, "b", (2,), "(B, L, D) or (..., L, D)")
-    _utils.check_inexact(a, "a")
-    _utils.check_broadcastable(a, "a", b.shape, "b")
+    check_inexact("b", b)
+    check_ndim("b", b, 2, "(B, L, D) or (..., L, D)", at_least=True)
+    check_inexact("a", a)
+    check_broadcastable("a", a, b.shape, "b")
     if h0 is not None:
-        _utils.check_inexact(h0, "h0")
-        _utils.check_shape(h0, "h0", b.shape[:-2] + b.shape[-1:], "(B, D): batch dims of b and its channels")
+        check_inexact("h0", h0)
+        check_shape("h0", h0, b.shape[:-2] + b.shape[-1:], "(B, D): batch dims of b and its channels")
     dtype = _utils.compute_dtype(a.dtype, b.dtype, None if h0 is None else h0.dtype)
     batch_shape, (L, D) = b.shape[:-2], b.shape[-2:]
     B = 1
@@ -130,9 +138,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
       ``h`` with ``b``'s shape in the compute dtype (float32 for float32/bfloat16 inputs, complex64 if any
       input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``).
     """
-    reverse = _utils.check_bool(reverse, "reverse")
+    reverse = check_bool("reverse", reverse)
     backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
-    _utils.check_choice(vjp, "vjp", VJP_MODES)
+    check_choice("vjp", vjp, VJP_MODES)
     a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
     if b.size == 0:  # nothing to scan (L, B or D is 0)
@@ -147,7 +155,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
 def linear_scan_reference(a, b, h0=None, *, reverse=False):
     """The plainly correct loop: same contract as :func:`linear_scan`, one ``lax.scan`` step per time step,
     differentiated by JAX autodiff."""
-    reverse = _utils.check_bool(reverse, "reverse")
+    reverse = check_bool("reverse", reverse)
     a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
     h = b if b.size == 0 else _reference_scan(a, b, h0, reverse)

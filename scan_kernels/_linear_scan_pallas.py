@@ -30,6 +30,7 @@ from jax.experimental import pallas as pl
 from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
 from algornn.scan_kernels._numerics import cmul, two_sum
+from algornn.scan_kernels._validate import check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +49,7 @@ class PallasScanConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1):
                 raise ValueError(f"PallasScanConfig.{name} must be a positive power of two, got {v!r}")
-        _utils.check_choice(self.two_level, "PallasScanConfig.two_level", ("auto", "always", "never"))
+        check_choice("PallasScanConfig.two_level", self.two_level, ("auto", "always", "never"))
 
 
 # ------------------------------------------------------------------------------------------ kernels
