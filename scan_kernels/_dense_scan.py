@@ -26,8 +26,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels import _backend
-from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
+from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._validate import (
     check_bool,
     check_broadcastable,
@@ -130,6 +130,16 @@ def _associative(A, b, h0, reverse: bool):
     return h
 
 
+def _pallas_probe(A, b, h0, reverse: bool):
+    """Compile the Pallas dense scan for these shapes and dtypes, in both directions (the backward runs the
+    other one); raises if it does not compile."""
+    from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
+
+    args = abstract(A, b, h0)
+    for rev in (reverse, not reverse):
+        jax.jit(partial(dense_scan_pallas, reverse=rev)).lower(*args).compile()
+
+
 def _dispatch(A, b, h0, reverse: bool, backend: str):
     if backend == "reference":
         return _sequential(A, b, h0, reverse)
@@ -198,7 +208,7 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
       ``h`` with ``b``'s shape, in the compute dtype.
     """
     reverse = check_bool("reverse", reverse)
-    backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
+    check_backend(backend)
     check_choice("vjp", vjp, ("custom", "autodiff"))
     A, b, h0, batch_shape = _prepare(A, b, h0)
     L, N = b.shape[1:]
@@ -206,7 +216,9 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
         h = b
     elif vjp == "autodiff":
         h = _sequential(A, b, h0, reverse)
-    else:
+    else:  # auto: Pallas on a GPU where it compiles for these shapes, else XLA
+        probe, key = partial(_pallas_probe, A, b, h0, reverse), probe_key(A=A, b=b, h0=h0, reverse=reverse)
+        backend = resolve_backend(backend, op="dense_linear_scan", probe=probe, key=key)
         h = _scan(A, b, h0, reverse, backend)
     return h.reshape(batch_shape + (L, N))
 

@@ -77,7 +77,8 @@ def check_state(state, B, H, K, V, *, name: str = "initial_state", normalize: bo
         return
     if normalize:
         if not isinstance(state, (tuple, list)) or len(state) != 2:
-            got = f"a {type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else describe(state)
+            is_seq = isinstance(state, (tuple, list))
+            got = f"a {type(state).__name__} of length {len(state)}" if is_seq else describe(state)
             raise ValueError(f"{name} must be a pair (S (B, H, K, V), z (B, H, K)) when normalize=True, got {got}")
         S, z = state
         check_state(S, B, H, K, V, name=f"{name}[0]")

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
+from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._validate import (
     check_bool,
     check_broadcastable,
@@ -75,6 +75,16 @@ def _reference_scan(a, b, h0, reverse: bool):
     return jnp.moveaxis(h, 0, 1)
 
 
+def _pallas_probe(a, b, h0, reverse: bool):
+    """Compile the Pallas scan for these ``(B, L, D)`` shapes and dtypes: the forward, and the backward's shifted
+    scan in the other direction (raises if either does not compile)."""
+    from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
+
+    args = abstract(a, b, h0)
+    for rev, shifted in ((reverse, False), (not reverse, True)):
+        jax.jit(partial(linear_scan_pallas, reverse=rev, shifted=shifted)).lower(*args).compile()
+
+
 def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
     """Forward scan on ``(B, L, D)`` arrays in the compute dtype, by the concrete ``backend``.
 
@@ -93,7 +103,7 @@ def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
         from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
 
         return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse, shifted=shifted), a, b, h0)
-    raise AssertionError(backend)  # resolve_backend already refused anything else
+    raise AssertionError(backend)  # check_backend already refused anything else
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -139,7 +149,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
       input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``).
     """
     reverse = check_bool("reverse", reverse)
-    backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
+    check_backend(backend)
     check_choice("vjp", vjp, VJP_MODES)
     a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
@@ -147,7 +157,9 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
         h = b
     elif vjp == "autodiff":
         h = _reference_scan(a, b, h0, reverse)
-    else:
+    else:  # auto: Pallas on a GPU where it compiles for these shapes, else XLA
+        probe, key = partial(_pallas_probe, a, b, h0, reverse), probe_key(a=a, b=b, h0=h0, reverse=reverse)
+        backend = resolve_backend(backend, op="linear_scan", probe=probe, key=key)
         h = _scan(a, b, h0, reverse, backend)
     return h.reshape(batch_shape + (L, D))
 

@@ -25,7 +25,9 @@ def cmul(x, y):
     """``x · y`` for numbers given as tuples of planes: ``(re,) · (re,)`` (real) or ``(re, im) · (re, im)``
     (complex, ``(xr yr − xi yi, xr yi + xi yr)``); returns a tuple of the same length."""
     if len(x) != len(y) or len(x) not in (1, 2):
-        raise ValueError(f"cmul needs two real (1-plane) or two complex (2-plane) numbers, got {len(x)} and {len(y)} planes")
+        raise ValueError(
+            f"cmul needs two real (1-plane) or two complex (2-plane) numbers, got {len(x)} and {len(y)} planes"
+        )
     if len(x) == 1:
         return (x[0] * y[0],)
     (xr, xi), (yr, yi) = x, y

@@ -120,5 +120,7 @@ def check_broadcastable(name: str, value, target: tuple, target_name: str):
     shape = tuple(value.shape)
     ok = len(shape) <= len(target) and all(s == 1 or s == t for s, t in zip(shape[::-1], target[::-1]))
     if not ok:
-        raise ValueError(f"{name} must be broadcastable to {target_name}'s shape {tuple(target)}, got {describe(value)}")
+        raise ValueError(
+            f"{name} must be broadcastable to {target_name}'s shape {tuple(target)}, got {describe(value)}"
+        )
     return value
