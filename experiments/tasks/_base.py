@@ -72,8 +72,7 @@ class Task:
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        check_choice("kind", self.kind, KINDS)
         if (self.vocab_size is None) == (self.input_dim is None):
             raise ValueError("exactly one of vocab_size (token task) and input_dim (real task) must be set")
 
