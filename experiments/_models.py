@@ -94,8 +94,10 @@ def param_groups(model) -> dict:
     ``"decay"`` for other matrices (ndim >= 2; weight decay), ``"no_decay"`` for vectors (biases, norm scales,
     D skips).
     """
+    from algornn.layers import is_ssm_param  # the one reader of the SSM tag
+
     def label(v):
-        if getattr(v, "tag", None) == "ssm":
+        if is_ssm_param(v):
             return "ssm"
         return "decay" if jnp.ndim(v.get_value()) >= 2 else "no_decay"
 

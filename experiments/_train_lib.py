@@ -68,10 +68,12 @@ def make_optimizer(model, optim, total_steps: int) -> nnx.Optimizer:
 
 def _bf16_model(model):
     """A view of ``model`` whose non-SSM float parameters are bfloat16 (SSM parameters stay float32)."""
+    from algornn.layers import is_ssm_param  # the one reader of the SSM tag
+
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def cast(v):
-        if getattr(v, "tag", None) == "ssm" or not jnp.issubdtype(v.get_value().dtype, jnp.floating):
+        if is_ssm_param(v) or not jnp.issubdtype(v.get_value().dtype, jnp.floating):
             return v
         return v.replace(v.get_value().astype(jnp.bfloat16))
 

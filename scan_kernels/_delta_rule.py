@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._backend import resolve_backend
+from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._chunk_utils import (
     causal_masks,
     for_chunk_groups,
@@ -207,6 +207,17 @@ def delta_rule_chunked(q, k, v, beta, log_decay, s0, C, scan_backend):
     return o[:, :L], final
 
 
+def _pallas_probe(q, k, v, beta, log_decay, C):
+    """Compile the Pallas delta rule (its WY and output kernels and the Pallas dense chunk-state scan) for these
+    shapes and dtypes; raises if it cannot run (also for a chunk size that is not a power of two)."""
+    from algornn.scan_kernels._delta_rule_pallas import delta_rule_pallas
+
+    check_chunk_size(C, power_of_two=True)
+    B, _, H, K = q.shape
+    s0 = jax.ShapeDtypeStruct((B, H, K, v.shape[-1]), jnp.float32)
+    delta_rule_pallas.lower(*abstract(q, k, v, beta, log_decay), s0, chunk_size=C).compile()
+
+
 def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):
     """Delta rule / gated DeltaNet: ``S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = S_tᵀ q_t``.
 
@@ -222,12 +233,17 @@ def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=
     Returns:
       ``o (B, L, H, V)`` in the inputs' dtype and the final state ``(B, H, K, V)`` float32.
     """
-    backend = resolve_backend(backend)
+    check_backend(backend)
     B, L, H, K, V = check_qkv(q, k, v)
     check_beta(beta, B, L, H)
     kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=False)
     check_state(initial_state, B, H, K, V)
-    C = check_chunk_size(chunk_size, power_of_two=backend == "pallas")
+    C = check_chunk_size(chunk_size)
+    # auto: Pallas on a GPU where it compiles for these shapes, else XLA (the rule every op shares)
+    probe = partial(_pallas_probe, q, k, v, beta, log_decay, C)
+    key = probe_key(q=q, k=k, v=v, beta=beta, log_decay=log_decay, chunk_size=C)
+    backend = resolve_backend(backend, op="delta_rule", probe=probe, key=key)
+    check_chunk_size(C, power_of_two=backend == "pallas")
     if backend == "reference":
         return delta_rule_reference(q, k, v, beta, log_decay=log_decay, initial_state=initial_state)
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)

@@ -26,8 +26,17 @@ import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels import _backend
-from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
+from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._validate import (
+    check_bool,
+    check_broadcastable,
+    check_choice,
+    check_inexact,
+    check_ndim,
+    check_shape,
+    describe,
+)
 
 _HI = lax.Precision.HIGHEST
 # On GPU the parallel form materialises (B, L, N, N) products; above this many bytes use the loop instead.
@@ -41,17 +50,17 @@ def _matvec(A, h):
 
 def _prepare(A, b, h0):
     """Validate; return ``A`` as ``(N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``, ``h0 (B, N)``, batch shape."""
-    _utils.check_inexact(b, "b")
-    _utils.check_ndim(b, "b", (2,), "(B, L, N) or (..., L, N)")
-    _utils.check_inexact(A, "A")
+    check_inexact("b", b)
+    check_ndim("b", b, 2, "(B, L, N) or (..., L, N)", at_least=True)
+    check_inexact("A", A)
     N = b.shape[-1]
     if A.ndim < 2 or A.shape[-2:] != (N, N):
-        raise ValueError(f"A must be (N, N) or (B, L, N, N) with N={N} (b's last dim), got {_utils.describe(A)}")
+        raise ValueError(f"A must be (N, N) or (B, L, N, N) with N={N} (b's last dim), got {describe(A)}")
     if A.ndim > 2:
-        _utils.check_broadcastable(A, "A", b.shape[:-1] + (N, N), "b.shape[:-1] + (N, N)")
+        check_broadcastable("A", A, b.shape[:-1] + (N, N), "b.shape[:-1] + (N, N)")
     if h0 is not None:
-        _utils.check_inexact(h0, "h0")
-        _utils.check_shape(h0, "h0", b.shape[:-2] + (N,), "(B, N): batch dims of b and its state size")
+        check_inexact("h0", h0)
+        check_shape("h0", h0, b.shape[:-2] + (N,), "(B, N): batch dims of b and its state size")
     dtype = _utils.compute_dtype(A.dtype, b.dtype, None if h0 is None else h0.dtype)
     batch_shape, L = b.shape[:-2], b.shape[-2]
     B = 1
@@ -121,6 +130,16 @@ def _associative(A, b, h0, reverse: bool):
     return h
 
 
+def _pallas_probe(A, b, h0, reverse: bool):
+    """Compile the Pallas dense scan for these shapes and dtypes, in both directions (the backward runs the
+    other one); raises if it does not compile."""
+    from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
+
+    args = abstract(A, b, h0)
+    for rev in (reverse, not reverse):
+        jax.jit(partial(dense_scan_pallas, reverse=rev)).lower(*args).compile()
+
+
 def _dispatch(A, b, h0, reverse: bool, backend: str):
     if backend == "reference":
         return _sequential(A, b, h0, reverse)
@@ -188,23 +207,25 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
     Returns:
       ``h`` with ``b``'s shape, in the compute dtype.
     """
-    reverse = _utils.check_bool(reverse, "reverse")
-    backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
-    _utils.check_choice(vjp, "vjp", ("custom", "autodiff"))
+    reverse = check_bool("reverse", reverse)
+    check_backend(backend)
+    check_choice("vjp", vjp, ("custom", "autodiff"))
     A, b, h0, batch_shape = _prepare(A, b, h0)
     L, N = b.shape[1:]
     if b.size == 0:  # nothing to scan (L, B or N is 0)
         h = b
     elif vjp == "autodiff":
         h = _sequential(A, b, h0, reverse)
-    else:
+    else:  # auto: Pallas on a GPU where it compiles for these shapes, else XLA
+        probe, key = partial(_pallas_probe, A, b, h0, reverse), probe_key(A=A, b=b, h0=h0, reverse=reverse)
+        backend = resolve_backend(backend, op="dense_linear_scan", probe=probe, key=key)
         h = _scan(A, b, h0, reverse, backend)
     return h.reshape(batch_shape + (L, N))
 
 
 def dense_linear_scan_reference(A, b, h0=None, *, reverse=False):
     """The plain loop with the contract of :func:`dense_linear_scan`, differentiated by JAX autodiff."""
-    reverse = _utils.check_bool(reverse, "reverse")
+    reverse = check_bool("reverse", reverse)
     A, b, h0, batch_shape = _prepare(A, b, h0)
     L, N = b.shape[1:]
     h = b if b.size == 0 else _sequential(A, b, h0, reverse)

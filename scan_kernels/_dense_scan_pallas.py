@@ -20,13 +20,7 @@ from jax.experimental import pallas as pl
 
 from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
-
-
-def _cmul(x, y):
-    if len(x) == 1:
-        return (x[0] * y[0],)
-    (xr, xi), (yr, yi) = x, y
-    return (xr * yr - xi * yi, xr * yi + xi * yr)
+from algornn.scan_kernels._numerics import cmul
 
 
 def _dense_kernel(*refs, planes: int, reverse: bool, time_varying: bool):
@@ -42,7 +36,7 @@ def _dense_kernel(*refs, planes: int, reverse: bool, time_varying: bool):
             A_t = tuple(r[pl.ds(t, 1), :].reshape(N, N) for r in A_refs)
         else:
             A_t = A_fixed
-        prod = _cmul(A_t, tuple(jnp.broadcast_to(x, (N, N)) for x in h))  # A_ij h_j
+        prod = cmul(A_t, tuple(jnp.broadcast_to(x, (N, N)) for x in h))  # A_ij h_j
         h = tuple(jnp.sum(p, axis=1).reshape(1, N) + r[pl.ds(t, 1), :] for p, r in zip(prod, b_refs))
         for r, v in zip(o_refs, h):
             r[pl.ds(t, 1), :] = v

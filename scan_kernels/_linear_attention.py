@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._backend import resolve_backend
+from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._chunk_utils import (
     causal_masks,
     entering_states,
@@ -213,6 +213,20 @@ def split_normaliser(o, final, normalize, V):
     return o[..., :V] / safe_denominator(o[..., V])[..., None], (final[..., :V], final[..., V])
 
 
+def _pallas_probe(q, k, v, log_decay, kind, normalize, C):
+    """Compile the Pallas linear attention (its chunk kernels and the Pallas chunk-state scan) for these shapes and
+    dtypes; raises if it cannot run (also for a chunk size that is not a power of two)."""
+    from algornn.scan_kernels._linear_attention_pallas import linear_attention_pallas
+
+    check_chunk_size(C, power_of_two=True)
+    B, _, H, K = q.shape
+    V = v.shape[-1] + (1 if normalize else 0)  # the normaliser travels as an extra value column
+    vv = jax.ShapeDtypeStruct(v.shape[:-1] + (V,), jnp.float32)
+    s0 = jax.ShapeDtypeStruct((B, H, K, V), jnp.float32)
+    qa, ka, ga = abstract(q, k, log_decay)
+    linear_attention_pallas.lower(qa, ka, vv, ga, s0, kind=kind, chunk_size=C).compile()
+
+
 def linear_attention(q, k, v, *, log_decay=None, initial_state=None, normalize=False, chunk_size=64, backend=None):
     """Linear attention with optional decay/gates: ``S_t = exp(g_t) S_{t-1} + k_t v_tᵀ``, ``o_t = S_tᵀ q_t``.
 
@@ -230,11 +244,16 @@ def linear_attention(q, k, v, *, log_decay=None, initial_state=None, normalize=F
       ``o (B, L, H, V)`` in the inputs' dtype and the final state ``(B, H, K, V)`` float32
       (with ``normalize``: the pair ``(S, z)``).
     """
-    backend = resolve_backend(backend)
+    check_backend(backend)
     B, L, H, K, V = check_qkv(q, k, v)
     kind = check_log_decay(log_decay, B, L, H, K)
     check_state(initial_state, B, H, K, V, normalize=normalize)
-    C = check_chunk_size(chunk_size, power_of_two=backend == "pallas")
+    C = check_chunk_size(chunk_size)
+    # auto: Pallas on a GPU where it compiles for these shapes, else XLA (the rule every op shares)
+    probe = partial(_pallas_probe, q, k, v, log_decay, kind, normalize, C)
+    key = probe_key(q=q, k=k, v=v, log_decay=log_decay, normalize=normalize, chunk_size=C)
+    backend = resolve_backend(backend, op="linear_attention", probe=probe, key=key)
+    check_chunk_size(C, power_of_two=backend == "pallas")
     if backend == "reference":
         return linear_attention_reference(q, k, v, log_decay=log_decay, initial_state=initial_state, normalize=normalize)
     vv, s0 = with_normaliser(v, initial_state, normalize, B, H, K)

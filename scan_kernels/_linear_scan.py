@@ -25,21 +25,29 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
+from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._validate import (
+    check_bool,
+    check_broadcastable,
+    check_choice,
+    check_inexact,
+    check_ndim,
+    check_shape,
+)
 
 VJP_MODES = ("custom", "autodiff")
 
 
 def _prepare(a, b, h0):
     """Validate; return ``a, b`` as ``(B, L, D)`` and ``h0`` as ``(B, D)`` in the compute dtype + batch shape."""
-    _utils.check_inexact(b, "b")
-    _utils.check_ndim(b, "b", (2,), "(B, L, D) or (..., L, D)")
-    _utils.check_inexact(a, "a")
-    _utils.check_broadcastable(a, "a", b.shape, "b")
+    check_inexact("b", b)
+    check_ndim("b", b, 2, "(B, L, D) or (..., L, D)", at_least=True)
+    check_inexact("a", a)
+    check_broadcastable("a", a, b.shape, "b")
     if h0 is not None:
-        _utils.check_inexact(h0, "h0")
-        _utils.check_shape(h0, "h0", b.shape[:-2] + b.shape[-1:], "(B, D): batch dims of b and its channels")
+        check_inexact("h0", h0)
+        check_shape("h0", h0, b.shape[:-2] + b.shape[-1:], "(B, D): batch dims of b and its channels")
     dtype = _utils.compute_dtype(a.dtype, b.dtype, None if h0 is None else h0.dtype)
     batch_shape, (L, D) = b.shape[:-2], b.shape[-2:]
     B = 1
@@ -67,6 +75,16 @@ def _reference_scan(a, b, h0, reverse: bool):
     return jnp.moveaxis(h, 0, 1)
 
 
+def _pallas_probe(a, b, h0, reverse: bool):
+    """Compile the Pallas scan for these ``(B, L, D)`` shapes and dtypes: the forward, and the backward's shifted
+    scan in the other direction (raises if either does not compile)."""
+    from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
+
+    args = abstract(a, b, h0)
+    for rev, shifted in ((reverse, False), (not reverse, True)):
+        jax.jit(partial(linear_scan_pallas, reverse=rev, shifted=shifted)).lower(*args).compile()
+
+
 def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
     """Forward scan on ``(B, L, D)`` arrays in the compute dtype, by the concrete ``backend``.
 
@@ -85,7 +103,7 @@ def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
         from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
 
         return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse, shifted=shifted), a, b, h0)
-    raise AssertionError(backend)  # resolve_backend already refused anything else
+    raise AssertionError(backend)  # check_backend already refused anything else
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -130,16 +148,18 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
       ``h`` with ``b``'s shape in the compute dtype (float32 for float32/bfloat16 inputs, complex64 if any
       input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``).
     """
-    reverse = _utils.check_bool(reverse, "reverse")
-    backend = _pallas_config.auto_backend(backend)  # None: Pallas on a GPU where it compiles, else XLA
-    _utils.check_choice(vjp, "vjp", VJP_MODES)
+    reverse = check_bool("reverse", reverse)
+    check_backend(backend)
+    check_choice("vjp", vjp, VJP_MODES)
     a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
     if b.size == 0:  # nothing to scan (L, B or D is 0)
         h = b
     elif vjp == "autodiff":
         h = _reference_scan(a, b, h0, reverse)
-    else:
+    else:  # auto: Pallas on a GPU where it compiles for these shapes, else XLA
+        probe, key = partial(_pallas_probe, a, b, h0, reverse), probe_key(a=a, b=b, h0=h0, reverse=reverse)
+        backend = resolve_backend(backend, op="linear_scan", probe=probe, key=key)
         h = _scan(a, b, h0, reverse, backend)
     return h.reshape(batch_shape + (L, D))
 
@@ -147,7 +167,7 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
 def linear_scan_reference(a, b, h0=None, *, reverse=False):
     """The plainly correct loop: same contract as :func:`linear_scan`, one ``lax.scan`` step per time step,
     differentiated by JAX autodiff."""
-    reverse = _utils.check_bool(reverse, "reverse")
+    reverse = check_bool("reverse", reverse)
     a, b, h0, batch_shape = _prepare(a, b, h0)
     L, D = b.shape[1:]
     h = b if b.size == 0 else _reference_scan(a, b, h0, reverse)

@@ -2,9 +2,10 @@
 
 Layout (after recurrentgemma's and accelerated-scan's GPU scans, docs/backends.md §Pallas lowering): one program per
 (batch row, block of ``block_d`` channels); the **time loop runs inside the kernel** (``fori_loop`` over rows
-``ref[pl.ds(t, 1), :]``), vectorised across the channel block, carrying a compensated sum (TwoSum, as in
-``_linear_scan_xla``) so long sums stay accurate. ``reverse`` walks the rows backwards by index (Triton has
-no ``rev``). Complex inputs travel as separate real/imaginary float planes (``pallas_call`` rejects complex).
+``ref[pl.ds(t, 1), :]``), vectorised across the channel block, carrying a compensated sum (``_numerics.two_sum``,
+as in ``_linear_scan_xla``) so long sums stay accurate. ``reverse`` walks the rows backwards by index (Triton has
+no ``rev``). Complex inputs travel as separate real/imaginary float planes (``pallas_call`` rejects complex),
+multiplied with ``_numerics.cmul``.
 
 Two-level variant for long L with few channels (too few programs to fill a GPU), chunk length C:
   1. per chunk, from a zero state: the chunk's product of decays ``P_k = Π a`` and end state ``e_k``;
@@ -28,6 +29,8 @@ from jax.experimental import pallas as pl
 
 from algornn.scan_kernels import _pallas_config
 from algornn.scan_kernels import _utils
+from algornn.scan_kernels._numerics import cmul, two_sum
+from algornn.scan_kernels._validate import check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,24 +49,10 @@ class PallasScanConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1 or v & (v - 1):
                 raise ValueError(f"PallasScanConfig.{name} must be a positive power of two, got {v!r}")
-        _utils.check_choice(self.two_level, "PallasScanConfig.two_level", ("auto", "always", "never"))
+        check_choice("PallasScanConfig.two_level", self.two_level, ("auto", "always", "never"))
 
 
 # ------------------------------------------------------------------------------------------ kernels
-def _cmul(x, y):
-    """Product of two numbers given as tuples of planes: (re,) for real, (re, im) for complex."""
-    if len(x) == 1:
-        return (x[0] * y[0],)
-    (xr, xi), (yr, yi) = x, y
-    return (xr * yr - xi * yi, xr * yi + xi * yr)
-
-
-def _two_sum(x, y):
-    s = x + y
-    bp = s - x
-    return s, (x - (s - bp)) + (y - bp)
-
-
 def _scan_kernel(*refs, planes: int, reverse: bool, summary: bool, shifted: bool):
     """One chunk ``(C, bd)`` of one batch row. Refs: a, b, h0 planes, then outputs.
 
@@ -84,10 +73,10 @@ def _scan_kernel(*refs, planes: int, reverse: bool, summary: bool, shifted: bool
         else:
             a_t = tuple(r[pl.ds(t, 1), :] for r in a_refs)
         b_t = tuple(r[pl.ds(t, 1), :] for r in b_refs)
-        y = tuple(u + v for u, v in zip(_cmul(a_t, c), b_t))
-        h, c = zip(*(_two_sum(u, v) for u, v in zip(_cmul(a_t, h), y)))
+        y = tuple(u + v for u, v in zip(cmul(a_t, c), b_t))
+        h, c = zip(*(two_sum(u, v) for u, v in zip(cmul(a_t, h), y)))
         if summary:
-            p = _cmul(a_t, p)
+            p = cmul(a_t, p)
         else:
             for r, v in zip(out_refs, h):
                 r[pl.ds(t, 1), :] = v

@@ -22,14 +22,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels import _backend
-
-
-def two_sum(x, y):
-    """``s = fl(x + y)`` and its exact rounding error ``e`` (``x + y == s + e``), branch-free (Knuth)."""
-    s = x + y
-    bp = s - x
-    e = (x - (s - bp)) + (y - bp)
-    return s, e
+from algornn.scan_kernels._numerics import two_sum
 
 
 def _row(x, t):

@@ -13,10 +13,8 @@ Decision: **Triton** lowering, requested explicitly with ``pltr.CompilerParams``
 
 Kernels call ``pl.pallas_call(kernel, ..., **pallas_call_kwargs(num_warps=..., num_stages=...))``.
 Off-GPU the kernels run in ``interpret=True`` mode (compiled through XLA), so CPU CI runs the kernel code.
+Whether a kernel compiles for a given call, and what auto picks when it does not, is ``_backend``'s business.
 """
-
-import functools
-import warnings
 
 from jax.experimental.pallas import triton as pltr
 
@@ -44,34 +42,3 @@ def pallas_call_kwargs(*, num_warps: int = 4, num_stages: int = 1, interpret=Non
         "interpret": bool(interpret),
         "compiler_params": gpu_compiler_params(num_warps=num_warps, num_stages=num_stages),
     }
-
-
-@functools.cache
-def pallas_compiles() -> bool:
-    """Whether the Pallas scan kernel compiles on this device (probed once: a tiny f32 scan, compiled).
-
-    Auto backend selection (``backend=None``) uses Pallas on a GPU only where it compiles and falls back to
-    XLA otherwise (e.g. a GPU or JAX version whose Triton lowering rejects the kernel). Off-GPU: False.
-    """
-    if not _backend.on_gpu():
-        return False
-    import jax
-    import jax.numpy as jnp
-
-    from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
-
-    x = jax.ShapeDtypeStruct((1, 16, 128), jnp.float32)
-    try:
-        jax.jit(linear_scan_pallas).lower(x, x, jax.ShapeDtypeStruct((1, 128), jnp.float32)).compile()
-    except Exception as e:  # noqa: BLE001 - any lowering/compile failure means "use XLA"
-        warnings.warn(f"Pallas scan kernel does not compile here ({type(e).__name__}: {e}); auto backend uses XLA")
-        return False
-    return True
-
-
-def auto_backend(backend):
-    """``_backend.resolve_backend`` plus the compile probe: ``None`` -> "pallas" only where it compiles."""
-    resolved = _backend.resolve_backend(backend)
-    if backend is None and resolved == "pallas" and not pallas_compiles():
-        return "xla"
-    return resolved

@@ -1,70 +1,13 @@
-"""Shared input validation for the ops of ``scan_kernels`` (and anyone else who wants the same messages).
+"""Dtype rules and batch-sharding support shared by the ops of ``scan_kernels``.
 
-Every check raises a ``ValueError`` that names the argument, shows its shape and dtype, and says what was
-expected, so bad input never reaches XLA as a deep trace or, worse, broadcasts into a silent wrong answer.
+(Input validation lives in ``_validate``, arithmetic building blocks in ``_numerics``.)
 
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
-import numpy as np
 import jax.numpy as jnp
 
-
-def describe(x) -> str:
-    """``shape (2, 3) dtype float32`` for an array-like (used in error messages)."""
-    shape = getattr(x, "shape", None)
-    dtype = getattr(x, "dtype", None)
-    if shape is None:
-        return f"a {type(x).__name__} (not an array)"
-    return f"shape {tuple(shape)} dtype {np.dtype(dtype).name if dtype is not None else '?'}"
-
-
-def check_array(x, name: str):
-    """``x`` must be an array (jax/numpy) or a tracer; Python scalars and lists are refused."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise ValueError(f"{name} must be a jax or numpy array, got {describe(x)}")
-    return x
-
-
-def check_inexact(x, name: str, *, allow_complex: bool = True):
-    """``x`` must be a floating (or, if allowed, complex) array; integer and bool dtypes are refused."""
-    check_array(x, name)
-    dt = jnp.dtype(x.dtype)
-    ok = jnp.issubdtype(dt, jnp.floating) or (allow_complex and jnp.issubdtype(dt, jnp.complexfloating))
-    if not ok:
-        kinds = "floating or complex" if allow_complex else "floating"
-        raise ValueError(f"{name} must have a {kinds} dtype, got {describe(x)}")
-    return x
-
-
-def check_ndim(x, name: str, ndim, what: str):
-    """``x.ndim`` must be ``ndim`` (an int) or at least ``ndim[0]`` (a 1-tuple); ``what`` is the expected layout."""
-    if isinstance(ndim, tuple):
-        if x.ndim < ndim[0]:
-            raise ValueError(f"{name} must be {what} (at least {ndim[0]} dims), got {describe(x)}")
-    elif x.ndim != ndim:
-        raise ValueError(f"{name} must be {what} ({ndim} dims), got {describe(x)}")
-    return x
-
-
-def check_shape(x, name: str, expected: tuple, what: str = ""):
-    """``x.shape`` must equal ``expected`` exactly."""
-    if tuple(x.shape) != tuple(expected):
-        extra = f" ({what})" if what else ""
-        raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, got {describe(x)}")
-    return x
-
-
-def check_broadcastable(x, name: str, target: tuple, target_name: str):
-    """``x`` must broadcast to ``target`` by numpy rules without growing ``target`` (e.g. ``a`` onto ``b``)."""
-    shape = tuple(x.shape)
-    ok = len(shape) <= len(target) and all(s == 1 or s == t for s, t in zip(shape[::-1], target[::-1]))
-    if not ok:
-        raise ValueError(
-            f"{name} must be broadcastable to {target_name}'s shape {tuple(target)} (e.g. (D,), (L, D) or "
-            f"{tuple(target)}), got {describe(x)}"
-        )
-    return x
+from algornn.scan_kernels._validate import describe
 
 
 def compute_dtype(*dtypes):
@@ -81,18 +24,6 @@ def compute_dtype(*dtypes):
     return jnp.dtype("float64") if wide else jnp.dtype("float32")
 
 
-def check_bool(x, name: str):
-    if not isinstance(x, (bool, np.bool_)):
-        raise ValueError(f"{name} must be a Python bool, got {x!r}")
-    return bool(x)
-
-
-def check_choice(x, name: str, choices: tuple):
-    if not isinstance(x, str) or x not in choices:
-        raise ValueError(f"{name}={x!r} is not one of " + ", ".join(repr(c) for c in choices))
-    return x
-
-
 def real_dtype(dtype):
     """float32 for complex64, float64 for complex128, the dtype itself for real dtypes."""
     dtype = jnp.dtype(dtype)
@@ -101,7 +32,6 @@ def real_dtype(dtype):
 
 def is_complex(dtype) -> bool:
     return jnp.issubdtype(jnp.dtype(dtype), jnp.complexfloating)
-
 
 
 def _batch_sharding(x):

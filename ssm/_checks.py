@@ -1,7 +1,8 @@
-"""Input validation and dtype helpers shared by ``ssm`` (private).
+"""``ssm``-specific argument handling (private): the validating ``jit``, batch-shape broadcasting and dtypes.
 
 All public ``ssm`` functions validate up front and raise ``ValueError`` naming the argument, what it
-got and what was expected, instead of failing deep inside XLA.
+got and what was expected, instead of failing deep inside XLA. The generic checks (``as_array``,
+``check_inexact``, ``check_ndim``, ``check_int``, ...) come from ``algornn.scan_kernels._validate``.
 """
 
 import functools
@@ -10,6 +11,8 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from algornn.scan_kernels import _utils
 
 
 def _arraylike(x):
@@ -50,42 +53,13 @@ def jit(fun=None, *, static_argnames=()):
     return wrapper
 
 
-def as_array(x, name):
-    try:
-        return jnp.asarray(x)
-    except TypeError as e:  # e.g. strings, ragged lists
-        raise ValueError(f"{name} must be an array, got {type(x).__name__}") from e
-
-
 def real_dtype(*arrays):
     """float64 when any input is 64-bit (possible only with x64 enabled), else float32 (bfloat16 -> f32)."""
-    if any(jnp.asarray(a).dtype in (jnp.float64, jnp.complex128) for a in arrays):
-        return jnp.float64
-    return jnp.float32
+    return _utils.real_dtype(_utils.compute_dtype(*(jnp.asarray(a).dtype for a in arrays)))
 
 
 def complex_dtype(rdt):
     return jnp.complex128 if rdt == jnp.float64 else jnp.complex64
-
-
-def check_float(x, name, *, allow_complex=False):
-    """Reject integer / bool / non-numeric inputs (complex only when ``allow_complex``)."""
-    kind = np.dtype(x.dtype).kind
-    ok = kind == "f" or (allow_complex and kind == "c") or x.dtype == jnp.bfloat16
-    if not ok:
-        want = "a float or complex" if allow_complex else "a real float"
-        raise ValueError(f"{name} must have {want} dtype, got {x.dtype} (shape {x.shape})")
-
-
-def check_ndim(x, name, min_ndim, what):
-    if x.ndim < min_ndim:
-        raise ValueError(f"{name} must have shape {what}, got shape {x.shape}")
-
-
-def check_length(L, name="L"):
-    if isinstance(L, bool) or not isinstance(L, (int, np.integer)) or L < 1:
-        raise ValueError(f"{name} must be a positive Python int, got {L!r}")
-    return int(L)
 
 
 def batch_shape(named_shapes):

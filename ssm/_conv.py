@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from algornn.scan_kernels._validate import as_array, check_inexact, check_ndim
 from algornn.ssm import _checks as ck
 
 
@@ -24,16 +25,15 @@ def _fft_size(n):
 
 
 def _check_conv(u, K, D, k_name="K"):
-    u, K = ck.as_array(u, "u"), ck.as_array(K, k_name)
-    ck.check_float(u, "u")
-    ck.check_float(K, k_name)
-    if u.ndim != 3:
-        raise ValueError(f"u must have shape (B, L, D), got shape {u.shape}")
+    u, K = as_array("u", u), as_array(k_name, K)
+    check_inexact("u", u, allow_complex=False)
+    check_inexact(k_name, K, allow_complex=False)
+    check_ndim("u", u, 3, "(B, L, D)")
     if K.ndim != 2 or K.shape[0] != u.shape[2]:
         raise ValueError(f"{k_name} must have shape (D, L_k) with D={u.shape[2]} from u {u.shape}, got {K.shape}")
     if D is not None:
-        D = ck.as_array(D, "D")
-        ck.check_float(D, "D")
+        D = as_array("D", D)
+        check_inexact("D", D, allow_complex=False)
         if D.shape != (u.shape[2],):
             raise ValueError(f"D must have shape (D,) = ({u.shape[2]},), got {D.shape}")
     return u, K, D
@@ -97,7 +97,7 @@ def causal_conv(u, K, D=None):
 def two_sided_kernel(K_fwd, K_bwd):
     """Circular two-sided kernel ``(D, 2L)`` from ``K_fwd, K_bwd (D, L)``: lag t-s >= 0 reads K_fwd,
     lag s-t >= 1 reads ``K_bwd[s-t-1]`` (index 2L-1-m of the result holds K_bwd[...]; S4 layout)."""
-    K_fwd, K_bwd = ck.as_array(K_fwd, "K_fwd"), ck.as_array(K_bwd, "K_bwd")
+    K_fwd, K_bwd = as_array("K_fwd", K_fwd), as_array("K_bwd", K_bwd)
     if K_fwd.ndim != 2 or K_fwd.shape != K_bwd.shape:
         raise ValueError(f"K_fwd and K_bwd must both have shape (D, L), got {K_fwd.shape} and {K_bwd.shape}")
     pad = jnp.zeros_like(K_fwd)

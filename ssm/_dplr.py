@@ -27,19 +27,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from algornn.scan_kernels._validate import as_array, check_inexact, check_int, check_ndim
 from algornn.ssm import _checks as ck
 
 SQRT2 = 2.0**0.5  # a Python float stays weakly typed under strict promotion
 
 
 def _check_dplr(Lambda, P, B, C, dt):
-    Lambda, P, B, C = (ck.as_array(x, n) for x, n in ((Lambda, "Lambda"), (P, "P"), (B, "B"), (C, "C")))
-    dt = ck.as_array(dt, "dt")
+    Lambda, P, B, C = (as_array(n, x) for x, n in ((Lambda, "Lambda"), (P, "P"), (B, "B"), (C, "C")))
+    dt = as_array("dt", dt)
     for x, name in ((Lambda, "Lambda"), (P, "P"), (B, "B"), (C, "C")):
-        ck.check_float(x, name, allow_complex=True)
-    ck.check_float(dt, "dt")
-    ck.check_ndim(Lambda, "Lambda", 1, "(..., N/2)")
-    ck.check_ndim(P, "P", 2, "(..., rank, N/2)")
+        check_inexact(name, x, allow_complex=True)
+    check_inexact("dt", dt, allow_complex=False)
+    check_ndim("Lambda", Lambda, 1, "(..., N/2)", at_least=True)
+    check_ndim("P", P, 2, "(..., rank, N/2)", at_least=True)
     h = Lambda.shape[-1]
     for x, name in ((P, "P"), (B, "B"), (C, "C")):
         if x.ndim < 1 or x.shape[-1] != h:
@@ -215,9 +216,8 @@ def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
     A diagonal entry Λ_n = 0 is a pole at ω = 1 (raw FouT from ``nplr``): keep Re Λ <= −1e-4 as S4
     layers do. Cost O(D·N·L) for the sums plus O(D·N³·log L) for the truncation correction.
     """
-    L = ck.check_length(L)
-    if isinstance(freq_chunk, bool) or not isinstance(freq_chunk, (int, np.integer)) or freq_chunk < 1:
-        raise ValueError(f"freq_chunk must be a positive int, got {freq_chunk!r}")
+    L = check_int("L", L)
+    check_int("freq_chunk", freq_chunk)
     Lambda, P, B, C, dt = _check_dplr(Lambda, P, B, C, dt)
     batch, h, r = Lambda.shape[:-1], Lambda.shape[-1], P.shape[-2]
     Ct = _truncation_correction(Lambda, P, C, dt, L)
@@ -253,7 +253,7 @@ def dplr_kernel_reference(Lambda, P, B, C, dt, L):
     """Same kernel from the dense real form: bilinear Ā by a linear solve, then K_l = C Ā^l B̄ by powers."""
     from algornn.ssm.kernels import dense_kernel  # local import: kernels re-exports this module
 
-    L = ck.check_length(L)
+    L = check_int("L", L)
     Lambda, P, B, C, dt = _check_dplr(Lambda, P, B, C, dt)
     A, Br, Cr = dplr_real_form(Lambda, P, B, C)
     return dense_kernel(A, Br, Cr, dt, L, discretization="bilinear")

@@ -23,24 +23,25 @@ complex; S4D's conjugate half). Results are float32 / complex64 (float64 / compl
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from algornn.scan_kernels._validate import as_array, check_choice, check_inexact, check_ndim
 from algornn.ssm import _checks as ck
 
 
 def _prepare(A, B, dt, *, diagonal):
     a_name = "Lambda" if diagonal else "A"
-    A, B, dt = ck.as_array(A, a_name), ck.as_array(B, "B"), ck.as_array(dt, "dt")
+    A, B, dt = as_array(a_name, A), as_array("B", B), as_array("dt", dt)
     for x, name in ((A, a_name), (B, "B")):
-        ck.check_float(x, name, allow_complex=True)
-    ck.check_float(dt, "dt")
+        check_inexact(name, x, allow_complex=True)
+    check_inexact("dt", dt, allow_complex=False)
     if diagonal:
-        ck.check_ndim(A, a_name, 1, "(..., N)")
+        check_ndim(a_name, A, 1, "(..., N)", at_least=True)
         N, a_batch = A.shape[-1], A.shape[:-1]
     else:
-        ck.check_ndim(A, a_name, 2, "(..., N, N)")
+        check_ndim(a_name, A, 2, "(..., N, N)", at_least=True)
         if A.shape[-1] != A.shape[-2]:
             raise ValueError(f"A must be square (..., N, N), got shape {A.shape}")
         N, a_batch = A.shape[-1], A.shape[:-2]
-    ck.check_ndim(B, "B", 1, "(..., N)")
+    check_ndim("B", B, 1, "(..., N)", at_least=True)
     if B.shape[-1] != N:
         raise ValueError(f"B must have shape (..., N) with N={N} from {a_name} {A.shape}, got {B.shape}")
     batch = ck.batch_shape([(a_name, a_batch), ("B", B.shape[:-1]), ("dt", dt.shape)])
@@ -124,13 +125,11 @@ DIAGONAL = {"zoh": zoh_diag, "bilinear": bilinear_diag, "euler": euler_diag}
 
 def dense(method, A, B, dt):
     """Dispatch ``method`` in ``("zoh", "bilinear", "euler")`` for a dense system."""
-    if method not in DENSE:
-        raise ValueError(f"discretization={method!r} is not one of {', '.join(map(repr, DENSE))}")
+    check_choice("discretization", method, tuple(DENSE))
     return DENSE[method](A, B, dt)
 
 
 def diagonal(method, Lambda, B, dt):
     """Dispatch ``method`` in ``("zoh", "bilinear", "euler")`` for a diagonal system."""
-    if method not in DIAGONAL:
-        raise ValueError(f"discretization={method!r} is not one of {', '.join(map(repr, DIAGONAL))}")
+    check_choice("discretization", method, tuple(DIAGONAL))
     return DIAGONAL[method](Lambda, B, dt)

@@ -29,20 +29,18 @@ convention, also used by ``ssm.init``), so Λ, P̃, B̃ have N/2 entries. In the
 
 import numpy as np
 
+from algornn.scan_kernels._validate import check_choice, check_int
+
 MEASURES = ("legs", "legt", "lagt", "fout", "lmu")
 NPLR_MEASURES = ("legs", "legt", "lagt", "fout")
+DPLR_INITS = ("lin", "inv", "legs", "real", "random")
 
 
 def _check_N(N, measure):
-    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
-        raise ValueError(f"N must be a positive int, got {N!r} (measure={measure!r})")
+    N = check_int("N", N)
     if measure == "fout" and N % 2:
         raise ValueError(f"N must be even for measure 'fout' (sine/cosine pairs), got N={N}")
-
-
-def _check_measure(measure, allowed):
-    if measure not in allowed:
-        raise ValueError(f"measure={measure!r} is not one of {', '.join(repr(m) for m in allowed)}")
+    return N
 
 
 def transition(measure: str, N: int):
@@ -51,8 +49,8 @@ def transition(measure: str, N: int):
     Conventions in the module docstring (docs/ssm.md §HiPPO measures). Raises ``ValueError`` for an unknown measure,
     a non-positive N, or an odd N with ``fout``.
     """
-    _check_measure(measure, MEASURES)
-    _check_N(N, measure)
+    check_choice("measure", measure, MEASURES)
+    N = _check_N(N, measure)
     n = np.arange(N, dtype=np.float64)
     r = np.sqrt(2 * n + 1)
     row, col = n[:, None], n[None, :]
@@ -87,10 +85,9 @@ def rank_correction(measure: str, N: int, rank: int = 1):
     LegS: P = √(n + 1/2) (every eigenvalue gets real part -1/2); LegT (needs rank >= 2): √(2n+1) split
     into odd / even entries, times 2^-1/2; LagT: √(1/2)·1; FouT: P = B. Extra rows are zeros.
     """
-    _check_measure(measure, NPLR_MEASURES)
-    _check_N(N, measure)
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    check_choice("measure", measure, NPLR_MEASURES)
+    N = _check_N(N, measure)
+    rank = check_int("rank", rank)
     n = np.arange(N, dtype=np.float64)
     if measure == "legs":
         P = np.sqrt(n + 0.5)[None]
@@ -145,8 +142,9 @@ def nplr(measure: str, N: int, rank: int = 1):
     row), ``B (N/2,) complex128`` (= Vᴴ B) and ``V (N, N/2) complex128`` such that (module docstring)
     ``A = V_f (diag(Λ_f) - P̃_f P̃_fᴴ) V_fᴴ`` with the conjugate halves appended. ``legt`` needs rank 2.
     """
-    _check_measure(measure, NPLR_MEASURES)
-    if measure != "fout" and isinstance(N, (int, np.integer)) and N % 2:
+    check_choice("measure", measure, NPLR_MEASURES)
+    N = _check_N(N, measure)
+    if N % 2:
         raise ValueError(f"N must be even for nplr (conjugate pairs), got N={N}")
     A, B = transition(measure, N)
     P = rank_correction(measure, N, rank)
@@ -174,10 +172,11 @@ def dplr(init: str, N: int, rank: int = 1, *, P_scale: float = 1.0, seed: int = 
     i·(N/2)·U[0,1), sorted). B = 1 except for ``legs``. P ~ complex normal (E|P|² = 1) times
     ``P_scale`` (``P_scale=0`` gives a diagonal system), drawn with ``numpy.random.default_rng(seed)``.
     """
-    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 2 or N % 2:
-        raise ValueError(f"N must be a positive even int, got {N!r}")
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank < 1:
-        raise ValueError(f"rank must be a positive int, got {rank!r}")
+    check_choice("init", init, DPLR_INITS)
+    N = check_int("N", N)
+    if N % 2:
+        raise ValueError(f"N must be even (conjugate pairs), got N={N}")
+    rank = check_int("rank", rank)
     rng = np.random.default_rng(seed)
     n = np.arange(N // 2, dtype=np.float64)
     B = np.ones(N // 2, dtype=np.complex128)
@@ -189,9 +188,7 @@ def dplr(init: str, N: int, rank: int = 1, *, P_scale: float = 1.0, seed: int = 
         Lambda, _, B, _ = nplr("legs", N)
     elif init == "real":
         Lambda = -(n + 1) + 0j
-    elif init == "random":
+    else:  # "random"
         Lambda = -0.5 + 1j * np.sort(rng.uniform(0.0, N / 2, N // 2))
-    else:
-        raise ValueError(f"init={init!r} is not one of 'lin', 'inv', 'legs', 'real', 'random'")
     P = (rng.standard_normal((rank, N // 2)) + 1j * rng.standard_normal((rank, N // 2))) / np.sqrt(2.0)
     return Lambda.astype(np.complex128), P_scale * P, B

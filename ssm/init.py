@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from algornn.scan_kernels._validate import check_float, check_int
 from algornn.ssm import hippo
 
 
@@ -90,8 +91,9 @@ def s5_hippo_n(key, shape, *, blocks=1, conj_sym=True, dtype=jnp.complex64):
     if len(shape) != 2:
         raise ValueError(f"shape must be (D, N), got {shape}")
     D, N = shape
-    if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1 or N % blocks or (N // blocks) % 2:
-        raise ValueError(f"blocks={blocks!r} must be a positive int with N/blocks even (N={N})")
+    blocks = check_int("blocks", blocks)
+    if N % blocks or (N // blocks) % 2:
+        raise ValueError(f"blocks={blocks} must divide N={N} into blocks of even size (conjugate pairs)")
     n = N // blocks
     Lam_b, _, _, V_b = hippo.nplr("legs", n)  # normal part of LegS: Λ = −1/2 + iω, V (n, n/2)
     if conj_sym:
@@ -122,8 +124,7 @@ def lru_ring(key, shape, *, r_min=0.0, r_max=1.0, max_phase=2 * np.pi, dtype=jnp
     shape = _check_shape(shape)
     if not (0.0 <= r_min < r_max <= 1.0):
         raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
-    if not max_phase > 0:
-        raise ValueError(f"max_phase must be > 0, got {max_phase}")
+    check_float("max_phase", max_phase)
     r_min, r_max, max_phase = float(r_min), float(r_max), float(max_phase)
     k1, k2 = jax.random.split(key)
     u1 = jax.random.uniform(k1, shape, dtype, minval=jnp.finfo(dtype).tiny)

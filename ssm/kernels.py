@@ -21,6 +21,7 @@ Conventions for layers:
 
 import jax.numpy as jnp
 
+from algornn.scan_kernels._validate import as_array, check_inexact, check_int, check_ndim
 from algornn.ssm import _checks as ck
 from algornn.ssm import discretize as disc
 from algornn.ssm._conv import bidirectional_conv as bidirectional_conv
@@ -63,9 +64,9 @@ def dense_kernel(A, B, C, dt, L, discretization="bilinear"):
     ``K_l = C·Ā^l B̄`` with ``(Ā, B̄) = discretize.<discretization>(A, B, dt)``. Computed by a two-level
     split l = j·m + i: ``K = (C Ā^{jm})_j · (Ā^i B̄)_i`` — O(N²√L + NL) per channel, O(N√L) memory.
     """
-    L = ck.check_length(L)
-    C = ck.as_array(C, "C")
-    ck.check_float(C, "C", allow_complex=True)
+    L = check_int("L", L)
+    C = as_array("C", C)
+    check_inexact("C", C, allow_complex=True)
     Abar, Bbar = disc.dense(discretization, A, B, dt)
     N = Abar.shape[-1]
     if C.ndim < 1 or C.shape[-1] != N:
@@ -97,10 +98,10 @@ def _log_abar(Lambda, B, dt, discretization):
 
 
 def _check_diag(Lambda, B, C):
-    Lambda, B, C = ck.as_array(Lambda, "Lambda"), ck.as_array(B, "B"), ck.as_array(C, "C")
+    Lambda, B, C = as_array("Lambda", Lambda), as_array("B", B), as_array("C", C)
     for x, name in ((Lambda, "Lambda"), (B, "B"), (C, "C")):
-        ck.check_float(x, name, allow_complex=True)
-        ck.check_ndim(x, name, 1, "(..., N/2)")
+        check_inexact(name, x, allow_complex=True)
+        check_ndim(name, x, 1, "(..., N/2)", at_least=True)
     if not (Lambda.shape[-1] == B.shape[-1] == C.shape[-1]):
         raise ValueError(f"Lambda, B, C must share the last dim N/2, got {Lambda.shape}, {B.shape}, {C.shape}")
     rdt = ck.real_dtype(Lambda, B, C)
@@ -116,7 +117,7 @@ def diag_kernel(Lambda, B, C, dt, L, discretization="zoh"):
     evaluated in two levels (l = j·m + i, m ≈ √L) as one real matmul per channel, so memory is
     O(N√L) instead of the (N, L) Vandermonde matrix.
     """
-    L = ck.check_length(L)
+    L = check_int("L", L)
     Lambda, B, C = _check_diag(Lambda, B, C)
     logA, Bbar = _log_abar(Lambda, B, dt, discretization)  # (*batch, N/2)
     batch = ck.batch_shape([("Ā", logA.shape[:-1]), ("C", C.shape[:-1])])
@@ -129,7 +130,7 @@ def diag_kernel(Lambda, B, C, dt, L, discretization="zoh"):
 @ck.jit(static_argnames=("L", "discretization"))
 def diag_kernel_reference(Lambda, B, C, dt, L, discretization="zoh"):
     """Plain Vandermonde ``2 Re(C B̄ · Ā^l)`` with Ā^l = exp(l log Ā) materialised ``(..., N/2, L)``."""
-    L = ck.check_length(L)
+    L = check_int("L", L)
     Lambda, B, C = _check_diag(Lambda, B, C)
     logA, Bbar = _log_abar(Lambda, B, dt, discretization)
     batch = ck.batch_shape([("Ā", logA.shape[:-1]), ("C", C.shape[:-1])])

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
+from algornn.scan_kernels._validate import check_choice, check_int
+
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -1
 KINDS = ("classification", "sequence_labels", "regression")
@@ -70,8 +72,7 @@ class Task:
     _cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        check_choice("kind", self.kind, KINDS)
         if (self.vocab_size is None) == (self.input_dim is None):
             raise ValueError("exactly one of vocab_size (token task) and input_dim (real task) must be set")
 
@@ -123,8 +124,7 @@ class Task:
         index, count = _check_shard(shard)
         _check_batch_size(batch_size, count)
         for label, value in (("seed", seed), ("epoch", epoch), ("start_step", start_step)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{label} must be a non-negative int, got {value!r}")
+            check_int(label, value, minimum=0)
         arrays = self.split_arrays(split)
         n = int(arrays["labels"].shape[0])
         steps = self.steps_per_epoch(split, batch_size)
@@ -174,8 +174,7 @@ class Task:
 
 # ---------------------------------------------------------------------- validation helpers
 def _check_split(split):
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    check_choice("split", split, SPLITS)
 
 
 def _check_shard(shard):
@@ -189,8 +188,7 @@ def _check_shard(shard):
 
 
 def _check_batch_size(batch_size, count):
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int("batch_size", batch_size)
     if batch_size % count:
         raise ValueError(f"batch_size={batch_size} must be divisible by the shard count {count}")
 

@@ -82,19 +82,6 @@ def cache_path(cache_dir, kind: str, params: dict) -> Path | None:
     return root.absolute() / f"{kind}-{key}.npz"
 
 
-def check_int(name: str, value, *, low: int, high: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"option {name} must be an int {bound}, got {value!r}")
-    return value
-
-
-def check_choice(name: str, value, choices) -> object:
-    if value not in choices:
-        raise ValueError(f"option {name} must be one of {tuple(choices)}, got {value!r}")
-    return value
-
-
 def missing_files_error(task: str, data_dir, expected: list[str], source: str) -> FileNotFoundError:
     """The error for a missing/incomplete data directory: what is expected and where it comes from."""
     def mark(entry):

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from algornn.experiments.tasks._base import Task, pixel_converter
-from algornn.experiments.tasks._registry import check_choice, missing_files_error, register
+from algornn.experiments.tasks._registry import missing_files_error, register
+from algornn.scan_kernels._validate import check_bool
 
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack to get cifar-10-batches-py/)"
@@ -81,7 +82,7 @@ def _cifar_loader(folder: Path, colour: bool):
 @register("image")
 def image(*, data_dir=None, tokens=False):
     """Grayscale sequential CIFAR-10 (LRA Image) from ``data_dir``."""
-    check_choice("tokens", tokens, (False, True))
+    check_bool("tokens", tokens)
     folder = find_cifar_dir(data_dir)
     return Task(name="image", num_classes=10, seq_len=1024, vocab_size=257 if tokens else None,
                 input_dim=None if tokens else 1, chance=0.1, options=dict(data_dir=data_dir, tokens=tokens),
@@ -155,7 +156,7 @@ def _mnist_loader(files, permutation):
 
 
 def _mnist(name, data_dir, tokens, permuted):
-    check_choice("tokens", tokens, (False, True))
+    check_bool("tokens", tokens)
     files = find_mnist_files(data_dir, name)
     perm = np.random.default_rng(PERMUTATION_SEED).permutation(784) if permuted else None
     return Task(name=name, num_classes=10, seq_len=784, vocab_size=257 if tokens else None,

@@ -31,7 +31,8 @@ import numpy as np
 from tqdm import tqdm
 
 from algornn.experiments.tasks._base import SPLITS, Task, pad_tokens
-from algornn.experiments.tasks._registry import cache_path, check_int, missing_files_error, register
+from algornn.experiments.tasks._registry import cache_path, missing_files_error, register
+from algornn.scan_kernels._validate import check_int
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -173,14 +174,14 @@ def listops(*, data_dir=None, n_train=96000, n_val=2000, n_test=2000, min_length
     ``cache_dir``: where generated splits are cached (None: ``$ALGORNN_DATA`` or ``~/.cache/algornn``;
     False: no cache). ``seq_len`` defaults to ``max_length`` (longer file examples are truncated).
     """
-    check_int("min_length", min_length, low=0)
-    check_int("max_length", max_length, low=min_length + 2)
-    check_int("max_depth", max_depth, low=1)
-    check_int("max_args", max_args, low=2)
-    seq_len = check_int("seq_len", max_length if seq_len is None else seq_len, low=1)
-    counts = {"train": check_int("n_train", n_train, low=1), "val": check_int("n_val", n_val, low=1),
-              "test": check_int("n_test", n_test, low=1)}
-    check_int("data_seed", data_seed, low=0)
+    check_int("min_length", min_length, minimum=0)
+    check_int("max_length", max_length, minimum=min_length + 2)
+    check_int("max_depth", max_depth, minimum=1)
+    check_int("max_args", max_args, minimum=2)
+    seq_len = check_int("seq_len", max_length if seq_len is None else seq_len, minimum=1)
+    counts = {"train": check_int("n_train", n_train, minimum=1), "val": check_int("n_val", n_val, minimum=1),
+              "test": check_int("n_test", n_test, minimum=1)}
+    check_int("data_seed", data_seed, minimum=0)
     options = dict(data_dir=data_dir, n_train=n_train, n_val=n_val, n_test=n_test, min_length=min_length,
                    max_length=max_length, max_depth=max_depth, max_args=max_args, seq_len=seq_len,
                    data_seed=data_seed, cache_dir=cache_dir)

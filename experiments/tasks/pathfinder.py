@@ -28,7 +28,8 @@ from tqdm import tqdm
 
 from algornn.experiments.tasks._base import SPLITS, Task, pixel_converter
 from algornn.experiments.tasks._pathfinder_gen import CONTOUR_LENGTH, SIZES, generate_images
-from algornn.experiments.tasks._registry import cache_path, check_choice, check_int, missing_files_error, register
+from algornn.experiments.tasks._registry import cache_path, missing_files_error, register
+from algornn.scan_kernels._validate import check_bool, check_choice, check_int
 
 DIFFICULTY_DIRS = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9", "hard": "curv_contour_length_14"}
 RELEASE_SPLIT = (0.8, 0.1, 0.1)
@@ -134,10 +135,10 @@ def _release_split(split, folder, size, cache_dir):
 def _build(name, size, difficulty, data_dir, n_train, n_val, n_test, data_seed, cache_dir, tokens):
     check_choice("size", size, SIZES)
     check_choice("difficulty", difficulty, tuple(CONTOUR_LENGTH))
-    counts = {"train": check_int("n_train", n_train, low=2), "val": check_int("n_val", n_val, low=2),
-              "test": check_int("n_test", n_test, low=2)}
-    check_int("data_seed", data_seed, low=0)
-    check_choice("tokens", tokens, (False, True))
+    counts = {"train": check_int("n_train", n_train, minimum=2), "val": check_int("n_val", n_val, minimum=2),
+              "test": check_int("n_test", n_test, minimum=2)}
+    check_int("data_seed", data_seed, minimum=0)
+    check_bool("tokens", tokens)
     options = dict(size=size, difficulty=difficulty, data_dir=data_dir, n_train=n_train, n_val=n_val,
                    n_test=n_test, data_seed=data_seed, cache_dir=cache_dir, tokens=tokens)
     if data_dir is not None:

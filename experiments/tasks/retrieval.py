@@ -18,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from algornn.experiments.tasks._base import Task, pad_tokens
-from algornn.experiments.tasks._registry import check_int, missing_files_error, register
+from algornn.experiments.tasks._registry import missing_files_error, register
 from algornn.experiments.tasks.text import byte_converter, encode_bytes
+from algornn.scan_kernels._validate import check_int
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 SOURCE = ("the tsv_data/ folder of lra_release.gz from google-research/long-range-arena (the public bucket "
@@ -67,7 +68,7 @@ def _arrays(rows, seq_len):
 @register("retrieval")
 def retrieval(*, data_dir=None, seq_len=4000):
     """AAN retrieval from ``data_dir`` (holding ``new_aan_pairs.*.tsv`` or ``tsv_data/``)."""
-    seq_len = check_int("seq_len", seq_len, low=1)
+    seq_len = check_int("seq_len", seq_len, minimum=1)
     if data_dir is None:
         raise missing_files_error("retrieval", None, [f"<data_dir>/{f}" for f in FILES.values()], SOURCE)
     folder = find_aan_dir(data_dir)

@@ -30,7 +30,8 @@ import zlib
 import numpy as np
 
 from algornn.experiments.tasks._base import IGNORE_INDEX, SPLITS, Task, compact_int_dtype
-from algornn.experiments.tasks._registry import check_int, register
+from algornn.experiments.tasks._registry import register
+from algornn.scan_kernels._validate import check_int
 
 BLANK, DELIM, FIRST_SYMBOL = 1, 2, 3
 
@@ -131,15 +132,15 @@ def _split_loader(name, generate, counts, data_seed, **kwargs):
 
 def _counts(n_train, n_val, n_test):
     return {
-        "train": check_int("n_train", n_train, low=1),
-        "val": check_int("n_val", n_val, low=1),
-        "test": check_int("n_test", n_test, low=1),
+        "train": check_int("n_train", n_train, minimum=1),
+        "val": check_int("n_val", n_val, minimum=1),
+        "test": check_int("n_test", n_test, minimum=1),
     }
 
 
 def _token_task(name, generate, *, seq_len, n_train, n_val, n_test, data_seed, num_classes, vocab_size, chance, **kw):
     counts = _counts(n_train, n_val, n_test)
-    check_int("data_seed", data_seed, low=0)
+    check_int("data_seed", data_seed, minimum=0)
     options = dict(seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed, **kw)
     return Task(
         name=name, num_classes=num_classes, seq_len=seq_len, vocab_size=vocab_size, kind="sequence_labels",
@@ -150,9 +151,9 @@ def _token_task(name, generate, *, seq_len, n_train, n_val, n_test, data_seed, n
 
 @register("copying")
 def copying(*, seq_len=512, n_copy=10, n_symbols=8, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
-    check_int("n_copy", n_copy, low=1)
-    check_int("n_symbols", n_symbols, low=2, high=250)
-    check_int("seq_len", seq_len, low=2 * n_copy + 1)
+    check_int("n_copy", n_copy, minimum=1)
+    check_int("n_symbols", n_symbols, minimum=2, maximum=250)
+    check_int("seq_len", seq_len, minimum=2 * n_copy + 1)
     return _token_task("copying", generate_copying, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test,
                        data_seed=data_seed, num_classes=n_symbols, vocab_size=n_symbols + FIRST_SYMBOL,
                        chance=1.0 / n_symbols, n_copy=n_copy, n_symbols=n_symbols)
@@ -160,9 +161,9 @@ def copying(*, seq_len=512, n_copy=10, n_symbols=8, n_train=10000, n_val=1000, n
 
 @register("selective_copying")
 def selective_copying(*, seq_len=512, n_copy=16, n_symbols=8, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
-    check_int("n_copy", n_copy, low=1)
-    check_int("n_symbols", n_symbols, low=2, high=250)
-    check_int("seq_len", seq_len, low=3 * n_copy + 1)
+    check_int("n_copy", n_copy, minimum=1)
+    check_int("n_symbols", n_symbols, minimum=2, maximum=250)
+    check_int("seq_len", seq_len, minimum=3 * n_copy + 1)
     return _token_task("selective_copying", generate_selective_copying, seq_len=seq_len, n_train=n_train,
                        n_val=n_val, n_test=n_test, data_seed=data_seed, num_classes=n_symbols,
                        vocab_size=n_symbols + FIRST_SYMBOL, chance=1.0 / n_symbols, n_copy=n_copy, n_symbols=n_symbols)
@@ -171,11 +172,11 @@ def selective_copying(*, seq_len=512, n_copy=16, n_symbols=8, n_train=10000, n_v
 @register("mqar")
 def mqar(*, seq_len=256, n_pairs=8, n_queries=None, n_keys=64, n_values=64, n_train=10000, n_val=1000,
          n_test=1000, data_seed=0):
-    check_int("n_pairs", n_pairs, low=1)
-    check_int("n_keys", n_keys, low=n_pairs)
-    check_int("n_values", n_values, low=2)
-    n_queries = check_int("n_queries", n_pairs if n_queries is None else n_queries, low=1, high=n_pairs)
-    check_int("seq_len", seq_len, low=2 * n_pairs + n_queries)
+    check_int("n_pairs", n_pairs, minimum=1)
+    check_int("n_keys", n_keys, minimum=n_pairs)
+    check_int("n_values", n_values, minimum=2)
+    n_queries = check_int("n_queries", n_pairs if n_queries is None else n_queries, minimum=1, maximum=n_pairs)
+    check_int("seq_len", seq_len, minimum=2 * n_pairs + n_queries)
     return _token_task("mqar", generate_mqar, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test,
                        data_seed=data_seed, num_classes=n_values, vocab_size=2 + n_keys + n_values,
                        chance=1.0 / n_values, n_pairs=n_pairs, n_queries=n_queries, n_keys=n_keys, n_values=n_values)
@@ -183,8 +184,8 @@ def mqar(*, seq_len=256, n_pairs=8, n_queries=None, n_keys=64, n_values=64, n_tr
 
 @register("induction")
 def induction(*, seq_len=256, n_symbols=16, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
-    check_int("n_symbols", n_symbols, low=2, high=250)
-    check_int("seq_len", seq_len, low=4)
+    check_int("n_symbols", n_symbols, minimum=2, maximum=250)
+    check_int("seq_len", seq_len, minimum=4)
     return _token_task("induction", generate_induction, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test,
                        data_seed=data_seed, num_classes=n_symbols, vocab_size=n_symbols + FIRST_SYMBOL,
                        chance=1.0 / n_symbols, n_symbols=n_symbols)
@@ -192,9 +193,9 @@ def induction(*, seq_len=256, n_symbols=16, n_train=10000, n_val=1000, n_test=10
 
 @register("adding")
 def adding(*, seq_len=512, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
-    check_int("seq_len", seq_len, low=2)
+    check_int("seq_len", seq_len, minimum=2)
     counts = _counts(n_train, n_val, n_test)
-    check_int("data_seed", data_seed, low=0)
+    check_int("data_seed", data_seed, minimum=0)
     options = dict(seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed)
     return Task(
         name="adding", num_classes=1, seq_len=seq_len, input_dim=2, kind="regression", chance=1.0 / 6.0,

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from algornn.experiments.tasks._base import Task, pad_tokens
-from algornn.experiments.tasks._registry import check_int, missing_files_error, register
+from algornn.experiments.tasks._registry import missing_files_error, register
+from algornn.scan_kernels._validate import check_int
 
 SOURCE = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz (unpack to get aclImdb/)"
 CLASSES = ("neg", "pos")
@@ -74,7 +75,7 @@ def read_imdb(folder: Path, part: str, seq_len: int):
 @register("text")
 def text(*, data_dir=None, seq_len=4096):
     """IMDb byte-level classification from ``data_dir`` (holding ``aclImdb/``)."""
-    seq_len = check_int("seq_len", seq_len, low=1)
+    seq_len = check_int("seq_len", seq_len, minimum=1)
     if data_dir is None:
         raise missing_files_error("text", None, ["<data_dir>/aclImdb/{train,test}/{pos,neg}/*.txt"], SOURCE)
     folder = find_imdb_dir(data_dir)

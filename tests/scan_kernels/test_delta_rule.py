@@ -143,7 +143,7 @@ def _bad_calls():
         (lambda: f(q, k, v, b[..., None]), "beta must have shape"),
         (lambda: f(q, k, v, b, log_decay=jnp.zeros((2, 5, 3, 4))), "log_decay must have shape"),
         (lambda: f(q, k, v, b, initial_state=s0[:, :2]), "initial_state must have shape"),
-        (lambda: f(q, k, v, b, chunk_size=-3), "chunk_size must be >= 1"),
+        (lambda: f(q, k, v, b, chunk_size=-3), "chunk_size=-?[0-9]+ must be an integer >= 1"),
         (lambda: f(q, k, v, b, backend="gpu"), "backend='gpu' is not one of"),
         (lambda: sk.delta_rule_step(s0, q[:, 0], k[:, 0], v[:, 0], b), "beta must have shape"),
     ]

@@ -117,22 +117,3 @@ def test_dense_kernel_complex_and_padding():
         s = s @ np.asarray(A, np.complex128).T + np.asarray(b[:, t], np.complex128)
         want[:, t] = s
     assert_close(h, want, dtype=jnp.complex64)
-
-
-def test_auto_backend_uses_pallas_only_where_it_compiles(monkeypatch):
-    from algornn.scan_kernels import _backend
-
-    assert _pallas_config.auto_backend(None) == ("pallas" if _pallas_config.pallas_compiles() else "xla")
-    # Pretend to be on a GPU: the probe compiles for real (non-interpret) on this CPU host, fails, and auto
-    # selection falls back to XLA with a warning; explicit choices are left alone.
-    monkeypatch.setattr(_backend, "on_gpu", lambda: True)
-    _pallas_config.pallas_compiles.cache_clear()
-    try:
-        with pytest.warns(UserWarning, match="does not compile here"):
-            assert _pallas_config.auto_backend(None) == "xla"
-        assert _pallas_config.auto_backend("pallas") == "pallas"
-        assert _pallas_config.auto_backend("reference") == "reference"
-        with pytest.raises(ValueError, match="not one of"):
-            _pallas_config.auto_backend("gpu")
-    finally:
-        _pallas_config.pallas_compiles.cache_clear()

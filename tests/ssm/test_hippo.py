@@ -59,7 +59,12 @@ def test_transition_lagt_fout_structure():
 
 @pytest.mark.parametrize(
     "args, match",
-    [(("legx", 4), "measure"), (("legs", 0), "N must be"), (("fout", 5), "even"), (("legs", 2.5), "N must be")],
+    [
+        (("legx", 4), "measure='legx' is not one of"),
+        (("legs", 0), "N=0 must be an integer >= 1"),
+        (("fout", 5), "even"),
+        (("legs", 2.5), "N=2.5 must be an integer"),
+    ],
 )
 def test_transition_bad_input(args, match):
     with pytest.raises(ValueError, match=match):

@@ -259,7 +259,7 @@ def test_kernel_bad_input():
         kernels.dplr_kernel(z, z, z, z, 0.1, 8)
     with pytest.raises(ValueError, match="P must end in N/2=4"):
         kernels.dplr_kernel(z, jnp.zeros((1, 3), jnp.complex64), z, z, 0.1, 8)
-    with pytest.raises(ValueError, match="L must be a positive Python int"):
+    with pytest.raises(ValueError, match="L=0 must be an integer >= 1"):
         kernels.diag_kernel(z, z, z, 0.1, 0)
     with pytest.raises(ValueError, match="share the last dim"):
         kernels.diag_kernel(z, jnp.zeros(3, jnp.complex64), z, 0.1, 8)
