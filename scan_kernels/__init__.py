@@ -8,21 +8,27 @@
   ``"pallas"``; each op has a ``*_reference`` loop. Outputs are float32 for float32/bfloat16 inputs,
   complex64 if any input is complex.
 
+Layout (docs/architecture.md §scan_kernels layout): one private folder per op (``_linear_scan/``,
+``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_rg_lru/``) and the shared pieces in ``_common/``.
+Imports run one way, op → ``_common``; an op built on another op imports that op's public name from this
+package, which is why the scan core is imported first, in its own block.
+
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
-from algornn.scan_kernels._backend import BACKENDS as BACKENDS
-from algornn.scan_kernels._backend import resolve_backend as resolve_backend
+from algornn.scan_kernels._common.backend import BACKENDS as BACKENDS
+from algornn.scan_kernels._common.backend import resolve_backend as resolve_backend
 from algornn.scan_kernels._dense_scan import dense_linear_scan as dense_linear_scan
 from algornn.scan_kernels._dense_scan import dense_linear_scan_reference as dense_linear_scan_reference
 from algornn.scan_kernels._linear_scan import linear_scan as linear_scan
 from algornn.scan_kernels._linear_scan import linear_scan_reference as linear_scan_reference
 
-# fast-weight recurrences
+# isort: split
+# Ops built on the scan core (they import linear_scan / dense_linear_scan from this package, bound above).
 from algornn.scan_kernels._delta_rule import delta_rule as delta_rule
-from algornn.scan_kernels._delta_rule_reference import delta_rule_reference as delta_rule_reference
-from algornn.scan_kernels._delta_rule_reference import delta_rule_step as delta_rule_step
+from algornn.scan_kernels._delta_rule import delta_rule_reference as delta_rule_reference
+from algornn.scan_kernels._delta_rule import delta_rule_step as delta_rule_step
 from algornn.scan_kernels._linear_attention import linear_attention as linear_attention
-from algornn.scan_kernels._linear_attention_reference import linear_attention_quadratic as linear_attention_quadratic
-from algornn.scan_kernels._linear_attention_reference import linear_attention_reference as linear_attention_reference
-from algornn.scan_kernels._linear_attention_reference import linear_attention_step as linear_attention_step
+from algornn.scan_kernels._linear_attention import linear_attention_quadratic as linear_attention_quadratic
+from algornn.scan_kernels._linear_attention import linear_attention_reference as linear_attention_reference
+from algornn.scan_kernels._linear_attention import linear_attention_step as linear_attention_step

@@ -2,7 +2,7 @@
 
 All public ``ssm`` functions validate up front and raise ``ValueError`` naming the argument, what it
 got and what was expected, instead of failing deep inside XLA. The generic checks (``as_array``,
-``check_inexact``, ``check_ndim``, ``check_int``, ...) come from ``algornn.scan_kernels._validate``.
+``check_inexact``, ``check_ndim``, ``check_int``, ...) come from ``algornn.scan_kernels._common.validate``.
 """
 
 import functools
@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algornn.scan_kernels import _utils
+from algornn.scan_kernels._common import utils as _utils
 
 
 def _arraylike(x):

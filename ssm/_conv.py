@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from algornn.scan_kernels._validate import as_array, check_inexact, check_ndim
+from algornn.scan_kernels._common.validate import as_array, check_inexact, check_ndim
 from algornn.ssm import _checks as ck
 
 

@@ -23,7 +23,7 @@ complex; S4D's conjugate half). Results are float32 / complex64 (float64 / compl
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
-from algornn.scan_kernels._validate import as_array, check_choice, check_inexact, check_ndim
+from algornn.scan_kernels._common.validate import as_array, check_choice, check_inexact, check_ndim
 from algornn.ssm import _checks as ck
 
 

@@ -29,7 +29,7 @@ convention, also used by ``ssm.init``), so Λ, P̃, B̃ have N/2 entries. In the
 
 import numpy as np
 
-from algornn.scan_kernels._validate import check_choice, check_int
+from algornn.scan_kernels._common.validate import check_choice, check_int
 
 MEASURES = ("legs", "legt", "lagt", "fout", "lmu")
 NPLR_MEASURES = ("legs", "legt", "lagt", "fout")

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algornn.scan_kernels._validate import check_float, check_int
+from algornn.scan_kernels._common.validate import check_float, check_int
 from algornn.ssm import hippo
 
 

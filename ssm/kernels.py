@@ -21,7 +21,7 @@ Conventions for layers:
 
 import jax.numpy as jnp
 
-from algornn.scan_kernels._validate import as_array, check_inexact, check_int, check_ndim
+from algornn.scan_kernels._common.validate import as_array, check_inexact, check_int, check_ndim
 from algornn.ssm import _checks as ck
 from algornn.ssm import discretize as disc
 from algornn.ssm._conv import bidirectional_conv as bidirectional_conv

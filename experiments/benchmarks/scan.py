@@ -43,8 +43,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import algornn.scan_kernels as sk
-from algornn.scan_kernels import _backend
-from algornn.scan_kernels._linear_scan_xla import associative_scan
+from algornn.scan_kernels._common import backend as _backend
+from algornn.scan_kernels._linear_scan.xla import associative_scan
 from algornn.experiments.benchmarks._report import write_json
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")

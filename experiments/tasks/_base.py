@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 import numpy as np
 
-from algornn.scan_kernels._validate import check_choice, check_int
+from algornn.scan_kernels._common.validate import check_choice, check_int
 
 SPLITS = ("train", "val", "test")
 IGNORE_INDEX = -1

@@ -27,7 +27,7 @@ import numpy as np
 
 from algornn.experiments.tasks._base import Task, pixel_converter
 from algornn.experiments.tasks._registry import missing_files_error, register
-from algornn.scan_kernels._validate import check_bool
+from algornn.scan_kernels._common.validate import check_bool
 
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (unpack to get cifar-10-batches-py/)"

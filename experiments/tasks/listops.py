@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from algornn.experiments.tasks._base import SPLITS, Task, pad_tokens
 from algornn.experiments.tasks._registry import cache_path, missing_files_error, register
-from algornn.scan_kernels._validate import check_int
+from algornn.scan_kernels._common.validate import check_int
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from algornn.experiments.tasks._base import SPLITS, Task, pixel_converter
 from algornn.experiments.tasks._pathfinder_gen import CONTOUR_LENGTH, SIZES, generate_images
 from algornn.experiments.tasks._registry import cache_path, missing_files_error, register
-from algornn.scan_kernels._validate import check_bool, check_choice, check_int
+from algornn.scan_kernels._common.validate import check_bool, check_choice, check_int
 
 DIFFICULTY_DIRS = {"easy": "curv_baseline", "intermediate": "curv_contour_length_9", "hard": "curv_contour_length_14"}
 RELEASE_SPLIT = (0.8, 0.1, 0.1)

@@ -20,7 +20,7 @@ import numpy as np
 from algornn.experiments.tasks._base import Task, pad_tokens
 from algornn.experiments.tasks._registry import missing_files_error, register
 from algornn.experiments.tasks.text import byte_converter, encode_bytes
-from algornn.scan_kernels._validate import check_int
+from algornn.scan_kernels._common.validate import check_int
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 SOURCE = ("the tsv_data/ folder of lra_release.gz from google-research/long-range-arena (the public bucket "

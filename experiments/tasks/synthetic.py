@@ -31,7 +31,7 @@ import numpy as np
 
 from algornn.experiments.tasks._base import IGNORE_INDEX, SPLITS, Task, compact_int_dtype
 from algornn.experiments.tasks._registry import register
-from algornn.scan_kernels._validate import check_int
+from algornn.scan_kernels._common.validate import check_int
 
 BLANK, DELIM, FIRST_SYMBOL = 1, 2, 3
 

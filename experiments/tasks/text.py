@@ -16,7 +16,7 @@ import numpy as np
 
 from algornn.experiments.tasks._base import Task, pad_tokens
 from algornn.experiments.tasks._registry import missing_files_error, register
-from algornn.scan_kernels._validate import check_int
+from algornn.scan_kernels._common.validate import check_int
 
 SOURCE = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz (unpack to get aclImdb/)"
 CLASSES = ("neg", "pos")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
-from algornn.scan_kernels import _backend
+from algornn.scan_kernels._common import backend as _backend
 from tests._utils import assert_close
 from tests.scan_kernels import test_delta_rule as dr
 from tests.scan_kernels import test_linear_attention as la

@@ -182,7 +182,7 @@ def test_backward_memory_stores_no_per_token_states():
 @pytest.mark.parametrize("C", [1, 3, 16, 17, 64, 100])
 def test_unit_lower_inverse_matches_numpy(C):
     """``(I + A)⁻¹`` from Neumann-factor diagonal blocks and pairwise merges, C not a power of two included."""
-    from algornn.scan_kernels._chunk_utils import unit_lower_inverse
+    from algornn.scan_kernels._common.chunk_utils import unit_lower_inverse
 
     A = np.tril(np.random.RandomState(C).randn(2, 3, C, C), -1) * 0.3
     T = unit_lower_inverse(jnp.asarray(A, F32))
@@ -206,7 +206,7 @@ def test_fwd_bwd_temp_below_tenth_of_per_token_states():
 _MULTI_BATCH_SCRIPT = """
 import jax, jax.numpy as jnp, numpy as np
 import algornn.scan_kernels as sk
-from algornn.scan_kernels._chunk_utils import unit_lower_inverse
+from algornn.scan_kernels._common.chunk_utils import unit_lower_inverse
 A = np.tril(np.random.RandomState(0).randn(2, 8, 2, 64, 64), -1) * 0.2
 T = np.asarray(jax.jit(unit_lower_inverse)(jnp.asarray(A, jnp.float32)), np.float64)
 assert np.abs(T - np.linalg.inv(np.eye(64) + A)).max() < 1e-4

@@ -37,8 +37,8 @@ def test_pallas_bfloat16_inputs():
 @pytest.mark.parametrize("gated", [False, True])
 def test_pallas_kernels_lower_for_cuda(gated, monkeypatch):
     """Lowering for CUDA (Triton) on a CPU host proves the kernel bodies use only lowerable ops."""
-    import algornn.scan_kernels._delta_rule_pallas as drp
-    from algornn.scan_kernels import _pallas_config
+    import algornn.scan_kernels._delta_rule.pallas as drp
+    from algornn.scan_kernels._common import pallas_config as _pallas_config
 
     orig = _pallas_config.pallas_call_kwargs
     no_interp = lambda **kw: orig(**{**kw, "interpret": False})  # noqa: E731

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
-from algornn.scan_kernels import _dense_scan
+from algornn.scan_kernels._dense_scan import op as _dense_scan
 from tests._utils import assert_close
 
 BACKENDS = ("reference", "xla", "pallas")

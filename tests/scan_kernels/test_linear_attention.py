@@ -248,7 +248,7 @@ def test_backward_memory_stores_no_per_token_states(gate):
 def test_chunk_groups_tile_all_chunks_in_order():
     """``for_chunk_groups`` visits ``[start, start + n)`` groups covering 0..nc-1 once, full groups then the
     tail (reverse: tail first, then the full groups backwards)."""
-    from algornn.scan_kernels._chunk_utils import for_chunk_groups
+    from algornn.scan_kernels._common.chunk_utils import for_chunk_groups
 
     def body(start, n, carry):
         visits, order, step = carry

@@ -42,8 +42,8 @@ def test_pallas_bfloat16_inputs():
 @pytest.mark.parametrize("gate", ["none", "scalar", "key"])
 def test_pallas_kernels_lower_for_cuda(gate, monkeypatch):
     """Lowering for CUDA (Triton) on a CPU host proves the kernel bodies use only lowerable ops."""
-    import algornn.scan_kernels._linear_attention_pallas as lap
-    from algornn.scan_kernels import _pallas_config
+    import algornn.scan_kernels._linear_attention.pallas as lap
+    from algornn.scan_kernels._common import pallas_config as _pallas_config
 
     orig = _pallas_config.pallas_call_kwargs
     no_interp = lambda **kw: orig(**{**kw, "interpret": False})  # noqa: E731

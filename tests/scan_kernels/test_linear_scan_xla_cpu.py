@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
-from algornn.scan_kernels import _linear_scan_xla as X
+from algornn.scan_kernels._linear_scan import xla as X
 from tests._utils import assert_close
 from tests.scan_kernels.test_linear_scan import loop64, make_inputs
 

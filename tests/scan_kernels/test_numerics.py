@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algornn.scan_kernels._numerics import cmul, two_sum
+from algornn.scan_kernels._common.numerics import cmul, two_sum
 
 F32 = np.float32
 TINY = float(np.finfo(F32).smallest_subnormal)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax import export
 
-from algornn.scan_kernels import _linear_scan_pallas as lsp
-from algornn.scan_kernels import _pallas_config
-from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
+from algornn.scan_kernels._linear_scan import pallas as lsp
+from algornn.scan_kernels._common import pallas_config as _pallas_config
+from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
 from tests._utils import assert_close
 from tests.scan_kernels.test_linear_scan import loop64, make_inputs
 

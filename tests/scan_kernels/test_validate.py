@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algornn.scan_kernels import _validate as v
+from algornn.scan_kernels._common import validate as v
 
 
 @pytest.mark.parametrize(

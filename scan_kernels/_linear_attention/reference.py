@@ -11,11 +11,10 @@ dimension ``(B, L, H, K)`` (a diagonal decay on the rows of S). With ``normalize
 divided by ``q_tᵀ z_t``, ``z_t = exp(g_t) z_{t-1} + k_t``, and the state is the pair ``(S, z)``.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._fast_weight_checks import check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._common.fast_weight_checks import check_log_decay, check_qkv, check_state
 
 # |q·z| below this is replaced by ±NORM_EPS (the sign of q·z, + at 0) before dividing.
 NORM_EPS = 1e-6

@@ -1,9 +1,9 @@
 """Delta rule / gated DeltaNet: Pallas kernels for the chunk computations, and their ``custom_vjp``.
 
 Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC chunks ·
-Kp, Vp padded dims (see ``_fast_weight_pallas``).
+Kp, Vp padded dims (see ``_common.fast_weight_pallas``).
 
-Pipeline (the WY/UT chunk form of ``_delta_rule``; fla's ``chunk_delta_rule_fwd`` split):
+Pipeline (the WY/UT chunk form of ``_delta_rule.op``; fla's ``chunk_delta_rule_fwd`` split):
 
 1. ``_wy_kernel`` — grid ``(B·H, NC)``: A = β ⊙ (K Kᵀ) ⊙ exp(γ_r − γ_i) (r > i); forward substitution
    (I + A)[Ũ | W] = β ⊙ [V | exp(γ) ⊙ K] row by row (``fori_loop``; rows picked with iota masks, which
@@ -12,7 +12,7 @@ Pipeline (the WY/UT chunk form of ``_delta_rule``; fla's ``chunk_delta_rule_fwd`
    S_n = M_n S_{n-1} + Δ_n.
 3. ``_output_kernel`` — grid ``(B·H, NC)``: O = (Q ⊙ exp(γ)) S⁰ + (Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i]) (Ũ − W S⁰).
 
-Gradients: ``custom_vjp`` whose backward differentiates the chunked **XLA** form (``_delta_rule``);
+Gradients: ``custom_vjp`` whose backward differentiates the chunked **XLA** form (``_delta_rule.op``);
 there is no Pallas backward kernel yet.
 """
 
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from algornn.scan_kernels._chunk_utils import previous_states, scan_chunk_states_dense
-from algornn.scan_kernels._fast_weight_pallas import (
+from algornn.scan_kernels._common.chunk_utils import previous_states
+from algornn.scan_kernels._common.fast_weight_pallas import (
     F32,
     causal,
     decay_matrix,
@@ -40,7 +40,8 @@ from algornn.scan_kernels._fast_weight_pallas import (
     tile_spec,
     to_rows,
 )
-from algornn.scan_kernels._pallas_config import pallas_call_kwargs
+from algornn.scan_kernels._common.pallas_config import pallas_call_kwargs
+from algornn.scan_kernels._delta_rule.chunk_states import scan_chunk_states_dense
 
 
 def _wy_kernel(*refs, gated):
@@ -150,7 +151,7 @@ def _pallas_fwd(q, k, v, beta, g, s0, C):
 
 
 def _pallas_bwd(C, res, cts):
-    from algornn.scan_kernels._delta_rule import delta_rule_chunked
+    from algornn.scan_kernels._delta_rule.op import delta_rule_chunked
 
     q, k, v, beta, g, s0 = res
     L = q.shape[1]

@@ -2,10 +2,10 @@
 
 Layout (after recurrentgemma's and accelerated-scan's GPU scans, docs/backends.md §Pallas lowering): one program per
 (batch row, block of ``block_d`` channels); the **time loop runs inside the kernel** (``fori_loop`` over rows
-``ref[pl.ds(t, 1), :]``), vectorised across the channel block, carrying a compensated sum (``_numerics.two_sum``,
-as in ``_linear_scan_xla``) so long sums stay accurate. ``reverse`` walks the rows backwards by index (Triton has
+``ref[pl.ds(t, 1), :]``), vectorised across the channel block, carrying a compensated sum (``_common.numerics.two_sum``,
+as in ``_linear_scan.xla``) so long sums stay accurate. ``reverse`` walks the rows backwards by index (Triton has
 no ``rev``). Complex inputs travel as separate real/imaginary float planes (``pallas_call`` rejects complex),
-multiplied with ``_numerics.cmul``.
+multiplied with ``_common.numerics.cmul``.
 
 Two-level variant for long L with few channels (too few programs to fill a GPU), chunk length C:
   1. per chunk, from a zero state: the chunk's product of decays ``P_k = Π a`` and end state ``e_k``;
@@ -14,7 +14,7 @@ Two-level variant for long L with few channels (too few programs to fill a GPU),
   3. per chunk again, the full scan from its incoming state writes ``h``.
 This reads ``a, b`` twice (5 passes over memory instead of 3) in exchange for ``B·D/block_d·L/C`` programs.
 
-Tuning knobs live in :class:`PallasScanConfig`; the GPU lowering choice lives in ``_pallas_config``.
+Tuning knobs live in :class:`PallasScanConfig`; the GPU lowering choice lives in ``_common.pallas_config``.
 
 Shape legend: B batch · L length · D channels · C chunk.
 """
@@ -27,10 +27,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from algornn.scan_kernels import _pallas_config
-from algornn.scan_kernels import _utils
-from algornn.scan_kernels._numerics import cmul, two_sum
-from algornn.scan_kernels._validate import check_choice
+from algornn.scan_kernels._common import pallas_config as _pallas_config
+from algornn.scan_kernels._common import utils as _utils
+from algornn.scan_kernels._common.numerics import cmul, two_sum
+from algornn.scan_kernels._common.validate import check_choice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,7 +149,7 @@ def linear_scan_pallas(
 ):
     """Pallas scan of ``a, b (B, L, D)`` from ``h0 (B, D)`` (all in one compute dtype); returns ``h (B, L, D)``.
 
-    ``shifted``: see ``_linear_scan._dispatch``. ``interpret=None``: interpret mode off-GPU (``_pallas_config``).
+    ``shifted``: see ``_linear_scan.op._dispatch``. ``interpret=None``: interpret mode off-GPU (``_common.pallas_config``).
     """
     cfg = PallasScanConfig() if config is None else config
     B, L, D = b.shape
@@ -161,7 +161,7 @@ def linear_scan_pallas(
     A, Bp, H0 = (_to_planes(x) for x in (a, b, h0))
     if use_two_level(B, L, D, cfg):
         if shifted:  # the shift crosses chunk boundaries: make the shifted copy here
-            from algornn.scan_kernels._linear_scan_xla import shift_decays
+            from algornn.scan_kernels._linear_scan.xla import shift_decays
 
             A = tuple(shift_decays(x, reverse=reverse) for x in A)
         C = min(cfg.chunk, pl.next_power_of_2(L))

@@ -1,9 +1,9 @@
 """Linear attention: Pallas kernels for the chunk computations, and their ``custom_vjp``.
 
 Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC chunks ·
-Kp, Vp padded dims (see ``_fast_weight_pallas``).
+Kp, Vp padded dims (see ``_common.fast_weight_pallas``).
 
-Pipeline (the chunk form of ``_linear_attention``; fla's ``chunk_fwd_h`` / ``chunk_fwd_o`` split):
+Pipeline (the chunk form of ``_linear_attention.op``; fla's ``chunk_fwd_h`` / ``chunk_fwd_o`` split):
 
 1. ``_state_kernel`` — grid ``(B·H, NC)``: each chunk's own contribution Δ = (K ⊙ exp(γ_C − γ))ᵀ V.
 2. the scan core's ``linear_scan`` (Pallas backend) passes states between chunks: S_n = exp(γ_C) S_{n-1} + Δ_n.
@@ -12,7 +12,7 @@ Pipeline (the chunk form of ``_linear_attention``; fla's ``chunk_fwd_h`` / ``chu
 Per-key gates (GLA) cannot factor exp(γ_ik − γ_jk) into a matmul without overflow; the output kernel
 accumulates the masked scores one key dimension at a time (``fori_loop`` over K of (C, C) tiles).
 
-Gradients: ``custom_vjp`` whose backward differentiates the chunked **XLA** form (``_linear_attention``);
+Gradients: ``custom_vjp`` whose backward differentiates the chunked **XLA** form (``_linear_attention.op``);
 there is no Pallas backward kernel yet.
 """
 
@@ -23,8 +23,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from algornn.scan_kernels._chunk_utils import previous_states, scan_chunk_states_diag
-from algornn.scan_kernels._fast_weight_pallas import (
+from algornn.scan_kernels._common.chunk_utils import previous_states
+from algornn.scan_kernels._common.fast_weight_pallas import (
     F32,
     causal,
     decay_matrix,
@@ -40,7 +40,8 @@ from algornn.scan_kernels._fast_weight_pallas import (
     tile_spec,
     to_rows,
 )
-from algornn.scan_kernels._pallas_config import pallas_call_kwargs
+from algornn.scan_kernels._common.pallas_config import pallas_call_kwargs
+from algornn.scan_kernels._linear_attention.chunk_states import scan_chunk_states_diag
 
 
 def _state_kernel(*refs, kind):
@@ -141,7 +142,7 @@ def _pallas_fwd(q, k, v, g, s0, kind, C):
 
 
 def _pallas_bwd(kind, C, res, cts):
-    from algornn.scan_kernels._linear_attention import linear_attention_chunked
+    from algornn.scan_kernels._linear_attention.op import linear_attention_chunked
 
     q, k, v, g, s0 = res
     L = q.shape[1]

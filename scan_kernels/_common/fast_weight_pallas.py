@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from algornn.scan_kernels._chunk_utils import num_chunks
+from algornn.scan_kernels._common.chunk_utils import num_chunks
 
 F32 = jnp.float32
 HIGHEST = lax.Precision.HIGHEST

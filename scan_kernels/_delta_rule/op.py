@@ -29,19 +29,25 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
-from algornn.scan_kernels._chunk_utils import (
+from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._common.chunk_utils import (
     causal_masks,
     for_chunk_groups,
     pad_tokens,
     read_chunks,
-    scan_state_columns_dense,
     segment_decay,
     unit_lower_inverse,
     write_chunks,
 )
-from algornn.scan_kernels._delta_rule_reference import delta_rule_reference
-from algornn.scan_kernels._fast_weight_checks import check_beta, check_chunk_size, check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._common.fast_weight_checks import (
+    check_beta,
+    check_chunk_size,
+    check_log_decay,
+    check_qkv,
+    check_state,
+)
+from algornn.scan_kernels._delta_rule.chunk_states import scan_state_columns_dense
+from algornn.scan_kernels._delta_rule.reference import delta_rule_reference
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 # Chunks per step of the loop over chunk groups (bounds the O(C²) temporaries). 8 keeps a group's terms in
@@ -210,7 +216,7 @@ def delta_rule_chunked(q, k, v, beta, log_decay, s0, C, scan_backend):
 def _pallas_probe(q, k, v, beta, log_decay, C):
     """Compile the Pallas delta rule (its WY and output kernels and the Pallas dense chunk-state scan) for these
     shapes and dtypes; raises if it cannot run (also for a chunk size that is not a power of two)."""
-    from algornn.scan_kernels._delta_rule_pallas import delta_rule_pallas
+    from algornn.scan_kernels._delta_rule.pallas import delta_rule_pallas
 
     check_chunk_size(C, power_of_two=True)
     B, _, H, K = q.shape
@@ -249,7 +255,7 @@ def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
     g = None if kind == "none" else log_decay
     if backend == "pallas":
-        from algornn.scan_kernels._delta_rule_pallas import delta_rule_pallas
+        from algornn.scan_kernels._delta_rule.pallas import delta_rule_pallas
 
         o, final = delta_rule_pallas(q, k, v, beta, g, s0, chunk_size=C)
     else:

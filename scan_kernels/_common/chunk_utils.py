@@ -9,11 +9,11 @@ Shape legend: B batch · L length · H heads · K key dim · V value dim · C ch
 * Gates are cumulative log-sums *inside* each chunk (Mamba-2 SSD "segsum", GLA §4): every exponent
   used is a difference γ_i − γ_j with i ≥ j (or γ_C − γ_j), hence ≤ 0 — nothing overflows, even with
   g = −20 per step over long sequences.
-* The chunk-to-chunk state recurrences are handed to the scan core (``linear_scan`` for a diagonal
-  chunk transition, ``dense_linear_scan`` for the delta rule's dense K×K transition).
+* The chunk-to-chunk state recurrences are handed to the scan core by each op's ``chunk_states`` module
+  (``linear_scan`` for linear attention's diagonal chunk transition, ``dense_linear_scan`` for the delta
+  rule's dense K×K transition); this module imports no op.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -153,46 +153,6 @@ def for_chunk_groups(body, carry, nc: int, group: int, reverse: bool = False):
     if not reverse and tail:
         carry = body(n_full * group, tail, carry)
     return carry
-
-
-def _scan_core():
-    from algornn import scan_kernels  # the package is fully imported by the time an op runs
-
-    return scan_kernels
-
-
-def scan_chunk_states_diag(decay, delta, s0, backend: str, reverse: bool = False):
-    """End-of-chunk states ``S_n = decay_n ⊙ S_{n-1} + delta_n`` through the scan core's ``linear_scan``.
-
-    ``decay`` broadcastable to ``delta (B, H, NC, K, V)``; ``s0 (B, H, K, V)``. Returns ``(B, H, NC, K, V)``.
-    """
-    B, H, nc, K, V = delta.shape
-    a = jnp.broadcast_to(decay, delta.shape).reshape(B, H, nc, K * V)  # time axis -2: (B, H, NC, K·V)
-    b = delta.reshape(B, H, nc, K * V)
-    h = _scan_core().linear_scan(a, b, s0.reshape(B, H, K * V), reverse=reverse, backend=backend)
-    return h.reshape(B, H, nc, K, V)
-
-
-def scan_chunk_states_dense(M, delta, s0, backend: str, reverse: bool = False):
-    """End-of-chunk states ``S_n = M_n S_{n-1} + delta_n`` through the scan core's ``dense_linear_scan``, in the
-    states' own layout: ``M (B, H, NC, K, K)``, ``delta (B, H, NC, K, V)``, ``s0 (B, H, K, V)`` ->
-    ``(B, H, NC, K, V)`` (``scan_state_columns_dense`` with the V columns moved first and back)."""
-    cols = scan_state_columns_dense(M, jnp.moveaxis(delta, -1, 0), jnp.moveaxis(s0, -1, 0), backend, reverse)
-    return jnp.moveaxis(cols, 0, -1)
-
-
-def scan_state_columns_dense(M, cols, s0_cols, backend: str, reverse: bool = False):
-    """``S_n = M_n S_{n-1} + Δ_n`` through ``dense_linear_scan`` with the V columns of the state leading:
-    ``cols (V, B, H, NC, K)``, ``s0_cols (V, B, H, K)``, ``M (B, H, NC, K, K)``; returns ``(V, B, H, NC, K)``.
-
-    The V columns are independent vectors sharing ``M``: ``vmap`` over the leading axis (no copy of M, and no
-    transposed copy of Δ or of the result, as a batched loop carries its mapped axis first).
-    """
-    V, B, H, nc, K = cols.shape
-    A = M.reshape(B * H, nc, K, K)
-    core = _scan_core()
-    scan = jax.vmap(lambda bb, hh: core.dense_linear_scan(A, bb, hh, reverse=reverse, backend=backend))
-    return scan(cols.reshape(V, B * H, nc, K), s0_cols.reshape(V, B * H, K)).reshape(V, B, H, nc, K)
 
 
 def previous_states(s_end, s0):

@@ -8,7 +8,7 @@ so a bad call fails at the boundary instead of deep inside an XLA trace.
 
 import numpy as np
 
-from algornn.scan_kernels._validate import check_inexact, check_int, check_ndim, check_shape, describe
+from algornn.scan_kernels._common.validate import check_inexact, check_int, check_ndim, check_shape, describe
 
 _INPUT_DTYPES = ("float32", "bfloat16")
 

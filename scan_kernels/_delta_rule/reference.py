@@ -15,7 +15,7 @@ scalar per head and step ``(B, L, H)``.
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._fast_weight_checks import check_beta, check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._common.fast_weight_checks import check_beta, check_log_decay, check_qkv, check_state
 
 
 def _step(S, q_t, k_t, v_t, beta_t, g_t):

@@ -18,9 +18,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from algornn.scan_kernels import _pallas_config
-from algornn.scan_kernels import _utils
-from algornn.scan_kernels._numerics import cmul
+from algornn.scan_kernels._common import pallas_config as _pallas_config
+from algornn.scan_kernels._common import utils as _utils
+from algornn.scan_kernels._common.numerics import cmul
 
 
 def _dense_kernel(*refs, planes: int, reverse: bool, time_varying: bool):

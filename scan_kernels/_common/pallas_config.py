@@ -13,12 +13,12 @@ Decision: **Triton** lowering, requested explicitly with ``pltr.CompilerParams``
 
 Kernels call ``pl.pallas_call(kernel, ..., **pallas_call_kwargs(num_warps=..., num_stages=...))``.
 Off-GPU the kernels run in ``interpret=True`` mode (compiled through XLA), so CPU CI runs the kernel code.
-Whether a kernel compiles for a given call, and what auto picks when it does not, is ``_backend``'s business.
+Whether a kernel compiles for a given call, and what auto picks when it does not, is ``_common.backend``'s business.
 """
 
 from jax.experimental.pallas import triton as pltr
 
-from algornn.scan_kernels import _backend
+from algornn.scan_kernels._common import backend as _backend
 
 GPU_LOWERING = "triton"
 

@@ -1,13 +1,13 @@
 """Dtype rules and batch-sharding support shared by the ops of ``scan_kernels``.
 
-(Input validation lives in ``_validate``, arithmetic building blocks in ``_numerics``.)
+(Input validation lives in ``validate``, arithmetic building blocks in ``numerics``.)
 
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
 import jax.numpy as jnp
 
-from algornn.scan_kernels._validate import describe
+from algornn.scan_kernels._common.validate import describe
 
 
 def compute_dtype(*dtypes):

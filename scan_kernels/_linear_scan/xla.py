@@ -21,8 +21,8 @@ import math
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels import _backend
-from algornn.scan_kernels._numerics import two_sum
+from algornn.scan_kernels._common import backend as _backend
+from algornn.scan_kernels._common.numerics import two_sum
 
 
 def _row(x, t):

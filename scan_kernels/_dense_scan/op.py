@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels import _backend
-from algornn.scan_kernels import _utils
-from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
-from algornn.scan_kernels._validate import (
+from algornn.scan_kernels._common import backend as _backend
+from algornn.scan_kernels._common import utils as _utils
+from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._common.validate import (
     check_bool,
     check_broadcastable,
     check_choice,
@@ -101,7 +101,7 @@ def _sequential(A, b, h0, reverse: bool):
 def _sequential_inplace(A, b, h0, reverse: bool):
     """The CPU form: a ``fori_loop`` that reads row t of ``b (B, L, N)`` (and ``A (B, L, N, N)``) in place and
     writes ``h`` over ``b``'s buffer, avoiding the ``(L, B, ...)`` transposes of a ``lax.scan`` (as in
-    ``_linear_scan_xla.sequential_scan``)."""
+    ``_linear_scan.xla.sequential_scan``)."""
     L = b.shape[1]
 
     def body(i, carry):
@@ -133,7 +133,7 @@ def _associative(A, b, h0, reverse: bool):
 def _pallas_probe(A, b, h0, reverse: bool):
     """Compile the Pallas dense scan for these shapes and dtypes, in both directions (the backward runs the
     other one); raises if it does not compile."""
-    from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
+    from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
 
     args = abstract(A, b, h0)
     for rev in (reverse, not reverse):
@@ -151,7 +151,7 @@ def _dispatch(A, b, h0, reverse: bool, backend: str):
             return _associative(A, b, h0, reverse)
         return _sequential(A, b, h0, reverse)
     if backend == "pallas":
-        from algornn.scan_kernels._dense_scan_pallas import dense_scan_pallas
+        from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
 
         return _utils.batch_shard_map(partial(dense_scan_pallas, reverse=reverse), (A, A.ndim == 4), b, h0)
     raise AssertionError(backend)

@@ -16,8 +16,8 @@ Arrays: :func:`describe` (for messages), :func:`as_array`, :func:`check_array`, 
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 
 
 # ------------------------------------------------------------------------------------------ scalar options

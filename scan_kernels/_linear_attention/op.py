@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
-from algornn.scan_kernels._chunk_utils import (
+from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._common.chunk_utils import (
     causal_masks,
     entering_states,
     for_chunk_groups,
@@ -34,13 +34,13 @@ from algornn.scan_kernels._chunk_utils import (
     leaving_cotangents,
     pad_tokens,
     read_chunks,
-    scan_chunk_states_diag,
     segment_decay,
     write_chunks,
     write_states,
 )
-from algornn.scan_kernels._fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
-from algornn.scan_kernels._linear_attention_reference import linear_attention_reference, safe_denominator
+from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._linear_attention.chunk_states import scan_chunk_states_diag
+from algornn.scan_kernels._linear_attention.reference import linear_attention_reference, safe_denominator
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 
@@ -216,7 +216,7 @@ def split_normaliser(o, final, normalize, V):
 def _pallas_probe(q, k, v, log_decay, kind, normalize, C):
     """Compile the Pallas linear attention (its chunk kernels and the Pallas chunk-state scan) for these shapes and
     dtypes; raises if it cannot run (also for a chunk size that is not a power of two)."""
-    from algornn.scan_kernels._linear_attention_pallas import linear_attention_pallas
+    from algornn.scan_kernels._linear_attention.pallas import linear_attention_pallas
 
     check_chunk_size(C, power_of_two=True)
     B, _, H, K = q.shape
@@ -258,7 +258,7 @@ def linear_attention(q, k, v, *, log_decay=None, initial_state=None, normalize=F
         return linear_attention_reference(q, k, v, log_decay=log_decay, initial_state=initial_state, normalize=normalize)
     vv, s0 = with_normaliser(v, initial_state, normalize, B, H, K)
     if backend == "pallas":
-        from algornn.scan_kernels._linear_attention_pallas import linear_attention_pallas
+        from algornn.scan_kernels._linear_attention.pallas import linear_attention_pallas
 
         o, final = linear_attention_pallas(q, k, vv, log_decay, s0, kind=kind, chunk_size=C)
     else:

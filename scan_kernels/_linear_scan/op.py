@@ -9,8 +9,8 @@ Dtypes: float32, complex64 (float64/complex128 under x64); bfloat16/float16 inpu
 compute in complex.
 
 Backends (one keyword, dispatched in :func:`_dispatch`): ``"reference"`` plain ``lax.scan``;
-``"xla"`` fastest pure-XLA form for the device (``_linear_scan_xla``); ``"pallas"`` the Pallas kernel
-(``_linear_scan_pallas``, interpret mode off-GPU); ``None`` auto.
+``"xla"`` fastest pure-XLA form for the device (``_linear_scan.xla``); ``"pallas"`` the Pallas kernel
+(``_linear_scan.pallas``, interpret mode off-GPU); ``None`` auto.
 
 Gradients: a ``jax.custom_vjp`` whose backward is itself a reverse linear scan through the same dispatcher
 (Blelloch 1990 §1.4; Martin & Cundy 2018, arXiv 1709.04057 §2.2):
@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels import _utils
-from algornn.scan_kernels._backend import abstract, check_backend, probe_key, resolve_backend
-from algornn.scan_kernels._validate import (
+from algornn.scan_kernels._common import utils as _utils
+from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._common.validate import (
     check_bool,
     check_broadcastable,
     check_choice,
@@ -78,7 +78,7 @@ def _reference_scan(a, b, h0, reverse: bool):
 def _pallas_probe(a, b, h0, reverse: bool):
     """Compile the Pallas scan for these ``(B, L, D)`` shapes and dtypes: the forward, and the backward's shifted
     scan in the other direction (raises if either does not compile)."""
-    from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
+    from algornn.scan_kernels._linear_scan.pallas import linear_scan_pallas
 
     args = abstract(a, b, h0)
     for rev, shifted in ((reverse, False), (not reverse, True)):
@@ -92,15 +92,15 @@ def _dispatch(a, b, h0, reverse: bool, backend: str, shifted: bool = False):
     ``a_{t-1}`` otherwise; 0 at the first step), the recurrence of the backward pass.
     """
     if backend == "reference":
-        from algornn.scan_kernels._linear_scan_xla import shift_decays
+        from algornn.scan_kernels._linear_scan.xla import shift_decays
 
         return _reference_scan(shift_decays(a, reverse=reverse) if shifted else a, b, h0, reverse)
     if backend == "xla":
-        from algornn.scan_kernels._linear_scan_xla import linear_scan_xla
+        from algornn.scan_kernels._linear_scan.xla import linear_scan_xla
 
         return linear_scan_xla(a, b, h0, reverse=reverse, shifted=shifted)
     if backend == "pallas":
-        from algornn.scan_kernels._linear_scan_pallas import linear_scan_pallas
+        from algornn.scan_kernels._linear_scan.pallas import linear_scan_pallas
 
         return _utils.batch_shard_map(partial(linear_scan_pallas, reverse=reverse, shifted=shifted), a, b, h0)
     raise AssertionError(backend)  # check_backend already refused anything else

@@ -1,0 +1,10 @@
+"""Pieces shared by every op of ``scan_kernels``; imports no op folder (docs/architecture.md §scan_kernels layout).
+
+* ``backend`` — the backend names and the one auto-backend rule (``resolve_backend``, compile probes).
+* ``validate`` — generic argument checks (also used by ``ssm``, ``layers`` and ``experiments``).
+* ``numerics`` — ``two_sum`` and ``cmul``, for the scans' XLA forms and Pallas kernels.
+* ``utils`` — dtype promotion and batch sharding.
+* ``pallas_config`` — how Pallas kernels lower on a GPU.
+* ``chunk_utils``, ``fast_weight_checks``, ``fast_weight_pallas`` — chunking, input checks and Pallas layout
+  helpers of the chunked fast-weight ops.
+"""
