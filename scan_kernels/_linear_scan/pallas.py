@@ -149,7 +149,8 @@ def linear_scan_pallas(
 ):
     """Pallas scan of ``a, b (B, L, D)`` from ``h0 (B, D)`` (all in one compute dtype); returns ``h (B, L, D)``.
 
-    ``shifted``: see ``_linear_scan.op._dispatch``. ``interpret=None``: interpret mode off-GPU (``_common.pallas_config``).
+    ``shifted``: see ``_linear_scan.op._dispatch``. ``interpret=None``: interpret mode off-GPU
+    (``_common.pallas_config``).
     """
     cfg = PallasScanConfig() if config is None else config
     B, L, D = b.shape
