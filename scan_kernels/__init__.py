@@ -4,6 +4,8 @@
   ``h_t = a_t ⊙ h_{t-1} + b_t`` over ``b (B, L, D)``, ``a`` broadcastable to ``b``, ``h0 (B, D)``.
 * ``dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom")``:
   ``h_t = A_t h_{t-1} + b_t`` with ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``.
+* ``linear_attention``, ``delta_rule`` (chunked fast-weight recurrences, docs/ops.md) and
+  ``rg_lru(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, backend=None)`` (Griffin's RG-LRU on ``linear_scan``).
 * ``backend``: ``None`` (auto: Pallas on a GPU where it compiles, else XLA) | ``"reference"`` | ``"xla"`` |
   ``"pallas"``; each op has a ``*_reference`` loop. Outputs are float32 for float32/bfloat16 inputs,
   complex64 if any input is complex.
@@ -32,3 +34,6 @@ from algornn.scan_kernels._linear_attention import linear_attention as linear_at
 from algornn.scan_kernels._linear_attention import linear_attention_quadratic as linear_attention_quadratic
 from algornn.scan_kernels._linear_attention import linear_attention_reference as linear_attention_reference
 from algornn.scan_kernels._linear_attention import linear_attention_step as linear_attention_step
+from algornn.scan_kernels._rg_lru import rg_lru as rg_lru
+from algornn.scan_kernels._rg_lru import rg_lru_reference as rg_lru_reference
+from algornn.scan_kernels._rg_lru import rg_lru_step as rg_lru_step
