@@ -9,9 +9,13 @@ with Optimal Polynomial Projections", §3 and the HiPPO-RNN of its experiments).
 Memory (``ssm.hippo.transition(measure, N)``, bilinear, ``ssm.discretize.bilinear``):
 ``measure="legs"`` is scale-invariant, c'(t) = (1/t)(A c + B f): at step k (0-based) Δ_k = 1/(k+1), so the
 memory covers the whole history (HiPPO §3, discretised by GBT); it is timescale-invariant, so ``dt_scale`` (the
-sampling-rate change Δ → s·Δ, which also puts step k at time (k+1)·s) leaves Δ/t = 1/(k+1) and the output unchanged.
-``"legt"`` / ``"lagt"`` are time-invariant with Δ = ``dt`` · dt_scale. The recurrence is nonlinear, so ``__call__`` is a ``lax.scan`` over the same cell as
-``step`` (transition matrices for all steps computed up front); ``step`` carries the step counter.
+sampling-rate change Δ → s·Δ, which also puts step k at time (k+1)·s) leaves Δ/t = 1/(k+1) and the output
+unchanged.
+``"legt"`` / ``"lagt"`` are time-invariant with Δ = ``dt`` · dt_scale. The recurrence is nonlinear, so
+``__call__`` is a ``lax.scan`` over the same cell as ``step`` (transition matrices for all steps computed up
+front); ``step`` carries the step counter.
+Constructor: ``HiPPORNN(d_model, *, d_state=32, measure="legs", memory_d=1, dt=0.01, bidirectional=False,
+dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N d_state · M memory_d.
 """
 

@@ -13,6 +13,9 @@ the default) ``__call__`` computes all memories in parallel, as a causal FFT con
 impulse response ``H_l = Ā^l B̄`` (``ssm.kernels.dense_kernel`` with C = I, ``causal_conv``; keras-lmu
 ``LMUFeedforward``); then the hidden cell is a ``lax.scan`` ("rnn") or pointwise ("dense"). Otherwise the
 whole cell is one ``lax.scan``. ``d_state`` is an alias of ``order``. θ is fixed (not trained).
+Constructor: ``LMU(d_model, *, order=None, d_state=None, theta=100.0, memory_d=1, hidden_cell="rnn",
+hidden_to_memory=False, memory_to_memory=False, discretization="zoh", bidirectional=False, dtype=jnp.float32,
+param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N order · M memory_d.
 """
 

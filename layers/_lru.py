@@ -10,6 +10,8 @@ real/imag part, C ~ N(0, 1/N), D ~ N(0, 1). ``bidirectional=True`` adds a revers
 (``h_t = λ h_{t+1} + γ B u_t``, current token included, as S5) read out by its own ``C2``.
 The LRU is discrete-time (no Δ): ``dt_scale`` is accepted only as 1, any other value raises ``ValueError``
 (λ^dt_scale would be a choice of ours, not the paper's).
+Constructor: ``LRU(d_model, *, d_state=64, r_min=0.0, r_max=1.0, max_phase=2π, bidirectional=False, backend=None,
+dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state, complex).
 """
 

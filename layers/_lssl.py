@@ -13,6 +13,9 @@ One SISO system per channel d that shares ``A (N, N)`` and ``B (N,)`` (initialis
 
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (two-sided kernel / reverse scan).
 Parameters: ``A (N, N)``, ``B (N,)``, ``log_dt (D,)`` (tag ``ssm``), ``C (D, N)``, ``D (D,)``.
+Constructor: ``LSSL(d_model, *, d_state=64, measure="legs", discretization="bilinear", mode="conv",
+bidirectional=False, dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)``
+(one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state).
 """
 

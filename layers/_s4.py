@@ -16,6 +16,8 @@ Per channel d (N states; the conjugate half N/2 is stored, ``ssm.kernels`` conve
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).
 Parameters (per channel): ``log_dt (D,)``, ``Lambda_re, Lambda_im, B_re, B_im (D, N/2)``, ``P_re, P_im
 (D, rank, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Constructor: ``S4(d_model, *, d_state=64, measure="legs", rank=None, bidirectional=False, dt_min=0.001, dt_max=0.1,
+dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state; N/2 stored).
 """
 

@@ -12,6 +12,9 @@ Per channel d (N/2 complex states, conjugate pairs implied; ``ssm.kernels`` conv
 ``bidirectional=True`` adds an anti-causal branch with its own ``C2`` acting on strictly future inputs
 (S4's two-sided kernel): ``y_t += Σ_{s>t} K2_{s-t-1} u_s``. Parameters: ``log_dt (D,)``, ``Lambda_re,
 Lambda_im, B_re, B_im (D, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Constructor: ``S4D(d_model, *, d_state=64, init="inv", discretization="zoh", mode="conv", bidirectional=False,
+dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
+option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state; N/2 stored).
 """
 

@@ -10,6 +10,9 @@ B̃ = V⁻¹B and C̃ = CV in the eigenbasis. With ``conj_sym`` only P = N/2 sta
 ``bidirectional=True`` adds a reverse scan over the same Λ̄, B̄u (current token included, S5 ``apply_ssm``)
 read out by its own ``C2``. Parameters: ``Lambda_re, Lambda_im (P,)``, ``log_step (P,)``, ``B_re, B_im (P, D)``
 (tag ``ssm``), ``C_re, C_im (D, P)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Constructor: ``S5(d_model, *, d_state=64, blocks=1, conj_sym=True, discretization="zoh", bidirectional=False,
+dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
+option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state) · P stored states.
 """
 

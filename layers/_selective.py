@@ -11,6 +11,9 @@ Gu & Dao 2023 (Mamba, Alg. 2 / §3.5). With E = expand·D inner channels and N s
 
 ``bidirectional=True`` adds the reverse recurrence ``h_t = exp(Δ_t A) h_{t+1} + Δ_t u_t B_t`` with its own
 output map ``C`` (second slice of the projection) and sums the two readouts.
+Constructor: ``SelectiveSSM(d_model, *, d_state=16, expand=1, d_conv=4, dt_rank=None, dt_min=0.001, dt_max=0.1,
+bidirectional=False, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
+option in the class).
 Shape legend: B batch · L length · D d_model · E inner width · N state size · R rank of the Δ projection.
 """
 
@@ -61,7 +64,7 @@ def _causal_conv(u, w, b):
 
 
 class SelectiveSSM(nnx.Module):
-    """Mamba-style selective SSM: input-dependent Δ_t, B_t, C_t over E = expand·D channels, ``(B, L, D) -> (B, L, D)``.
+    """Mamba-style selective SSM: input-dependent Δ_t, B_t, C_t on E = expand·D channels, ``(B, L, D) -> (B, L, D)``.
 
     Args:
         d_model: channels D.
