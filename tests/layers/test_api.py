@@ -121,3 +121,29 @@ def test_bad_concrete_dt_scale_raises(bad):
     x = jnp.ones((1, 4, D_MODEL))
     with pytest.raises(ValueError, match="dt_scale"):
         mixer(x, dt_scale=bad)
+
+
+class _Custom(nnx.Module):
+    """A user's mixer class without dtype/param_dtype arguments."""
+
+    def __init__(self, d_model, *, width: int = 3, rngs):
+        self.width = width
+        self.lin = nnx.Linear(d_model, d_model, rngs=rngs)
+
+    def __call__(self, x):
+        return self.lin(x)
+
+    def init_state(self, batch_size):
+        return None
+
+    def step(self, state, x_t):
+        return state, self.lin(x_t)
+
+
+def test_a_custom_mixer_class_gets_its_options_checked_and_dtype_only_if_it_takes_it():
+    block = layers.SequenceBlock(D_MODEL, _Custom, mixer_options={"width": 2}, rngs=nnx.Rngs(0))
+    assert block.mixer.width == 2 and block(jnp.ones((1, 3, D_MODEL))).shape == (1, 3, D_MODEL)
+    with pytest.raises(ValueError, match=r"_Custom: unknown option\(s\) \['wdth'\]; allowed options are \['width'\]"):
+        layers.SequenceBlock(D_MODEL, _Custom, mixer_options={"wdth": 2}, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="does not take dtype"):
+        layers.SequenceBlock(D_MODEL, _Custom, dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
