@@ -6,7 +6,8 @@ as a frozen dataclass in ``layer.options`` (``record_options``). ``mixer_option_
 from the constructor signature; ``check_mixer_options`` turns an unknown key of a ``mixer_options`` dict into a
 ``ValueError`` that names the mixer and lists what is allowed.
 
-The ``check_*`` helpers take ``(name, value, ...)`` and raise ``ValueError`` naming the argument, the value and what
+The generic ``check_choice/bool/int/float`` come from ``scan_kernels._validate``. The ``check_*`` helpers take
+``(name, value, ...)`` and raise ``ValueError`` naming the argument, the value and what
 is allowed. ``check_state`` validates the state passed to ``step`` against the state ``init_state`` builds.
 
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim.
@@ -18,6 +19,9 @@ import inspect
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+# The generic checkers live in one module for the whole package; layers re-export them for their own modules.
+from algornn.scan_kernels._validate import check_bool, check_choice, check_float, check_int  # noqa: F401
 
 # Constructor arguments that are not options of the mixer itself: the model width, the RNG streams and the
 # two dtypes (a SequenceBlock / SequenceModel passes those three to its mixer).
@@ -57,31 +61,6 @@ def check_mixer_options(cls, options: dict) -> None:
 def record_options(cls, values: dict):
     """The frozen options dataclass ``cls`` from the constructor's ``locals()`` (its ``__post_init__`` validates)."""
     return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
-
-
-def check_choice(name: str, value, allowed) -> None:
-    if not isinstance(value, (str, bool, int, type(None))) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
-
-
-def check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be True or False")
-
-
-def check_int(name: str, value, *, minimum: int = 1, multiple_of: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or value % multiple_of:
-        extra = f" and a multiple of {multiple_of}" if multiple_of > 1 else ""
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{extra}")
-
-
-def check_float(name: str, value, *, low: float = 0.0, high: float = float("inf"), low_open: bool = True) -> None:
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name}={value!r} must be a number in {bracket}{low}, {high}]")
 
 
 def check_dt_range(dt_min, dt_max) -> None:
