@@ -8,9 +8,14 @@ with Optimal Polynomial Projections", §3 and the HiPPO-RNN of its experiments).
 
 Memory (``ssm.hippo.transition(measure, N)``, bilinear, ``ssm.discretize.bilinear``):
 ``measure="legs"`` is scale-invariant, c'(t) = (1/t)(A c + B f): at step k (0-based) Δ_k = 1/(k+1), so the
-memory covers the whole history (HiPPO §3, discretised by GBT); ``"legt"`` / ``"lagt"`` are time-invariant with
-Δ = ``dt`` · dt_scale. The recurrence is nonlinear, so ``__call__`` is a ``lax.scan`` over the same cell as
-``step`` (transition matrices for all steps computed up front); ``step`` carries the step counter.
+memory covers the whole history (HiPPO §3, discretised by GBT); it is timescale-invariant, so ``dt_scale`` (the
+sampling-rate change Δ → s·Δ, which also puts step k at time (k+1)·s) leaves Δ/t = 1/(k+1) and the output
+unchanged.
+``"legt"`` / ``"lagt"`` are time-invariant with Δ = ``dt`` · dt_scale. The recurrence is nonlinear, so
+``__call__`` is a ``lax.scan`` over the same cell as ``step`` (transition matrices for all steps computed up
+front); ``step`` carries the step counter.
+Constructor: ``HiPPORNN(d_model, *, d_state=32, measure="legs", memory_d=1, dt=0.01, bidirectional=False,
+dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N d_state · M memory_d.
 """
 
@@ -21,12 +26,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (build_options, check_batch_size, check_choice, check_dt_scale, check_float,
-                             check_int, check_sequence, check_token)
+from algornn.layers._options import (check_batch_size, check_choice, check_dt_scale, check_dtypes, check_float,
+                                     check_int, check_not_bidirectional, check_sequence, check_state, check_token,
+                                     record_options, zeros_of)
 
 
 @dataclasses.dataclass(frozen=True)
 class HiPPORNNOptions:
+    """The validated options of a :class:`HiPPORNN` layer (``layer.options``)."""
+
     d_state: int = 32
     measure: str = "legs"
     memory_d: int = 1
@@ -38,67 +46,95 @@ class HiPPORNNOptions:
         check_choice("measure", self.measure, ("legs", "legt", "lagt"))
         check_int("memory_d", self.memory_d)
         check_float("dt", self.dt)
-        check_choice("bidirectional", self.bidirectional, (False,))   # a nonlinear causal cell
+        check_not_bidirectional("HiPPORNN", self.bidirectional)
 
 
 class HiPPORNN(nnx.Module):
-    """GRU driven by a HiPPO memory. Options: see :class:`HiPPORNNOptions`."""
+    """GRU driven by a HiPPO memory of its own outputs, ``(B, L, D) -> (B, L, D)``.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D (also the hidden size).
+        d_state: HiPPO order N of the memory.
+        measure: "legs" (scale-invariant, whole history), "legt" or "lagt" (time-invariant, step ``dt``).
+        memory_d: number M of memory channels.
+        dt: step size Δ of the time-invariant measures "legt" and "lagt" (unused by "legs").
+        bidirectional: must be False: the GRU cell is a nonlinear recurrence with no anti-causal form.
+        dtype: compute dtype of the gates, inputs and outputs; the memory runs in float32.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)``: legt/lagt use Δ = dt · dt_scale
+    (``dt_scale`` may be traced under ``jit``). LegS is timescale-invariant (HiPPO Prop. 3): sampling every s time
+    units puts step k at t = (k+1)s with Δ = s, so Δ/t = 1/(k+1) whatever s, and ``dt_scale`` (validated, accepted)
+    leaves the output unchanged — exactly, not by omission.
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 32, measure: str = "legs", memory_d: int = 1,
+                 dt: float = 0.01, bidirectional: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(HiPPORNNOptions, "HiPPORNN", options)
+        opt = record_options(HiPPORNNOptions, locals())
+        self.dtype, self.param_dtype = check_dtypes("HiPPORNN", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
         M, N = opt.memory_d, opt.d_state
-        self.gates_in = nnx.Linear(d_model + M * N, 3 * d_model, rngs=rngs)            # z, r, n from [x, c]
-        self.gates_h = nnx.Linear(d_model, 3 * d_model, use_bias=False, rngs=rngs)      # z, r, n from h
-        self.W_f = nnx.Linear(d_model, M, use_bias=False, rngs=rngs)
+        lin = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        self.gates_in = nnx.Linear(d_model + M * N, 3 * d_model, **lin)                 # z, r, n from [x, c]
+        self.gates_h = nnx.Linear(d_model, 3 * d_model, use_bias=False, **lin)           # z, r, n from h
+        self.W_f = nnx.Linear(d_model, M, use_bias=False, **lin)
 
-    def transitions(self, t, dt_scale: float = 1.0):
+    def transitions(self, t, dt_scale=1.0):
         """``(Ā (..., N, N), B̄ (..., N))`` for 0-based steps ``t`` (int array, any shape)."""
         A, B = ssm.hippo.transition(self.options.measure, self.options.d_state)
         # the barrier keeps XLA from constant-folding L dense solves of these numpy constants at compile time
         A, B = jax.lax.optimization_barrier((jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)))
         if self.options.measure == "legs":
+            # Δ / t with Δ = dt_scale, t = (k + 1)·dt_scale: the scale cancels (module docstring)
             dt = 1.0 / (jnp.asarray(t, jnp.float32) + 1.0)
         else:
-            dt = jnp.full(jnp.shape(t), self.options.dt * dt_scale, jnp.float32)
+            dt = jnp.full(jnp.shape(t), self.options.dt, jnp.float32) * jnp.asarray(dt_scale, jnp.float32)
         return ssm.discretize.bilinear(A, B, dt)
 
     def _cell(self, state, inp):
-        """``state = (c (B, M, N), h (B, D))``, ``inp = (x_t (B, D), Ā_t (N, N), B̄_t (N,))``."""
+        """``state = (c (B, M, N), h (B, D))`` float32, ``inp = (x_t (B, D) dtype, Ā_t (N, N), B̄_t (N,))``."""
         c, h = state
         x_t, Abar, Bbar = inp
-        gi = self.gates_in(jnp.concatenate([x_t, c.reshape(c.shape[0], -1)], axis=-1))
-        gh = self.gates_h(h)
-        zi, ri, ni = jnp.split(gi, 3, axis=-1)
-        zh, rh, nh = jnp.split(gh, 3, axis=-1)
+        gi = self.gates_in(jnp.concatenate([x_t, c.reshape(c.shape[0], -1).astype(self.dtype)], axis=-1))
+        gh = self.gates_h(h.astype(self.dtype))
+        zi, ri, ni = jnp.split(gi.astype(jnp.float32), 3, axis=-1)
+        zh, rh, nh = jnp.split(gh.astype(jnp.float32), 3, axis=-1)
         z, r = jax.nn.sigmoid(zi + zh), jax.nn.sigmoid(ri + rh)
         h = (1.0 - z) * jnp.tanh(ni + r * nh) + z * h
-        f = self.W_f(h)                                                                  # (B, M)
+        f = self.W_f(h.astype(self.dtype)).astype(jnp.float32)                           # (B, M)
         c = jnp.einsum("nk,bmk->bmn", Abar, c) + f[..., None] * Bbar[None, None]
         return (c, h), h
 
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)``: a ``lax.scan`` of the cell."""
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``: a ``lax.scan`` of the cell."""
         check_sequence("HiPPORNN", x, self.d_model)
         check_dt_scale("HiPPORNN", dt_scale)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype)
         Abar, Bbar = self.transitions(jnp.arange(x.shape[1]), dt_scale)                 # (L, N, N), (L, N)
         state = self.init_state(x.shape[0])[:2]
         _, ys = jax.lax.scan(self._cell, state, (jnp.moveaxis(x, 1, 0), Abar, Bbar))
-        return jnp.moveaxis(ys, 0, 1)
+        return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
+
+    def state_spec(self, batch_size: int):
+        """``(c (B, memory_d, N), h (B, D), t ())``: float32 memory and hidden state, int32 step counter."""
+        return (jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.d_state), jnp.float32),
+                jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32),
+                jax.ShapeDtypeStruct((), jnp.int32))
 
     def init_state(self, batch_size: int):
         """``(c (B, memory_d, N), h (B, D), t ())``: memory, hidden state and the 0-based step counter."""
         check_batch_size("HiPPORNN", batch_size)
-        return (jnp.zeros((batch_size, self.options.memory_d, self.options.d_state), jnp.float32),
-                jnp.zeros((batch_size, self.d_model), jnp.float32), jnp.zeros((), jnp.int32))
+        return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
+    def step(self, state, x_t, *, dt_scale=1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("HiPPORNN", x_t, self.d_model)
         check_dt_scale("HiPPORNN", dt_scale)
+        check_state("HiPPORNN", state, self.state_spec(x_t.shape[0]))
         c, h, t = state
         Abar, Bbar = self.transitions(t, dt_scale)
-        (c, h), y = self._cell((c, h), (x_t.astype(jnp.float32), Abar, Bbar))
-        return (c, h, t + 1), y
+        (c, h), y = self._cell((c, h), (x_t.astype(self.dtype), Abar, Bbar))
+        return (c, h, t + 1), y.astype(self.dtype)

@@ -4,7 +4,7 @@ A linear Legendre memory of window θ (time steps) driving a nonlinear hidden ce
 
     u_t = e_x x_t [+ e_h h_{t-1} if hidden_to_memory] [+ e_m m_{t-1} if memory_to_memory]     (B, memory_d)
     m_t = Ā m_{t-1} + B̄ u_t     (each of the memory_d channels, order Legendre coefficients)
-          Ā, B̄ = zoh | euler (A/θ, B/θ) with (A, B) = ``ssm.hippo.transition("lmu", order)``, Δ = dt_scale
+          Ā, B̄ = zoh | euler (A/θ, B/θ, Δ) with (A, B) = ``ssm.hippo.transition("lmu", order)``, Δ = dt_scale
     h_t = tanh(W_x x_t + W_h h_{t-1} + W_m m_t + b)   hidden_cell="rnn"   (W_h h_{t-1} dropped for "dense")
     y_t = h_t                                                                                  (B, D)
 
@@ -13,6 +13,9 @@ the default) ``__call__`` computes all memories in parallel, as a causal FFT con
 impulse response ``H_l = Ā^l B̄`` (``ssm.kernels.dense_kernel`` with C = I, ``causal_conv``; keras-lmu
 ``LMUFeedforward``); then the hidden cell is a ``lax.scan`` ("rnn") or pointwise ("dense"). Otherwise the
 whole cell is one ``lax.scan``. ``d_state`` is an alias of ``order``. θ is fixed (not trained).
+Constructor: ``LMU(d_model, *, order=None, d_state=None, theta=100.0, memory_d=1, hidden_cell="rnn",
+hidden_to_memory=False, memory_to_memory=False, discretization="zoh", bidirectional=False, dtype=jnp.float32,
+param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N order · M memory_d.
 """
 
@@ -23,12 +26,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_scale,
-                             check_float, check_int, check_sequence, check_token)
+from algornn.layers._options import (check_batch_size, check_bool, check_choice, check_dt_scale, check_dtypes,
+                                     check_float, check_int, check_not_bidirectional, check_sequence, check_state,
+                                     check_token, record_options, zeros_of)
 
 
 @dataclasses.dataclass(frozen=True)
 class LMUOptions:
+    """The validated options of an :class:`LMU` layer (``layer.options``)."""
+
     order: int | None = None            # None: d_state, else 64
     d_state: int | None = None          # alias of order (the SSM-mixer contract)
     theta: float = 100.0
@@ -51,7 +57,7 @@ class LMUOptions:
         check_bool("hidden_to_memory", self.hidden_to_memory)
         check_bool("memory_to_memory", self.memory_to_memory)
         check_choice("discretization", self.discretization, ("zoh", "euler"))
-        check_choice("bidirectional", self.bidirectional, (False,))   # a nonlinear causal cell
+        check_not_bidirectional("LMU", self.bidirectional)
 
     @property
     def n(self) -> int:
@@ -59,22 +65,46 @@ class LMUOptions:
 
 
 class LMU(nnx.Module):
-    """Legendre Memory Unit. Options: see :class:`LMUOptions`."""
+    """Legendre Memory Unit: a linear Legendre memory of window θ driving a tanh cell, ``(B, L, D) -> (B, L, D)``.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D (also the hidden size).
+        order: Legendre order N of the memory (None: ``d_state``, else 64).
+        d_state: alias of ``order`` (give one of them).
+        theta: memory window θ in time steps (fixed, not trained).
+        memory_d: number M of memory channels.
+        hidden_cell: "rnn" (h_t = tanh(W_x x + W_h h_{t-1} + W_m m + b)) or "dense" (no W_h h_{t-1}).
+        hidden_to_memory: feed h_{t-1} into the memory input (then the whole cell is one sequential scan).
+        memory_to_memory: feed m_{t-1} into the memory input (then the whole cell is one sequential scan).
+        discretization: "zoh" or "euler".
+        bidirectional: must be False: the hidden cell is a nonlinear recurrence with no anti-causal form.
+        dtype: compute dtype of the projections, inputs and outputs; the memory runs in float32.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` use Δ = dt_scale (θ stays in
+    units of the original step); ``dt_scale`` is a positive scalar and may be traced under ``jit``.
+    """
+
+    def __init__(self, d_model: int, *, order: int | None = None, d_state: int | None = None, theta: float = 100.0,
+                 memory_d: int = 1, hidden_cell: str = "rnn", hidden_to_memory: bool = False,
+                 memory_to_memory: bool = False, discretization: str = "zoh", bidirectional: bool = False,
+                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(LMUOptions, "LMU", options)
+        opt = record_options(LMUOptions, locals())
+        self.dtype, self.param_dtype = check_dtypes("LMU", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
         M, N = opt.memory_d, opt.n
-        self.encoder_x = nnx.Linear(d_model, M, use_bias=False, rngs=rngs)
+        lin = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
+        self.encoder_x = nnx.Linear(d_model, M, use_bias=False, **lin)
         if opt.hidden_to_memory:
-            self.encoder_h = nnx.Linear(d_model, M, use_bias=False, rngs=rngs)
+            self.encoder_h = nnx.Linear(d_model, M, use_bias=False, **lin)
         if opt.memory_to_memory:
-            self.encoder_m = nnx.Linear(M * N, M, use_bias=False, rngs=rngs)
-        self.W_x = nnx.Linear(d_model, d_model, rngs=rngs)
-        self.W_m = nnx.Linear(M * N, d_model, use_bias=False, rngs=rngs)
+            self.encoder_m = nnx.Linear(M * N, M, use_bias=False, **lin)
+        self.W_x = nnx.Linear(d_model, d_model, **lin)
+        self.W_m = nnx.Linear(M * N, d_model, use_bias=False, **lin)
         if opt.hidden_cell == "rnn":
-            self.W_h = nnx.Linear(d_model, d_model, use_bias=False, rngs=rngs)
+            self.W_h = nnx.Linear(d_model, d_model, use_bias=False, **lin)
 
     @property
     def _parallel(self) -> bool:
@@ -84,72 +114,78 @@ class LMU(nnx.Module):
         A, B = ssm.hippo.transition("lmu", self.options.n)
         # the barrier keeps XLA from constant-folding the matrix exponential / powers at compile time
         A, B = jax.lax.optimization_barrier((jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)))
-        return A, B, jnp.float32(dt_scale / self.options.theta)
+        return A, B, jnp.asarray(dt_scale, jnp.float32) / jnp.float32(self.options.theta)
 
-    def discretized(self, dt_scale: float = 1.0):
+    def discretized(self, dt_scale=1.0):
         """``(Ā (N, N), B̄ (N,))`` of the Legendre memory (θ in time steps)."""
         return ssm.discretize.dense(self.options.discretization, *self._system(dt_scale))
 
-    def impulse_response(self, L: int, dt_scale: float = 1.0):
+    def impulse_response(self, L: int, dt_scale=1.0):
         """``H (N, L)`` with ``H[:, l] = Ā^l B̄``."""
         A, B, dt = self._system(dt_scale)
         return ssm.kernels.dense_kernel(A, B, jnp.eye(self.options.n, dtype=jnp.float32), dt, L,
                                         self.options.discretization)
 
     def _hidden(self, pre, h):
-        """``pre = W_x x + W_m m + b``; the hidden nonlinearity."""
+        """``pre = W_x x + W_m m + b`` (dtype); the hidden nonlinearity; returns float32 ``h``."""
         if self.options.hidden_cell == "rnn":
-            return jnp.tanh(pre + self.W_h(h))
-        return jnp.tanh(pre)
+            pre = pre + self.W_h(h.astype(self.dtype))
+        return jnp.tanh(pre).astype(jnp.float32)
 
     def _cell(self, Abar, Bbar, state, x_t):
-        """The full cell (any wiring): ``x_t (B, D)``, state ``(m (B, M, N), h (B, D))``."""
+        """The full cell (any wiring): ``x_t (B, D)`` in dtype, state ``(m (B, M, N), h (B, D))`` float32."""
         m, h = state
         u = self.encoder_x(x_t)
         if self.options.hidden_to_memory:
-            u = u + self.encoder_h(h)
+            u = u + self.encoder_h(h.astype(self.dtype))
         if self.options.memory_to_memory:
-            u = u + self.encoder_m(m.reshape(m.shape[0], -1))
-        m = jnp.einsum("nk,bmk->bmn", Abar, m) + u[..., None] * Bbar[None, None]
-        h = self._hidden(self.W_x(x_t) + self.W_m(m.reshape(m.shape[0], -1)), h)
+            u = u + self.encoder_m(m.reshape(m.shape[0], -1).astype(self.dtype))
+        m = jnp.einsum("nk,bmk->bmn", Abar, m) + u.astype(jnp.float32)[..., None] * Bbar[None, None]
+        h = self._hidden(self.W_x(x_t) + self.W_m(m.reshape(m.shape[0], -1).astype(self.dtype)), h)
         return (m, h), h
 
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)``."""
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
         check_sequence("LMU", x, self.d_model)
         check_dt_scale("LMU", dt_scale)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype)
         Bsz, L, _ = x.shape
         if not self._parallel:
             Abar, Bbar = self.discretized(dt_scale)
             _, ys = jax.lax.scan(lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz),
                                  jnp.moveaxis(x, 1, 0))
-            return jnp.moveaxis(ys, 0, 1)
+            return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
         M, N = self.options.memory_d, self.options.n
-        u = self.encoder_x(x)                                                            # (B, L, M)
+        u = self.encoder_x(x).astype(jnp.float32)                                        # (B, L, M)
         H = self.impulse_response(L, dt_scale)                                           # (N, L)
         u_rep = jnp.broadcast_to(u[..., None], (Bsz, L, M, N)).reshape(Bsz, L, M * N)
         m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))                          # (B, L, M·N)
-        pre = self.W_x(x) + self.W_m(m)
+        pre = self.W_x(x) + self.W_m(m.astype(self.dtype))
         if self.options.hidden_cell == "dense":
-            return jnp.tanh(pre)
+            return jnp.tanh(pre).astype(self.dtype)
 
         def body(h, pre_t):
             h = self._hidden(pre_t, h)
             return h, h
 
         _, ys = jax.lax.scan(body, jnp.zeros((Bsz, self.d_model), jnp.float32), jnp.moveaxis(pre, 1, 0))
-        return jnp.moveaxis(ys, 0, 1)
+        return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
+
+    def state_spec(self, batch_size: int):
+        """``(m (B, memory_d, order), h (B, D))`` float32."""
+        return (jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.n), jnp.float32),
+                jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32))
 
     def init_state(self, batch_size: int):
         """``(m (B, memory_d, order), h (B, D))`` float32 zeros."""
         check_batch_size("LMU", batch_size)
-        return (jnp.zeros((batch_size, self.options.memory_d, self.options.n), jnp.float32),
-                jnp.zeros((batch_size, self.d_model), jnp.float32))
+        return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
+    def step(self, state, x_t, *, dt_scale=1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("LMU", x_t, self.d_model)
         check_dt_scale("LMU", dt_scale)
+        check_state("LMU", state, self.state_spec(x_t.shape[0]))
         Abar, Bbar = self.discretized(dt_scale)
-        return self._cell(Abar, Bbar, state, x_t.astype(jnp.float32))
+        state, h = self._cell(Abar, Bbar, state, x_t.astype(self.dtype))
+        return state, h.astype(self.dtype)

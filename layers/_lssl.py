@@ -8,10 +8,14 @@ One SISO system per channel d that shares ``A (N, N)`` and ``B (N,)`` (initialis
     Ā_d, B̄_d = bilinear | zoh (A, B, Δ_d),   Δ = exp(log_dt) · dt_scale          (``ssm.discretize``)
     mode="conv": y = K * u + D u,  K_{d,l} = C_d Ā_d^l B̄_d     (``ssm.kernels.dense_kernel`` + FFT)
     mode="scan": x_t = Ā_d x_{t-1} + B̄_d u_t per channel on ``scan_kernels.dense_linear_scan``
-    step:        the same recurrence, one token at a time, O(D·N²) (Ā, B̄ cached in the state by ``init_state``)
+    step:        the same recurrence, one token at a time, O(D·N²) (Ā, B̄ cached in the state by ``init_state``;
+                 ``step(..., dt_scale=s)`` re-discretises for s and caches that system in the returned state)
 
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (two-sided kernel / reverse scan).
 Parameters: ``A (N, N)``, ``B (N,)``, ``log_dt (D,)`` (tag ``ssm``), ``C (D, N)``, ``D (D,)``.
+Constructor: ``LSSL(d_model, *, d_state=64, measure="legs", discretization="bilinear", mode="conv",
+bidirectional=False, dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)``
+(one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state).
 """
 
@@ -23,9 +27,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from algornn.layers._params import normal, ssm_param
+from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
+                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
+                                     check_token, record_options)
+from algornn.layers._params import f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, dense_linear_scan
 
 LSSL_MEASURES = ("legs", "legt", "lagt", "fout", "lmu")
@@ -33,6 +38,8 @@ LSSL_MEASURES = ("legs", "legt", "lagt", "fout", "lmu")
 
 @dataclasses.dataclass(frozen=True)
 class LSSLOptions:
+    """The validated options of an :class:`LSSL` layer (``layer.options``)."""
+
     d_state: int = 64
     measure: str = "legs"
     discretization: str = "bilinear"
@@ -55,47 +62,71 @@ class LSSLOptions:
 
 
 class LSSL(nnx.Module):
-    """Dense-A state-space layer. Options: see :class:`LSSLOptions`."""
+    """Linear state-space layer with a dense trainable state matrix A, ``(B, L, D) -> (B, L, D)``.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D.
+        d_state: state size N (even for measure="fout").
+        measure: HiPPO measure A and B start from, one of "legs", "legt", "lagt", "fout", "lmu".
+        discretization: "bilinear" or "zoh".
+        mode: "conv" (FFT convolution with the dense kernel) or "scan" (``dense_linear_scan`` recurrence).
+        bidirectional: add an anti-causal branch with its own C (no ``step`` then).
+        dt_min, dt_max: range of the log-uniform initial step sizes Δ (one per channel).
+        backend: ``dense_linear_scan`` backend for mode="scan": None (auto), "reference", "xla", "pallas".
+        dtype: compute dtype of inputs and outputs; the SSM math runs in float32.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` scales every Δ by ``dt_scale`` (a positive scalar; may be traced under ``jit``).
+    ``init_state(batch_size, *, dt_scale=1.0)`` caches Ā, B̄ for that scale in the state;
+    ``step(state, x_t, *, dt_scale=None)`` uses the cache, or re-discretises for a given ``dt_scale`` (O(D·N³) per
+    call) and returns that system in the new state.
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 64, measure: str = "legs", discretization: str = "bilinear",
+                 mode: str = "conv", bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(LSSLOptions, "LSSL", options)
+        opt = record_options(LSSLOptions, locals())
+        self.dtype, self.param_dtype = check_dtypes("LSSL", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
+        pdt = self.param_dtype
         A, B = ssm.hippo.transition(opt.measure, opt.d_state)
-        self.A = ssm_param(jnp.asarray(A, jnp.float32))
-        self.B = ssm_param(jnp.asarray(B, jnp.float32))
-        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max))
+        self.A = ssm_param(jnp.asarray(A, jnp.float32), pdt)
+        self.B = ssm_param(jnp.asarray(B, jnp.float32), pdt)
+        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max), pdt)
         c_std = 1.0 / math.sqrt(opt.d_state)
-        self.C = nnx.Param(normal(rngs.params(), (d_model, opt.d_state), c_std))
+        self.C = param(normal(rngs.params(), (d_model, opt.d_state), c_std), pdt)
         if opt.bidirectional:
-            self.C2 = nnx.Param(normal(rngs.params(), (d_model, opt.d_state), c_std))
-        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+            self.C2 = param(normal(rngs.params(), (d_model, opt.d_state), c_std), pdt)
+        self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
-    def dt(self, dt_scale: float = 1.0):
-        return jnp.exp(self.log_dt[...]) * jnp.float32(dt_scale)
+    def dt(self, dt_scale=1.0):
+        """Step sizes ``Δ (D,)`` float32."""
+        return jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
 
-    def discretized(self, dt_scale: float = 1.0):
+    def discretized(self, dt_scale=1.0):
         """``(Ā (D, N, N), B̄ (D, N))`` float32."""
-        return ssm.discretize.dense(self.options.discretization, self.A[...], self.B[...], self.dt(dt_scale))
+        return ssm.discretize.dense(self.options.discretization, f32(self.A), f32(self.B), self.dt(dt_scale))
 
     def _Cs(self):
-        return [self.C[...]] + ([self.C2[...]] if self.options.bidirectional else [])
+        return [f32(self.C)] + ([f32(self.C2)] if self.options.bidirectional else [])
 
-    def kernel(self, L: int, dt_scale: float = 1.0):
+    def kernel(self, L: int, dt_scale=1.0):
         """Convolution kernels ``K (D, L)`` (a list: causal, then anti-causal when bidirectional)."""
-        return [ssm.kernels.dense_kernel(self.A[...], self.B[...], C, self.dt(dt_scale), L,
+        return [ssm.kernels.dense_kernel(f32(self.A), f32(self.B), C, self.dt(dt_scale), L,
                                          self.options.discretization) for C in self._Cs()]
 
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)``."""
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
         check_sequence("LSSL", x, self.d_model)
         check_dt_scale("LSSL", dt_scale)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype).astype(jnp.float32)
         if self.options.mode == "conv":
             Ks = self.kernel(x.shape[1], dt_scale)
             if self.options.bidirectional:
-                return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], self.D[...])
-            return ssm.kernels.causal_conv(x, Ks[0], self.D[...])
+                return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D)).astype(self.dtype)
+            return ssm.kernels.causal_conv(x, Ks[0], f32(self.D)).astype(self.dtype)
         Abar, Bbar = self.discretized(dt_scale)
         b = x[..., None] * Bbar[None, None]                                              # (B, L, D, N)
         scan = jax.vmap(lambda A, b_d, rev: dense_linear_scan(A, b_d, reverse=rev, backend=self.options.backend),
@@ -105,23 +136,37 @@ class LSSL(nnx.Module):
         if self.options.bidirectional:                                                   # strictly future inputs
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
             y = y + jnp.einsum("bldn,dn->bld", scan(Abar, b_next, True), Cs[1])
-        return y + x * self.D[...][None, None]
+        return (y + x * f32(self.D)[None, None]).astype(self.dtype)
 
-    def init_state(self, batch_size: int, *, dt_scale: float = 1.0):
+    def state_spec(self, batch_size: int):
+        """``(x (B, D, N), Ā (D, N, N), B̄ (D, N))`` float32."""
+        D, N = self.d_model, self.options.d_state
+        f = jnp.float32
+        return (jax.ShapeDtypeStruct((batch_size, D, N), f), jax.ShapeDtypeStruct((D, N, N), f),
+                jax.ShapeDtypeStruct((D, N), f))
+
+    def init_state(self, batch_size: int, *, dt_scale=1.0):
         """``(x (B, D, N) zeros, Ā (D, N, N), B̄ (D, N))``: the state plus a decode cache of the discretized
         system (dense Ā costs O(D·N³) to form, so ``step`` reuses it: call ``init_state`` again after the
-        parameters change). ``dt_scale`` sets the step-size scale of the whole decode."""
+        parameters change). ``dt_scale`` sets the step-size scale of the cached system."""
         check_batch_size("LSSL", batch_size)
         check_dt_scale("LSSL", dt_scale)
         check_causal("LSSL", self.options.bidirectional)
         Abar, Bbar = self.discretized(dt_scale)
         return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32), Abar, Bbar
 
-    def step(self, state, x_t):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``, O(D·N²)."""
+    def step(self, state, x_t, *, dt_scale=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``, O(D·N²) with the cached system (``dt_scale=None``);
+        a given ``dt_scale`` re-discretises (O(D·N³)) and the returned state caches that system."""
         check_token("LSSL", x_t, self.d_model)
+        if dt_scale is not None:
+            check_dt_scale("LSSL", dt_scale)
         check_causal("LSSL", self.options.bidirectional)
+        check_state("LSSL", state, self.state_spec(x_t.shape[0]))
         x, Abar, Bbar = state
-        x_t = x_t.astype(jnp.float32)
+        if dt_scale is not None:
+            Abar, Bbar = self.discretized(dt_scale)
+        x_t = x_t.astype(self.dtype).astype(jnp.float32)
         x = jnp.einsum("dnm,bdm->bdn", Abar, x) + Bbar[None] * x_t[..., None]
-        return (x, Abar, Bbar), jnp.einsum("dn,bdn->bd", self.C[...], x) + x_t * self.D[...][None]
+        y = jnp.einsum("dn,bdn->bd", f32(self.C), x) + x_t * f32(self.D)[None]
+        return (x, Abar, Bbar), y.astype(self.dtype)

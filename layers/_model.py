@@ -4,41 +4,83 @@ Encoder: a token embedding (``vocab_size``; id 0 is padding and embeds to zero) 
 (``input_dim``). Pooling over the valid prefix of each sequence (``lengths (B,)``, suffix padding):
 ``"mean"`` (masked mean), ``"last"`` (position ``lengths[b] - 1``) or ``"none"`` (every position).
 
+Valid lengths. With ``lengths`` given they are used as they are. Without them, token input infers each
+sequence's length from its trailing padding: ``lengths[b] = 1 + (index of the last non-zero id)`` (at least 1).
+This is exact under the contract that id 0 is padding only: a suffix-padded batch without ``lengths`` gives the
+same logits as with them. Float features have no padding id: without ``lengths`` every position is valid.
+
+Input checks. In eager calls, token ids outside ``[0, vocab_size)`` and ``lengths`` outside ``[1, L]`` raise
+``ValueError`` naming the bad values. Under ``jit`` (traced values) they cannot be checked: an id outside
+``[0, vocab_size)`` embeds to NaN, so the logits of that sequence are NaN (never a silently wrong number), and
+``lengths`` are clipped to ``[1, L]``.
+
 Shapes: ``x`` int ``(B, L)`` or float ``(B, L, input_dim)``; logits ``(B, num_classes)`` or
-``(B, L, num_classes)`` for ``pooling="none"``. Autoregressive use: ``init_state(B)`` and
+``(B, L, num_classes)`` for ``pooling="none"``, in ``dtype``. Autoregressive use: ``init_state(B)`` and
 ``step(state, x_t) -> (state, logits_t (B, num_classes))`` with ``x_t`` int ``(B,)`` or float ``(B, input_dim)``.
 Train/eval mode (Dropout, BatchNorm) is switched by ``model.train()`` / ``model.eval()``.
 """
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from algornn.layers._block import SequenceBlock, make_norm
-from algornn.layers._options import check_bool, check_choice, check_int
+from algornn.layers._options import check_bool, check_choice, check_dtypes, check_int, is_concrete
 
 POOLINGS = ("mean", "last", "none")
 
 
+def _first_bad(values: np.ndarray, bad: np.ndarray, limit: int = 5) -> str:
+    """``"value at index, ..."`` for the first ``limit`` positions where ``bad`` holds."""
+    where = np.argwhere(bad)[:limit]
+    shown = ", ".join(f"{values[tuple(i)]} at {tuple(int(j) for j in i)}" for i in where)
+    more = f" (and {int(bad.sum()) - len(where)} more)" if bad.sum() > len(where) else ""
+    return shown + more
+
+
 class SequenceModel(nnx.Module):
-    """A stack of residual sequence blocks for classification and autoregressive generation."""
+    """A stack of residual sequence blocks for classification and autoregressive generation.
+
+    Args:
+        d_model: channels D of every block.
+        n_layers: number of blocks.
+        num_classes: size of the decoder output.
+        mixer: a name in ``algornn.layers.MIXERS`` or a mixer class.
+        mixer_options: keyword options of the mixer (see its class docstring); unknown names raise ``ValueError``.
+        vocab_size: token input with ids in ``[0, vocab_size)``, 0 = padding (give this or ``input_dim``).
+        input_dim: float feature input of this size (give this or ``vocab_size``).
+        pooling: "mean", "last" or "none" (per-position logits).
+        norm: "layer" or "batch".
+        prenorm: pre-norm blocks plus a final norm (True) or post-norm blocks (False).
+        dropout: dropout rate in [0, 1).
+        ff: feed-forward of each block: "glu", "mlp" or "none".
+        dtype: compute dtype of every layer (e.g. jnp.bfloat16); scans accumulate in float32, logits come in dtype.
+        param_dtype: dtype the parameters are stored in (e.g. float32 with bfloat16 compute).
+        rngs: ``nnx.Rngs`` for the initialisation and dropout.
+
+    ``__call__(x, lengths=None)``: see the module docstring for how lengths are inferred and what is checked.
+    """
 
     def __init__(self, *, d_model: int, n_layers: int, num_classes: int, mixer, mixer_options=None,
                  vocab_size=None, input_dim=None, pooling: str = "mean", norm: str = "layer",
-                 prenorm: bool = True, dropout: float = 0.0, ff: str = "glu", rngs: nnx.Rngs):
+                 prenorm: bool = True, dropout: float = 0.0, ff: str = "glu", dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_int("d_model", d_model)
         check_int("n_layers", n_layers)
         check_int("num_classes", num_classes)
         check_choice("pooling", pooling, POOLINGS)
         check_bool("prenorm", prenorm)
+        self.dtype, self.param_dtype = check_dtypes("SequenceModel", dtype, param_dtype)
+        lin = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
         if (vocab_size is None) == (input_dim is None):
             raise ValueError(f"give exactly one of vocab_size (tokens) or input_dim (features); "
                              f"got vocab_size={vocab_size!r}, input_dim={input_dim!r}")
         if vocab_size is not None:
             check_int("vocab_size", vocab_size, minimum=2)
-            self.encoder = nnx.Embed(vocab_size, d_model, rngs=rngs)
+            self.encoder = nnx.Embed(vocab_size, d_model, **lin)
         else:
             check_int("input_dim", input_dim)
-            self.encoder = nnx.Linear(input_dim, d_model, rngs=rngs)
+            self.encoder = nnx.Linear(input_dim, d_model, **lin)
         self.vocab_size = vocab_size
         self.input_dim = input_dim
         self.d_model = d_model
@@ -46,11 +88,11 @@ class SequenceModel(nnx.Module):
         self.prenorm = prenorm
         self.blocks = nnx.List([
             SequenceBlock(d_model, mixer, mixer_options=mixer_options, norm=norm, prenorm=prenorm,
-                          dropout=dropout, ff=ff, rngs=rngs)
+                          dropout=dropout, ff=ff, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
             for _ in range(n_layers)
         ])
-        self.final_norm = make_norm(norm, d_model, rngs) if prenorm else None
-        self.decoder = nnx.Linear(d_model, num_classes, rngs=rngs)
+        self.final_norm = make_norm(norm, d_model, rngs, self.dtype, self.param_dtype) if prenorm else None
+        self.decoder = nnx.Linear(d_model, num_classes, **lin)
 
     # -- input checks -------------------------------------------------------------------------------------
     def _check_x(self, x, *, step: bool):
@@ -61,6 +103,12 @@ class SequenceModel(nnx.Module):
             if shape is None or len(shape) != (1 if step else 2) or not jnp.issubdtype(dtype, jnp.integer):
                 raise ValueError(f"SequenceModel: {what} must be integer tokens {want}; got shape {shape}, "
                                  f"dtype {dtype}")
+            if is_concrete(x):
+                ids = np.asarray(x)
+                bad = (ids < 0) | (ids >= self.vocab_size)
+                if bad.any():
+                    raise ValueError(f"SequenceModel: token ids in {what} must be in [0, vocab_size={self.vocab_size})"
+                                     f"; got {_first_bad(ids, bad)} (value at (batch, position))")
         else:
             want = f"(B, {self.input_dim})" if step else f"(B, L, {self.input_dim})"
             if (shape is None or len(shape) != (2 if step else 3) or shape[-1] != self.input_dim
@@ -68,47 +116,73 @@ class SequenceModel(nnx.Module):
                 raise ValueError(f"SequenceModel: {what} must be float features {want}; got shape {shape}, "
                                  f"dtype {dtype}")
 
+    def _lengths(self, x, lengths):
+        """Valid lengths ``(B,)`` int32 (given, checked/clipped, or inferred from padding); None for features."""
+        batch, length = x.shape[0], x.shape[1]
+        if lengths is None:
+            if self.vocab_size is None:
+                return None
+            position = jnp.arange(1, length + 1, dtype=jnp.int32)[None, :]
+            return jnp.maximum(jnp.max(jnp.where(x != 0, position, 0), axis=1), 1).astype(jnp.int32)
+        lengths = jnp.asarray(lengths)
+        if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
+            raise ValueError(f"SequenceModel: lengths must be integers of shape (B,)=({batch},); "
+                             f"got shape {lengths.shape}, dtype {lengths.dtype}")
+        if is_concrete(lengths):
+            values = np.asarray(lengths)
+            bad = (values < 1) | (values > length)
+            if bad.any():
+                raise ValueError(f"SequenceModel: lengths must be in [1, L={length}]; got "
+                                 f"{_first_bad(values, bad)} (value at (batch,))")
+        return jnp.clip(lengths, 1, length).astype(jnp.int32)
+
     def _embed(self, x):
         if self.vocab_size is not None:
-            return self.encoder(x) * (x != 0)[..., None].astype(jnp.float32)   # padding id 0 -> 0
-        return self.encoder(x.astype(jnp.float32))
+            valid = (x >= 0) & (x < self.vocab_size)
+            h = self.encoder(jnp.clip(x, 0, self.vocab_size - 1))
+            h = h * (x != 0)[..., None].astype(h.dtype)                                   # padding id 0 -> 0
+            return jnp.where(valid[..., None], h, jnp.asarray(jnp.nan, h.dtype))         # bad id -> NaN (jit)
+        return self.encoder(x.astype(self.dtype))
 
     # -- sequence mode ----------------------------------------------------------------------------------
     def features(self, x, lengths=None):
-        """Per-position features ``(B, L, d_model)`` after the last block (and final norm)."""
+        """Per-position features ``(B, L, d_model)`` after the last block (and final norm), and the mask
+        ``(B, L)`` of valid positions (None for float features without ``lengths``)."""
         self._check_x(x, step=False)
-        batch, length = x.shape[0], x.shape[1]
+        h, mask, _ = self._features(x, lengths)
+        return h, mask
+
+    def _features(self, x, lengths):
+        length = x.shape[1]
+        lengths = self._lengths(x, lengths)
         mask = None
         if lengths is not None:
-            lengths = jnp.asarray(lengths)
-            if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-                raise ValueError(f"SequenceModel: lengths must be integers of shape (B,)=({batch},); "
-                                 f"got shape {lengths.shape}, dtype {lengths.dtype}")
             mask = (jnp.arange(length)[None, :] < lengths[:, None]).astype(jnp.float32)   # (B, L)
         h = self._embed(x)
         for block in self.blocks:
             h = block(h, mask)
         if self.final_norm is not None:
             h = self.final_norm(h)
-        return h, mask
+        return h, mask, lengths
 
     def encode(self, x, lengths=None):
         """Pooled features ``(B, d_model)`` (``(B, L, d_model)`` for ``pooling="none"``) before the decoder."""
-        h, mask = self.features(x, lengths)
+        self._check_x(x, step=False)
+        h, mask, lengths = self._features(x, lengths)
         length = h.shape[1]
         if self.pooling == "none":
             return h
         if self.pooling == "mean":
+            h32 = h.astype(jnp.float32)
             if mask is None:
-                return jnp.mean(h, axis=1)
-            count = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)                    # (B, 1)
-            return jnp.sum(h * mask[..., None], axis=1) / count
-        last = (jnp.full((h.shape[0],), length - 1) if lengths is None
-                else jnp.clip(jnp.asarray(lengths) - 1, 0, length - 1))
+                return jnp.mean(h32, axis=1).astype(self.dtype)
+            count = jnp.sum(mask, axis=1, keepdims=True)                                   # (B, 1), >= 1
+            return (jnp.sum(h32 * mask[..., None], axis=1) / count).astype(self.dtype)
+        last = jnp.full((h.shape[0],), length - 1) if lengths is None else lengths - 1
         return jnp.take_along_axis(h, last[:, None, None].astype(jnp.int32), axis=1)[:, 0]
 
     def __call__(self, x, lengths=None):
-        """Logits ``(B, num_classes)`` (``(B, L, num_classes)`` for ``pooling="none"``)."""
+        """Logits ``(B, num_classes)`` (``(B, L, num_classes)`` for ``pooling="none"``) in ``dtype``."""
         return self.decoder(self.encode(x, lengths))
 
     # -- recurrent mode ---------------------------------------------------------------------------------
@@ -118,6 +192,10 @@ class SequenceModel(nnx.Module):
     def step(self, state, x_t):
         """One token ``x_t`` (int ``(B,)`` or float ``(B, input_dim)``) -> ``(state, logits_t (B, num_classes))``."""
         self._check_x(x_t, step=True)
+        if not isinstance(state, tuple) or len(state) != len(self.blocks):
+            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+            raise ValueError(f"SequenceModel.step: state must be the tuple of {len(self.blocks)} block states from "
+                             f"init_state; got {got}")
         h = self._embed(x_t)
         new_state = []
         for block, s in zip(self.blocks, state):

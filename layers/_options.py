@@ -1,50 +1,66 @@
-"""Option handling for layers: every mixer's options are a frozen dataclass, validated when it is built.
+"""Option and input handling shared by every layer.
 
-``build_options(Options, owner, options)`` turns the ``**options`` of ``Mixer(d_model, *, rngs, **options)`` into
-the mixer's frozen dataclass; an unknown name or a bad value raises ``ValueError`` that lists what is allowed.
-The ``check_*`` helpers are used in each dataclass's ``__post_init__`` and on the inputs of ``__call__``/``step``.
+Options: every mixer takes its options as keyword arguments with defaults in its signature
+(``S4D(d_model, *, d_state=64, ..., dtype=jnp.float32, param_dtype=jnp.float32, rngs)``) and keeps them, validated,
+as a frozen dataclass in ``layer.options`` (``record_options``). ``mixer_option_names(cls)`` reads the allowed names
+from the constructor signature; ``check_mixer_options`` turns an unknown key of a ``mixer_options`` dict into a
+``ValueError`` that names the mixer and lists what is allowed.
+
+The generic ``check_choice/bool/int/float`` come from ``scan_kernels._validate``. The ``check_*`` helpers take
+``(name, value, ...)`` and raise ``ValueError`` naming the argument, the value and what
+is allowed. ``check_state`` validates the state passed to ``step`` against the state ``init_state`` builds.
 
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim.
 """
 
 import dataclasses
+import inspect
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The generic checkers live in one module for the whole package; layers re-export them for their own modules.
+from algornn.scan_kernels._validate import check_bool, check_choice, check_float, check_int  # noqa: F401
 
-def build_options(cls, owner: str, options: dict):
-    """Instantiate the frozen options dataclass ``cls`` from ``options``; unknown names raise ``ValueError``."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(options) - set(names))
+# Constructor arguments that are not options of the mixer itself: the model width, the RNG streams and the
+# two dtypes (a SequenceBlock / SequenceModel passes those three to its mixer).
+NOT_OPTIONS = ("self", "d_model", "rngs", "dtype", "param_dtype")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+
+
+def mixer_option_names(cls) -> list[str]:
+    """The option names of mixer class ``cls``: its keyword-only constructor arguments, minus ``rngs``/dtypes."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in NOT_OPTIONS]
+
+
+def takes_keyword(cls, name: str) -> bool:
+    """Whether ``cls(...)`` accepts the keyword argument ``name`` (explicitly or through ``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def check_mixer_options(cls, options: dict) -> None:
+    """Unknown keys of a ``mixer_options`` dict raise ``ValueError`` naming ``cls`` and its allowed options.
+
+    A mixer class whose constructor takes ``**kwargs`` is not checked here (its names are not in the signature).
+    """
+    params = inspect.signature(cls.__init__).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return
+    allowed = mixer_option_names(cls)
+    unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise ValueError(f"{owner}: unknown option(s) {unknown}; allowed options are {sorted(names)}")
-    return cls(**options)
+        extra = ""
+        if set(unknown) & {"dtype", "param_dtype", "rngs"}:
+            extra = " (dtype, param_dtype and rngs are arguments of the block / model, not mixer options)"
+        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}{extra}; allowed options are {sorted(allowed)}")
 
 
-def check_choice(name: str, value, allowed) -> None:
-    if not isinstance(value, (str, bool, int, type(None))) or value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {list(allowed)}")
-
-
-def check_bool(name: str, value) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} must be True or False")
-
-
-def check_int(name: str, value, *, minimum: int = 1, multiple_of: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum or value % multiple_of:
-        extra = f" and a multiple of {multiple_of}" if multiple_of > 1 else ""
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}{extra}")
-
-
-def check_float(name: str, value, *, low: float = 0.0, high: float = float("inf"), low_open: bool = True) -> None:
-    ok = isinstance(value, (int, float, np.floating)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name}={value!r} must be a number in {bracket}{low}, {high}]")
+def record_options(cls, values: dict):
+    """The frozen options dataclass ``cls`` from the constructor's ``locals()`` (its ``__post_init__`` validates)."""
+    return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
 
 def check_dt_range(dt_min, dt_max) -> None:
@@ -52,6 +68,20 @@ def check_dt_range(dt_min, dt_max) -> None:
     check_float("dt_max", dt_max)
     if not dt_min <= dt_max:
         raise ValueError(f"dt_min={dt_min!r} must be <= dt_max={dt_max!r}")
+
+
+def check_dtypes(owner: str, dtype, param_dtype):
+    """``dtype`` (compute) and ``param_dtype`` (parameters) must be floating dtypes; returns them as numpy dtypes."""
+    out = []
+    for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
+        try:
+            dt = jnp.dtype(value)
+        except TypeError:
+            dt = None
+        if dt is None or dt.name not in DTYPES:
+            raise ValueError(f"{owner}: {name}={value!r} is not one of {list(DTYPES)}")
+        out.append(dt)
+    return tuple(out)
 
 
 def check_sequence(owner: str, x, d_model: int):
@@ -74,10 +104,38 @@ def check_token(owner: str, x_t, d_model: int):
         raise ValueError(f"{owner}.step: x_t must be a floating array (B, D); got dtype {dtype}")
 
 
+def is_concrete(value) -> bool:
+    """True for Python numbers and concrete arrays; False for values traced by ``jit``/``grad``/``vmap``."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(value))
+
+
 def check_dt_scale(owner: str, dt_scale) -> None:
-    """``dt_scale`` multiplies every step size Δ at call time (sampling-rate change); a positive Python number."""
-    if isinstance(dt_scale, bool) or not isinstance(dt_scale, (int, float, np.floating)) or not dt_scale > 0:
-        raise ValueError(f"{owner}: dt_scale={dt_scale!r} must be a positive number")
+    """``dt_scale`` multiplies every step size Δ at call time (sampling-rate change): a positive scalar.
+
+    A concrete value (Python number or 0-d array) must be finite and > 0. A traced value (under ``jit``) must be a
+    real scalar; its sign cannot be checked, and a value <= 0 gives unstable or undefined outputs.
+    """
+    shape, dtype = np.shape(dt_scale), getattr(dt_scale, "dtype", None)
+    if isinstance(dt_scale, bool) or shape != ():
+        ok = False
+    elif dtype is not None:
+        ok = jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+    else:
+        ok = isinstance(dt_scale, (int, float, np.integer, np.floating))
+    if not ok:
+        raise ValueError(f"{owner}: dt_scale={dt_scale!r} must be a positive real scalar "
+                         f"(got shape {shape}, dtype {dtype or type(dt_scale).__name__})")
+    if is_concrete(dt_scale) and not (np.isfinite(float(dt_scale)) and float(dt_scale) > 0):
+        raise ValueError(f"{owner}: dt_scale={float(dt_scale)!r} must be a finite number > 0")
+
+
+def check_discrete_dt_scale(owner: str, dt_scale, why: str) -> None:
+    """Discrete-time mixers have no step size Δ: ``dt_scale`` must be the number 1 (the default)."""
+    if isinstance(dt_scale, bool) or not is_concrete(dt_scale) or np.shape(dt_scale) != () or float(dt_scale) != 1.0:
+        shown = "a traced value" if not is_concrete(dt_scale) else repr(dt_scale)
+        raise ValueError(f"{owner}: dt_scale={shown} is not supported: {why}, so it has no step size Δ to scale; "
+                         f"dt_scale must be 1. The continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and "
+                         f"SelectiveSSM take dt_scale")
 
 
 def check_batch_size(owner: str, batch_size) -> None:
@@ -88,3 +146,50 @@ def check_causal(owner: str, bidirectional: bool) -> None:
     """Recurrent (``init_state`` / ``step``) use needs a causal layer."""
     if bidirectional:
         raise ValueError(f"{owner}: step is causal; bidirectional=True has no recurrent form")
+
+
+def check_not_bidirectional(owner: str, bidirectional) -> None:
+    """Mixers built around a nonlinear recurrent cell have no bidirectional form."""
+    check_bool("bidirectional", bidirectional)
+    if bidirectional:
+        raise ValueError(f"{owner}: bidirectional=True is not supported: its hidden state is a nonlinear recurrence "
+                         f"(h_t depends on h_(t-1) through a tanh/GRU cell), so there is no anti-causal linear "
+                         f"branch to add over the same recurrence; use a linear mixer (S4, S4D, S5, LRU, LSSL, "
+                         f"SelectiveSSM) for a bidirectional model")
+
+
+def _describe(tree) -> str:
+    def leaf(x):
+        shape, dtype = getattr(x, "shape", None), getattr(x, "dtype", None)
+        if shape is None or dtype is None:
+            return f"<{type(x).__name__}>"
+        return f"{jnp.dtype(dtype).name}{list(shape)}"
+
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=lambda x: x is None)
+    if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+        return leaf(leaves[0])
+    return str(jax.tree.unflatten(treedef, [leaf(x) for x in leaves])).replace("'", "")
+
+
+def check_state(owner: str, state, expected) -> None:
+    """``state`` must have the structure, shapes and dtypes of ``expected`` (a tree of ``jax.ShapeDtypeStruct``).
+
+    Raises ``ValueError`` naming both, e.g. ``expected complex64[2, 8, 4], got float32[3, 8, 4]``.
+    """
+    leaves, treedef = jax.tree.flatten(state, is_leaf=lambda x: x is None)
+    want, want_def = jax.tree.flatten(expected)
+    ok = treedef == want_def and all(
+        getattr(g, "shape", None) == w.shape and getattr(g, "dtype", None) == w.dtype for g, w in zip(leaves, want))
+    if not ok:
+        raise ValueError(f"{owner}.step: state does not match init_state(batch_size={_batch_of(expected)}): "
+                         f"expected {_describe(expected)}, got {_describe(state)}")
+
+
+def _batch_of(expected):
+    leaf = jax.tree.leaves(expected)[0]
+    return leaf.shape[0] if leaf.shape else "?"
+
+
+def zeros_of(spec):
+    """Zeros with the shapes and dtypes of a tree of ``jax.ShapeDtypeStruct``."""
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)

@@ -36,3 +36,12 @@ def resolve_mixer(mixer):
         return mixer
     raise ValueError(f"mixer must be a name in {sorted(MIXERS)} or a mixer class with __call__, init_state and "
                      f"step; got {mixer!r}")
+
+
+def describe_mixers() -> list[tuple[str, str, str]]:
+    """``(registry name, class name, first line of the class docstring)`` for every mixer in ``MIXERS``."""
+    rows = []
+    for name, cls in MIXERS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()
+        rows.append((name, cls.__name__, doc[0].strip().replace("``", "") if doc else ""))
+    return rows

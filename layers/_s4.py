@@ -17,6 +17,8 @@ Per channel d (N states; the conjugate half N/2 is stored, ``ssm.kernels`` conve
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).
 Parameters (per channel): ``log_dt (D,)``, ``Lambda_re, Lambda_im, B_re, B_im (D, N/2)``, ``P_re, P_im
 (D, rank, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Constructor: ``S4(d_model, *, d_state=64, measure="legs", rank=None, bidirectional=False, dt_min=0.001, dt_max=0.1,
+dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state; N/2 stored).
 """
 
@@ -27,9 +29,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from algornn.layers._params import complex_of, normal, ssm_param
+from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
+                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
+                                     check_token, record_options, zeros_of)
+from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 
 S4_MEASURES = ("legs", "legt", "fout", "lagt")
 MAX_RE = -1e-4
@@ -37,6 +40,8 @@ MAX_RE = -1e-4
 
 @dataclasses.dataclass(frozen=True)
 class S4Options:
+    """The validated options of an :class:`S4` layer (``layer.options``)."""
+
     d_state: int = 64
     measure: str = "legs"
     rank: int | None = None           # None: 2 for legt (its normal correction needs 2), else 1
@@ -54,36 +59,56 @@ class S4Options:
 
 
 class S4(nnx.Module):
-    """DPLR state-space layer (convolution for sequences, dense bilinear recurrence for ``step``)."""
+    """DPLR state-space layer (S4): FFT convolution for sequences, bilinear Woodbury recurrence for ``step``.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D.
+        d_state: state size N per channel (even; the conjugate half N/2 is stored).
+        measure: HiPPO measure of the NPLR initialisation, one of "legs", "legt", "fout", "lagt".
+        rank: rank of the low-rank term P (None: 2 for "legt", else 1).
+        bidirectional: add an anti-causal branch with its own C (no ``step`` then).
+        dt_min, dt_max: range of the log-uniform initial step sizes Δ.
+        dtype: compute dtype of inputs and outputs; the SSM math runs in float32/complex64.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
+    (a positive scalar; may be traced under ``jit``).
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 64, measure: str = "legs", rank: int | None = None,
+                 bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1, dtype=jnp.float32,
+                 param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(S4Options, "S4", options)
+        opt = record_options(S4Options, locals())
+        self.dtype, self.param_dtype = check_dtypes("S4", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
+        pdt = self.param_dtype
         rank = opt.rank if opt.rank is not None else (2 if opt.measure == "legt" else 1)
         Lam, P, B, _ = ssm.hippo.nplr(opt.measure, opt.d_state, rank)                   # complex128 numpy
         h = opt.d_state // 2
         bc = lambda z, shape: jnp.broadcast_to(jnp.asarray(z, jnp.complex64), shape)  # noqa: E731
         Lam, P, B = bc(Lam, (d_model, h)), bc(P, (d_model, rank, h)), bc(B, (d_model, h))
-        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max))
-        self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE))
-        self.Lambda_im = ssm_param(jnp.imag(Lam))
-        self.P_re, self.P_im = ssm_param(jnp.real(P)), ssm_param(jnp.imag(P))
-        self.B_re, self.B_im = ssm_param(jnp.real(B)), ssm_param(jnp.imag(B))
+        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max), pdt)
+        self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE), pdt)
+        self.Lambda_im = ssm_param(jnp.imag(Lam), pdt)
+        self.P_re, self.P_im = ssm_param(jnp.real(P), pdt), ssm_param(jnp.imag(P), pdt)
+        self.B_re, self.B_im = ssm_param(jnp.real(B), pdt), ssm_param(jnp.imag(B), pdt)
         C = ssm.init.complex_normal(rngs.params(), (d_model, h))
-        self.C_re, self.C_im = nnx.Param(jnp.real(C)), nnx.Param(jnp.imag(C))
+        self.C_re, self.C_im = param(jnp.real(C), pdt), param(jnp.imag(C), pdt)
         if opt.bidirectional:
             C2 = ssm.init.complex_normal(rngs.params(), (d_model, h))
-            self.C2_re, self.C2_im = nnx.Param(jnp.real(C2)), nnx.Param(jnp.imag(C2))
-        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+            self.C2_re, self.C2_im = param(jnp.real(C2), pdt), param(jnp.imag(C2), pdt)
+        self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
     def dplr(self):
         """``(Lambda (D, N/2), P (D, rank, N/2), B (D, N/2))`` complex64 (Re Λ clipped)."""
-        Lam = jax.lax.complex(jnp.minimum(self.Lambda_re[...], MAX_RE), self.Lambda_im[...])
+        Lam = jax.lax.complex(jnp.minimum(f32(self.Lambda_re), MAX_RE), f32(self.Lambda_im))
         return Lam, complex_of(self.P_re, self.P_im), complex_of(self.B_re, self.B_im)
 
-    def dt(self, dt_scale: float = 1.0):
-        return jnp.exp(self.log_dt[...]) * jnp.float32(dt_scale)
+    def dt(self, dt_scale=1.0):
+        """Step sizes ``Δ (D,)`` float32."""
+        return jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
 
     def _Cs(self):
         Cs = [complex_of(self.C_re, self.C_im)]
@@ -91,44 +116,51 @@ class S4(nnx.Module):
             Cs.append(complex_of(self.C2_re, self.C2_im))
         return Cs
 
-    def kernel(self, L: int, dt_scale: float = 1.0):
+    def kernel(self, L: int, dt_scale=1.0):
         """Convolution kernels ``K (D, L)`` (a list: causal, then anti-causal when bidirectional)."""
         Lam, P, B = self.dplr()
         return [ssm.kernels.dplr_kernel(Lam, P, B, C, self.dt(dt_scale), L) for C in self._Cs()]
 
-    def discretized(self, dt_scale: float = 1.0):
+    def discretized(self, dt_scale=1.0):
         """Real form ``(Ā (D, N, N), B̄ (D, N), C (D, N))`` of the bilinear-discretized system."""
         Lam, P, B = self.dplr()
         A, Br, Cr = ssm.kernels.dplr_real_form(Lam, P, B, self._Cs()[0])
         Abar, Bbar = ssm.discretize.bilinear(A, Br, self.dt(dt_scale))
         return Abar, Bbar, Cr
 
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)`` by FFT convolution with the DPLR kernel."""
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``, by FFT convolution with the DPLR kernel."""
         check_sequence("S4", x, self.d_model)
         check_dt_scale("S4", dt_scale)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype).astype(jnp.float32)
         Ks = self.kernel(x.shape[1], dt_scale)
         if self.options.bidirectional:
-            return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], self.D[...])
-        return ssm.kernels.causal_conv(x, Ks[0], self.D[...])
+            y = ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D))
+        else:
+            y = ssm.kernels.causal_conv(x, Ks[0], f32(self.D))
+        return y.astype(self.dtype)
+
+    def state_spec(self, batch_size: int):
+        """``x (B, D, N/2)`` complex64 (the conjugate half of the state)."""
+        return jax.ShapeDtypeStruct((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
 
     def init_state(self, batch_size: int):
         """``x (B, D, N/2)`` complex64 zeros (the conjugate half of the state)."""
         check_batch_size("S4", batch_size)
         check_causal("S4", self.options.bidirectional)
-        return jnp.zeros((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
+        return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
+    def step(self, state, x_t, *, dt_scale=1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N·rank) per token."""
         check_token("S4", x_t, self.d_model)
         check_dt_scale("S4", dt_scale)
         check_causal("S4", self.options.bidirectional)
-        x_t = x_t.astype(jnp.float32)
+        check_state("S4", state, self.state_spec(x_t.shape[0]))
+        x_t = x_t.astype(self.dtype).astype(jnp.float32)
         Lam, P, B = self.dplr()
         s = _dplr_bilinear_step(Lam, P, B, self.dt(dt_scale), state, x_t)
-        y = 2.0 * jnp.real(jnp.einsum("dn,bdn->bd", self._Cs()[0], s)) + x_t * self.D[...][None]
-        return s, y
+        y = 2.0 * jnp.real(jnp.einsum("dn,bdn->bd", self._Cs()[0], s)) + x_t * f32(self.D)[None]
+        return s, y.astype(self.dtype)
 
 
 # Private adapter (``ssm`` has no DPLR recurrence step yet; it belongs in ``ssm/`` next to ``dplr_kernel``).

@@ -12,6 +12,9 @@ Per channel d (N/2 complex states, conjugate pairs implied; ``ssm.kernels`` conv
 ``bidirectional=True`` adds an anti-causal branch with its own ``C2`` acting on strictly future inputs
 (S4's two-sided kernel): ``y_t += Σ_{s>t} K2_{s-t-1} u_s``. Parameters: ``log_dt (D,)``, ``Lambda_re,
 Lambda_im, B_re, B_im (D, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Constructor: ``S4D(d_model, *, d_state=64, init="inv", discretization="zoh", mode="conv", bidirectional=False,
+dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
+option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state; N/2 stored).
 """
 
@@ -22,9 +25,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from algornn.layers._params import complex_of, normal, ssm_param
+from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
+                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
+                                     check_token, record_options, zeros_of)
+from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
 
 S4D_INITS = {"lin": ssm.init.s4d_lin, "inv": ssm.init.s4d_inv, "legs": ssm.init.s4d_legs, "real": ssm.init.s4d_real}
@@ -33,6 +37,8 @@ MAX_RE = -1e-4   # Re Λ <= MAX_RE keeps every mode stable (annotated-s4 / S5 cl
 
 @dataclasses.dataclass(frozen=True)
 class S4DOptions:
+    """The validated options of an :class:`S4D` layer (``layer.options``)."""
+
     d_state: int = 64
     init: str = "inv"
     discretization: str = "zoh"
@@ -53,38 +59,59 @@ class S4DOptions:
 
 
 class S4D(nnx.Module):
-    """Diagonal SSM layer. Options: see :class:`S4DOptions`."""
+    """Diagonal state-space layer (S4D): ``x (B, L, D) -> (B, L, D)``, one SISO SSM per channel.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D.
+        d_state: state size N per channel (even; N/2 conjugate-pair states are stored).
+        init: Λ initialisation, one of "lin", "inv", "legs", "real" (S4D §4).
+        discretization: "zoh" or "bilinear".
+        mode: "conv" (FFT convolution with the Vandermonde kernel) or "scan" (``linear_scan`` recurrence).
+        bidirectional: add an anti-causal branch with its own C (no ``step`` then).
+        dt_min, dt_max: range of the log-uniform initial step sizes Δ.
+        backend: ``linear_scan`` backend for mode="scan": None (auto), "reference", "xla", "pallas".
+        dtype: compute dtype of inputs and outputs; the SSM math runs in float32/complex64.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
+    (a positive scalar; may be traced under ``jit``).
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 64, init: str = "inv", discretization: str = "zoh",
+                 mode: str = "conv", bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
+                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(S4DOptions, "S4D", options)
+        opt = record_options(S4DOptions, locals())
+        self.dtype, self.param_dtype = check_dtypes("S4D", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
+        pdt = self.param_dtype
         shape = (d_model, opt.d_state // 2)
         Lam = S4D_INITS[opt.init](None, shape)
         B = (ssm.init.s4d_legs_B(None, shape) if opt.init == "legs" else jnp.ones(shape, jnp.complex64))
-        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max))
-        self.Lambda_re = ssm_param(jnp.real(Lam))
-        self.Lambda_im = ssm_param(jnp.imag(Lam))
-        self.B_re = ssm_param(jnp.real(B))
-        self.B_im = ssm_param(jnp.imag(B))
+        self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max), pdt)
+        self.Lambda_re = ssm_param(jnp.real(Lam), pdt)
+        self.Lambda_im = ssm_param(jnp.imag(Lam), pdt)
+        self.B_re = ssm_param(jnp.real(B), pdt)
+        self.B_im = ssm_param(jnp.imag(B), pdt)
         C = ssm.init.complex_normal(rngs.params(), shape)
-        self.C_re, self.C_im = nnx.Param(jnp.real(C)), nnx.Param(jnp.imag(C))
+        self.C_re, self.C_im = param(jnp.real(C), pdt), param(jnp.imag(C), pdt)
         if opt.bidirectional:
             C2 = ssm.init.complex_normal(rngs.params(), shape)
-            self.C2_re, self.C2_im = nnx.Param(jnp.real(C2)), nnx.Param(jnp.imag(C2))
-        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+            self.C2_re, self.C2_im = param(jnp.real(C2), pdt), param(jnp.imag(C2), pdt)
+        self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
     # -- parameters in their natural form ----------------------------------------------------------------
     def _continuous(self):
         """``Lambda, B (D, N/2)`` complex64 (Re Λ clipped)."""
-        Lam = jax.lax.complex(jnp.minimum(self.Lambda_re[...], MAX_RE), self.Lambda_im[...])
+        Lam = jax.lax.complex(jnp.minimum(f32(self.Lambda_re), MAX_RE), f32(self.Lambda_im))
         return Lam, complex_of(self.B_re, self.B_im)
 
-    def dt(self, dt_scale: float = 1.0):
-        """Step sizes ``Δ (D,)``."""
-        return jnp.exp(self.log_dt[...]) * jnp.float32(dt_scale)
+    def dt(self, dt_scale=1.0):
+        """Step sizes ``Δ (D,)`` float32."""
+        return jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
 
-    def discretized(self, dt_scale: float = 1.0):
+    def discretized(self, dt_scale=1.0):
         """``(Ā, B̄) (D, N/2)`` complex64."""
         Lam, B = self._continuous()
         return ssm.discretize.diagonal(self.options.discretization, Lam, B, self.dt(dt_scale))
@@ -95,24 +122,27 @@ class S4D(nnx.Module):
             Cs.append(complex_of(self.C2_re, self.C2_im))
         return Cs
 
-    def kernel(self, L: int, dt_scale: float = 1.0):
+    def kernel(self, L: int, dt_scale=1.0):
         """Convolution kernels ``K (D, L)`` (a list: causal, then anti-causal when bidirectional)."""
         Lam, B = self._continuous()
         return [ssm.kernels.diag_kernel(Lam, B, C, self.dt(dt_scale), L, self.options.discretization)
                 for C in self._Cs()]
 
     # -- sequence mode -------------------------------------------------------------------------------------
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)``."""
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
         check_sequence("S4D", x, self.d_model)
         check_dt_scale("S4D", dt_scale)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype).astype(jnp.float32)
         if self.options.mode == "conv":
             Ks = self.kernel(x.shape[1], dt_scale)
             if self.options.bidirectional:
-                return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], self.D[...])
-            return ssm.kernels.causal_conv(x, Ks[0], self.D[...])
-        return self._scan(x, dt_scale)
+                y = ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D))
+            else:
+                y = ssm.kernels.causal_conv(x, Ks[0], f32(self.D))
+        else:
+            y = self._scan(x, dt_scale)
+        return y.astype(self.dtype)
 
     def _scan(self, x, dt_scale):
         Bsz, L, D = x.shape
@@ -127,22 +157,27 @@ class S4D(nnx.Module):
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
             hb = linear_scan(a, b_next.reshape(Bsz, L, D * n2), reverse=True, backend=self.options.backend)
             y = y + 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", hb.reshape(Bsz, L, D, n2), Cs[1]))
-        return y + x * self.D[...][None, None]
+        return y + x * f32(self.D)[None, None]
 
     # -- recurrent mode ------------------------------------------------------------------------------------
+    def state_spec(self, batch_size: int):
+        """``h (B, D, N/2)`` complex64."""
+        return jax.ShapeDtypeStruct((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
+
     def init_state(self, batch_size: int):
         """``h (B, D, N/2)`` complex64 zeros."""
         check_batch_size("S4D", batch_size)
         check_causal("S4D", self.options.bidirectional)
-        return jnp.zeros((batch_size, self.d_model, self.options.d_state // 2), jnp.complex64)
+        return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
+    def step(self, state, x_t, *, dt_scale=1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("S4D", x_t, self.d_model)
         check_dt_scale("S4D", dt_scale)
         check_causal("S4D", self.options.bidirectional)
-        x_t = x_t.astype(jnp.float32)
+        check_state("S4D", state, self.state_spec(x_t.shape[0]))
+        x_t = x_t.astype(self.dtype).astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
         h = Abar[None] * state + x_t.astype(jnp.complex64)[..., None] * Bbar[None]
-        y = 2.0 * jnp.real(jnp.einsum("bdn,dn->bd", h, self._Cs()[0])) + x_t * self.D[...][None]
-        return h, y
+        y = 2.0 * jnp.real(jnp.einsum("bdn,dn->bd", h, self._Cs()[0])) + x_t * f32(self.D)[None]
+        return h, y.astype(self.dtype)

@@ -10,6 +10,9 @@ B̃ = V⁻¹B and C̃ = CV in the eigenbasis. With ``conj_sym`` only P = N/2 sta
 ``bidirectional=True`` adds a reverse scan over the same Λ̄, B̄u (current token included, S5 ``apply_ssm``)
 read out by its own ``C2``. Parameters: ``Lambda_re, Lambda_im (P,)``, ``log_step (P,)``, ``B_re, B_im (P, D)``
 (tag ``ssm``), ``C_re, C_im (D, P)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
+Constructor: ``S5(d_model, *, d_state=64, blocks=1, conj_sym=True, discretization="zoh", bidirectional=False,
+dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
+option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state) · P stored states.
 """
 
@@ -20,9 +23,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from algornn.layers._params import complex_of, normal, ssm_param
+from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
+                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
+                                     check_token, record_options, zeros_of)
+from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
 
 MAX_RE = -1e-4
@@ -30,6 +34,8 @@ MAX_RE = -1e-4
 
 @dataclasses.dataclass(frozen=True)
 class S5Options:
+    """The validated options of an :class:`S5` layer (``layer.options``)."""
+
     d_state: int = 64
     blocks: int = 1
     conj_sym: bool = True
@@ -52,34 +58,59 @@ class S5Options:
 
 
 class S5(nnx.Module):
-    """MIMO diagonal SSM layer. Options: see :class:`S5Options`."""
+    """MIMO diagonal state-space layer (S5): one diagonal SSM over all D channels, ``(B, L, D) -> (B, L, D)``.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D.
+        d_state: state size N (even); P = N/2 states are stored with ``conj_sym``.
+        blocks: number of HiPPO-N blocks the initial Λ is made of (must divide N into even sizes).
+        conj_sym: store only one state of each conjugate pair (output 2 Re(C̃ x)).
+        discretization: "zoh" or "bilinear".
+        bidirectional: add a reverse scan read out by its own C (no ``step`` then).
+        dt_min, dt_max: range of the log-uniform initial step sizes Δ (one per state).
+        backend: ``linear_scan`` backend: None (auto), "reference", "xla", "pallas".
+        dtype: compute dtype of inputs and outputs; the SSM math runs in float32/complex64.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
+    (a positive scalar; may be traced under ``jit``).
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 64, blocks: int = 1, conj_sym: bool = True,
+                 discretization: str = "zoh", bidirectional: bool = False, dt_min: float = 1e-3,
+                 dt_max: float = 1e-1, backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
+                 rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(S5Options, "S5", options)
+        opt = record_options(S5Options, locals())
+        self.dtype, self.param_dtype = check_dtypes("S5", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
+        pdt = self.param_dtype
         Lam, B, C = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks,
                                         conj_sym=opt.conj_sym)
         P = Lam.shape[0]
         self.n_stored = P
-        self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE))
-        self.Lambda_im = ssm_param(jnp.imag(Lam))
-        self.log_step = ssm_param(ssm.init.log_dt(rngs.params(), (P,), opt.dt_min, opt.dt_max))
-        self.B_re, self.B_im = ssm_param(jnp.real(B)), ssm_param(jnp.imag(B))
-        self.C_re, self.C_im = nnx.Param(jnp.real(C)), nnx.Param(jnp.imag(C))
+        self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE), pdt)
+        self.Lambda_im = ssm_param(jnp.imag(Lam), pdt)
+        self.log_step = ssm_param(ssm.init.log_dt(rngs.params(), (P,), opt.dt_min, opt.dt_max), pdt)
+        self.B_re, self.B_im = ssm_param(jnp.real(B), pdt), ssm_param(jnp.imag(B), pdt)
+        self.C_re, self.C_im = param(jnp.real(C), pdt), param(jnp.imag(C), pdt)
         if opt.bidirectional:
             _, _, C2 = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks,
                                            conj_sym=opt.conj_sym)
-            self.C2_re, self.C2_im = nnx.Param(jnp.real(C2)), nnx.Param(jnp.imag(C2))
-        self.D = nnx.Param(normal(rngs.params(), (d_model,), 1.0))
+            self.C2_re, self.C2_im = param(jnp.real(C2), pdt), param(jnp.imag(C2), pdt)
+        self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
-    def discretized(self, dt_scale: float = 1.0):
+    def dt(self, dt_scale=1.0):
+        """Step sizes ``Δ (P,)`` float32 (one per stored state)."""
+        return jnp.exp(f32(self.log_step)) * jnp.asarray(dt_scale, jnp.float32)
+
+    def discretized(self, dt_scale=1.0):
         """``(Λ̄ (P,), B̄ (P, D))`` complex64."""
-        Lam = jax.lax.complex(jnp.minimum(self.Lambda_re[...], MAX_RE), self.Lambda_im[...])
-        dt = jnp.exp(self.log_step[...]) * jnp.float32(dt_scale)
+        Lam = jax.lax.complex(jnp.minimum(f32(self.Lambda_re), MAX_RE), f32(self.Lambda_im))
         # one Δ per state: P single-state systems (batch dim P, N = 1)
         Abar, coef = ssm.discretize.diagonal(self.options.discretization, Lam[:, None],
-                                             jnp.ones_like(Lam)[:, None], dt)
+                                             jnp.ones_like(Lam)[:, None], self.dt(dt_scale))
         return Abar[:, 0], coef * complex_of(self.B_re, self.B_im)
 
     def _readout(self, h, C):
@@ -87,31 +118,37 @@ class S5(nnx.Module):
         y = jnp.real(jnp.einsum("...p,dp->...d", h, C))
         return 2.0 * y if self.options.conj_sym else y
 
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)``."""
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
         check_sequence("S5", x, self.d_model)
         check_dt_scale("S5", dt_scale)
-        x = x.astype(jnp.float32)
+        x = x.astype(self.dtype).astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
         bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), Bbar)                    # (B, L, P)
         y = self._readout(linear_scan(Abar, bu, backend=self.options.backend), complex_of(self.C_re, self.C_im))
         if self.options.bidirectional:
             hb = linear_scan(Abar, bu, reverse=True, backend=self.options.backend)
             y = y + self._readout(hb, complex_of(self.C2_re, self.C2_im))
-        return y + x * self.D[...][None, None]
+        return (y + x * f32(self.D)[None, None]).astype(self.dtype)
+
+    def state_spec(self, batch_size: int):
+        """``x (B, P)`` complex64."""
+        return jax.ShapeDtypeStruct((batch_size, self.n_stored), jnp.complex64)
 
     def init_state(self, batch_size: int):
         """``x (B, P)`` complex64 zeros."""
         check_batch_size("S5", batch_size)
         check_causal("S5", self.options.bidirectional)
-        return jnp.zeros((batch_size, self.n_stored), jnp.complex64)
+        return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
+    def step(self, state, x_t, *, dt_scale=1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("S5", x_t, self.d_model)
         check_dt_scale("S5", dt_scale)
         check_causal("S5", self.options.bidirectional)
-        x_t = x_t.astype(jnp.float32)
+        check_state("S5", state, self.state_spec(x_t.shape[0]))
+        x_t = x_t.astype(self.dtype).astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
         h = Abar[None] * state + jnp.einsum("bd,pd->bp", x_t.astype(jnp.complex64), Bbar)
-        return h, self._readout(h, complex_of(self.C_re, self.C_im)) + x_t * self.D[...][None]
+        y = self._readout(h, complex_of(self.C_re, self.C_im)) + x_t * f32(self.D)[None]
+        return h, y.astype(self.dtype)

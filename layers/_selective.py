@@ -11,6 +11,9 @@ Gu & Dao 2023 (Mamba, Alg. 2 / §3.5). With E = expand·D inner channels and N s
 
 ``bidirectional=True`` adds the reverse recurrence ``h_t = exp(Δ_t A) h_{t+1} + Δ_t u_t B_t`` with its own
 output map ``C`` (second slice of the projection) and sums the two readouts.
+Constructor: ``SelectiveSSM(d_model, *, d_state=16, expand=1, d_conv=4, dt_rank=None, dt_min=0.001, dt_max=0.1,
+bidirectional=False, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
+option in the class).
 Shape legend: B batch · L length · D d_model · E inner width · N state size · R rank of the Δ projection.
 """
 
@@ -21,14 +24,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from algornn.layers._options import (build_options, check_batch_size, check_bool, check_choice, check_dt_range,
-                             check_dt_scale, check_int, check_sequence, check_token, check_causal)
-from algornn.layers._params import ssm_param
+from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
+                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
+                                     check_token, record_options, zeros_of)
+from algornn.layers._params import f32, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
 
 
 @dataclasses.dataclass(frozen=True)
 class SelectiveSSMOptions:
+    """The validated options of a :class:`SelectiveSSM` layer (``layer.options``)."""
+
     d_state: int = 16
     expand: int = 1
     d_conv: int = 4
@@ -58,75 +64,114 @@ def _causal_conv(u, w, b):
 
 
 class SelectiveSSM(nnx.Module):
-    """Mamba-style selective SSM. Options: see :class:`SelectiveSSMOptions`."""
+    """Mamba-style selective SSM: input-dependent Δ_t, B_t, C_t on E = expand·D channels, ``(B, L, D) -> (B, L, D)``.
 
-    def __init__(self, d_model: int, *, rngs: nnx.Rngs, **options):
+    Args:
+        d_model: channels D.
+        d_state: state size N per inner channel.
+        expand: inner width E = expand · D.
+        d_conv: width of the depthwise causal convolution.
+        dt_rank: rank R of the Δ projection (None: ceil(D / 16)).
+        dt_min, dt_max: range of the log-uniform initial Δ (through the softplus bias).
+        bidirectional: add the reverse recurrence with its own C_t (no ``step`` then).
+        backend: ``linear_scan`` backend: None (auto), "reference", "xla", "pallas".
+        dtype: compute dtype of the projections, convolution, inputs and outputs; Δ, exp(ΔA) and the scan run in
+            float32.
+        param_dtype: dtype the parameters are stored in.
+        rngs: ``nnx.Rngs`` for the initialisation.
+
+    ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ_t by ``dt_scale``
+    (a positive scalar; may be traced under ``jit``). The short convolution still counts samples, not time.
+    """
+
+    def __init__(self, d_model: int, *, d_state: int = 16, expand: int = 1, d_conv: int = 4,
+                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1, bidirectional: bool = False,
+                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         check_int("d_model", d_model)
-        opt = build_options(SelectiveSSMOptions, "SelectiveSSM", options)
+        opt = record_options(SelectiveSSMOptions, locals())
+        self.dtype, self.param_dtype = check_dtypes("SelectiveSSM", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
+        pdt = self.param_dtype
         E, N = opt.expand * d_model, opt.d_state
         R = opt.dt_rank if opt.dt_rank is not None else math.ceil(d_model / 16)
         self.inner, self.rank = E, R
         n_out = 2 if opt.bidirectional else 1
-        self.in_proj = nnx.Linear(d_model, 2 * E, use_bias=False, rngs=rngs)
-        self.conv_w = nnx.Param(jax.random.uniform(rngs.params(), (opt.d_conv, E), jnp.float32, -1.0, 1.0)
-                                / math.sqrt(opt.d_conv))
-        self.conv_b = nnx.Param(jnp.zeros((E,), jnp.float32))
-        self.x_proj = nnx.Linear(E, R + (1 + n_out) * N, use_bias=False, rngs=rngs)
-        self.dt_proj = nnx.Linear(R, E, use_bias=False, rngs=rngs)
+        lin = dict(use_bias=False, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
+        self.in_proj = nnx.Linear(d_model, 2 * E, **lin)
+        self.conv_w = param(jax.random.uniform(rngs.params(), (opt.d_conv, E), jnp.float32, -1.0, 1.0)
+                            / math.sqrt(opt.d_conv), pdt)
+        self.conv_b = param(jnp.zeros((E,), jnp.float32), pdt)
+        self.x_proj = nnx.Linear(E, R + (1 + n_out) * N, **lin)
+        self.dt_proj = nnx.Linear(R, E, **lin)
         # Δ bias: softplus^{-1} of a log-uniform Δ in [dt_min, dt_max]; A: S4D-Real -(n+1) (Mamba's init).
         log_dt = jax.random.uniform(rngs.params(), (E,), jnp.float32, math.log(opt.dt_min), math.log(opt.dt_max))
         dt = jnp.exp(log_dt)
-        self.dt_bias = ssm_param(dt + jnp.log(-jnp.expm1(-dt)))
-        self.A_log = ssm_param(jnp.broadcast_to(jnp.log(jnp.arange(1, N + 1, dtype=jnp.float32))[None], (E, N)))
-        self.D = nnx.Param(jnp.ones((E,), jnp.float32))
-        self.out_proj = nnx.Linear(E, d_model, use_bias=False, rngs=rngs)
+        self.dt_bias = ssm_param(dt + jnp.log(-jnp.expm1(-dt)), pdt)
+        self.A_log = ssm_param(jnp.broadcast_to(jnp.log(jnp.arange(1, N + 1, dtype=jnp.float32))[None], (E, N)), pdt)
+        self.D = param(jnp.ones((E,), jnp.float32), pdt)
+        self.out_proj = nnx.Linear(E, d_model, **lin)
 
     def _gates(self, u, dt_scale):
-        """From the conv output ``u (..., E)``: ``a = exp(ΔA)``, ``Δ``, ``B_t``, ``C_t`` (list of readouts)."""
+        """From the conv output ``u (..., E)`` (dtype): ``a = exp(ΔA)``, ``Δ``, ``B_t``, ``C_t`` (float32)."""
         N, R = self.options.d_state, self.rank
         dbc = self.x_proj(u)
-        delta = jax.nn.softplus(self.dt_proj(dbc[..., :R]) + self.dt_bias[...]) * jnp.float32(dt_scale)
-        A = -jnp.exp(self.A_log[...])                                                   # (E, N)
+        dt_in = self.dt_proj(dbc[..., :R]).astype(jnp.float32) + f32(self.dt_bias)
+        delta = jax.nn.softplus(dt_in) * jnp.asarray(dt_scale, jnp.float32)
+        A = -jnp.exp(f32(self.A_log))                                                  # (E, N)
         a = jnp.exp(delta[..., None] * A)                                               # (..., E, N)
+        dbc = dbc.astype(jnp.float32)
         Bt = dbc[..., R:R + N]
         Cs = [dbc[..., R + (i + 1) * N:R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
         return a, delta, Bt, Cs
 
-    def __call__(self, x, *, dt_scale: float = 1.0):
-        """``x (B, L, D) -> (B, L, D)``."""
+    def _conv(self, u):
+        w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
+        return jax.nn.silu(_causal_conv(u, w, b))
+
+    def __call__(self, x, *, dt_scale=1.0):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
         check_sequence("SelectiveSSM", x, self.d_model)
         check_dt_scale("SelectiveSSM", dt_scale)
         Bsz, L = x.shape[:2]
         E, N = self.inner, self.options.d_state
-        u, z = jnp.split(self.in_proj(x.astype(jnp.float32)), 2, axis=-1)
-        u = jax.nn.silu(_causal_conv(u, self.conv_w[...], self.conv_b[...]))           # (B, L, E)
+        u, z = jnp.split(self.in_proj(x.astype(self.dtype)), 2, axis=-1)
+        u = self._conv(u)                                                                # (B, L, E)
         a, delta, Bt, Cs = self._gates(u, dt_scale)
+        u = u.astype(jnp.float32)
         b = (delta * u)[..., None] * Bt[:, :, None, :]                                   # (B, L, E, N)
         a, b = a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N)
-        y = self.D[...][None, None] * u
+        y = f32(self.D)[None, None] * u
         for i, C in enumerate(Cs):
             h = linear_scan(a, b, reverse=i == 1, backend=self.options.backend).reshape(Bsz, L, E, N)
             y = y + jnp.einsum("blen,bln->ble", h, C)
-        return self.out_proj(y * jax.nn.silu(z))
+        return self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
+
+    def state_spec(self, batch_size: int):
+        """``(conv buffer (B, d_conv-1, E), h (B, E, N))`` float32."""
+        E, N, W = self.inner, self.options.d_state, self.options.d_conv
+        return (jax.ShapeDtypeStruct((batch_size, W - 1, E), jnp.float32),
+                jax.ShapeDtypeStruct((batch_size, E, N), jnp.float32))
 
     def init_state(self, batch_size: int):
-        """``(conv buffer (B, d_conv-1, E), h (B, E, N))``, zeros."""
+        """``(conv buffer (B, d_conv-1, E), h (B, E, N))``, float32 zeros."""
         check_batch_size("SelectiveSSM", batch_size)
         check_causal("SelectiveSSM", self.options.bidirectional)
-        E, N, W = self.inner, self.options.d_state, self.options.d_conv
-        return (jnp.zeros((batch_size, W - 1, E), jnp.float32), jnp.zeros((batch_size, E, N), jnp.float32))
+        return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale: float = 1.0):
+    def step(self, state, x_t, *, dt_scale=1.0):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
         check_token("SelectiveSSM", x_t, self.d_model)
         check_dt_scale("SelectiveSSM", dt_scale)
         check_causal("SelectiveSSM", self.options.bidirectional)
+        check_state("SelectiveSSM", state, self.state_spec(x_t.shape[0]))
         buf, h = state
-        u, z = jnp.split(self.in_proj(x_t.astype(jnp.float32)), 2, axis=-1)             # (B, E)
-        window = jnp.concatenate([buf, u[:, None]], axis=1)                              # (B, W, E)
-        u_c = jax.nn.silu(jnp.sum(window * self.conv_w[...][None], axis=1) + self.conv_b[...][None])
+        u, z = jnp.split(self.in_proj(x_t.astype(self.dtype)), 2, axis=-1)               # (B, E)
+        window = jnp.concatenate([buf.astype(self.dtype), u[:, None]], axis=1)           # (B, W, E)
+        w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
+        u_c = jax.nn.silu(jnp.sum(window * w[None], axis=1) + b[None])
         a, delta, Bt, (C,) = self._gates(u_c, dt_scale)
+        u_c = u_c.astype(jnp.float32)
         h = a * h + (delta * u_c)[..., None] * Bt[:, None, :]                            # (B, E, N)
-        y = jnp.einsum("ben,bn->be", h, C) + self.D[...][None] * u_c
-        return (window[:, 1:], h), self.out_proj(y * jax.nn.silu(z))
+        y = jnp.einsum("ben,bn->be", h, C) + f32(self.D)[None] * u_c
+        y = self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
+        return (window[:, 1:].astype(jnp.float32), h), y

@@ -95,10 +95,33 @@ def test_bad_input_raises_value_error(name):
         mixer(jnp.zeros((2, 5, D_MODEL), jnp.int32))
     with pytest.raises(ValueError, match=r"\(B, D"):
         mixer.step(mixer.init_state(2), jnp.zeros((2, 1, D_MODEL), jnp.float32))
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(TypeError, match="not_an_option"):            # a keyword Python itself refuses
         layers.MIXERS[name](D_MODEL, rngs=nnx.Rngs(0), not_an_option=3)
+    cls = layers.MIXERS[name].__name__
+    with pytest.raises(ValueError, match=rf"{cls}: unknown option\(s\) \['not_an_option'\]; allowed options are"):
+        layers.SequenceBlock(D_MODEL, name, mixer_options={"not_an_option": 3}, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="batch_size"):
         mixer.init_state(0)
+
+
+@pytest.mark.parametrize("name", MIXERS)
+def test_step_with_a_wrong_state_names_expected_and_given(name):
+    """Wrong batch size, wrong dtype, a state of another layer: ValueError with both descriptions, eager and jit."""
+    mixer = make_mixer(name)
+    x_t = jnp.zeros((2, D_MODEL), jnp.float32)
+    good = mixer.init_state(2)
+    mixer.step(good, x_t)                                              # the right state passes
+    wrong_batch = mixer.init_state(3)
+    other = "lru" if name != "lru" else "s5"
+    wrong_layer = make_mixer(other).init_state(2)
+    wrong_dtype = jax.tree.map(lambda s: jnp.real(s).astype(jnp.float16), good)
+    step = nnx.jit(lambda m, s, x: m.step(s, x))
+    for bad in (wrong_batch, wrong_layer, wrong_dtype, None):
+        for run in (mixer.step, lambda s, x: step(mixer, s, x)):
+            with pytest.raises(ValueError, match=r"state does not match init_state\(batch_size=2\): expected .*, got"):
+                run(bad, x_t)
+    with pytest.raises(ValueError, match=r"got .*float16"):
+        mixer.step(wrong_dtype, x_t)
 
 
 @pytest.mark.parametrize("cls,bad,allowed", [

@@ -89,7 +89,7 @@ def test_bad_arguments_raise_value_error():
         _model(ff="swiglu")
     with pytest.raises(ValueError, match="mixer="):
         _model(mixer="transformer")
-    with pytest.raises(ValueError, match="unknown option"):
+    with pytest.raises(ValueError, match=r"LRU: unknown option\(s\) \['d_sate'\]; allowed options are .*'d_state'"):
         _model(mixer_options={"d_sate": 4})
     model = _model()
     with pytest.raises(ValueError, match="integer tokens"):
@@ -169,3 +169,96 @@ def test_linen_bridge_keeps_all_parameters_in_params(cls, opts, ssm_name):
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
     ssm_grads = [g for p, g in jax.tree_util.tree_leaves_with_path(grads) if ssm_name in jax.tree_util.keystr(p)]
     assert ssm_grads and np.any(np.asarray(ssm_grads[0]) != 0)
+
+
+# -- bad values in eager calls; documented behaviour under jit ----------------------------------------------
+def test_out_of_range_ids_and_lengths_raise_in_eager_calls_naming_the_values():
+    model = _model()
+    x = np.asarray(_tokens(B=2, L=6))
+    big, neg = x.copy(), x.copy()
+    big[1, 3] = 11
+    neg[0, 2] = -1
+    with pytest.raises(ValueError, match=r"token ids in x must be in \[0, vocab_size=11\); got 11 at \(1, 3\)"):
+        model(jnp.asarray(big))
+    with pytest.raises(ValueError, match=r"got -1 at \(0, 2\)"):
+        model(jnp.asarray(neg))
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, L=6\]; got 7 at \(1,\)"):
+        model(jnp.asarray(x), jnp.array([6, 7]))
+    with pytest.raises(ValueError, match=r"got 0 at \(0,\)"):
+        model(jnp.asarray(x), jnp.array([0, 3]))
+    with pytest.raises(ValueError, match=r"x_t must be in \[0, vocab_size=11\); got 12 at \(1,\)"):
+        model.step(model.init_state(2), jnp.array([1, 12]))
+    with pytest.raises(ValueError, match="tuple of 2 block states"):
+        model.step(model.init_state(2)[:1], jnp.array([1, 2]))
+
+
+def test_under_jit_bad_ids_give_nan_logits_and_lengths_are_clipped():
+    model = _model()
+    x = np.asarray(_tokens(B=2, L=6))
+    big = x.copy()
+    big[1, 3] = 11
+    logits = np.asarray(_call(model, jnp.asarray(big)))
+    assert np.all(np.isfinite(logits[0])) and np.all(np.isnan(logits[1]))
+    clipped = _call(model, jnp.asarray(x), jnp.array([9, 0]))
+    assert_close(clipped, _call(model, jnp.asarray(x), jnp.array([6, 1])), rtol=1e-6, name="clipped lengths")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "none"])
+def test_padded_batch_without_lengths_infers_them_from_trailing_padding(pooling):
+    """id 0 is padding only, so trailing zeros are padding: no lengths == the true lengths (interior zeros are
+    positions of the sequence, embedded as zero, and do not end it)."""
+    lengths = np.array([19, 7, 12])
+    x = np.array(_tokens(B=3))
+    x[2, 4] = 0                                          # an interior padding id inside the valid prefix
+    for b, n in enumerate(lengths):
+        x[b, n:] = 0
+    model = _model(pooling=pooling)
+    inferred = _call(model, jnp.asarray(x))
+    given = _call(model, jnp.asarray(x), jnp.asarray(lengths))
+    if pooling == "none":                                # padded positions carry no meaning
+        for b, n in enumerate(lengths):
+            assert_close(inferred[b, :n], given[b, :n], rtol=1e-6, name=f"none b={b}")
+    else:
+        assert_close(inferred, given, rtol=1e-6, name=f"{pooling} inferred lengths")
+        whole = _call(model, jnp.asarray(x), jnp.full((3,), 19))
+        assert rel_rms_error(whole[1:], given[1:]) > 1e-3, "the test cannot tell padding from content"
+
+
+# -- ssm_param_labels on a Linen tree from nnx.bridge.ToLinen -----------------------------------------------
+def test_ssm_param_labels_label_a_to_linen_tree_and_drive_multi_transform():
+    class Head(linen.Module):
+        @linen.compact
+        def __call__(self, x):
+            return linen.Dense(2)(bridge.ToLinen(layers.S4D, args=(8,), kwargs={"d_state": 4})(x))
+
+    net = Head()
+    x = jax.random.normal(jax.random.key(0), (2, 9, 8))
+    params = jax.jit(net.init)(jax.random.key(1), x)["params"]
+    labels = layers.ssm_param_labels(params)
+    flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}
+    ssm_names = {"log_dt", "Lambda_re", "Lambda_im", "B_re", "B_im"}
+    for path, label in flat.items():
+        assert label == ("ssm" if any(f"'{n}'" in path for n in ssm_names) else "default"), path
+    assert sum(v == "ssm" for v in flat.values()) == len(ssm_names) and "default" in flat.values()
+
+    tx = optax.multi_transform({"ssm": optax.sgd(0.0), "default": optax.adam(1e-2)}, labels)
+    state = tx.init(params)
+    grads = jax.grad(lambda p: jnp.sum(net.apply({"params": p}, x) ** 2))(params)
+    updates, _ = tx.update(grads, state, params)
+    new = optax.apply_updates(params, updates)
+    unboxed_old, unboxed_new = linen.meta.unbox(params), linen.meta.unbox(new)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(unboxed_old), jax.tree.leaves(unboxed_new)):
+        is_ssm = any(f"'{n}'" in jax.tree_util.keystr(path) for n in ssm_names)
+        assert bool(np.any(np.asarray(a) != np.asarray(b))) == (not is_ssm), jax.tree_util.keystr(path)
+
+
+def test_ssm_param_labels_refuse_trees_they_cannot_label():
+    to_linen = bridge.ToLinen(layers.S4D, args=(8,), kwargs={"d_state": 4})
+    params = to_linen.init(jax.random.key(0), jnp.ones((1, 3, 8)))["params"]
+    with pytest.raises(ValueError, match="only plain arrays"):
+        layers.ssm_param_labels(linen.meta.unbox(params))
+    for bad in ([1, 2], jnp.ones(3), None, {}):
+        with pytest.raises(ValueError, match="expected an nnx.Module"):
+            layers.ssm_param_labels(bad)
+    with pytest.raises(ValueError, match="must hold arrays or NNXMeta"):
+        layers.ssm_param_labels({"a": params["log_dt"], "b": "text"})
