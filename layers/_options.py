@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The generic checkers live in one module for the whole package; layers re-export them for their own modules.
-from algornn.scan_kernels._validate import check_bool, check_choice, check_float, check_int  # noqa: F401
+from algornn.scan_kernels._common.validate import check_bool, check_choice, check_float, check_int  # noqa: F401
 
 # Constructor arguments that are not options of the mixer itself: the model width, the RNG streams and the
 # two dtypes (a SequenceBlock / SequenceModel passes those three to its mixer).
