@@ -6,7 +6,7 @@ as a frozen dataclass in ``layer.options`` (``record_options``). ``mixer_option_
 from the constructor signature; ``check_mixer_options`` turns an unknown key of a ``mixer_options`` dict into a
 ``ValueError`` that names the mixer and lists what is allowed.
 
-The generic ``check_choice/bool/int/float`` come from ``scan_kernels._validate``. The ``check_*`` helpers take
+The generic ``check_choice/bool/int/float`` come from ``scan_kernels._common.validate``. The ``check_*`` helpers take
 ``(name, value, ...)`` and raise ``ValueError`` naming the argument, the value and what
 is allowed. ``check_state`` validates the state passed to ``step`` against the state ``init_state`` builds.
 

@@ -91,7 +91,7 @@ def _dense_fwd_flops(op, method, L):
         return B * H * L * (6 if op == "delta_rule" else 4) * K * V
     if method == "quadratic":  # Q Kᵀ and P V over the full L×L matrix
         return B * H * 2 * L * L * (K + V)
-    per_chunk = {  # per chunk and head, as executed by scan_kernels/_linear_attention.py / _delta_rule.py
+    per_chunk = {  # per chunk and head, as executed by scan_kernels/_linear_attention/ and _delta_rule/
         "linear_attention": 2 * C * C * (K + V) + 4 * C * K * V,  # scores, P V, Δ = K̂ᵀ V, (Q ⊙ e^γ) S⁰
         # kk, (I + A)⁻¹, Ũ, W, M, Δ, chunk scan M S, W S⁰, qk, (Q ⊙ e^γ) S⁰, P U
         "delta_rule": 3 * 2 * C * C * K + _inverse_flops(C) + 2 * 2 * C * C * V + 2 * C * K * K + 3 * 2 * C * K * V
