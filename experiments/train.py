@@ -2,7 +2,9 @@
 
 A thin wrapper over ``experiments.train_and_evaluate(config, workdir)``. Overrides are dotted keys of the
 typed config (``train.steps=200 model.d_model=128 model.mixer_options.d_state=16``). Rerunning the same
-command resumes from the last complete checkpoint in the workdir.
+command resumes from the last complete checkpoint in the workdir; on a finished run it only says where the
+results are (``--reevaluate`` evaluates again). Errors (bad override, missing data, a workdir of another
+run) print one message and exit with status 1 (2 for command-line syntax), without a traceback.
 """
 
 import argparse
@@ -21,30 +23,46 @@ def _parser():
     parser.add_argument("--config", default="demo", metavar="PRESET", help="preset name (default: demo)")
     parser.add_argument("--workdir", default=None, help="output directory (default: runs/<preset>)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="on a finished run: evaluate the stored checkpoints again and rewrite results.json "
+                             "(default: report 'already complete' and leave it)")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 1
 
 
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
+    notes = []
     try:
-        config = apply_overrides(get_preset(args.config), args.overrides)
+        config = apply_overrides(get_preset(args.config), args.overrides, notes=notes)
     except ValueError as exc:
         parser.error(str(exc))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     if args.print_config:
         print(config.to_json())
         return 0
     workdir = args.workdir or f"runs/{config.name}"
+    from algornn import checkpoints
     from algornn.experiments.trainer import train_and_evaluate
 
     try:
-        results = train_and_evaluate(config, workdir)
-    except (ValueError, FloatingPointError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        results = train_and_evaluate(config, workdir, reevaluate=args.reevaluate)
+    except FileNotFoundError as exc:  # a task's data directory is missing or incomplete
+        return _error(f"{exc}\nNothing was written to {workdir}.")
+    except (checkpoints.CheckpointError, ValueError, FloatingPointError) as exc:
+        return _error(str(exc))
+    if results.get("already_complete"):
+        return 0
     val, test = results["final_val"], results.get("test_from_best_checkpoint")
-    print(f"done: {results['steps']} steps in {results['wall_time_s']:.0f} s; val accuracy {val['accuracy']:.4f}"
+    print(f"done: {results['steps']} steps in {results['train_time_s']:.0f} s of training; "
+          f"val accuracy {val['accuracy']:.4f}"
           + (f"; test accuracy {test['accuracy']:.4f} (best checkpoint)" if test else "")
           + f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, curves.png, results.json)")
     return 0
