@@ -316,18 +316,21 @@ def _rescale_step_fields(before: Config, config: Config, given: set, notes: list
     return config
 
 
-def _drop_foreign_mixer_options(before: Config, config: Config, given: set, notes: list) -> Config:
-    if "model.mixer_options" in given:  # the user wrote the whole dict: theirs
+def _drop_foreign_options(before: Config, config: Config, given: set, notes: list, name_key: str,
+                          options_key: str) -> Config:
+    """``name_key`` (model.mixer / task.name) changed: drop the old one's ``options_key`` dict entries that
+    were not given as ``options_key.SUBKEY=VALUE`` (all kept when the whole dict was given)."""
+    if options_key in given:  # the user wrote the whole dict: theirs
         return config
-    explicit = {k.split(".", 2)[2] for k in given if k.startswith("model.mixer_options.")}
-    options = config.model.mixer_options
+    explicit = {k[len(options_key) + 1:] for k in given if k.startswith(options_key + ".")}
+    options = _get(config, options_key)
     kept = {k: v for k, v in options.items() if k in explicit}
     dropped = {k: v for k, v in options.items() if k not in explicit}
     if dropped:
-        notes.append(f"model.mixer={config.model.mixer} replaces {before.model.mixer}: the preset's mixer options "
-                     f"{dropped} are not passed on; give {config.model.mixer}'s options with "
-                     "model.mixer_options.KEY=VALUE")
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, mixer_options=kept))
+        new, old = _get(config, name_key), _get(before, name_key)
+        notes.append(f"{name_key}={new} replaces {old}: the preset's {options_key} {dropped} are not passed to "
+                     f"{new}; give its options with {options_key}.KEY=VALUE")
+    return _set(config, options_key, kept)
 
 
 def check_consistent(config: Config) -> None:
@@ -345,7 +348,8 @@ def apply_overrides(config: Config, overrides, *, notes: list | None = None) -> 
     * ``train.steps`` changed: ``optim.warmup_steps``, ``train.eval_every`` and ``train.checkpoint_every`` that
       are not overridden themselves are rescaled by (new steps / old steps) (0 stays 0).
     * ``model.mixer`` changed: the old mixer's ``model.mixer_options`` are dropped, except sub-keys given as
-      ``model.mixer_options.KEY=VALUE``; ``model.mixer_options={...}`` as a whole is kept as given.
+      ``model.mixer_options.KEY=VALUE``; ``model.mixer_options={...}`` as a whole is kept as given. The same
+      for ``task.name`` and ``task.options``.
     * the result must pass ``check_consistent`` (e.g. warmup shorter than the run).
 
     Each adjustment appends one sentence to ``notes`` (when a list is given), for the caller to print.
@@ -359,7 +363,9 @@ def apply_overrides(config: Config, overrides, *, notes: list | None = None) -> 
     if config.train.steps != before.train.steps:
         config = _rescale_step_fields(before, config, given, notes)
     if config.model.mixer != before.model.mixer:
-        config = _drop_foreign_mixer_options(before, config, given, notes)
+        config = _drop_foreign_options(before, config, given, notes, "model.mixer", "model.mixer_options")
+    if config.task.name != before.task.name:
+        config = _drop_foreign_options(before, config, given, notes, "task.name", "task.options")
     check_consistent(config)
     return config
 

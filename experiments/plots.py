@@ -75,7 +75,7 @@ def plot_curves(records, out_path, *, title: str = "", chance=None, majority=Non
             values = [r[key] for r in rows]
             if split == "train":
                 ax.plot(steps, values, "-", color=colors[split], alpha=0.25, linewidth=0.8, label="train (raw)")
-                span = max(len(values) // 20, 1)
+                span = max(len(values) // 10, 1)
                 ax.plot(steps, smooth(values, span), "-", color=colors[split], linewidth=2.0,
                         label=f"train (smoothed, EMA over ~{span} logs)" if span > 1 else "train")
             else:

@@ -49,13 +49,21 @@ def main(argv=None):
         print(config.to_json())
         return 0
     workdir = args.workdir or f"runs/{config.name}"
+    from algornn.experiments.tasks import get_task
+
+    try:  # first, and without importing JAX: a task without its data fails in a second, writing nothing
+        task = get_task(config.task.name, **config.task.options)
+    except FileNotFoundError as exc:  # a task's data directory is missing or incomplete
+        return _error(f"{exc}\nNothing was written to {workdir}.")
+    except ValueError as exc:
+        return _error(str(exc))
     from algornn import checkpoints
     from algornn.experiments.trainer import train_and_evaluate
 
     try:
-        results = train_and_evaluate(config, workdir, reevaluate=args.reevaluate)
-    except FileNotFoundError as exc:  # a task's data directory is missing or incomplete
-        return _error(f"{exc}\nNothing was written to {workdir}.")
+        results = train_and_evaluate(config, workdir, reevaluate=args.reevaluate, task=task)
+    except FileNotFoundError as exc:  # data files that vanish or are incomplete when a split is read
+        return _error(str(exc))
     except (checkpoints.CheckpointError, ValueError, FloatingPointError) as exc:
         return _error(str(exc))
     if results.get("already_complete"):

@@ -143,20 +143,21 @@ def _already_complete(results_path: str, workdir: str) -> dict:
     return results
 
 
-def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False) -> dict:
+def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, task=None) -> dict:
     """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); returns the results dict.
 
     A finished run is not trained or evaluated again: its stored ``results.json`` comes back with
     ``already_complete`` True, unless ``reevaluate`` (then both splits are evaluated again from the stored
     checkpoints and ``results.json`` is rewritten). The task is built before anything is written, so a task
-    whose data is missing (``FileNotFoundError``) leaves no workdir behind.
+    whose data is missing (``FileNotFoundError``) leaves no workdir behind. ``task``: the task of
+    ``config.task`` when the caller has built it already (else it is built here).
     """
     t_start = time.time()
     check_consistent(config)
     workdir = os.path.abspath(os.fspath(workdir))
     results_path = os.path.join(workdir, "results.json")
     tc, oc = config.train, config.optim
-    task = _get_task(config)
+    task = _get_task(config) if task is None else task
     spec = model_spec(task)
     kind, bf16 = spec["kind"], tc.dtype == "bfloat16"
     mesh = lib.make_mesh(tc.devices)
@@ -185,6 +186,9 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False) -> 
         meta = manager.restore(model=model, optimizer=optimizer, mesh=mesh)
         step, position = int(meta["step"]), meta["data_position"]
         train_time_before = float(meta.get("train_time_s", 0.0))
+        if step >= tc.steps and os.path.isfile(results_path):  # re-evaluating: keep the recorded time
+            with open(results_path) as f:
+                train_time_before = float(json.load(f).get("train_time_s", train_time_before))
         if step < tc.steps:
             print(f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
                   f"batch {position['step_in_epoch']})")
