@@ -55,7 +55,7 @@ def smooth(values, span: int):
 def plot_curves(records, out_path, *, title: str = "", chance=None, majority=None) -> str:
     """Loss and accuracy against step; returns ``out_path``.
 
-    Train records are drawn raw (faint) and smoothed (bold, exponential moving average over ~5 % of the
+    Train records are drawn raw (faint) and smoothed (bold, exponential moving average over ~10 % of the
     points); validation and test as markers. ``chance`` / ``majority`` (accuracies) are drawn as labelled
     horizontal lines on the accuracy panel.
     """
