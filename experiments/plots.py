@@ -53,7 +53,17 @@ def smooth(values, span: int):
 
 
 def plot_curves(records, out_path, *, title: str = "", chance=None, majority=None) -> str:
-    """Loss and accuracy against step; returns ``out_path``.
+    """Draw ``curves_figure`` to the PNG ``out_path``; returns ``out_path``."""
+    fig = curves_figure(records, title=title, chance=chance, majority=majority)  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return out_path
+
+
+def curves_figure(records, *, title: str = "", chance=None, majority=None):
+    """The matplotlib figure of loss and accuracy against step (two panels).
 
     Train records are drawn raw (faint) and smoothed (bold, exponential moving average over ~10 % of the
     points); validation and test as markers. ``chance`` / ``majority`` (accuracies) are drawn as labelled
@@ -94,9 +104,7 @@ def plot_curves(records, out_path, *, title: str = "", chance=None, majority=Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return out_path
+    return fig
 
 
 def main(argv=None):

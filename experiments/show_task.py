@@ -59,6 +59,16 @@ def stats(task, split: str) -> str:
 
 
 def draw(task, split: str, n: int, out: str) -> None:
+    """Draw ``figure(task, split, n)`` to the PNG ``out``."""
+    fig = figure(task, split, n)  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def figure(task, split: str, n: int):
+    """The matplotlib figure of the first ``n`` examples of ``split`` (images, or token rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -99,8 +109,7 @@ def draw(task, split: str, n: int, out: str) -> None:
         ax.set_xlabel("position")
     fig.suptitle(f"{task.name} ({split})")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def _label_text(task, ex, i):
