@@ -19,7 +19,6 @@ Writes JSON (default ``./results/layers_<platform>.json`` in the working directo
 
 import argparse
 import datetime
-import os
 import platform
 import sys
 import time

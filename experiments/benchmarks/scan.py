@@ -23,7 +23,8 @@ Two more yardsticks, forward only, because on CPU a fresh 64 MiB output costs ~1
 Times are the best of ``--repeats`` interleaved rounds (each round times every variant once), so slow
 drift of a shared machine hits all variants alike; process CPU time is recorded too. Ratios:
 ``fwd/copy``, ``fb/fwd`` and ``fwd/ref`` (against the plain ``lax.scan`` reference timed in the same rounds). On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s
-(3·B·L·D·itemsize bytes per forward). Writes JSON (default ``./results/scan_<platform>.json`` in the working directory).
+(3·B·L·D·itemsize bytes per forward). Writes JSON (default ``./results/scan_<platform>.json`` in the working
+directory).
 
 Targets (issue 2): CPU, auto backend, L=16384, D=1024, float32: fwd <= 2.0x copy, fwd+bwd <= 3.5x fwd.
 GPU (H100): Pallas fwd >= 80% of copy bandwidth at B=8, L=65536, D=1536 float32 and >= 5x faster than

@@ -34,7 +34,8 @@ class _NoModel:
 
 @pytest.mark.parametrize("inputs, lengths, match", [
     ([[1, 2, 0, 0], [4, 5, 7, 4]], [2, 4], r"inputs holds token id\(s\) \[5, 7\] outside \[0, vocab_size=5\)"),
-    ([[1, -3, 0, 0], [4, 4, 4, 4]], [2, 4], r"inputs holds token id\(s\) \[-3\] outside \[0, vocab_size=5\) \(min -3, max 4"),
+    ([[1, -3, 0, 0], [4, 4, 4, 4]], [2, 4],
+     r"inputs holds token id\(s\) \[-3\] outside \[0, vocab_size=5\) \(min -3, max 4"),
     (GOOD, [0, 4], r"lengths holds value\(s\) \[0\] outside \[1, L=4\]"),
     (GOOD, [2, 9], r"lengths holds value\(s\) \[9\] outside \[1, L=4\]"),
 ])

@@ -130,7 +130,8 @@ def test_steps_override_rescales_warmup_and_intervals():
     c = apply_overrides(preset, ["train.steps=2000", "model.d_model=128"], notes=notes)
     # 12000 / 120000 = 10 % warmup; 3000 / 120000 = 1/40 of the run between evaluations and checkpoints
     assert (c.optim.warmup_steps, c.train.eval_every, c.train.checkpoint_every) == (200, 50, 50)
-    assert len(notes) == 1 and "optim.warmup_steps 12000 -> 200" in notes[0] and "train.eval_every 3000 -> 50" in notes[0]
+    assert len(notes) == 1
+    assert "optim.warmup_steps 12000 -> 200" in notes[0] and "train.eval_every 3000 -> 50" in notes[0]
     # a value given explicitly is kept, in any order
     c = apply_overrides(preset, ["optim.warmup_steps=30", "train.steps=2000", "train.checkpoint_every=0"])
     assert (c.optim.warmup_steps, c.train.eval_every, c.train.checkpoint_every) == (30, 50, 0)
