@@ -17,7 +17,11 @@ from algornn.experiments.presets import get_preset, list_presets
 def _parser():
     presets = list_presets()
     epilog = ("presets: " + ", ".join(presets) + "\n\noverride keys (key=value): " + ", ".join(override_keys()) +
-              "\n  dict fields take sub-keys: task.options.max_length=256, model.mixer_options.d_state=16")
+              "\n  dict fields take sub-keys: task.options.max_length=256, model.mixer_options.d_state=16"
+              "\n  train.steps=N rescales optim.warmup_steps, train.eval_every and train.checkpoint_every that are not"
+              "\n  given too (the preset's proportions); model.mixer=NAME (task.name=NAME) drops the preset's"
+              "\n  model.mixer_options (task.options) except sub-keys given; each change is printed as a note."
+              "\n  External data: task.options.data_dir=DIR.")
     parser = argparse.ArgumentParser(prog="python -m algornn.experiments.train", description=__doc__.splitlines()[0],
                                      epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="demo", metavar="PRESET", help="preset name (default: demo)")

@@ -6,7 +6,8 @@ Workdir layout::
     WORKDIR/metrics.jsonl    one JSON record per log step / evaluation: step, split, loss, accuracy, ...
     WORKDIR/checkpoints/     Orbax checkpoints (latest + best), see ``checkpoints``
     WORKDIR/curves.png       training and validation curves
-    WORKDIR/results.json     final validation metrics and the test metrics of the best checkpoint
+    WORKDIR/results.json     final validation metrics, the test metrics of the best checkpoint, the training
+                             time summed over all sessions, and the chance / majority-class accuracies
 
 Rerunning the same command resumes from the last complete checkpoint: model, optimizer, step and data
 position are restored and the dropout keys depend only on (seed, step), so the run ends exactly where
