@@ -55,7 +55,7 @@ def main(argv=None):
     workdir = args.workdir or f"runs/{config.name}"
     from algornn.experiments.tasks import get_task
 
-    try:  # first, and without importing JAX: a task without its data fails in a second, writing nothing
+    try:  # first, before the model and optimizer: a task without its data fails fast, writing nothing
         task = get_task(config.task.name, **config.task.options)
     except FileNotFoundError as exc:  # a task's data directory is missing or incomplete
         return _error(f"{exc}\nNothing was written to {workdir}.")
