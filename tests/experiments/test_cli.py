@@ -42,7 +42,6 @@ MISSING = [
     ("demo", ["task.name=psmnist"]),
     ("demo", ["task.name=pathfinder", "task.options.data_dir=nowhere"]),
     ("demo", ["task.options.data_dir=nowhere"]),  # listops from the LRA files
-    ("text_s4d", ["task.options.data_dir=nowhere"]),
 ]
 
 
