@@ -3,7 +3,8 @@
 Layout of a checkpoint directory (one Orbax ``CheckpointManager`` root, absolute path)::
 
     DIR/<step>/model       nnx.state(model): params, batch statistics, RNG streams (StandardSave)
-    DIR/<step>/optimizer   nnx.state(optimizer): step count and optimizer moments (StandardSave)
+    DIR/<step>/optimizer   nnx.state(optimizer): step count and optimizer moments (StandardSave); absent in
+                           an inference-only checkpoint (saved with ``optimizer=None``)
     DIR/<step>/meta        JSON: format tag, step, data position, model builder, model spec, config
 
 Orbax writes each step into a ``*.orbax-checkpoint-tmp*`` directory and renames it when complete, so a
@@ -26,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers as cm
 
 FORMAT = "algornn-checkpoint-v1"
 _ITEMS = ("model", "optimizer", "meta")
+_REQUIRED = ("model", "meta")  # the optimizer item is optional (inference-only checkpoints)
 
 
 class CheckpointError(ValueError):
@@ -95,10 +97,11 @@ class CheckpointManager:
                 f"{self.directory} is not an AlgoRNN checkpoint directory: it holds {sorted(entries)[:5]} but "
                 "no step subdirectories; expected <step>/{model,optimizer,meta} written by experiments.train")
         for step in steps:
-            missing = [i for i in _ITEMS if not os.path.isdir(os.path.join(self.directory, str(step), i))]
+            missing = [i for i in _REQUIRED if not os.path.isdir(os.path.join(self.directory, str(step), i))]
             if missing:
                 raise CheckpointError(f"{self.directory}/{step} is not a complete AlgoRNN checkpoint: missing "
-                                      f"{missing}; expected subdirectories {list(_ITEMS)}")
+                                      f"{missing}; expected subdirectories {list(_REQUIRED)} (and 'optimizer' "
+                                      "for a training checkpoint)")
 
     # ------------------------------------------------------------------------------------------------
 
@@ -116,16 +119,19 @@ class CheckpointManager:
         self._manager.reload()
         return list(self._manager.all_steps())
 
-    def save(self, step, *, model, optimizer, meta, metrics=None, force=False):
+    def save(self, step, *, model, optimizer=None, meta, metrics=None, force=False):
         """Save a step asynchronously. ``meta`` is a JSON-able dict (the caller's config, data position...).
 
-        Returns False when the step already exists (Orbax never overwrites).
+        ``optimizer=None`` saves an inference-only checkpoint (model and meta; ``load`` and ``restore`` of the
+        model work, resuming training from it does not). Returns False when the step already exists (Orbax
+        never overwrites).
         """
         self._manager.wait_until_finished()
-        meta = {"format": FORMAT, "step": int(step), **meta}
-        args = ocp.args.Composite(model=ocp.args.StandardSave(nnx.state(model)),
-                                  optimizer=ocp.args.StandardSave(nnx.state(optimizer)),
-                                  meta=ocp.args.JsonSave(meta))
+        meta = {"format": FORMAT, "step": int(step), **meta, "has_optimizer": optimizer is not None}
+        items = {"model": ocp.args.StandardSave(nnx.state(model)), "meta": ocp.args.JsonSave(meta)}
+        if optimizer is not None:
+            items["optimizer"] = ocp.args.StandardSave(nnx.state(optimizer))
+        args = ocp.args.Composite(**items)
         if metrics is not None:
             metrics = {k: float(v) for k, v in metrics.items()}
         return self._manager.save(int(step), args=args, metrics=metrics, force=force)
@@ -151,6 +157,9 @@ class CheckpointManager:
         step = self._resolve(step)
         meta = self.read_meta(step)
         items = {"model": ocp.args.StandardRestore(_abstract_target(nnx.state(model), mesh))}
+        if optimizer is not None and not os.path.isdir(os.path.join(self.directory, str(step), "optimizer")):
+            raise CheckpointError(f"{self.directory}/{step} is an inference-only checkpoint (saved without "
+                                  "optimizer state): restore the model alone (optimizer=None), or train anew")
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardRestore(_abstract_target(nnx.state(optimizer), mesh))
         try:

@@ -191,6 +191,32 @@ def clean_batch(raw: dict, *, rows: int | None = None) -> dict:
     return batch
 
 
+def check_batch(batch: dict, *, vocab_size: int | None, where: str) -> None:
+    """Refuse a host batch the model would silently mis-read: ``ValueError`` naming the bad values.
+
+    Token ids (``inputs``/``inputs2`` of a token task, (B, L)) must lie in ``[0, vocab_size)``; ``lengths``/
+    ``lengths2`` (B,) in ``[1, L]``. One min/max per array on the numpy batch, before it goes to the devices.
+    """
+    for x_key, n_key in (("inputs", "lengths"), ("inputs2", "lengths2")):
+        if x_key not in batch:
+            continue
+        x = batch[x_key]
+        if vocab_size is not None:
+            if not np.issubdtype(x.dtype, np.integer):
+                raise ValueError(f"{where}: {x_key} must hold integer token ids, got dtype {x.dtype}")
+            lo, hi = int(x.min()), int(x.max())
+            if lo < 0 or hi >= vocab_size:
+                bad = np.unique(x[(x < 0) | (x >= vocab_size)])
+                raise ValueError(f"{where}: {x_key} holds token id(s) {bad[:8].tolist()} outside [0, vocab_size="
+                                 f"{vocab_size}) (min {lo}, max {hi}, shape {x.shape})")
+        if n_key in batch:
+            n, length = batch[n_key], x.shape[1]
+            if int(n.min()) < 1 or int(n.max()) > length:
+                bad = np.unique(n[(n < 1) | (n > length)])
+                raise ValueError(f"{where}: {n_key} holds value(s) {bad[:8].tolist()} outside [1, L={length}] "
+                                 f"(shape {n.shape})")
+
+
 class DataStream:
     """Endless training batches from ``task.batches``, resumable at ``(epoch, step_in_epoch)``."""
 
@@ -214,7 +240,10 @@ class DataStream:
                 self._it, self.epoch, self.step_in_epoch = None, self.epoch + 1, 0
                 continue
             self.step_in_epoch += 1
-            return clean_batch(raw)
+            batch = clean_batch(raw)
+            check_batch(batch, vocab_size=self.task.vocab_size,
+                        where=f"task {self.task.name!r} train batch (epoch {self.epoch}, step {self.step_in_epoch})")
+            return batch
         raise ValueError(f"task {self.task.name!r} yields no training batch of size {self.batch_size} "
                          f"({self.task.num_examples('train')} training examples); lower train.batch_size")
 
@@ -230,7 +259,9 @@ def evaluate(model, task, split: str, *, batch_size: int, mesh, kind: str, bf16:
         for i, raw in enumerate(task.batches(split, batch_size, seed=seed)):
             if max_batches and i >= max_batches:
                 break
-            batch = shard_batch(clean_batch(raw, rows=rows), mesh)
+            batch = clean_batch(raw, rows=rows)
+            check_batch(batch, vocab_size=task.vocab_size, where=f"task {task.name!r} {split} batch {i}")
+            batch = shard_batch(batch, mesh)
             ls, c, k = eval_step(model, batch, kind=kind, bf16=bf16)
             loss_sum, correct, count = loss_sum + float(ls), correct + float(c), count + float(k)
     finally:

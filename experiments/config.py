@@ -276,10 +276,97 @@ def apply_override(config: Config, override: str) -> Config:
     return dataclasses.replace(config, **{parts[0]: new_section})
 
 
-def apply_overrides(config: Config, overrides) -> Config:
-    """Apply ``key=value`` overrides in order."""
+# Fields that the presets set relative to the length of the run: when ``train.steps`` is overridden and one
+# of these is not, it is rescaled by (new steps / preset steps), so a shorter run keeps the preset's warmup
+# fraction and number of evaluations (a 2000-step run of a 120k-step preset must not stay in warmup).
+STEP_RELATIVE = ("optim.warmup_steps", "train.eval_every", "train.checkpoint_every")
+
+
+def _get(config: Config, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(config, section), name)
+
+
+def _set(config: Config, key: str, value) -> Config:
+    section, name = key.split(".")
+    return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{name: value})})
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].strip()
+
+
+def _rescale_step_fields(before: Config, config: Config, given: set, notes: list) -> Config:
+    old, new = before.train.steps, config.train.steps
+    changed = []
+    for key in STEP_RELATIVE:
+        if key in given:
+            continue
+        value = _get(config, key)
+        if value == 0:  # 0 means "off" (no warmup, no periodic checkpoints): stays off
+            continue
+        lo = 0 if key == "optim.warmup_steps" else 1
+        scaled = max(lo, round(value * new / old))
+        if scaled != value:
+            config = _set(config, key, scaled)
+            changed.append(f"{key} {value} -> {scaled}")
+    if changed:
+        notes.append(f"train.steps={new} (preset {old}): rescaled {', '.join(changed)} to keep the preset's "
+                     "proportions; set a key explicitly to keep your own value")
+    return config
+
+
+def _drop_foreign_options(before: Config, config: Config, given: set, notes: list, name_key: str,
+                          options_key: str) -> Config:
+    """``name_key`` (model.mixer / task.name) changed: drop the old one's ``options_key`` dict entries that
+    were not given as ``options_key.SUBKEY=VALUE`` (all kept when the whole dict was given)."""
+    if options_key in given:  # the user wrote the whole dict: theirs
+        return config
+    explicit = {k[len(options_key) + 1:] for k in given if k.startswith(options_key + ".")}
+    options = _get(config, options_key)
+    kept = {k: v for k, v in options.items() if k in explicit}
+    dropped = {k: v for k, v in options.items() if k not in explicit}
+    if dropped:
+        new, old = _get(config, name_key), _get(before, name_key)
+        notes.append(f"{name_key}={new} replaces {old}: the preset's {options_key} {dropped} are not passed to "
+                     f"{new}; give its options with {options_key}.KEY=VALUE")
+    return _set(config, options_key, kept)
+
+
+def check_consistent(config: Config) -> None:
+    """Raise ``ValueError`` for settings that are valid alone but make no sense together."""
+    warmup, steps = config.optim.warmup_steps, config.train.steps
+    if warmup and warmup >= steps:
+        raise ValueError(f"optim.warmup_steps={warmup} is not below train.steps={steps}: the learning rate would "
+                         "never leave warmup; lower optim.warmup_steps (or leave it out: it then follows "
+                         "train.steps)")
+
+
+def apply_overrides(config: Config, overrides, *, notes: list | None = None) -> Config:
+    """Apply ``key=value`` overrides in order, then keep the config consistent with what they changed.
+
+    * ``train.steps`` changed: ``optim.warmup_steps``, ``train.eval_every`` and ``train.checkpoint_every`` that
+      are not overridden themselves are rescaled by (new steps / old steps) (0 stays 0).
+    * ``model.mixer`` changed: the old mixer's ``model.mixer_options`` are dropped, except sub-keys given as
+      ``model.mixer_options.KEY=VALUE``; ``model.mixer_options={...}`` as a whole is kept as given. The same
+      for ``task.name`` and ``task.options``.
+    * the result must pass ``check_consistent`` (e.g. warmup shorter than the run).
+
+    Each adjustment appends one sentence to ``notes`` (when a list is given), for the caller to print.
+    """
+    notes = [] if notes is None else notes
+    before = config
+    given = set()
     for override in overrides:
         config = apply_override(config, override)
+        given.add(_override_key(override))
+    if config.train.steps != before.train.steps:
+        config = _rescale_step_fields(before, config, given, notes)
+    if config.model.mixer != before.model.mixer:
+        config = _drop_foreign_options(before, config, given, notes, "model.mixer", "model.mixer_options")
+    if config.task.name != before.task.name:
+        config = _drop_foreign_options(before, config, given, notes, "task.name", "task.options")
+    check_consistent(config)
     return config
 
 

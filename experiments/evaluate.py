@@ -58,7 +58,7 @@ def main(argv=None):
         metrics = evaluate_checkpoint(args.checkpoint, split=args.split, step=step, batch_size=args.batch_size,
                                       max_batches=args.max_batches,
                                       task_options={"data_dir": args.data_dir} if args.data_dir else None)
-    except (checkpoints.CheckpointError, ValueError) as exc:
+    except (checkpoints.CheckpointError, ValueError, FileNotFoundError) as exc:  # bad dir, bad option, no data
         print(f"error: {exc}", file=sys.stderr)
         return 1
     ckpt = metrics["checkpoint"]

@@ -11,6 +11,10 @@ LRA presets follow the published configurations (docs/experiments.md §LRA publi
   Pathfinder 160k), warmup one epoch where the script sets ``warmup_end=1``.
 
 External-data presets (``text_*``, ``retrieval_*``, ``image_*``) need ``task.options.data_dir=DIR``.
+
+Warmup, evaluation and checkpoint intervals are given in steps for the preset's own ``train.steps``; an
+override of ``train.steps`` rescales them to the same fractions of the run (``config.apply_overrides``), so a
+2000-step run of a 120k-step LRA preset warms up for 200 steps, not 12000.
 """
 
 import dataclasses

@@ -4,7 +4,8 @@
                                          [--set key=value ...]
 
 Image tasks (pathfinder, pathx, image, scifar, smnist, psmnist) are drawn as images; the others as token
-rows (one coloured row per example, scored positions outlined for per-position tasks) with their labels.
+rows (one row per example coloured by token id, with a colour bar; for per-position tasks the scored
+positions are circled and the legend says so) with their labels.
 ``--set`` passes task options, e.g. ``--set n_train=200 --set max_length=256``.
 """
 
@@ -58,6 +59,16 @@ def stats(task, split: str) -> str:
 
 
 def draw(task, split: str, n: int, out: str) -> None:
+    """Draw ``figure(task, split, n)`` to the PNG ``out``."""
+    fig = figure(task, split, n)  # selects the Agg backend
+    import matplotlib.pyplot as plt
+
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
+def figure(task, split: str, n: int):
+    """The matplotlib figure of the first ``n`` examples of ``split`` (images, or token rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,20 +91,25 @@ def draw(task, split: str, n: int, out: str) -> None:
             ax.imshow(img[..., 0] if img.shape[-1] == 1 else np.clip(img, 0, 1), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"#{i} label {ex['labels'][i]}")
     else:
-        fig, ax = plt.subplots(figsize=(12, 0.5 * n + 1.5))
+        fig, ax = plt.subplots(figsize=(12, 0.5 * n + 2.0))
         x = ex["inputs"]
         grid = x if x.ndim == 2 else x[..., 0]
-        ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
+        image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="viridis")
+        bar = fig.colorbar(image, ax=ax, pad=0.01, fraction=0.03)
+        bar.set_label("token id (0 = padding)" if task.vocab_size else "input value (feature 0)")
         if task.per_position:
             ys, xs = np.nonzero(ex["labels"] >= 0)
-            ax.scatter(xs, ys, s=8, facecolors="none", edgecolors="red", linewidths=0.6)
+            ax.scatter(xs, ys, s=36, facecolors="none", edgecolors="red", linewidths=1.3,
+                       label="scored position: its target is listed at the left, in order")
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, fontsize=8)
         ax.set_yticks(range(n))
         ax.set_yticklabels([_label_text(task, ex, i) for i in range(n)], fontsize=7)
+        ax.set_ylabel("example: targets of scored positions" if task.per_position else "example: label",
+                      fontsize=8)
         ax.set_xlabel("position")
     fig.suptitle(f"{task.name} ({split})")
     fig.tight_layout()
-    fig.savefig(out, dpi=90)
-    plt.close(fig)
+    return fig
 
 
 def _label_text(task, ex, i):

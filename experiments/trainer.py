@@ -6,16 +6,25 @@ Workdir layout::
     WORKDIR/metrics.jsonl    one JSON record per log step / evaluation: step, split, loss, accuracy, ...
     WORKDIR/checkpoints/     Orbax checkpoints (latest + best), see ``checkpoints``
     WORKDIR/curves.png       training and validation curves
-    WORKDIR/results.json     final validation metrics and the test metrics of the best checkpoint
+    WORKDIR/results.json     final validation metrics, the test metrics of the best checkpoint, the training
+                             time summed over all sessions, and the chance / majority-class accuracies
 
 Rerunning the same command resumes from the last complete checkpoint: model, optimizer, step and data
 position are restored and the dropout keys depend only on (seed, step), so the run ends exactly where
-an uninterrupted one would. A non-finite loss or gradient stops the run before anything of that step
-is saved (``FloatingPointError`` naming the step).
+an uninterrupted one would. Resuming with another ``train.steps`` or learning-rate schedule is refused
+(the schedule is a function of both, so it would jump). Rerunning a finished run changes nothing: it
+returns the stored ``results.json`` (``already_complete`` True) unless ``reevaluate=True``, which
+evaluates the stored checkpoints again and rewrites it (the training time stays the stored one).
+A non-finite loss or gradient stops the run before anything of that step is saved
+(``FloatingPointError`` naming the step).
+
+Progress: a tqdm bar when stderr is a terminal; otherwise (a log file, a pipe) one plain line at most
+every ``PROGRESS_INTERVAL_S`` seconds and at the end, without carriage returns.
 """
 
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -24,8 +33,12 @@ from flax import nnx
 from algornn import checkpoints
 from algornn.experiments import _train_lib as lib
 from algornn.experiments._models import BUILDER, build_model, model_spec
-from algornn.experiments.config import Config
-from algornn.experiments.plots import plot_curves
+from algornn.experiments.config import Config, check_consistent
+from algornn.experiments.plots import accuracy_baselines, plot_curves
+
+PROGRESS_INTERVAL_S = 30.0
+# optim fields that, with train.steps, define the learning-rate schedule a checkpoint was trained on
+_SCHEDULE_KEYS = ("lr", "ssm_lr", "schedule", "warmup_steps", "end_lr_ratio")
 
 
 def _get_task(config: Config):
@@ -52,25 +65,100 @@ class _MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def _check_resumable(stored: dict, config: Config, directory: str):
+def _check_resumable(stored: dict, config: Config, directory: str, step: int):
     current = config.to_dict()
     for section in ("task", "model"):
         if stored.get(section) != current[section]:
             raise ValueError(f"{directory} holds a run with a different {section} config "
                              f"({stored.get(section)} vs {current[section]}); use another --workdir to start anew")
+    old_steps = stored.get("train", {}).get("steps")
+    if old_steps is not None and old_steps != config.train.steps:
+        raise ValueError(
+            f"{directory} holds a run of train.steps={old_steps} (checkpoint at step {step}); this run asks for "
+            f"train.steps={config.train.steps}. The warmup + cosine learning-rate schedule is laid out over "
+            f"train.steps, so resuming would jump to another schedule. Rerun with train.steps={old_steps} to "
+            "finish (or re-evaluate) that run, or use another --workdir to start anew")
+    old_optim = stored.get("optim", {})
+    changed = [f"optim.{k}={old_optim[k]!r} -> {current['optim'][k]!r}" for k in _SCHEDULE_KEYS
+               if k in old_optim and old_optim[k] != current["optim"][k]]
+    if changed:
+        raise ValueError(f"{directory} holds a run with another learning-rate schedule ({', '.join(changed)}); "
+                         "resuming would jump to another schedule. Rerun with the stored values (see "
+                         f"{os.path.dirname(directory)}/config.json) or use another --workdir to start anew")
+
+
+class _LineProgress:
+    """Progress for a log file or pipe: a plain line at most every ``interval`` seconds and one at ``close``."""
+
+    def __init__(self, total: int, initial: int, desc: str, interval: float = PROGRESS_INTERVAL_S):
+        self.total, self.n, self.desc, self.interval = total, initial, desc, interval
+        self.postfix, self.t0, self.last, self.shown = {}, time.time(), time.time(), initial
+
+    def _emit(self):
+        extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
+        print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%){extra} "
+              f"[{time.time() - self.t0:.0f} s]", file=sys.stderr, flush=True)
+        self.last, self.shown = time.time(), self.n
+
+    def update(self, n: int = 1):
+        self.n += n
+        if time.time() - self.last >= self.interval and self.n < self.total:
+            self._emit()
+
+    def set_postfix(self, **values):
+        self.postfix = values
+
+    def write(self, message: str):
+        print(message, flush=True)
+
+    def close(self):
+        if self.n != self.shown:
+            self._emit()
+
+
+class _NoProgress(_LineProgress):
+    def _emit(self):
+        self.shown = self.n
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    if not enabled:
+        return _NoProgress(total, initial, desc)
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+    return _LineProgress(total, initial, desc)
 
 
 def _stack(batches: list) -> dict:
     return {k: np.stack([b[k] for b in batches]) for k in batches[0]}  # (k, B, ...)
 
 
-def train_and_evaluate(config: Config, workdir) -> dict:
-    """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); returns the results dict."""
+def _already_complete(results_path: str, workdir: str) -> dict:
+    with open(results_path) as f:
+        results = json.load(f)
+    results["already_complete"] = True
+    print(f"already complete: {workdir} holds all {results.get('steps')} steps; results in {results_path} "
+          "(unchanged; evaluate again with --reevaluate, or train anew in another --workdir)")
+    return results
+
+
+def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, task=None) -> dict:
+    """Train ``config`` in ``workdir`` (resuming when it holds checkpoints); returns the results dict.
+
+    A finished run is not trained or evaluated again: its stored ``results.json`` comes back with
+    ``already_complete`` True, unless ``reevaluate`` (then both splits are evaluated again from the stored
+    checkpoints and ``results.json`` is rewritten). The task is built before anything is written, so a task
+    whose data is missing (``FileNotFoundError``) leaves no workdir behind. ``task``: the task of
+    ``config.task`` when the caller has built it already (else it is built here).
+    """
     t_start = time.time()
+    check_consistent(config)
     workdir = os.path.abspath(os.fspath(workdir))
-    os.makedirs(workdir, exist_ok=True)
+    results_path = os.path.join(workdir, "results.json")
     tc, oc = config.train, config.optim
-    task = _get_task(config)
+    task = _get_task(config) if task is None else task
     spec = model_spec(task)
     kind, bf16 = spec["kind"], tc.dtype == "bfloat16"
     mesh = lib.make_mesh(tc.devices)
@@ -81,16 +169,32 @@ def train_and_evaluate(config: Config, workdir) -> dict:
 
     model = build_model(config, spec, rngs=nnx.Rngs(params=tc.seed, dropout=tc.seed + 1))
     optimizer = lib.make_optimizer(model, oc, tc.steps)
+    os.makedirs(workdir, exist_ok=True)
     manager = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), keep_latest=tc.keep_latest,
                                             keep_best=tc.keep_best, best_metric="val_accuracy")
-    step, position = 0, {"epoch": 0, "step_in_epoch": 0}
-    if manager.latest_step() is not None:
+    step, position, train_time_before = 0, {"epoch": 0, "step_in_epoch": 0}, 0.0
+    latest = manager.latest_step()
+    if latest is not None:
         meta = manager.read_meta()
-        _check_resumable(meta.get("config", {}), config, manager.directory)
+        try:
+            _check_resumable(meta.get("config", {}), config, manager.directory, latest)
+        except ValueError:
+            manager.close()
+            raise
+        if latest >= tc.steps and not reevaluate and os.path.isfile(results_path):
+            manager.close()
+            return _already_complete(results_path, workdir)
         meta = manager.restore(model=model, optimizer=optimizer, mesh=mesh)
         step, position = int(meta["step"]), meta["data_position"]
-        print(f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
-              f"batch {position['step_in_epoch']})")
+        train_time_before = float(meta.get("train_time_s", 0.0))
+        if step >= tc.steps and os.path.isfile(results_path):  # re-evaluating: keep the recorded time
+            with open(results_path) as f:
+                train_time_before = float(json.load(f).get("train_time_s", train_time_before))
+        if step < tc.steps:
+            print(f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
+                  f"batch {position['step_in_epoch']})")
+        else:
+            print(f"{workdir}: all {step} steps are trained; evaluating the stored checkpoints")
     else:
         lib.replicate(model, mesh)
         lib.replicate(optimizer, mesh)
@@ -106,14 +210,18 @@ def train_and_evaluate(config: Config, workdir) -> dict:
         return lib.evaluate(model, task, split, batch_size=eval_bs, mesh=mesh, kind=kind,
                             bf16=bf16, max_batches=tc.eval_batches, seed=tc.seed)
 
+    t_loop = time.time()
+
+    def train_time():
+        return train_time_before + (time.time() - t_loop)
+
     def save(at_step, metrics=None):
         meta = {"config": config.to_dict(), "model_spec": spec, "builder": BUILDER,
-                "data_position": stream.position, "rng": {"seed": tc.seed, "dropout": "fold_in(key(seed), step)"}}
+                "data_position": stream.position, "rng": {"seed": tc.seed, "dropout": "fold_in(key(seed), step)"},
+                "train_time_s": train_time()}
         manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=tc.steps, initial=step, disable=not tc.progress, desc=config.name, dynamic_ncols=True)
+    bar = _progress(tc.steps, step, config.name, tc.progress)
     window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
     last_val = None
     try:
@@ -154,10 +262,12 @@ def train_and_evaluate(config: Config, workdir) -> dict:
                 save(step)
         manager.wait()
         bar.close()
-        train_time = time.time() - t_start
-        if last_val is None:  # resumed a finished run
+        # training time summed over every session of this run (a finished run that is only
+        # re-evaluated keeps the stored one)
+        train_time_s = train_time() if last_val is not None else train_time_before
+        if last_val is None:  # a finished run, evaluated again
             last_val = run_eval(tc.eval_split)
-        results = {"preset": config.name, "steps": step, "devices": n_dev, "train_time_s": train_time,
+        results = {"preset": config.name, "steps": step, "devices": n_dev, "train_time_s": train_time_s,
                    "final_val": last_val, "best_step": manager.best_step()}
     finally:
         bar.close()
@@ -171,12 +281,12 @@ def train_and_evaluate(config: Config, workdir) -> dict:
                    "accuracy": test["accuracy"], "time": time.time() - t_start})
         print(f"test (best checkpoint, step {results['best_step']}): loss {test['loss']:.4f} "
               f"accuracy {test['accuracy']:.4f}")
-    results["wall_time_s"] = time.time() - t_start
-    with open(os.path.join(workdir, "results.json"), "w") as f:
+    results["baselines"] = accuracy_baselines(task, tc.eval_split)
+    results["wall_time_s"] = time.time() - t_start  # this invocation
+    with open(results_path, "w") as f:
         json.dump(results, f, indent=2)
     from algornn.experiments.plots import read_metrics
 
     plot_curves(read_metrics(os.path.join(workdir, "metrics.jsonl")), os.path.join(workdir, "curves.png"),
-                title=f"{config.name}: {config.model.mixer} on {config.task.name}")
+                title=f"{config.name}: {config.model.mixer} on {config.task.name}", **results["baselines"])
     return results
-

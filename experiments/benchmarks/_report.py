@@ -1,7 +1,15 @@
-"""What the benchmark scripts share: writing their JSON result."""
+"""What the benchmark scripts share: where their JSON result goes, and writing it."""
 
 import json
 import os
+
+
+def output_path(out, name: str) -> str:
+    """The absolute JSON path of a benchmark: ``out`` (``--out``) when given, else ``./results/<name>.json``
+    under the current working directory — never inside the installed package."""
+    if not isinstance(name, str) or not name or os.sep in name:
+        raise ValueError(f"name: expected a file stem without {os.sep!r}, got {name!r}")
+    return os.path.abspath(out) if out else os.path.join(os.getcwd(), "results", f"{name}.json")
 
 
 def write_json(result: dict, path: str) -> str:

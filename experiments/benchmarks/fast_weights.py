@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 import algornn.scan_kernels as sk
-from algornn.experiments.benchmarks._report import write_json
+from algornn.experiments.benchmarks._report import output_path, write_json
 
 B, H, K, V, C = 1, 4, 64, 64, 64
 F32 = jnp.float32
@@ -184,7 +184,7 @@ def main(argv=None):
     p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 2048 4096 16384)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (best is kept)")
     p.add_argument("--max-quadratic-gb", type=float, default=1.5, help="skip quadratic when B·H·L²·4 bytes exceed this")
-    p.add_argument("--out", default=None, help="JSON path (default experiments/results/fast_weights_<device>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default ./results/fast_weights_<platform>.json)")
     a = p.parse_args(argv)
     lengths = a.lengths or ([512, 2048] if a.quick else [512, 2048, 4096, 16384])
     reps = a.reps or (1 if a.quick else 3)
@@ -222,7 +222,7 @@ def main(argv=None):
         "skipped": skipped + ([] if platform_name == "gpu" else [{"method": "pallas", "why": "GPU only (interpret mode on CPU is not a performance path)"}]),
         "targets": targets,
     }
-    out = a.out or os.path.join(os.path.dirname(__file__), "..", "results", f"fast_weights_{platform_name}.json")
+    out = output_path(a.out, f"fast_weights_{platform_name}")
     print(f"wrote {write_json(result, out)}")
 
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from algornn.ssm import hippo, kernels
-from algornn.experiments.benchmarks._report import write_json
+from algornn.experiments.benchmarks._report import output_path, write_json
 
 GB = 1 << 30
 
@@ -164,7 +164,7 @@ def _targets(rows, pairs):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.kernels", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="L=1024 only, 3 repetitions")
-    p.add_argument("--out", default=None, help="JSON path (default experiments/results/kernels_<backend>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default ./results/kernels_<backend>.json)")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 16384])
     p.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes for causal_conv")
     p.add_argument("--D", type=int, default=256)
@@ -173,7 +173,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     lengths, reps = ([1024], 3) if args.quick else (args.lengths, args.reps)
     backend = jax.default_backend()
-    out = args.out or os.path.join(os.path.dirname(__file__), "..", "results", f"kernels_{backend}.json")
+    out = output_path(args.out, f"kernels_{backend}")
     print(f"device: {jax.devices()[0].device_kind} ({backend}), jax {jax.__version__}, D={args.D}, N={args.N}")
     rows = run(lengths, args.batch, args.D, args.N, reps)
     pairs = [p for L in lengths for p in side_by_side(L, args.batch, args.D, args.N, max(reps, 3))]

@@ -14,12 +14,11 @@ For every mixer in ``layers.MIXERS`` (default options except the sizes below), i
 Sizes (issue 5): B=8, L=4096, D=256, N=64 for the SSMs (SelectiveSSM: N=16, Mamba's default, since its
 (B, L, D, N) scan inputs at N=64 need ~1 GB each), 4 heads for the attention family. ``--quick``: B=2, L=1024,
 D=64, N=16, 2 heads. Timings on a shared CPU are noisy: compare rows of one run, not across runs.
-Writes JSON (default ``experiments/results/layers_<platform>.json``).
+Writes JSON (default ``./results/layers_<platform>.json`` in the working directory).
 """
 
 import argparse
 import datetime
-import os
 import platform
 import sys
 import time
@@ -29,9 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import layers
-from algornn.experiments.benchmarks._report import write_json
+from algornn.experiments.benchmarks._report import output_path, write_json
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
 HEADS_NAMES = ("linear_attention", "deltanet", "gla", "retnet")
 
@@ -144,7 +142,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.layers",
                                      description="Throughput, memory and decode latency of every mixer.")
     parser.add_argument("--quick", action="store_true", help="small sizes (B=2, L=1024, D=64, N=16, 2 heads)")
-    parser.add_argument("--out", default=None, help="JSON path (default experiments/results/layers_<platform>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default ./results/layers_<platform>.json)")
     parser.add_argument("--mixers", default=None, help="comma-separated subset of " + ",".join(layers.MIXERS))
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (best is kept)")
     parser.add_argument("--B", type=int, default=None)
@@ -160,8 +158,7 @@ def main(argv=None):
     platform_name = jax.default_backend()
     print(f"device: {jax.devices()[0].device_kind} ({platform_name}); B={B} L={L} D={D} N={n} heads={heads}",
           flush=True)
-    out = args.out or os.path.join(RESULTS_DIR, f"layers_{platform_name}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    out = output_path(args.out, f"layers_{platform_name}")
     record = {
         "benchmark": "layers", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "device": jax.devices()[0].device_kind, "platform": platform_name, "jax": jax.__version__,
@@ -169,7 +166,8 @@ def main(argv=None):
         "command": "python -m algornn.experiments.benchmarks.layers " + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": [],
     }
-    print(HEADER)
+    print(HEADER)  # the table is printed once, a row as each mixer is measured
+    print("-" * len(HEADER))
     for name in names:
         try:
             row = bench_mixer(name, B, L, D, n, heads, args.repeats)
@@ -179,8 +177,6 @@ def main(argv=None):
         print(format_row(row), flush=True)
         write_json(record, out)  # after every mixer, so a long run that is cut short keeps its rows
     rows = record["rows"]
-    print()
-    print_table(rows)
     print(f"wrote {out}")
     return 0 if all("error" not in r for r in rows) else 1
 

@@ -23,7 +23,8 @@ Two more yardsticks, forward only, because on CPU a fresh 64 MiB output costs ~1
 Times are the best of ``--repeats`` interleaved rounds (each round times every variant once), so slow
 drift of a shared machine hits all variants alike; process CPU time is recorded too. Ratios:
 ``fwd/copy``, ``fb/fwd`` and ``fwd/ref`` (against the plain ``lax.scan`` reference timed in the same rounds). On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s
-(3·B·L·D·itemsize bytes per forward). Writes JSON (default ``experiments/results/scan_<platform>.json``).
+(3·B·L·D·itemsize bytes per forward). Writes JSON (default ``./results/scan_<platform>.json`` in the working
+directory).
 
 Targets (issue 2): CPU, auto backend, L=16384, D=1024, float32: fwd <= 2.0x copy, fwd+bwd <= 3.5x fwd.
 GPU (H100): Pallas fwd >= 80% of copy bandwidth at B=8, L=65536, D=1536 float32 and >= 5x faster than
@@ -45,9 +46,8 @@ import numpy as np
 import algornn.scan_kernels as sk
 from algornn.scan_kernels._common import backend as _backend
 from algornn.scan_kernels._linear_scan.xla import associative_scan
-from algornn.experiments.benchmarks._report import write_json
+from algornn.experiments.benchmarks._report import output_path, write_json
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 VARIANTS = ("reference", "xla", "pallas", "associative_scan")
 
 
@@ -191,7 +191,7 @@ def evaluate_targets(rows, auto_backend, on_gpu):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.scan", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="L in {1024, 16384}, float32 only, 3 repeats")
-    p.add_argument("--out", default=None, help="JSON path (default experiments/results/scan_<platform>.json)")
+    p.add_argument("--out", default=None, help="JSON path (default ./results/scan_<platform>.json)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 5; 3 with --quick)")
     p.add_argument("--batch", type=int, default=1, help="B for the L x D grid (default 1)")
     p.add_argument("--max-mib", type=float, default=256.0,
@@ -247,7 +247,7 @@ def main(argv=None):
         rows=rows,
         targets=targets,
     )
-    path = args.out or os.path.join(RESULTS_DIR, f"scan_{dev.platform}.json")
+    path = output_path(args.out, f"scan_{dev.platform}")
     print(f"wrote {write_json(result, path)}")
     return result
 

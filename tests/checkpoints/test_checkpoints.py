@@ -241,3 +241,32 @@ def test_restore_onto_other_device_counts(tmp_path):
         _trees_equal(nnx.state(target_model), nnx.state(model))
         leaf = jax.tree.leaves(nnx.state(target_model, nnx.Param))[0]
         assert len(leaf.sharding.device_set) == n_dev
+
+
+def test_inference_only_checkpoint_round_trip(tmp_path):
+    # a trained model saved without its optimizer: model and meta on disk, no optimizer item
+    model, opt = _make()
+    x, y = _data()
+    for _ in range(2):
+        _step(model, opt, x, y)
+    with CheckpointManager(tmp_path / "run" / "checkpoints") as mgr:
+        assert mgr.save(2, model=model, meta=META, metrics={"val_accuracy": 0.5})
+    step_dir = tmp_path / "run" / "checkpoints" / "2"
+    items = {p.name for p in step_dir.iterdir() if p.is_dir()}
+    assert "model" in items and "meta" in items and "optimizer" not in items
+
+    # restore into an abstract model alone (the directory passes the completeness check without 'optimizer')
+    target = nnx.eval_shape(lambda: Tiny(rngs=nnx.Rngs(7)))
+    with CheckpointManager(tmp_path / "run" / "checkpoints", create=False) as mgr:
+        meta = mgr.restore(model=target)
+        assert meta["step"] == 2 and meta["has_optimizer"] is False
+        # asking for the optimizer state it does not hold says so
+        with pytest.raises(CheckpointError, match="inference-only checkpoint"):
+            mgr.restore(model=nnx.eval_shape(lambda: Tiny(rngs=nnx.Rngs(7))), optimizer=nnx.eval_shape(_make)[1])
+    _trees_equal(nnx.state(target), nnx.state(model))
+
+    # checkpoints.load rebuilds it from the stored builder, in eval mode, with the same outputs
+    loaded, config = checkpoints.load(tmp_path / "run")
+    assert config == META["config"]
+    model.eval()
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))

@@ -111,7 +111,65 @@ def test_experiments_import_is_light():
     import subprocess
     import sys
 
-    code = ("import sys, experiments, experiments.config, experiments.presets; "
+    # the train CLI resolves the config (and prints --help / --print-config) without importing JAX
+    code = ("import sys, algornn.experiments, algornn.experiments.config, algornn.experiments.presets, "
+            "algornn.experiments.train; "
             "heavy = [m for m in ('flax', 'optax', 'orbax', 'jax') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------------------------------
+# overrides that change other fields: train.steps, model.mixer, task.name
+
+
+def test_steps_override_rescales_warmup_and_intervals():
+    preset = get_preset("listops_s4d")
+    assert (preset.train.steps, preset.optim.warmup_steps, preset.train.eval_every) == (120_000, 12_000, 3_000)
+    notes = []
+    c = apply_overrides(preset, ["train.steps=2000", "model.d_model=128"], notes=notes)
+    # 12000 / 120000 = 10 % warmup; 3000 / 120000 = 1/40 of the run between evaluations and checkpoints
+    assert (c.optim.warmup_steps, c.train.eval_every, c.train.checkpoint_every) == (200, 50, 50)
+    assert len(notes) == 1
+    assert "optim.warmup_steps 12000 -> 200" in notes[0] and "train.eval_every 3000 -> 50" in notes[0]
+    # a value given explicitly is kept, in any order
+    c = apply_overrides(preset, ["optim.warmup_steps=30", "train.steps=2000", "train.checkpoint_every=0"])
+    assert (c.optim.warmup_steps, c.train.eval_every, c.train.checkpoint_every) == (30, 50, 0)
+    # 0 (off) stays off; intervals never drop below 1
+    c = apply_overrides(preset, ["optim.warmup_steps=0", "train.steps=3"])
+    assert (c.optim.warmup_steps, c.train.eval_every, c.train.checkpoint_every) == (0, 1, 1)
+    # unchanged steps: nothing rescaled, no note
+    notes = []
+    assert apply_overrides(preset, ["train.steps=120000"], notes=notes) == preset and notes == []
+
+
+def test_warmup_longer_than_the_run_is_refused():
+    with pytest.raises(ValueError, match=r"optim.warmup_steps=500 is not below train.steps=400: .*never leave warmup"):
+        apply_overrides(get_preset("demo"), ["train.steps=400", "optim.warmup_steps=500"])
+
+
+def test_mixer_override_drops_the_old_mixers_options(capsys):
+    demo = get_preset("demo")
+    assert demo.model.mixer_options == {"d_state": 32}
+    notes = []
+    c = apply_overrides(demo, ["model.mixer=deltanet"], notes=notes)
+    assert c.model.mixer_options == {}
+    assert notes == ["model.mixer=deltanet replaces s4d: the preset's model.mixer_options {'d_state': 32} are not "
+                     "passed to deltanet; give its options with model.mixer_options.KEY=VALUE"]
+    # sub-keys given on the command line (before or after the mixer) are the new mixer's
+    c = apply_overrides(demo, ["model.mixer_options.num_heads=2", "model.mixer=deltanet"])
+    assert c.model.mixer_options == {"num_heads": 2}
+    # a whole dict is taken as given; the same mixer keeps its options
+    assert apply_overrides(demo, ["model.mixer=s5", 'model.mixer_options={"d_state": 32}']).model.mixer_options == {
+        "d_state": 32}
+    assert apply_overrides(demo, ["model.mixer=s4d"]).model.mixer_options == {"d_state": 32}
+    # task.name likewise drops the old task's options
+    c = apply_overrides(demo, ["task.name=mqar", "task.options.seq_len=64"])
+    assert c.task.options == {"seq_len": 64}
+    # the CLI prints the note and the resulting config builds a DeltaNet model
+    from algornn.experiments import train
+
+    assert train.main(["--print-config", "model.mixer=deltanet"]) == 0
+    captured = capsys.readouterr()
+    assert "note: model.mixer=deltanet replaces s4d" in captured.err
+    assert json.loads(captured.out)["model"]["mixer_options"] == {}

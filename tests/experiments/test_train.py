@@ -166,7 +166,7 @@ def _records(workdir, split):
         return [r for r in map(json.loads, f) if r["split"] == split]
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch, capsys):
     config = tiny("train.devices=0")  # all 4 test devices; 32 examples / 8 = 4 batches per epoch
     straight = train_and_evaluate(config, tmp_path / "a")
     assert os.path.isfile(tmp_path / "a" / "curves.png") and os.path.isfile(tmp_path / "a" / "results.json")
@@ -205,6 +205,10 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     metrics = json.loads(out.read_text())
     assert metrics["accuracy"] == resumed["test_from_best_checkpoint"]["accuracy"]
     assert metrics["loss"] == pytest.approx(resumed["test_from_best_checkpoint"]["loss"], rel=1e-6)
+    # a data directory without the task's files is one clean error, not a traceback
+    capsys.readouterr()
+    assert evaluate.main(["--checkpoint", str(tmp_path / "b"), "--data-dir", str(tmp_path / "nowhere")]) == 1
+    assert "error: task 'listops': data_dir=" in capsys.readouterr().err
 
 
 def test_evaluate_cli_bad_directory(tmp_path, capsys):
