@@ -126,3 +126,16 @@ def test_new_checkpoints_record_a_public_builder():
     module, _, name = BUILDER.partition(":")
     assert module == "algornn.experiments" and not name.startswith("_")
     assert getattr(experiments, name) is not None
+
+
+def test_pyproject_lists_every_subpackage():
+    """``pyproject.toml`` lists packages explicitly (the folders are mapped under ``algornn``): a new folder with
+    an ``__init__.py`` that is not listed would be missing from a regular install."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"algornn"} | {
+        "algornn." + ".".join(init.parent.relative_to(REPO).parts)
+        for top in GENERIC for init in (REPO / top).rglob("__init__.py")
+    }
+    assert listed == found, f"missing from pyproject: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"
