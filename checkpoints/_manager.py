@@ -64,8 +64,9 @@ class CheckpointManager:
     they are among the latest ``keep_latest``.
     """
 
-    def __init__(self, directory, *, keep_latest=1, keep_best=1, best_metric="val_accuracy", best_mode="max",
-                 create=True):
+    def __init__(
+        self, directory, *, keep_latest=1, keep_best=1, best_metric="val_accuracy", best_mode="max", create=True
+    ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode: {best_mode!r} is not one of ['max', 'min']")
         if keep_latest < 1:
@@ -78,12 +79,22 @@ class CheckpointManager:
         metric = lambda m: m[best_metric]  # noqa: E731
         policies = [cm.LatestN(n=keep_latest)]
         if keep_best > 0:
-            policies.append(cm.BestN(get_metric_fn=metric, reverse=(best_mode == "min"), n=keep_best,
-                                     keep_checkpoints_without_metrics=False))
+            policies.append(
+                cm.BestN(
+                    get_metric_fn=metric,
+                    reverse=(best_mode == "min"),
+                    n=keep_best,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
         options = ocp.CheckpointManagerOptions(
-            best_fn=metric, best_mode=best_mode, create=create,
+            best_fn=metric,
+            best_mode=best_mode,
+            create=create,
             preservation_policy=cm.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=True, cleanup_tmp_directories=True)
+            enable_async_checkpointing=True,
+            cleanup_tmp_directories=True,
+        )
         self._check_foreign()  # before Orbax starts its threads, so a refused directory leaves none behind
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
@@ -95,13 +106,16 @@ class CheckpointManager:
         if entries and not steps and not any(".orbax-checkpoint-tmp" in n for n in entries):
             raise CheckpointError(
                 f"{self.directory} is not an AlgoRNN checkpoint directory: it holds {sorted(entries)[:5]} but "
-                "no step subdirectories; expected <step>/{model,optimizer,meta} written by experiments.train")
+                "no step subdirectories; expected <step>/{model,optimizer,meta} written by experiments.train"
+            )
         for step in steps:
             missing = [i for i in _REQUIRED if not os.path.isdir(os.path.join(self.directory, str(step), i))]
             if missing:
-                raise CheckpointError(f"{self.directory}/{step} is not a complete AlgoRNN checkpoint: missing "
-                                      f"{missing}; expected subdirectories {list(_REQUIRED)} (and 'optimizer' "
-                                      "for a training checkpoint)")
+                raise CheckpointError(
+                    f"{self.directory}/{step} is not a complete AlgoRNN checkpoint: missing "
+                    f"{missing}; expected subdirectories {list(_REQUIRED)} (and 'optimizer' "
+                    "for a training checkpoint)"
+                )
 
     # ------------------------------------------------------------------------------------------------
 
@@ -144,8 +158,10 @@ class CheckpointManager:
         except Exception as exc:  # noqa: BLE001 - any Orbax failure means an unreadable checkpoint
             raise CheckpointError(f"cannot read {self.directory}/{step}/meta: {exc}") from exc
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise CheckpointError(f"{self.directory}/{step} was not written by AlgoRNN (meta format "
-                                  f"{meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r})")
+            raise CheckpointError(
+                f"{self.directory}/{step} was not written by AlgoRNN (meta format "
+                f"{meta.get('format') if isinstance(meta, dict) else meta!r}, expected {FORMAT!r})"
+            )
         return meta
 
     def restore(self, step=None, *, model, optimizer=None, mesh=None):
@@ -158,8 +174,10 @@ class CheckpointManager:
         meta = self.read_meta(step)
         items = {"model": ocp.args.StandardRestore(_abstract_target(nnx.state(model), mesh))}
         if optimizer is not None and not os.path.isdir(os.path.join(self.directory, str(step), "optimizer")):
-            raise CheckpointError(f"{self.directory}/{step} is an inference-only checkpoint (saved without "
-                                  "optimizer state): restore the model alone (optimizer=None), or train anew")
+            raise CheckpointError(
+                f"{self.directory}/{step} is an inference-only checkpoint (saved without "
+                "optimizer state): restore the model alone (optimizer=None), or train anew"
+            )
         if optimizer is not None:
             items["optimizer"] = ocp.args.StandardRestore(_abstract_target(nnx.state(optimizer), mesh))
         try:
@@ -181,8 +199,10 @@ class CheckpointManager:
         elif step == "best":
             step = self.best_step()
         if step is None:
-            raise CheckpointError(f"no complete checkpoint in {self.directory} (expected <step>/"
-                                  f"{{{','.join(_ITEMS)}}} subdirectories written by experiments.train)")
+            raise CheckpointError(
+                f"no complete checkpoint in {self.directory} (expected <step>/"
+                f"{{{','.join(_ITEMS)}}} subdirectories written by experiments.train)"
+            )
         if int(step) not in _step_dirs(self.directory):
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; have {self.all_steps()}")
         return int(step)

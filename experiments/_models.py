@@ -20,10 +20,15 @@ BUILDER = "algornn.experiments:model_from_config"
 
 def model_spec(task) -> dict:
     """The JSON-able facts about ``task`` that the model depends on."""
-    return {"vocab_size": getattr(task, "vocab_size", None), "input_dim": getattr(task, "input_dim", None),
-            "num_classes": int(task.num_classes), "pair": bool(getattr(task, "pair", False)),
-            "per_position": bool(getattr(task, "per_position", False)), "seq_len": int(task.seq_len),
-            "kind": str(getattr(task, "kind", "classification"))}
+    return {
+        "vocab_size": getattr(task, "vocab_size", None),
+        "input_dim": getattr(task, "input_dim", None),
+        "num_classes": int(task.num_classes),
+        "pair": bool(getattr(task, "pair", False)),
+        "per_position": bool(getattr(task, "per_position", False)),
+        "seq_len": int(task.seq_len),
+        "kind": str(getattr(task, "kind", "classification")),
+    }
 
 
 def resolve_pooling(config: Config, spec: dict) -> str:
@@ -31,11 +36,15 @@ def resolve_pooling(config: Config, spec: dict) -> str:
     if pooling == "auto":
         return "none" if spec["per_position"] else "mean"
     if spec["per_position"] and pooling != "none":
-        raise ValueError(f"model.pooling: {pooling!r} gives one label per sequence, but task "
-                         f"{config.task.name!r} scores every position; use 'none' or 'auto'")
+        raise ValueError(
+            f"model.pooling: {pooling!r} gives one label per sequence, but task "
+            f"{config.task.name!r} scores every position; use 'none' or 'auto'"
+        )
     if not spec["per_position"] and pooling == "none":
-        raise ValueError(f"model.pooling: 'none' gives per-position logits, but task {config.task.name!r} has "
-                         "one label per sequence; use 'mean', 'last' or 'auto'")
+        raise ValueError(
+            f"model.pooling: 'none' gives per-position logits, but task {config.task.name!r} has "
+            "one label per sequence; use 'mean', 'last' or 'auto'"
+        )
     return pooling
 
 
@@ -51,7 +60,7 @@ class RetrievalModel(nnx.Module):
     def __call__(self, x, lengths=None, x2=None, lengths2=None):
         if x2 is None:
             raise ValueError("RetrievalModel needs both documents: x2 (B, L) is missing")
-        e1 = self.encoder.encode(x, lengths)   # (B, D)
+        e1 = self.encoder.encode(x, lengths)  # (B, D)
         e2 = self.encoder.encode(x2, lengths2)  # (B, D)
         z = jnp.concatenate([e1, e2, e1 * e2, e1 - e2], axis=-1)  # (B, 4D)
         return self.out(jax.nn.gelu(self.hidden(z)))
@@ -65,10 +74,20 @@ def build_model(config: Config, spec: dict, *, rngs: nnx.Rngs):
     if m.mixer not in layers.MIXERS:
         raise ValueError(f"model.mixer: {m.mixer!r} is not one of {sorted(layers.MIXERS)}")
     encoder = layers.SequenceModel(
-        d_model=m.d_model, n_layers=m.n_layers, num_classes=spec["num_classes"], mixer=m.mixer,
-        mixer_options=dict(m.mixer_options), vocab_size=spec["vocab_size"], input_dim=spec["input_dim"],
-        pooling=resolve_pooling(config, spec), norm=m.norm, prenorm=m.prenorm, dropout=m.dropout, ff=m.ff,
-        rngs=rngs)
+        d_model=m.d_model,
+        n_layers=m.n_layers,
+        num_classes=spec["num_classes"],
+        mixer=m.mixer,
+        mixer_options=dict(m.mixer_options),
+        vocab_size=spec["vocab_size"],
+        input_dim=spec["input_dim"],
+        pooling=resolve_pooling(config, spec),
+        norm=m.norm,
+        prenorm=m.prenorm,
+        dropout=m.dropout,
+        ff=m.ff,
+        rngs=rngs,
+    )
     if spec["pair"]:
         return RetrievalModel(encoder, m.d_model, m.retrieval_hidden, spec["num_classes"], rngs=rngs)
     return encoder

@@ -93,8 +93,10 @@ def loss_terms(model, batch, *, kind: str, bf16: bool):
     """
     if bf16:
         model = _bf16_model(model)
-        batch = {k: (v.astype(jnp.bfloat16) if jnp.issubdtype(v.dtype, jnp.floating) and k.startswith("inputs")
-                     else v) for k, v in batch.items()}
+        batch = {
+            k: (v.astype(jnp.bfloat16) if jnp.issubdtype(v.dtype, jnp.floating) and k.startswith("inputs") else v)
+            for k, v in batch.items()
+        }
     logits = apply_model(model, batch).astype(jnp.float32)  # (B, C) or (B, L, C)
     labels = batch["labels"]
     weight = batch["weight"]
@@ -207,14 +209,17 @@ def check_batch(batch: dict, *, vocab_size: int | None, where: str) -> None:
             lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi >= vocab_size:
                 bad = np.unique(x[(x < 0) | (x >= vocab_size)])
-                raise ValueError(f"{where}: {x_key} holds token id(s) {bad[:8].tolist()} outside [0, vocab_size="
-                                 f"{vocab_size}) (min {lo}, max {hi}, shape {x.shape})")
+                raise ValueError(
+                    f"{where}: {x_key} holds token id(s) {bad[:8].tolist()} outside [0, vocab_size="
+                    f"{vocab_size}) (min {lo}, max {hi}, shape {x.shape})"
+                )
         if n_key in batch:
             n, length = batch[n_key], x.shape[1]
             if int(n.min()) < 1 or int(n.max()) > length:
                 bad = np.unique(n[(n < 1) | (n > length)])
-                raise ValueError(f"{where}: {n_key} holds value(s) {bad[:8].tolist()} outside [1, L={length}] "
-                                 f"(shape {n.shape})")
+                raise ValueError(
+                    f"{where}: {n_key} holds value(s) {bad[:8].tolist()} outside [1, L={length}] (shape {n.shape})"
+                )
 
 
 class DataStream:
@@ -232,8 +237,11 @@ class DataStream:
     def next(self) -> dict:
         for _ in range(2):
             if self._it is None:
-                self._it = iter(self.task.batches("train", self.batch_size, seed=self.seed, epoch=self.epoch,
-                                                  start_step=self.step_in_epoch))
+                self._it = iter(
+                    self.task.batches(
+                        "train", self.batch_size, seed=self.seed, epoch=self.epoch, start_step=self.step_in_epoch
+                    )
+                )
             try:
                 raw = next(self._it)
             except StopIteration:
@@ -241,15 +249,30 @@ class DataStream:
                 continue
             self.step_in_epoch += 1
             batch = clean_batch(raw)
-            check_batch(batch, vocab_size=self.task.vocab_size,
-                        where=f"task {self.task.name!r} train batch (epoch {self.epoch}, step {self.step_in_epoch})")
+            check_batch(
+                batch,
+                vocab_size=self.task.vocab_size,
+                where=f"task {self.task.name!r} train batch (epoch {self.epoch}, step {self.step_in_epoch})",
+            )
             return batch
-        raise ValueError(f"task {self.task.name!r} yields no training batch of size {self.batch_size} "
-                         f"({self.task.num_examples('train')} training examples); lower train.batch_size")
+        raise ValueError(
+            f"task {self.task.name!r} yields no training batch of size {self.batch_size} "
+            f"({self.task.num_examples('train')} training examples); lower train.batch_size"
+        )
 
 
-def evaluate(model, task, split: str, *, batch_size: int, mesh, kind: str, bf16: bool = False,
-             max_batches: int = 0, seed: int = 0) -> dict:
+def evaluate(
+    model,
+    task,
+    split: str,
+    *,
+    batch_size: int,
+    mesh,
+    kind: str,
+    bf16: bool = False,
+    max_batches: int = 0,
+    seed: int = 0,
+) -> dict:
     """Mean loss and accuracy over ``split`` (the first ``max_batches`` batches when > 0)."""
     n = mesh.devices.size
     rows = -(-batch_size // n) * n

@@ -311,25 +311,30 @@ def _rescale_step_fields(before: Config, config: Config, given: set, notes: list
             config = _set(config, key, scaled)
             changed.append(f"{key} {value} -> {scaled}")
     if changed:
-        notes.append(f"train.steps={new} (preset {old}): rescaled {', '.join(changed)} to keep the preset's "
-                     "proportions; set a key explicitly to keep your own value")
+        notes.append(
+            f"train.steps={new} (preset {old}): rescaled {', '.join(changed)} to keep the preset's "
+            "proportions; set a key explicitly to keep your own value"
+        )
     return config
 
 
-def _drop_foreign_options(before: Config, config: Config, given: set, notes: list, name_key: str,
-                          options_key: str) -> Config:
+def _drop_foreign_options(
+    before: Config, config: Config, given: set, notes: list, name_key: str, options_key: str
+) -> Config:
     """``name_key`` (model.mixer / task.name) changed: drop the old one's ``options_key`` dict entries that
     were not given as ``options_key.SUBKEY=VALUE`` (all kept when the whole dict was given)."""
     if options_key in given:  # the user wrote the whole dict: theirs
         return config
-    explicit = {k[len(options_key) + 1:] for k in given if k.startswith(options_key + ".")}
+    explicit = {k[len(options_key) + 1 :] for k in given if k.startswith(options_key + ".")}
     options = _get(config, options_key)
     kept = {k: v for k, v in options.items() if k in explicit}
     dropped = {k: v for k, v in options.items() if k not in explicit}
     if dropped:
         new, old = _get(config, name_key), _get(before, name_key)
-        notes.append(f"{name_key}={new} replaces {old}: the preset's {options_key} {dropped} are not passed to "
-                     f"{new}; give its options with {options_key}.KEY=VALUE")
+        notes.append(
+            f"{name_key}={new} replaces {old}: the preset's {options_key} {dropped} are not passed to "
+            f"{new}; give its options with {options_key}.KEY=VALUE"
+        )
     return _set(config, options_key, kept)
 
 
@@ -337,9 +342,11 @@ def check_consistent(config: Config) -> None:
     """Raise ``ValueError`` for settings that are valid alone but make no sense together."""
     warmup, steps = config.optim.warmup_steps, config.train.steps
     if warmup and warmup >= steps:
-        raise ValueError(f"optim.warmup_steps={warmup} is not below train.steps={steps}: the learning rate would "
-                         "never leave warmup; lower optim.warmup_steps (or leave it out: it then follows "
-                         "train.steps)")
+        raise ValueError(
+            f"optim.warmup_steps={warmup} is not below train.steps={steps}: the learning rate would "
+            "never leave warmup; lower optim.warmup_steps (or leave it out: it then follows "
+            "train.steps)"
+        )
 
 
 def apply_overrides(config: Config, overrides, *, notes: list | None = None) -> Config:

@@ -10,8 +10,9 @@ import os
 import sys
 
 
-def evaluate_checkpoint(directory, *, split="test", step="best", batch_size=0, max_batches=0, task_options=None,
-                        devices=0) -> dict:
+def evaluate_checkpoint(
+    directory, *, split="test", step="best", batch_size=0, max_batches=0, task_options=None, devices=0
+) -> dict:
     """Metrics of the checkpoint in ``directory`` (a checkpoint dir or a training workdir) on ``split``.
 
     ``task_options`` override the stored task options (e.g. a ``data_dir`` on another machine).
@@ -29,17 +30,36 @@ def evaluate_checkpoint(directory, *, split="test", step="best", batch_size=0, m
     options = {**config.task.options, **(task_options or {})}
     task = get_task(config.task.name, **options)
     spec = model_spec(task)
-    metrics = lib.evaluate(model, task, split, batch_size=batch_size or config.train.eval_batch_size
-                           or config.train.batch_size, mesh=mesh, kind=spec["kind"],
-                           bf16=config.train.dtype == "bfloat16", max_batches=max_batches, seed=config.train.seed)
-    return {"checkpoint": directory, "step": step, "split": split,
-            "preset": config.name, "task": config.task.name, "mixer": config.model.mixer, **metrics}
+    metrics = lib.evaluate(
+        model,
+        task,
+        split,
+        batch_size=batch_size or config.train.eval_batch_size or config.train.batch_size,
+        mesh=mesh,
+        kind=spec["kind"],
+        bf16=config.train.dtype == "bfloat16",
+        max_batches=max_batches,
+        seed=config.train.seed,
+    )
+    return {
+        "checkpoint": directory,
+        "step": step,
+        "split": split,
+        "preset": config.name,
+        "task": config.task.name,
+        "mixer": config.model.mixer,
+        **metrics,
+    }
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m algornn.experiments.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, metavar="DIR",
-                        help="checkpoint directory or training workdir (uses DIR/checkpoints)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory or training workdir (uses DIR/checkpoints)",
+    )
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--step", default="best", help="'best' (default), 'latest' or a step number")
     parser.add_argument("--batch-size", type=int, default=0, help="default: the stored eval batch size")
@@ -54,10 +74,16 @@ def main(argv=None):
         except ValueError:
             parser.error(f"--step: {args.step!r} is not 'best', 'latest' or an integer")
     from algornn import checkpoints
+
     try:
-        metrics = evaluate_checkpoint(args.checkpoint, split=args.split, step=step, batch_size=args.batch_size,
-                                      max_batches=args.max_batches,
-                                      task_options={"data_dir": args.data_dir} if args.data_dir else None)
+        metrics = evaluate_checkpoint(
+            args.checkpoint,
+            split=args.split,
+            step=step,
+            batch_size=args.batch_size,
+            max_batches=args.max_batches,
+            task_options={"data_dir": args.data_dir} if args.data_dir else None,
+        )
     except (checkpoints.CheckpointError, ValueError, FileNotFoundError) as exc:  # bad dir, bad option, no data
         print(f"error: {exc}", file=sys.stderr)
         return 1

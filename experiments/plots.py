@@ -36,8 +36,10 @@ def accuracy_baselines(task, split: str = "val") -> dict:
     if train.size == 0 or labels.size == 0:
         return {"chance": task.chance}
     majority_class = int(np.argmax(np.bincount(train, minlength=task.num_classes)))
-    return {"chance": None if task.chance is None else float(task.chance),
-            "majority": float(np.mean(labels == majority_class))}
+    return {
+        "chance": None if task.chance is None else float(task.chance),
+        "majority": float(np.mean(labels == majority_class)),
+    }
 
 
 def smooth(values, span: int):
@@ -86,11 +88,16 @@ def curves_figure(records, *, title: str = "", chance=None, majority=None):
             if split == "train":
                 ax.plot(steps, values, "-", color=colors[split], alpha=0.25, linewidth=0.8, label="train (raw)")
                 span = max(len(values) // 10, 1)
-                ax.plot(steps, smooth(values, span), "-", color=colors[split], linewidth=2.0,
-                        label=f"train (smoothed, EMA over ~{span} logs)" if span > 1 else "train")
+                ax.plot(
+                    steps,
+                    smooth(values, span),
+                    "-",
+                    color=colors[split],
+                    linewidth=2.0,
+                    label=f"train (smoothed, EMA over ~{span} logs)" if span > 1 else "train",
+                )
             else:
-                ax.plot(steps, values, "o-" if split == "val" else "s", color=colors[split], label=split,
-                        markersize=5)
+                ax.plot(steps, values, "o-" if split == "val" else "s", color=colors[split], label=split, markersize=5)
     acc_ax = axes[1]
     for value, name, style in ((majority, "majority class", "--"), (chance, "chance", ":")):
         if value is not None:
@@ -120,8 +127,12 @@ def main(argv=None):
     if os.path.isfile(results):  # the chance / majority lines of a finished run
         with open(results) as f:
             baselines = json.load(f).get("baselines", {})
-    out = plot_curves(read_metrics(path), args.out or os.path.join(args.workdir, "curves.png"),
-                      title=os.path.basename(os.path.abspath(args.workdir)), **baselines)
+    out = plot_curves(
+        read_metrics(path),
+        args.out or os.path.join(args.workdir, "curves.png"),
+        title=os.path.basename(os.path.abspath(args.workdir)),
+        **baselines,
+    )
     print(out)
 
 

@@ -6,7 +6,8 @@ LRA presets follow the published configurations (docs/experiments.md §LRA publi
   AdamW (0.9, 0.999), cosine schedule with linear warmup stepped per step, masked mean pooling. S4D runs
   the same configs with the diagonal kernel (S4D paper). The s4 repo gives dt/A/B lr 1e-3 with
   weight decay 0; here the whole ``ssm``-tagged group (Δ, A/Λ, B) gets ``ssm_lr`` and no weight decay.
-* S5: lindermanlab/S5 (``d_state`` = the script's ``ssm_size_base`` P, ``blocks`` = J; conj_sym stores P/2) ``bin/run_experiments/run_lra_*.sh`` — global lr = lr_factor · ssm_lr, epochs
+* S5: lindermanlab/S5 (``d_state`` = the script's ``ssm_size_base`` P, ``blocks`` = J; conj_sym stores P/2)
+  ``bin/run_experiments/run_lra_*.sh`` — global lr = lr_factor · ssm_lr, epochs
   converted to steps with the LRA train sizes (ListOps 96k, IMDb 25k, AAN 147,086, CIFAR 45k,
   Pathfinder 160k), warmup one epoch where the script sets ``warmup_end=1``.
 
@@ -29,12 +30,14 @@ def demo() -> Config:
     """S4D (3 layers, width 64) on generated ListOps with 32 < length < 128 (majority class ~15 %, chance 10 %)."""
     return Config(
         name="demo",
-        task=TaskConfig(name="listops", options={"max_length": 128, "min_length": 32, "n_train": 8000,
-                                                 "n_val": 500, "n_test": 500}),
+        task=TaskConfig(
+            name="listops", options={"max_length": 128, "min_length": 32, "n_train": 8000, "n_val": 500, "n_test": 500}
+        ),
         model=ModelConfig(mixer="s4d", d_model=64, n_layers=3, mixer_options={"d_state": 32}),
         optim=OptimConfig(lr=5e-3, ssm_lr=1e-3, weight_decay=0.01, warmup_steps=50, grad_clip=1.0),
-        train=TrainConfig(steps=1200, batch_size=32, eval_every=300, checkpoint_every=300, log_every=10,
-                          eval_batch_size=100),
+        train=TrainConfig(
+            steps=1200, batch_size=32, eval_every=300, checkpoint_every=300, log_every=10, eval_batch_size=100
+        ),
     )
 
 
@@ -74,17 +77,26 @@ def _dt_options(task: str) -> dict:
 
 
 def _s4_family(task: str, mixer: str) -> Config:
-    name, options, n_layers, d_model, d_state, prenorm, dropout, batch, lr, ssm_lr, steps, warmup, seed = (
-        _S4_LRA[task])
+    name, options, n_layers, d_model, d_state, prenorm, dropout, batch, lr, ssm_lr, steps, warmup, seed = _S4_LRA[task]
     every = _eval_every(steps)
     mixer_options = {"d_state": d_state, "bidirectional": True, **_dt_options(task)}
     return Config(
         name=f"{task}_{mixer}",
         task=TaskConfig(name=name, options=dict(options)),
-        model=ModelConfig(mixer=mixer, d_model=d_model, n_layers=n_layers, mixer_options=mixer_options,
-                          pooling="auto", norm="batch", prenorm=prenorm, dropout=dropout, ff="glu"),
-        optim=OptimConfig(lr=lr, ssm_lr=ssm_lr, weight_decay=0.05, schedule="cosine", warmup_steps=warmup,
-                          grad_clip=0.0),
+        model=ModelConfig(
+            mixer=mixer,
+            d_model=d_model,
+            n_layers=n_layers,
+            mixer_options=mixer_options,
+            pooling="auto",
+            norm="batch",
+            prenorm=prenorm,
+            dropout=dropout,
+            ff="glu",
+        ),
+        optim=OptimConfig(
+            lr=lr, ssm_lr=ssm_lr, weight_decay=0.05, schedule="cosine", warmup_steps=warmup, grad_clip=0.0
+        ),
         train=TrainConfig(steps=steps, batch_size=batch, eval_every=every, checkpoint_every=every, seed=seed),
     )
 
@@ -97,12 +109,25 @@ def _s5(task: str) -> Config:
     return Config(
         name=f"{task}_s5",
         task=TaskConfig(name=task, options={}),
-        model=ModelConfig(mixer="s5", d_model=d_model, n_layers=n_layers,
-                          mixer_options={"d_state": ssm_size, "blocks": blocks, "bidirectional": True,
-                                         **_dt_options(task)},
-                          pooling="auto", norm="batch", prenorm=True, dropout=dropout, ff="glu"),
-        optim=OptimConfig(lr=ssm_lr * factor, ssm_lr=ssm_lr, weight_decay=wd, schedule="cosine",
-                          warmup_steps=per_epoch * warm, grad_clip=0.0),
+        model=ModelConfig(
+            mixer="s5",
+            d_model=d_model,
+            n_layers=n_layers,
+            mixer_options={"d_state": ssm_size, "blocks": blocks, "bidirectional": True, **_dt_options(task)},
+            pooling="auto",
+            norm="batch",
+            prenorm=True,
+            dropout=dropout,
+            ff="glu",
+        ),
+        optim=OptimConfig(
+            lr=ssm_lr * factor,
+            ssm_lr=ssm_lr,
+            weight_decay=wd,
+            schedule="cosine",
+            warmup_steps=per_epoch * warm,
+            grad_clip=0.0,
+        ),
         train=TrainConfig(steps=steps, batch_size=batch, eval_every=every, checkpoint_every=every),
     )
 
@@ -115,8 +140,15 @@ def _synthetic(task: str, mixer: str, mixer_options: dict, d_model: int = 64, n_
     return Config(
         name=f"{task}_{mixer}",
         task=TaskConfig(name=task, options={}),
-        model=ModelConfig(mixer=mixer, d_model=d_model, n_layers=n_layers, mixer_options=dict(mixer_options),
-                          pooling="auto", norm="layer", prenorm=True),
+        model=ModelConfig(
+            mixer=mixer,
+            d_model=d_model,
+            n_layers=n_layers,
+            mixer_options=dict(mixer_options),
+            pooling="auto",
+            norm="layer",
+            prenorm=True,
+        ),
         optim=OptimConfig(lr=1e-3, ssm_lr=1e-3, weight_decay=0.1, warmup_steps=500, grad_clip=1.0),
         train=TrainConfig(steps=20_000, batch_size=64, eval_every=1_000, checkpoint_every=1_000),
     )
@@ -136,10 +168,10 @@ def _registry() -> dict:
     presets = {"demo": demo}
     for task in _S4_LRA:
         for mixer in ("s4", "s4d"):
-            presets[f"{task}_{mixer}"] = (lambda t=task, m=mixer: _s4_family(t, m))
-        presets[f"{task}_s5"] = (lambda t=task: _s5(t))
+            presets[f"{task}_{mixer}"] = lambda t=task, m=mixer: _s4_family(t, m)
+        presets[f"{task}_s5"] = lambda t=task: _s5(t)
     for name, (task, mixer, options) in _SYNTHETIC.items():
-        presets[name] = (lambda t=task, m=mixer, o=options: _synthetic(t, m, o))
+        presets[name] = lambda t=task, m=mixer, o=options: _synthetic(t, m, o)
     return presets
 
 

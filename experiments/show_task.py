@@ -41,13 +41,14 @@ def stats(task, split: str) -> str:
     """Length and label distributions of ``split`` as text."""
     arrays = task.split_arrays(split)
     lengths, labels = arrays["lengths"], arrays["labels"]
-    lines = [f"{task.name} [{split}] examples={len(labels)} seq_len={task.seq_len} kind={task.kind} "
-             f"chance={task.chance}",
-             f"lengths: min={lengths.min()} mean={lengths.mean():.1f} median={np.median(lengths):.0f} "
-             f"max={lengths.max()}"]
+    lines = [
+        f"{task.name} [{split}] examples={len(labels)} seq_len={task.seq_len} kind={task.kind} chance={task.chance}",
+        f"lengths: min={lengths.min()} mean={lengths.mean():.1f} median={np.median(lengths):.0f} max={lengths.max()}",
+    ]
     if task.kind == "regression":
-        lines.append(f"targets: mean={labels.mean():.4f} std={labels.std():.4f} min={labels.min():.4f} "
-                     f"max={labels.max():.4f}")
+        lines.append(
+            f"targets: mean={labels.mean():.4f} std={labels.std():.4f} min={labels.min():.4f} max={labels.max():.4f}"
+        )
     else:
         scored = labels[labels >= 0]
         counts = np.bincount(scored.astype(np.int64), minlength=task.num_classes)
@@ -99,13 +100,19 @@ def figure(task, split: str, n: int):
         bar.set_label("token id (0 = padding)" if task.vocab_size else "input value (feature 0)")
         if task.per_position:
             ys, xs = np.nonzero(ex["labels"] >= 0)
-            ax.scatter(xs, ys, s=36, facecolors="none", edgecolors="red", linewidths=1.3,
-                       label="scored position: its target is listed at the left, in order")
+            ax.scatter(
+                xs,
+                ys,
+                s=36,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.3,
+                label="scored position: its target is listed at the left, in order",
+            )
             ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False, fontsize=8)
         ax.set_yticks(range(n))
         ax.set_yticklabels([_label_text(task, ex, i) for i in range(n)], fontsize=7)
-        ax.set_ylabel("example: targets of scored positions" if task.per_position else "example: label",
-                      fontsize=8)
+        ax.set_ylabel("example: targets of scored positions" if task.per_position else "example: label", fontsize=8)
         ax.set_xlabel("position")
     fig.suptitle(f"{task.name} ({split})")
     fig.tight_layout()

@@ -16,20 +16,32 @@ from algornn.experiments.presets import get_preset, list_presets
 
 def _parser():
     presets = list_presets()
-    epilog = ("presets: " + ", ".join(presets) + "\n\noverride keys (key=value): " + ", ".join(override_keys()) +
-              "\n  dict fields take sub-keys: task.options.max_length=256, model.mixer_options.d_state=16"
-              "\n  train.steps=N rescales optim.warmup_steps, train.eval_every and train.checkpoint_every that are not"
-              "\n  given too (the preset's proportions); model.mixer=NAME (task.name=NAME) drops the preset's"
-              "\n  model.mixer_options (task.options) except sub-keys given; each change is printed as a note."
-              "\n  External data: task.options.data_dir=DIR.")
-    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.train", description=__doc__.splitlines()[0],
-                                     epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    epilog = (
+        "presets: "
+        + ", ".join(presets)
+        + "\n\noverride keys (key=value): "
+        + ", ".join(override_keys())
+        + "\n  dict fields take sub-keys: task.options.max_length=256, model.mixer_options.d_state=16"
+        "\n  train.steps=N rescales optim.warmup_steps, train.eval_every and train.checkpoint_every that are not"
+        "\n  given too (the preset's proportions); model.mixer=NAME (task.name=NAME) drops the preset's"
+        "\n  model.mixer_options (task.options) except sub-keys given; each change is printed as a note."
+        "\n  External data: task.options.data_dir=DIR."
+    )
+    parser = argparse.ArgumentParser(
+        prog="python -m algornn.experiments.train",
+        description=__doc__.splitlines()[0],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--config", default="demo", metavar="PRESET", help="preset name (default: demo)")
     parser.add_argument("--workdir", default=None, help="output directory (default: runs/<preset>)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    parser.add_argument("--reevaluate", action="store_true",
-                        help="on a finished run: evaluate the stored checkpoints again and rewrite results.json "
-                             "(default: report 'already complete' and leave it)")
+    parser.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="on a finished run: evaluate the stored checkpoints again and rewrite results.json "
+        "(default: report 'already complete' and leave it)",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
 
@@ -73,10 +85,12 @@ def main(argv=None):
     if results.get("already_complete"):
         return 0
     val, test = results["final_val"], results.get("test_from_best_checkpoint")
-    print(f"done: {results['steps']} steps in {results['train_time_s']:.0f} s of training; "
-          f"val accuracy {val['accuracy']:.4f}"
-          + (f"; test accuracy {test['accuracy']:.4f} (best checkpoint)" if test else "")
-          + f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, curves.png, results.json)")
+    print(
+        f"done: {results['steps']} steps in {results['train_time_s']:.0f} s of training; "
+        f"val accuracy {val['accuracy']:.4f}"
+        + (f"; test accuracy {test['accuracy']:.4f} (best checkpoint)" if test else "")
+        + f"\nworkdir: {workdir} (checkpoints/, metrics.jsonl, curves.png, results.json)"
+    )
     return 0
 
 

@@ -55,8 +55,11 @@ class _MetricsLog:
         kept = []
         if os.path.exists(path):
             with open(path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step
-                        and json.loads(line)["split"] != "test"]
+                kept = [
+                    line
+                    for line in f
+                    if line.strip() and json.loads(line)["step"] <= resume_step and json.loads(line)["split"] != "test"
+                ]
         with open(path, "w") as f:
             f.writelines(kept)
 
@@ -69,22 +72,30 @@ def _check_resumable(stored: dict, config: Config, directory: str, step: int):
     current = config.to_dict()
     for section in ("task", "model"):
         if stored.get(section) != current[section]:
-            raise ValueError(f"{directory} holds a run with a different {section} config "
-                             f"({stored.get(section)} vs {current[section]}); use another --workdir to start anew")
+            raise ValueError(
+                f"{directory} holds a run with a different {section} config "
+                f"({stored.get(section)} vs {current[section]}); use another --workdir to start anew"
+            )
     old_steps = stored.get("train", {}).get("steps")
     if old_steps is not None and old_steps != config.train.steps:
         raise ValueError(
             f"{directory} holds a run of train.steps={old_steps} (checkpoint at step {step}); this run asks for "
             f"train.steps={config.train.steps}. The warmup + cosine learning-rate schedule is laid out over "
             f"train.steps, so resuming would jump to another schedule. Rerun with train.steps={old_steps} to "
-            "finish (or re-evaluate) that run, or use another --workdir to start anew")
+            "finish (or re-evaluate) that run, or use another --workdir to start anew"
+        )
     old_optim = stored.get("optim", {})
-    changed = [f"optim.{k}={old_optim[k]!r} -> {current['optim'][k]!r}" for k in _SCHEDULE_KEYS
-               if k in old_optim and old_optim[k] != current["optim"][k]]
+    changed = [
+        f"optim.{k}={old_optim[k]!r} -> {current['optim'][k]!r}"
+        for k in _SCHEDULE_KEYS
+        if k in old_optim and old_optim[k] != current["optim"][k]
+    ]
     if changed:
-        raise ValueError(f"{directory} holds a run with another learning-rate schedule ({', '.join(changed)}); "
-                         "resuming would jump to another schedule. Rerun with the stored values (see "
-                         f"{os.path.dirname(directory)}/config.json) or use another --workdir to start anew")
+        raise ValueError(
+            f"{directory} holds a run with another learning-rate schedule ({', '.join(changed)}); "
+            "resuming would jump to another schedule. Rerun with the stored values (see "
+            f"{os.path.dirname(directory)}/config.json) or use another --workdir to start anew"
+        )
 
 
 class _LineProgress:
@@ -96,8 +107,12 @@ class _LineProgress:
 
     def _emit(self):
         extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
-        print(f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%){extra} "
-              f"[{time.time() - self.t0:.0f} s]", file=sys.stderr, flush=True)
+        print(
+            f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%){extra} "
+            f"[{time.time() - self.t0:.0f} s]",
+            file=sys.stderr,
+            flush=True,
+        )
         self.last, self.shown = time.time(), self.n
 
     def update(self, n: int = 1):
@@ -139,8 +154,10 @@ def _already_complete(results_path: str, workdir: str) -> dict:
     with open(results_path) as f:
         results = json.load(f)
     results["already_complete"] = True
-    print(f"already complete: {workdir} holds all {results.get('steps')} steps; results in {results_path} "
-          "(unchanged; evaluate again with --reevaluate, or train anew in another --workdir)")
+    print(
+        f"already complete: {workdir} holds all {results.get('steps')} steps; results in {results_path} "
+        "(unchanged; evaluate again with --reevaluate, or train anew in another --workdir)"
+    )
     return results
 
 
@@ -164,14 +181,20 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     mesh = lib.make_mesh(tc.devices)
     n_dev = mesh.devices.size
     if tc.batch_size % n_dev:
-        raise ValueError(f"train.batch_size: {tc.batch_size} is not divisible by the {n_dev} devices; "
-                         f"use a multiple of {n_dev} or set train.devices")
+        raise ValueError(
+            f"train.batch_size: {tc.batch_size} is not divisible by the {n_dev} devices; "
+            f"use a multiple of {n_dev} or set train.devices"
+        )
 
     model = build_model(config, spec, rngs=nnx.Rngs(params=tc.seed, dropout=tc.seed + 1))
     optimizer = lib.make_optimizer(model, oc, tc.steps)
     os.makedirs(workdir, exist_ok=True)
-    manager = checkpoints.CheckpointManager(os.path.join(workdir, "checkpoints"), keep_latest=tc.keep_latest,
-                                            keep_best=tc.keep_best, best_metric="val_accuracy")
+    manager = checkpoints.CheckpointManager(
+        os.path.join(workdir, "checkpoints"),
+        keep_latest=tc.keep_latest,
+        keep_best=tc.keep_best,
+        best_metric="val_accuracy",
+    )
     step, position, train_time_before = 0, {"epoch": 0, "step_in_epoch": 0}, 0.0
     latest = manager.latest_step()
     if latest is not None:
@@ -191,8 +214,10 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             with open(results_path) as f:
                 train_time_before = float(json.load(f).get("train_time_s", train_time_before))
         if step < tc.steps:
-            print(f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
-                  f"batch {position['step_in_epoch']})")
+            print(
+                f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
+                f"batch {position['step_in_epoch']})"
+            )
         else:
             print(f"{workdir}: all {step} steps are trained; evaluating the stored checkpoints")
     else:
@@ -207,8 +232,17 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     tokens_per_step = tc.batch_size * oc.accumulate * spec["seq_len"] * (2 if spec["pair"] else 1)
 
     def run_eval(split):
-        return lib.evaluate(model, task, split, batch_size=eval_bs, mesh=mesh, kind=kind,
-                            bf16=bf16, max_batches=tc.eval_batches, seed=tc.seed)
+        return lib.evaluate(
+            model,
+            task,
+            split,
+            batch_size=eval_bs,
+            mesh=mesh,
+            kind=kind,
+            bf16=bf16,
+            max_batches=tc.eval_batches,
+            seed=tc.seed,
+        )
 
     t_loop = time.time()
 
@@ -216,9 +250,14 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         return train_time_before + (time.time() - t_loop)
 
     def save(at_step, metrics=None):
-        meta = {"config": config.to_dict(), "model_spec": spec, "builder": BUILDER,
-                "data_position": stream.position, "rng": {"seed": tc.seed, "dropout": "fold_in(key(seed), step)"},
-                "train_time_s": train_time()}
+        meta = {
+            "config": config.to_dict(),
+            "model_spec": spec,
+            "builder": BUILDER,
+            "data_position": stream.position,
+            "rng": {"seed": tc.seed, "dropout": "fold_in(key(seed), step)"},
+            "train_time_s": train_time(),
+        }
         manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
 
     bar = _progress(tc.steps, step, config.name, tc.progress)
@@ -227,14 +266,15 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     try:
         while step < tc.steps:
             batches = lib.shard_batch(_stack([stream.next() for _ in range(oc.accumulate)]), mesh, axis=1)
-            loss, acc, gnorm = lib.train_step(model, optimizer, batches, np.int32(step),
-                                              kind=kind, bf16=bf16, accumulate=oc.accumulate,
-                                              seed=tc.seed)
+            loss, acc, gnorm = lib.train_step(
+                model, optimizer, batches, np.int32(step), kind=kind, bf16=bf16, accumulate=oc.accumulate, seed=tc.seed
+            )
             loss, acc, gnorm = float(loss), float(acc), float(gnorm)
             if not (np.isfinite(loss) and np.isfinite(gnorm)):
                 raise FloatingPointError(
                     f"non-finite loss {loss} (gradient norm {gnorm}) at step {step + 1}; stopped before saving "
-                    f"it. Last good checkpoint: step {manager.latest_step()} in {manager.directory}")
+                    f"it. Last good checkpoint: step {manager.latest_step()} in {manager.directory}"
+                )
             step += 1
             bar.update(1)
             window["loss"] += loss
@@ -242,23 +282,39 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             window["n"] += 1
             if step % tc.log_every == 0 or step == tc.steps:
                 dt = max(time.time() - window["t"], 1e-9)
-                rec = {"step": step, "split": "train", "loss": window["loss"] / window["n"],
-                       "accuracy": window["acc"] / window["n"], "lr": float(lr_fn(step - 1)), "grad_norm": gnorm,
-                       "tokens_per_s": tokens_per_step * window["n"] / dt, "time": time.time() - t_start}
+                rec = {
+                    "step": step,
+                    "split": "train",
+                    "loss": window["loss"] / window["n"],
+                    "accuracy": window["acc"] / window["n"],
+                    "lr": float(lr_fn(step - 1)),
+                    "grad_norm": gnorm,
+                    "tokens_per_s": tokens_per_step * window["n"] / dt,
+                    "time": time.time() - t_start,
+                }
                 log.write(rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}",
-                                tok_s=f"{rec['tokens_per_s']:.3g}")
+                bar.set_postfix(
+                    loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}", tok_s=f"{rec['tokens_per_s']:.3g}"
+                )
                 window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
             if step % tc.eval_every == 0 or step == tc.steps:
                 t0 = time.time()
                 last_val = run_eval(tc.eval_split)
-                log.write({"step": step, "split": "val", "loss": last_val["loss"],
-                           "accuracy": last_val["accuracy"], "time": time.time() - t_start})
-                bar.write(f"step {step}: {tc.eval_split} loss {last_val['loss']:.4f} "
-                          f"accuracy {last_val['accuracy']:.4f}")
+                log.write(
+                    {
+                        "step": step,
+                        "split": "val",
+                        "loss": last_val["loss"],
+                        "accuracy": last_val["accuracy"],
+                        "time": time.time() - t_start,
+                    }
+                )
+                bar.write(
+                    f"step {step}: {tc.eval_split} loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}"
+                )
                 save(step, {"val_accuracy": last_val["accuracy"], "val_loss": last_val["loss"]})
                 window["t"] += time.time() - t0  # evaluation time is not training throughput
-            elif (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+            elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
                 save(step)
         manager.wait()
         bar.close()
@@ -267,26 +323,54 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         train_time_s = train_time() if last_val is not None else train_time_before
         if last_val is None:  # a finished run, evaluated again
             last_val = run_eval(tc.eval_split)
-        results = {"preset": config.name, "steps": step, "devices": n_dev, "train_time_s": train_time_s,
-                   "final_val": last_val, "best_step": manager.best_step()}
+        results = {
+            "preset": config.name,
+            "steps": step,
+            "devices": n_dev,
+            "train_time_s": train_time_s,
+            "final_val": last_val,
+            "best_step": manager.best_step(),
+        }
     finally:
         bar.close()
         manager.close()
     if tc.test_at_end:
         best_model, _ = checkpoints.load(os.path.join(workdir, "checkpoints"), step="best", mesh=mesh)
-        test = lib.evaluate(best_model, task, "test", batch_size=eval_bs, mesh=mesh, kind=kind,
-                            bf16=bf16, max_batches=tc.eval_batches, seed=tc.seed)
+        test = lib.evaluate(
+            best_model,
+            task,
+            "test",
+            batch_size=eval_bs,
+            mesh=mesh,
+            kind=kind,
+            bf16=bf16,
+            max_batches=tc.eval_batches,
+            seed=tc.seed,
+        )
         results["test_from_best_checkpoint"] = test
-        log.write({"step": results["best_step"], "split": "test", "loss": test["loss"],
-                   "accuracy": test["accuracy"], "time": time.time() - t_start})
-        print(f"test (best checkpoint, step {results['best_step']}): loss {test['loss']:.4f} "
-              f"accuracy {test['accuracy']:.4f}")
+        log.write(
+            {
+                "step": results["best_step"],
+                "split": "test",
+                "loss": test["loss"],
+                "accuracy": test["accuracy"],
+                "time": time.time() - t_start,
+            }
+        )
+        print(
+            f"test (best checkpoint, step {results['best_step']}): loss {test['loss']:.4f} "
+            f"accuracy {test['accuracy']:.4f}"
+        )
     results["baselines"] = accuracy_baselines(task, tc.eval_split)
     results["wall_time_s"] = time.time() - t_start  # this invocation
     with open(results_path, "w") as f:
         json.dump(results, f, indent=2)
     from algornn.experiments.plots import read_metrics
 
-    plot_curves(read_metrics(os.path.join(workdir, "metrics.jsonl")), os.path.join(workdir, "curves.png"),
-                title=f"{config.name}: {config.model.mixer} on {config.task.name}", **results["baselines"])
+    plot_curves(
+        read_metrics(os.path.join(workdir, "metrics.jsonl")),
+        os.path.join(workdir, "curves.png"),
+        title=f"{config.name}: {config.model.mixer} on {config.task.name}",
+        **results["baselines"],
+    )
     return results

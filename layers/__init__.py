@@ -20,12 +20,6 @@ Shape legend: B batch · L length · D channels · N state size · H heads · K 
 """
 
 from algornn.layers._block import SequenceBlock as SequenceBlock
-from algornn.layers._model import SequenceModel as SequenceModel
-from algornn.layers._params import is_ssm_param as is_ssm_param
-from algornn.layers._params import ssm_param as ssm_param
-from algornn.layers._params import ssm_param_labels as ssm_param_labels
-from algornn.layers._registry import MIXERS as MIXERS
-from algornn.layers._registry import describe_mixers as describe_mixers
 from algornn.layers._fast_weight import DeltaNet as DeltaNet
 from algornn.layers._fast_weight import FastWeightOptions as FastWeightOptions
 from algornn.layers._fast_weight import GatedLinearAttention as GatedLinearAttention
@@ -41,6 +35,12 @@ from algornn.layers._lru import LRU as LRU
 from algornn.layers._lru import LRUOptions as LRUOptions
 from algornn.layers._lssl import LSSL as LSSL
 from algornn.layers._lssl import LSSLOptions as LSSLOptions
+from algornn.layers._model import SequenceModel as SequenceModel
+from algornn.layers._params import is_ssm_param as is_ssm_param
+from algornn.layers._params import ssm_param as ssm_param
+from algornn.layers._params import ssm_param_labels as ssm_param_labels
+from algornn.layers._registry import MIXERS as MIXERS
+from algornn.layers._registry import describe_mixers as describe_mixers
 from algornn.layers._s4 import S4 as S4
 from algornn.layers._s4 import S4Options as S4Options
 from algornn.layers._s4d import S4D as S4D

@@ -10,8 +10,9 @@ def main() -> None:
     print(f"{'name':<{w_name}}  {'class':<{w_cls}}  description")
     for name, cls, doc in rows:
         print(f"{name:<{w_name}}  {cls:<{w_cls}}  {doc}")
-    print("\nUse a name as SequenceModel(mixer=NAME, mixer_options={...}); a class's options: "
-          "help(algornn.layers.CLASS).")
+    print(
+        "\nUse a name as SequenceModel(mixer=NAME, mixer_options={...}); a class's options: help(algornn.layers.CLASS)."
+    )
 
 
 if __name__ == "__main__":

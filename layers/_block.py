@@ -17,8 +17,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from algornn.layers._options import (check_bool, check_choice, check_dtypes, check_float, check_mixer_options,
-                                     takes_keyword)
+from algornn.layers._options import (
+    check_bool,
+    check_choice,
+    check_dtypes,
+    check_float,
+    check_mixer_options,
+    takes_keyword,
+)
 from algornn.layers._registry import resolve_mixer
 
 NORMS = ("layer", "batch")
@@ -42,8 +48,10 @@ def build_mixer(mixer, d_model: int, mixer_options, dtype, param_dtype, rngs: nn
         if takes_keyword(mixer_cls, name):
             options[name] = value
         elif value != jnp.float32:
-            raise ValueError(f"{name}={jnp.dtype(value).name}: the mixer class {mixer_cls.__name__} does not take "
-                             f"{name}, so it cannot run in it")
+            raise ValueError(
+                f"{name}={jnp.dtype(value).name}: the mixer class {mixer_cls.__name__} does not take "
+                f"{name}, so it cannot run in it"
+            )
     return mixer_cls(d_model, rngs=rngs, **options)
 
 
@@ -70,8 +78,20 @@ class SequenceBlock(nnx.Module):
         rngs: ``nnx.Rngs`` for the initialisation and dropout.
     """
 
-    def __init__(self, d_model: int, mixer, *, mixer_options=None, norm: str = "layer", prenorm: bool = True,
-                 dropout: float = 0.0, ff: str = "glu", dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        mixer,
+        *,
+        mixer_options=None,
+        norm: str = "layer",
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        ff: str = "glu",
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_choice("norm", norm, NORMS)
         check_choice("ff", ff, FFS)
         check_bool("prenorm", prenorm)

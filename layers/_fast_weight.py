@@ -23,14 +23,26 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from algornn.layers._options import (check_batch_size, check_bool, check_choice, check_discrete_dt_scale,
-                                     check_dtypes, check_float, check_int, check_sequence, check_state, check_token,
-                                     record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_choice,
+    check_discrete_dt_scale,
+    check_dtypes,
+    check_float,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 from algornn.scan_kernels import BACKENDS, delta_rule, delta_rule_step, linear_attention, linear_attention_step
 
-
-FAST_WEIGHT_DISCRETE = ("fast-weight mixers are discrete-time (the state is updated once per token by an "
-                        "outer-product write, with no continuous-time system behind it)")
+FAST_WEIGHT_DISCRETE = (
+    "fast-weight mixers are discrete-time (the state is updated once per token by an "
+    "outer-product write, with no continuous-time system behind it)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +50,8 @@ class FastWeightOptions:
     """The validated options of a :class:`DeltaNet` or :class:`RetNet` layer (``layer.options``)."""
 
     num_heads: int = 4
-    key_dim: int | None = None       # None: D // num_heads
-    value_dim: int | None = None     # None: D // num_heads
+    key_dim: int | None = None  # None: D // num_heads
+    value_dim: int | None = None  # None: D // num_heads
     chunk_size: int = 64
     backend: str | None = None
 
@@ -94,8 +106,9 @@ class _FastWeightMixer(nnx.Module):
         self.dtype, self.param_dtype = check_dtypes(name, values["dtype"], values["param_dtype"])
         H = opt.num_heads
         if (opt.key_dim is None or opt.value_dim is None) and d_model % H:
-            raise ValueError(f"{name}: d_model={d_model} is not divisible by num_heads={H}; give key_dim and "
-                             f"value_dim explicitly")
+            raise ValueError(
+                f"{name}: d_model={d_model} is not divisible by num_heads={H}; give key_dim and value_dim explicitly"
+            )
         K = opt.key_dim or d_model // H
         V = opt.value_dim or d_model // H
         self.options, self.d_model, self.heads, self.key_dim, self.value_dim = opt, d_model, H, K, V
@@ -182,9 +195,20 @@ class LinearAttention(_FastWeightMixer):
     size Δ, so any other value raises ``ValueError``.
     """
 
-    def __init__(self, d_model: int, *, num_heads: int = 4, key_dim: int | None = None,
-                 value_dim: int | None = None, chunk_size: int = 64, normalize: bool = True,
-                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int = 4,
+        key_dim: int | None = None,
+        value_dim: int | None = None,
+        chunk_size: int = 64,
+        normalize: bool = True,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self._setup(LinearAttentionOptions, locals())
 
     def _inputs(self, x):
@@ -217,9 +241,19 @@ class DeltaNet(_FastWeightMixer):
     size Δ, so any other value raises ``ValueError``.
     """
 
-    def __init__(self, d_model: int, *, num_heads: int = 4, key_dim: int | None = None,
-                 value_dim: int | None = None, chunk_size: int = 64, backend: str | None = None,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int = 4,
+        key_dim: int | None = None,
+        value_dim: int | None = None,
+        chunk_size: int = 64,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self._setup(FastWeightOptions, locals())
         self.beta_proj = self._linear(d_model, self.heads, rngs, use_bias=True)
 
@@ -258,10 +292,21 @@ class GatedLinearAttention(_FastWeightMixer):
 
     gated_output = True
 
-    def __init__(self, d_model: int, *, num_heads: int = 4, key_dim: int | None = None,
-                 value_dim: int | None = None, chunk_size: int = 64, gate_rank: int = 16,
-                 gate_normalizer: float = 16.0, backend: str | None = None, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int = 4,
+        key_dim: int | None = None,
+        value_dim: int | None = None,
+        chunk_size: int = 64,
+        gate_rank: int = 16,
+        gate_normalizer: float = 16.0,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self._setup(GatedLinearAttentionOptions, locals())
         self.gate_down = self._linear(d_model, gate_rank, rngs)
         self.gate_up = self._linear(gate_rank, self.heads * self.key_dim, rngs, use_bias=True)
@@ -270,7 +315,7 @@ class GatedLinearAttention(_FastWeightMixer):
         q, k, v = self._qkv(x)
         gate = self.gate_up(self.gate_down(x)).astype(jnp.float32)
         g = jax.nn.log_sigmoid(gate) / jnp.float32(self.options.gate_normalizer)
-        scale = jnp.asarray(self.key_dim ** -0.5, q.dtype)
+        scale = jnp.asarray(self.key_dim**-0.5, q.dtype)
         return q * scale, k, v, {"log_decay": g.reshape(k.shape)}
 
     def _op(self, q, k, v, log_decay):
@@ -301,16 +346,26 @@ class RetNet(_FastWeightMixer):
 
     gated_output = True
 
-    def __init__(self, d_model: int, *, num_heads: int = 4, key_dim: int | None = None,
-                 value_dim: int | None = None, chunk_size: int = 64, backend: str | None = None,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        num_heads: int = 4,
+        key_dim: int | None = None,
+        value_dim: int | None = None,
+        chunk_size: int = 64,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self._setup(FastWeightOptions, locals())
 
     def _inputs(self, x):
         q, k, v = self._qkv(x)
-        log_gamma = jnp.log1p(-jnp.exp2(-5.0 - jnp.arange(self.heads, dtype=jnp.float32)))        # (H,)
-        g = jnp.broadcast_to(log_gamma, x.shape[:-1] + (self.heads,))                            # (..., H)
-        scale = jnp.asarray(self.key_dim ** -0.5, q.dtype)
+        log_gamma = jnp.log1p(-jnp.exp2(-5.0 - jnp.arange(self.heads, dtype=jnp.float32)))  # (H,)
+        g = jnp.broadcast_to(log_gamma, x.shape[:-1] + (self.heads,))  # (..., H)
+        scale = jnp.asarray(self.key_dim**-0.5, q.dtype)
         return q * scale, k, v, {"log_decay": g}
 
     def _op(self, q, k, v, log_decay):

@@ -26,9 +26,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_choice, check_dt_scale, check_dtypes, check_float,
-                                     check_int, check_not_bidirectional, check_sequence, check_state, check_token,
-                                     record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_choice,
+    check_dt_scale,
+    check_dtypes,
+    check_float,
+    check_int,
+    check_not_bidirectional,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +49,7 @@ class HiPPORNNOptions:
     d_state: int = 32
     measure: str = "legs"
     memory_d: int = 1
-    dt: float = 0.01                   # step size of the time-invariant measures (legt, lagt)
+    dt: float = 0.01  # step size of the time-invariant measures (legt, lagt)
     bidirectional: bool = False
 
     def __post_init__(self):
@@ -69,17 +80,27 @@ class HiPPORNN(nnx.Module):
     leaves the output unchanged — exactly, not by omission.
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 32, measure: str = "legs", memory_d: int = 1,
-                 dt: float = 0.01, bidirectional: bool = False, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 32,
+        measure: str = "legs",
+        memory_d: int = 1,
+        dt: float = 0.01,
+        bidirectional: bool = False,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(HiPPORNNOptions, locals())
         self.dtype, self.param_dtype = check_dtypes("HiPPORNN", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
         M, N = opt.memory_d, opt.d_state
         lin = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
-        self.gates_in = nnx.Linear(d_model + M * N, 3 * d_model, **lin)                 # z, r, n from [x, c]
-        self.gates_h = nnx.Linear(d_model, 3 * d_model, use_bias=False, **lin)           # z, r, n from h
+        self.gates_in = nnx.Linear(d_model + M * N, 3 * d_model, **lin)  # z, r, n from [x, c]
+        self.gates_h = nnx.Linear(d_model, 3 * d_model, use_bias=False, **lin)  # z, r, n from h
         self.W_f = nnx.Linear(d_model, M, use_bias=False, **lin)
 
     def transitions(self, t, dt_scale=1.0):
@@ -104,7 +125,7 @@ class HiPPORNN(nnx.Module):
         zh, rh, nh = jnp.split(gh.astype(jnp.float32), 3, axis=-1)
         z, r = jax.nn.sigmoid(zi + zh), jax.nn.sigmoid(ri + rh)
         h = (1.0 - z) * jnp.tanh(ni + r * nh) + z * h
-        f = self.W_f(h.astype(self.dtype)).astype(jnp.float32)                           # (B, M)
+        f = self.W_f(h.astype(self.dtype)).astype(jnp.float32)  # (B, M)
         c = jnp.einsum("nk,bmk->bmn", Abar, c) + f[..., None] * Bbar[None, None]
         return (c, h), h
 
@@ -113,16 +134,18 @@ class HiPPORNN(nnx.Module):
         check_sequence("HiPPORNN", x, self.d_model)
         check_dt_scale("HiPPORNN", dt_scale)
         x = x.astype(self.dtype)
-        Abar, Bbar = self.transitions(jnp.arange(x.shape[1]), dt_scale)                 # (L, N, N), (L, N)
+        Abar, Bbar = self.transitions(jnp.arange(x.shape[1]), dt_scale)  # (L, N, N), (L, N)
         state = self.init_state(x.shape[0])[:2]
         _, ys = jax.lax.scan(self._cell, state, (jnp.moveaxis(x, 1, 0), Abar, Bbar))
         return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
         """``(c (B, memory_d, N), h (B, D), t ())``: float32 memory and hidden state, int32 step counter."""
-        return (jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.d_state), jnp.float32),
-                jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32),
-                jax.ShapeDtypeStruct((), jnp.int32))
+        return (
+            jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.d_state), jnp.float32),
+            jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32),
+            jax.ShapeDtypeStruct((), jnp.int32),
+        )
 
     def init_state(self, batch_size: int):
         """``(c (B, memory_d, N), h (B, D), t ())``: memory, hidden state and the 0-based step counter."""

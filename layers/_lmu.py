@@ -26,17 +26,29 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_bool, check_choice, check_dt_scale, check_dtypes,
-                                     check_float, check_int, check_not_bidirectional, check_sequence, check_state,
-                                     check_token, record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_choice,
+    check_dt_scale,
+    check_dtypes,
+    check_float,
+    check_int,
+    check_not_bidirectional,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class LMUOptions:
     """The validated options of an :class:`LMU` layer (``layer.options``)."""
 
-    order: int | None = None            # None: d_state, else 64
-    d_state: int | None = None          # alias of order (the SSM-mixer contract)
+    order: int | None = None  # None: d_state, else 64
+    d_state: int | None = None  # alias of order (the SSM-mixer contract)
     theta: float = 100.0
     memory_d: int = 1
     hidden_cell: str = "rnn"
@@ -86,10 +98,23 @@ class LMU(nnx.Module):
     units of the original step); ``dt_scale`` is a positive scalar and may be traced under ``jit``.
     """
 
-    def __init__(self, d_model: int, *, order: int | None = None, d_state: int | None = None, theta: float = 100.0,
-                 memory_d: int = 1, hidden_cell: str = "rnn", hidden_to_memory: bool = False,
-                 memory_to_memory: bool = False, discretization: str = "zoh", bidirectional: bool = False,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        order: int | None = None,
+        d_state: int | None = None,
+        theta: float = 100.0,
+        memory_d: int = 1,
+        hidden_cell: str = "rnn",
+        hidden_to_memory: bool = False,
+        memory_to_memory: bool = False,
+        discretization: str = "zoh",
+        bidirectional: bool = False,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(LMUOptions, locals())
         self.dtype, self.param_dtype = check_dtypes("LMU", dtype, param_dtype)
@@ -123,8 +148,9 @@ class LMU(nnx.Module):
     def impulse_response(self, L: int, dt_scale=1.0):
         """``H (N, L)`` with ``H[:, l] = Ā^l B̄``."""
         A, B, dt = self._system(dt_scale)
-        return ssm.kernels.dense_kernel(A, B, jnp.eye(self.options.n, dtype=jnp.float32), dt, L,
-                                        self.options.discretization)
+        return ssm.kernels.dense_kernel(
+            A, B, jnp.eye(self.options.n, dtype=jnp.float32), dt, L, self.options.discretization
+        )
 
     def _hidden(self, pre, h):
         """``pre = W_x x + W_m m + b`` (dtype); the hidden nonlinearity; returns float32 ``h``."""
@@ -152,14 +178,15 @@ class LMU(nnx.Module):
         Bsz, L, _ = x.shape
         if not self._parallel:
             Abar, Bbar = self.discretized(dt_scale)
-            _, ys = jax.lax.scan(lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz),
-                                 jnp.moveaxis(x, 1, 0))
+            _, ys = jax.lax.scan(
+                lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz), jnp.moveaxis(x, 1, 0)
+            )
             return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
         M, N = self.options.memory_d, self.options.n
-        u = self.encoder_x(x).astype(jnp.float32)                                        # (B, L, M)
-        H = self.impulse_response(L, dt_scale)                                           # (N, L)
+        u = self.encoder_x(x).astype(jnp.float32)  # (B, L, M)
+        H = self.impulse_response(L, dt_scale)  # (N, L)
         u_rep = jnp.broadcast_to(u[..., None], (Bsz, L, M, N)).reshape(Bsz, L, M * N)
-        m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))                          # (B, L, M·N)
+        m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))  # (B, L, M·N)
         pre = self.W_x(x) + self.W_m(m.astype(self.dtype))
         if self.options.hidden_cell == "dense":
             return jnp.tanh(pre).astype(self.dtype)
@@ -173,8 +200,10 @@ class LMU(nnx.Module):
 
     def state_spec(self, batch_size: int):
         """``(m (B, memory_d, order), h (B, D))`` float32."""
-        return (jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.n), jnp.float32),
-                jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32))
+        return (
+            jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.n), jnp.float32),
+            jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32),
+        )
 
     def init_state(self, batch_size: int):
         """``(m (B, memory_d, order), h (B, D))`` float32 zeros."""

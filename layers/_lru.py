@@ -23,12 +23,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice,
-                                     check_discrete_dt_scale, check_dtypes, check_float, check_int, check_sequence,
-                                     check_state, check_token, record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_causal,
+    check_choice,
+    check_discrete_dt_scale,
+    check_dtypes,
+    check_float,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
-
 
 LRU_DISCRETE = "the LRU is a discrete-time recurrence (Orvieto et al. 2023 parameterise λ directly, with no Δ)"
 
@@ -73,17 +84,29 @@ class LRU(nnx.Module):
     raises ``ValueError``.
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 64, r_min: float = 0.0, r_max: float = 1.0,
-                 max_phase: float = 2 * math.pi, bidirectional: bool = False, backend: str | None = None,
-                 dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        r_min: float = 0.0,
+        r_max: float = 1.0,
+        max_phase: float = 2 * math.pi,
+        bidirectional: bool = False,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(LRUOptions, locals())
         self.dtype, self.param_dtype = check_dtypes("LRU", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
         pdt = self.param_dtype
         N = opt.d_state
-        nu_log, theta_log, gamma_log = ssm.init.lru_ring(rngs.params(), (N,), r_min=opt.r_min, r_max=opt.r_max,
-                                                         max_phase=opt.max_phase)
+        nu_log, theta_log, gamma_log = ssm.init.lru_ring(
+            rngs.params(), (N,), r_min=opt.r_min, r_max=opt.r_max, max_phase=opt.max_phase
+        )
         self.nu_log = ssm_param(nu_log, pdt)
         self.theta_log = ssm_param(theta_log, pdt)
         self.gamma_log = ssm_param(gamma_log, pdt)
@@ -112,7 +135,7 @@ class LRU(nnx.Module):
         check_sequence("LRU", x, self.d_model)
         check_discrete_dt_scale("LRU", dt_scale, LRU_DISCRETE)
         x = x.astype(self.dtype).astype(jnp.float32)
-        lam, bu = self.eigenvalues(), self._input(x)                                    # (N,), (B, L, N)
+        lam, bu = self.eigenvalues(), self._input(x)  # (N,), (B, L, N)
         h = linear_scan(lam, bu, backend=self.options.backend)
         y = jnp.real(jnp.einsum("bln,dn->bld", h, complex_of(self.C_re, self.C_im)))
         if self.options.bidirectional:

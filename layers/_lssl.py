@@ -27,9 +27,20 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
-                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
-                                     check_token, record_options)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_causal,
+    check_choice,
+    check_dt_range,
+    check_dt_scale,
+    check_dtypes,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+)
 from algornn.layers._params import f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, dense_linear_scan
 
@@ -83,9 +94,22 @@ class LSSL(nnx.Module):
     call) and returns that system in the new state.
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 64, measure: str = "legs", discretization: str = "bilinear",
-                 mode: str = "conv", bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        measure: str = "legs",
+        discretization: str = "bilinear",
+        mode: str = "conv",
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(LSSLOptions, locals())
         self.dtype, self.param_dtype = check_dtypes("LSSL", dtype, param_dtype)
@@ -114,8 +138,10 @@ class LSSL(nnx.Module):
 
     def kernel(self, L: int, dt_scale=1.0):
         """Convolution kernels ``K (D, L)`` (a list: causal, then anti-causal when bidirectional)."""
-        return [ssm.kernels.dense_kernel(f32(self.A), f32(self.B), C, self.dt(dt_scale), L,
-                                         self.options.discretization) for C in self._Cs()]
+        return [
+            ssm.kernels.dense_kernel(f32(self.A), f32(self.B), C, self.dt(dt_scale), L, self.options.discretization)
+            for C in self._Cs()
+        ]
 
     def __call__(self, x, *, dt_scale=1.0):
         """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
@@ -128,12 +154,15 @@ class LSSL(nnx.Module):
                 return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D)).astype(self.dtype)
             return ssm.kernels.causal_conv(x, Ks[0], f32(self.D)).astype(self.dtype)
         Abar, Bbar = self.discretized(dt_scale)
-        b = x[..., None] * Bbar[None, None]                                              # (B, L, D, N)
-        scan = jax.vmap(lambda A, b_d, rev: dense_linear_scan(A, b_d, reverse=rev, backend=self.options.backend),
-                        in_axes=(0, 2, None), out_axes=2)
+        b = x[..., None] * Bbar[None, None]  # (B, L, D, N)
+        scan = jax.vmap(
+            lambda A, b_d, rev: dense_linear_scan(A, b_d, reverse=rev, backend=self.options.backend),
+            in_axes=(0, 2, None),
+            out_axes=2,
+        )
         Cs = self._Cs()
         y = jnp.einsum("bldn,dn->bld", scan(Abar, b, False), Cs[0])
-        if self.options.bidirectional:                                                   # strictly future inputs
+        if self.options.bidirectional:  # strictly future inputs
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
             y = y + jnp.einsum("bldn,dn->bld", scan(Abar, b_next, True), Cs[1])
         return (y + x * f32(self.D)[None, None]).astype(self.dtype)
@@ -142,8 +171,11 @@ class LSSL(nnx.Module):
         """``(x (B, D, N), Ā (D, N, N), B̄ (D, N))`` float32."""
         D, N = self.d_model, self.options.d_state
         f = jnp.float32
-        return (jax.ShapeDtypeStruct((batch_size, D, N), f), jax.ShapeDtypeStruct((D, N, N), f),
-                jax.ShapeDtypeStruct((D, N), f))
+        return (
+            jax.ShapeDtypeStruct((batch_size, D, N), f),
+            jax.ShapeDtypeStruct((D, N, N), f),
+            jax.ShapeDtypeStruct((D, N), f),
+        )
 
     def init_state(self, batch_size: int, *, dt_scale=1.0):
         """``(x (B, D, N) zeros, Ā (D, N, N), B̄ (D, N))``: the state plus a decode cache of the discretized

@@ -61,10 +61,25 @@ class SequenceModel(nnx.Module):
     ``__call__(x, lengths=None)``: see the module docstring for how lengths are inferred and what is checked.
     """
 
-    def __init__(self, *, d_model: int, n_layers: int, num_classes: int, mixer, mixer_options=None,
-                 vocab_size=None, input_dim=None, pooling: str = "mean", norm: str = "layer",
-                 prenorm: bool = True, dropout: float = 0.0, ff: str = "glu", dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        *,
+        d_model: int,
+        n_layers: int,
+        num_classes: int,
+        mixer,
+        mixer_options=None,
+        vocab_size=None,
+        input_dim=None,
+        pooling: str = "mean",
+        norm: str = "layer",
+        prenorm: bool = True,
+        dropout: float = 0.0,
+        ff: str = "glu",
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         check_int("n_layers", n_layers)
         check_int("num_classes", num_classes)
@@ -73,8 +88,10 @@ class SequenceModel(nnx.Module):
         self.dtype, self.param_dtype = check_dtypes("SequenceModel", dtype, param_dtype)
         lin = dict(dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
         if (vocab_size is None) == (input_dim is None):
-            raise ValueError(f"give exactly one of vocab_size (tokens) or input_dim (features); "
-                             f"got vocab_size={vocab_size!r}, input_dim={input_dim!r}")
+            raise ValueError(
+                f"give exactly one of vocab_size (tokens) or input_dim (features); "
+                f"got vocab_size={vocab_size!r}, input_dim={input_dim!r}"
+            )
         if vocab_size is not None:
             check_int("vocab_size", vocab_size, minimum=2)
             self.encoder = nnx.Embed(vocab_size, d_model, **lin)
@@ -86,11 +103,23 @@ class SequenceModel(nnx.Module):
         self.d_model = d_model
         self.pooling = pooling
         self.prenorm = prenorm
-        self.blocks = nnx.List([
-            SequenceBlock(d_model, mixer, mixer_options=mixer_options, norm=norm, prenorm=prenorm,
-                          dropout=dropout, ff=ff, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
-            for _ in range(n_layers)
-        ])
+        self.blocks = nnx.List(
+            [
+                SequenceBlock(
+                    d_model,
+                    mixer,
+                    mixer_options=mixer_options,
+                    norm=norm,
+                    prenorm=prenorm,
+                    dropout=dropout,
+                    ff=ff,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    rngs=rngs,
+                )
+                for _ in range(n_layers)
+            ]
+        )
         self.final_norm = make_norm(norm, d_model, rngs, self.dtype, self.param_dtype) if prenorm else None
         self.decoder = nnx.Linear(d_model, num_classes, **lin)
 
@@ -101,20 +130,28 @@ class SequenceModel(nnx.Module):
         if self.vocab_size is not None:
             want = "(B,)" if step else "(B, L)"
             if shape is None or len(shape) != (1 if step else 2) or not jnp.issubdtype(dtype, jnp.integer):
-                raise ValueError(f"SequenceModel: {what} must be integer tokens {want}; got shape {shape}, "
-                                 f"dtype {dtype}")
+                raise ValueError(
+                    f"SequenceModel: {what} must be integer tokens {want}; got shape {shape}, dtype {dtype}"
+                )
             if is_concrete(x):
                 ids = np.asarray(x)
                 bad = (ids < 0) | (ids >= self.vocab_size)
                 if bad.any():
-                    raise ValueError(f"SequenceModel: token ids in {what} must be in [0, vocab_size={self.vocab_size})"
-                                     f"; got {_first_bad(ids, bad)} (value at (batch, position))")
+                    raise ValueError(
+                        f"SequenceModel: token ids in {what} must be in [0, vocab_size={self.vocab_size})"
+                        f"; got {_first_bad(ids, bad)} (value at (batch, position))"
+                    )
         else:
             want = f"(B, {self.input_dim})" if step else f"(B, L, {self.input_dim})"
-            if (shape is None or len(shape) != (2 if step else 3) or shape[-1] != self.input_dim
-                    or not jnp.issubdtype(dtype, jnp.floating)):
-                raise ValueError(f"SequenceModel: {what} must be float features {want}; got shape {shape}, "
-                                 f"dtype {dtype}")
+            if (
+                shape is None
+                or len(shape) != (2 if step else 3)
+                or shape[-1] != self.input_dim
+                or not jnp.issubdtype(dtype, jnp.floating)
+            ):
+                raise ValueError(
+                    f"SequenceModel: {what} must be float features {want}; got shape {shape}, dtype {dtype}"
+                )
 
     def _lengths(self, x, lengths):
         """Valid lengths ``(B,)`` int32 (given, checked/clipped, or inferred from padding); None for features."""
@@ -126,22 +163,26 @@ class SequenceModel(nnx.Module):
             return jnp.maximum(jnp.max(jnp.where(x != 0, position, 0), axis=1), 1).astype(jnp.int32)
         lengths = jnp.asarray(lengths)
         if lengths.shape != (batch,) or not jnp.issubdtype(lengths.dtype, jnp.integer):
-            raise ValueError(f"SequenceModel: lengths must be integers of shape (B,)=({batch},); "
-                             f"got shape {lengths.shape}, dtype {lengths.dtype}")
+            raise ValueError(
+                f"SequenceModel: lengths must be integers of shape (B,)=({batch},); "
+                f"got shape {lengths.shape}, dtype {lengths.dtype}"
+            )
         if is_concrete(lengths):
             values = np.asarray(lengths)
             bad = (values < 1) | (values > length)
             if bad.any():
-                raise ValueError(f"SequenceModel: lengths must be in [1, L={length}]; got "
-                                 f"{_first_bad(values, bad)} (value at (batch,))")
+                raise ValueError(
+                    f"SequenceModel: lengths must be in [1, L={length}]; got "
+                    f"{_first_bad(values, bad)} (value at (batch,))"
+                )
         return jnp.clip(lengths, 1, length).astype(jnp.int32)
 
     def _embed(self, x):
         if self.vocab_size is not None:
             valid = (x >= 0) & (x < self.vocab_size)
             h = self.encoder(jnp.clip(x, 0, self.vocab_size - 1))
-            h = h * (x != 0)[..., None].astype(h.dtype)                                   # padding id 0 -> 0
-            return jnp.where(valid[..., None], h, jnp.asarray(jnp.nan, h.dtype))         # bad id -> NaN (jit)
+            h = h * (x != 0)[..., None].astype(h.dtype)  # padding id 0 -> 0
+            return jnp.where(valid[..., None], h, jnp.asarray(jnp.nan, h.dtype))  # bad id -> NaN (jit)
         return self.encoder(x.astype(self.dtype))
 
     # -- sequence mode ----------------------------------------------------------------------------------
@@ -157,7 +198,7 @@ class SequenceModel(nnx.Module):
         lengths = self._lengths(x, lengths)
         mask = None
         if lengths is not None:
-            mask = (jnp.arange(length)[None, :] < lengths[:, None]).astype(jnp.float32)   # (B, L)
+            mask = (jnp.arange(length)[None, :] < lengths[:, None]).astype(jnp.float32)  # (B, L)
         h = self._embed(x)
         for block in self.blocks:
             h = block(h, mask)
@@ -176,7 +217,7 @@ class SequenceModel(nnx.Module):
             h32 = h.astype(jnp.float32)
             if mask is None:
                 return jnp.mean(h32, axis=1).astype(self.dtype)
-            count = jnp.sum(mask, axis=1, keepdims=True)                                   # (B, 1), >= 1
+            count = jnp.sum(mask, axis=1, keepdims=True)  # (B, 1), >= 1
             return (jnp.sum(h32 * mask[..., None], axis=1) / count).astype(self.dtype)
         last = jnp.full((h.shape[0],), length - 1) if lengths is None else lengths - 1
         return jnp.take_along_axis(h, last[:, None, None].astype(jnp.int32), axis=1)[:, 0]
@@ -194,8 +235,10 @@ class SequenceModel(nnx.Module):
         self._check_x(x_t, step=True)
         if not isinstance(state, tuple) or len(state) != len(self.blocks):
             got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
-            raise ValueError(f"SequenceModel.step: state must be the tuple of {len(self.blocks)} block states from "
-                             f"init_state; got {got}")
+            raise ValueError(
+                f"SequenceModel.step: state must be the tuple of {len(self.blocks)} block states from "
+                f"init_state; got {got}"
+            )
         h = self._embed(x_t)
         new_state = []
         for block, s in zip(self.blocks, state):

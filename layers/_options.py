@@ -123,8 +123,10 @@ def check_dt_scale(owner: str, dt_scale) -> None:
     else:
         ok = isinstance(dt_scale, (int, float, np.integer, np.floating))
     if not ok:
-        raise ValueError(f"{owner}: dt_scale={dt_scale!r} must be a positive real scalar "
-                         f"(got shape {shape}, dtype {dtype or type(dt_scale).__name__})")
+        raise ValueError(
+            f"{owner}: dt_scale={dt_scale!r} must be a positive real scalar "
+            f"(got shape {shape}, dtype {dtype or type(dt_scale).__name__})"
+        )
     if is_concrete(dt_scale) and not (np.isfinite(float(dt_scale)) and float(dt_scale) > 0):
         raise ValueError(f"{owner}: dt_scale={float(dt_scale)!r} must be a finite number > 0")
 
@@ -133,9 +135,11 @@ def check_discrete_dt_scale(owner: str, dt_scale, why: str) -> None:
     """Discrete-time mixers have no step size Δ: ``dt_scale`` must be the number 1 (the default)."""
     if isinstance(dt_scale, bool) or not is_concrete(dt_scale) or np.shape(dt_scale) != () or float(dt_scale) != 1.0:
         shown = "a traced value" if not is_concrete(dt_scale) else repr(dt_scale)
-        raise ValueError(f"{owner}: dt_scale={shown} is not supported: {why}, so it has no step size Δ to scale; "
-                         f"dt_scale must be 1. The continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and "
-                         f"SelectiveSSM take dt_scale")
+        raise ValueError(
+            f"{owner}: dt_scale={shown} is not supported: {why}, so it has no step size Δ to scale; "
+            f"dt_scale must be 1. The continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and "
+            f"SelectiveSSM take dt_scale"
+        )
 
 
 def check_batch_size(owner: str, batch_size) -> None:
@@ -152,10 +156,12 @@ def check_not_bidirectional(owner: str, bidirectional) -> None:
     """Mixers built around a nonlinear recurrent cell have no bidirectional form."""
     check_bool("bidirectional", bidirectional)
     if bidirectional:
-        raise ValueError(f"{owner}: bidirectional=True is not supported: its hidden state is a nonlinear recurrence "
-                         f"(h_t depends on h_(t-1) through a tanh/GRU cell), so there is no anti-causal linear "
-                         f"branch to add over the same recurrence; use a linear mixer (S4, S4D, S5, LRU, LSSL, "
-                         f"SelectiveSSM) for a bidirectional model")
+        raise ValueError(
+            f"{owner}: bidirectional=True is not supported: its hidden state is a nonlinear recurrence "
+            f"(h_t depends on h_(t-1) through a tanh/GRU cell), so there is no anti-causal linear "
+            f"branch to add over the same recurrence; use a linear mixer (S4, S4D, S5, LRU, LSSL, "
+            f"SelectiveSSM) for a bidirectional model"
+        )
 
 
 def _describe(tree) -> str:
@@ -179,10 +185,13 @@ def check_state(owner: str, state, expected) -> None:
     leaves, treedef = jax.tree.flatten(state, is_leaf=lambda x: x is None)
     want, want_def = jax.tree.flatten(expected)
     ok = treedef == want_def and all(
-        getattr(g, "shape", None) == w.shape and getattr(g, "dtype", None) == w.dtype for g, w in zip(leaves, want))
+        getattr(g, "shape", None) == w.shape and getattr(g, "dtype", None) == w.dtype for g, w in zip(leaves, want)
+    )
     if not ok:
-        raise ValueError(f"{owner}.step: state does not match init_state(batch_size={_batch_of(expected)}): "
-                         f"expected {_describe(expected)}, got {_describe(state)}")
+        raise ValueError(
+            f"{owner}.step: state does not match init_state(batch_size={_batch_of(expected)}): "
+            f"expected {_describe(expected)}, got {_describe(state)}"
+        )
 
 
 def _batch_of(expected):

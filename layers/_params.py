@@ -51,16 +51,20 @@ def _label_linen(params):
             found.append(v)
             return SSM_TAG if has_ssm_tag(v.var_type, v.metadata) else "default"
         if not hasattr(v, "shape"):
-            raise ValueError(f"ssm_param_labels: a Linen params tree must hold arrays or NNXMeta boxes; got a leaf "
-                             f"of type {type(v).__name__}")
+            raise ValueError(
+                f"ssm_param_labels: a Linen params tree must hold arrays or NNXMeta boxes; got a leaf "
+                f"of type {type(v).__name__}"
+            )
         return "default"
 
     labels = jax.tree.map(label, params, is_leaf=is_meta)
     if not found:
-        raise ValueError("ssm_param_labels: this params tree holds only plain arrays, so it carries no SSM tags to "
-                         "read (they live in the NNXMeta boxes that nnx.bridge.ToLinen.init returns). Pass "
-                         "variables['params'] as init returned it, before flax.linen.meta.unbox or any other "
-                         "transformation that drops the boxes")
+        raise ValueError(
+            "ssm_param_labels: this params tree holds only plain arrays, so it carries no SSM tags to "
+            "read (they live in the NNXMeta boxes that nnx.bridge.ToLinen.init returns). Pass "
+            "variables['params'] as init returned it, before flax.linen.meta.unbox or any other "
+            "transformation that drops the boxes"
+        )
     return labels
 
 
@@ -81,18 +85,21 @@ def ssm_param_labels(model):
     and labels them differently.
     """
     if isinstance(model, nnx.Module):
-        return jax.tree.map(_label_variable, nnx.state(model, nnx.Param),
-                            is_leaf=lambda v: isinstance(v, nnx.Variable))
+        return jax.tree.map(_label_variable, nnx.state(model, nnx.Param), is_leaf=lambda v: isinstance(v, nnx.Variable))
     if isinstance(model, nnx.State):
         variables = jax.tree.leaves(model, is_leaf=lambda v: isinstance(v, nnx.Variable))
         if not variables or not all(isinstance(v, nnx.Variable) for v in variables):
-            raise ValueError("ssm_param_labels: an nnx.State must hold nnx.Variable leaves (nnx.state(model, "
-                             "nnx.Param)); this one holds plain values, so there are no SSM tags to read")
+            raise ValueError(
+                "ssm_param_labels: an nnx.State must hold nnx.Variable leaves (nnx.state(model, "
+                "nnx.Param)); this one holds plain values, so there are no SSM tags to read"
+            )
         return jax.tree.map(_label_variable, model, is_leaf=lambda v: isinstance(v, nnx.Variable))
     if isinstance(model, Mapping) and model:
         return _label_linen(model)
-    raise ValueError(f"ssm_param_labels: expected an nnx.Module, an nnx.State of its parameters or a Linen params "
-                     f"dict made by nnx.bridge.ToLinen; got {type(model).__name__}")
+    raise ValueError(
+        f"ssm_param_labels: expected an nnx.Module, an nnx.State of its parameters or a Linen params "
+        f"dict made by nnx.bridge.ToLinen; got {type(model).__name__}"
+    )
 
 
 def f32(p) -> jax.Array:

@@ -34,8 +34,9 @@ def resolve_mixer(mixer):
         return MIXERS[mixer]
     if isinstance(mixer, type) and all(hasattr(mixer, m) for m in ("__call__", "init_state", "step")):
         return mixer
-    raise ValueError(f"mixer must be a name in {sorted(MIXERS)} or a mixer class with __call__, init_state and "
-                     f"step; got {mixer!r}")
+    raise ValueError(
+        f"mixer must be a name in {sorted(MIXERS)} or a mixer class with __call__, init_state and step; got {mixer!r}"
+    )
 
 
 def describe_mixers() -> list[tuple[str, str, str]]:

@@ -29,9 +29,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
-                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
-                                     check_token, record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_causal,
+    check_choice,
+    check_dt_range,
+    check_dt_scale,
+    check_dtypes,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 
 S4_MEASURES = ("legs", "legt", "fout", "lagt")
@@ -44,7 +56,7 @@ class S4Options:
 
     d_state: int = 64
     measure: str = "legs"
-    rank: int | None = None           # None: 2 for legt (its normal correction needs 2), else 1
+    rank: int | None = None  # None: 2 for legt (its normal correction needs 2), else 1
     bidirectional: bool = False
     dt_min: float = 1e-3
     dt_max: float = 1e-1
@@ -76,16 +88,27 @@ class S4(nnx.Module):
     (a positive scalar; may be traced under ``jit``).
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 64, measure: str = "legs", rank: int | None = None,
-                 bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1, dtype=jnp.float32,
-                 param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        measure: str = "legs",
+        rank: int | None = None,
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(S4Options, locals())
         self.dtype, self.param_dtype = check_dtypes("S4", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
         pdt = self.param_dtype
         rank = opt.rank if opt.rank is not None else (2 if opt.measure == "legt" else 1)
-        Lam, P, B, _ = ssm.hippo.nplr(opt.measure, opt.d_state, rank)                   # complex128 numpy
+        Lam, P, B, _ = ssm.hippo.nplr(opt.measure, opt.d_state, rank)  # complex128 numpy
         h = opt.d_state // 2
         bc = lambda z, shape: jnp.broadcast_to(jnp.asarray(z, jnp.complex64), shape)  # noqa: E731
         Lam, P, B = bc(Lam, (d_model, h)), bc(P, (d_model, rank, h)), bc(B, (d_model, h))
@@ -172,14 +195,15 @@ def _dplr_bilinear_step(Lam, P, B, dt, x, u):
     (I − Δ/2 A) x' = (I + Δ/2 A) x + Δ B u by Woodbury: M = diag(d) + (Δ/2) P_f P_fᴴ, d = 1 − Δ/2 Λ,
     M⁻¹v = v/d − (P/d) G⁻¹ P_fᴴ(v/d),  G = (2/Δ) I + P_fᴴ diag(d)⁻¹ P_f  (real r×r).
     """
-    half = (0.5 * dt).astype(jnp.complex64)[:, None]                                    # (D, 1)
-    proj = lambda v: 2.0 * jnp.real(jnp.einsum("drn,bdn->bdr", jnp.conj(P), v))      # noqa: E731  P_fᴴ v_f
+    half = (0.5 * dt).astype(jnp.complex64)[:, None]  # (D, 1)
+    proj = lambda v: 2.0 * jnp.real(jnp.einsum("drn,bdn->bdr", jnp.conj(P), v))  # noqa: E731  P_fᴴ v_f
     Ax = Lam[None] * x - jnp.einsum("drn,bdr->bdn", P, proj(x).astype(jnp.complex64))
     v = x + half[None] * Ax + (dt.astype(jnp.complex64)[:, None] * B)[None] * u.astype(jnp.complex64)[..., None]
-    d = 1.0 - half * Lam                                                                 # (D, H)
+    d = 1.0 - half * Lam  # (D, H)
     r = P.shape[1]
     G = (2.0 / dt)[:, None, None] * jnp.eye(r, dtype=jnp.float32)[None] + 2.0 * jnp.real(
-        jnp.einsum("din,djn->dij", jnp.conj(P), P / d[:, None]))                        # (D, r, r)
+        jnp.einsum("din,djn->dij", jnp.conj(P), P / d[:, None])
+    )  # (D, r, r)
     w = v / d[None]
-    z = jnp.einsum("dij,bdj->bdi", jnp.linalg.inv(G), proj(w))                           # (Bt, D, r)
+    z = jnp.einsum("dij,bdj->bdi", jnp.linalg.inv(G), proj(w))  # (Bt, D, r)
     return w - jnp.einsum("drn,bdr->bdn", P / d[:, None], z.astype(jnp.complex64))

@@ -25,14 +25,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
-                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
-                                     check_token, record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_causal,
+    check_choice,
+    check_dt_range,
+    check_dt_scale,
+    check_dtypes,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
 
 S4D_INITS = {"lin": ssm.init.s4d_lin, "inv": ssm.init.s4d_inv, "legs": ssm.init.s4d_legs, "real": ssm.init.s4d_real}
-MAX_RE = -1e-4   # Re Λ <= MAX_RE keeps every mode stable (annotated-s4 / S5 clip)
+MAX_RE = -1e-4  # Re Λ <= MAX_RE keeps every mode stable (annotated-s4 / S5 clip)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +90,22 @@ class S4D(nnx.Module):
     (a positive scalar; may be traced under ``jit``).
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 64, init: str = "inv", discretization: str = "zoh",
-                 mode: str = "conv", bidirectional: bool = False, dt_min: float = 1e-3, dt_max: float = 1e-1,
-                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        init: str = "inv",
+        discretization: str = "zoh",
+        mode: str = "conv",
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(S4DOptions, locals())
         self.dtype, self.param_dtype = check_dtypes("S4D", dtype, param_dtype)
@@ -88,7 +113,7 @@ class S4D(nnx.Module):
         pdt = self.param_dtype
         shape = (d_model, opt.d_state // 2)
         Lam = S4D_INITS[opt.init](None, shape)
-        B = (ssm.init.s4d_legs_B(None, shape) if opt.init == "legs" else jnp.ones(shape, jnp.complex64))
+        B = ssm.init.s4d_legs_B(None, shape) if opt.init == "legs" else jnp.ones(shape, jnp.complex64)
         self.log_dt = ssm_param(ssm.init.log_dt(rngs.params(), (d_model,), opt.dt_min, opt.dt_max), pdt)
         self.Lambda_re = ssm_param(jnp.real(Lam), pdt)
         self.Lambda_im = ssm_param(jnp.imag(Lam), pdt)
@@ -125,8 +150,9 @@ class S4D(nnx.Module):
     def kernel(self, L: int, dt_scale=1.0):
         """Convolution kernels ``K (D, L)`` (a list: causal, then anti-causal when bidirectional)."""
         Lam, B = self._continuous()
-        return [ssm.kernels.diag_kernel(Lam, B, C, self.dt(dt_scale), L, self.options.discretization)
-                for C in self._Cs()]
+        return [
+            ssm.kernels.diag_kernel(Lam, B, C, self.dt(dt_scale), L, self.options.discretization) for C in self._Cs()
+        ]
 
     # -- sequence mode -------------------------------------------------------------------------------------
     def __call__(self, x, *, dt_scale=1.0):
@@ -147,13 +173,13 @@ class S4D(nnx.Module):
     def _scan(self, x, dt_scale):
         Bsz, L, D = x.shape
         n2 = self.options.d_state // 2
-        Abar, Bbar = self.discretized(dt_scale)                                         # (D, N/2)
-        b = x.astype(jnp.complex64)[..., None] * Bbar[None, None]                       # (B, L, D, N/2)
+        Abar, Bbar = self.discretized(dt_scale)  # (D, N/2)
+        b = x.astype(jnp.complex64)[..., None] * Bbar[None, None]  # (B, L, D, N/2)
         a = Abar.reshape(D * n2)
         Cs = self._Cs()
         h = linear_scan(a, b.reshape(Bsz, L, D * n2), backend=self.options.backend).reshape(Bsz, L, D, n2)
         y = 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", h, Cs[0]))
-        if self.options.bidirectional:                                                  # strictly future inputs
+        if self.options.bidirectional:  # strictly future inputs
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
             hb = linear_scan(a, b_next.reshape(Bsz, L, D * n2), reverse=True, backend=self.options.backend)
             y = y + 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", hb.reshape(Bsz, L, D, n2), Cs[1]))

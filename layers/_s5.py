@@ -23,9 +23,21 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
-                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
-                                     check_token, record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_causal,
+    check_choice,
+    check_dt_range,
+    check_dt_scale,
+    check_dtypes,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
 
@@ -77,17 +89,28 @@ class S5(nnx.Module):
     (a positive scalar; may be traced under ``jit``).
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 64, blocks: int = 1, conj_sym: bool = True,
-                 discretization: str = "zoh", bidirectional: bool = False, dt_min: float = 1e-3,
-                 dt_max: float = 1e-1, backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 64,
+        blocks: int = 1,
+        conj_sym: bool = True,
+        discretization: str = "zoh",
+        bidirectional: bool = False,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(S5Options, locals())
         self.dtype, self.param_dtype = check_dtypes("S5", dtype, param_dtype)
         self.options, self.d_model = opt, d_model
         pdt = self.param_dtype
-        Lam, B, C = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks,
-                                        conj_sym=opt.conj_sym)
+        Lam, B, C = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks, conj_sym=opt.conj_sym)
         P = Lam.shape[0]
         self.n_stored = P
         self.Lambda_re = ssm_param(jnp.minimum(jnp.real(Lam), MAX_RE), pdt)
@@ -96,8 +119,9 @@ class S5(nnx.Module):
         self.B_re, self.B_im = ssm_param(jnp.real(B), pdt), ssm_param(jnp.imag(B), pdt)
         self.C_re, self.C_im = param(jnp.real(C), pdt), param(jnp.imag(C), pdt)
         if opt.bidirectional:
-            _, _, C2 = ssm.init.s5_hippo_n(rngs.params(), (d_model, opt.d_state), blocks=opt.blocks,
-                                           conj_sym=opt.conj_sym)
+            _, _, C2 = ssm.init.s5_hippo_n(
+                rngs.params(), (d_model, opt.d_state), blocks=opt.blocks, conj_sym=opt.conj_sym
+            )
             self.C2_re, self.C2_im = param(jnp.real(C2), pdt), param(jnp.imag(C2), pdt)
         self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
@@ -109,8 +133,9 @@ class S5(nnx.Module):
         """``(Λ̄ (P,), B̄ (P, D))`` complex64."""
         Lam = jax.lax.complex(jnp.minimum(f32(self.Lambda_re), MAX_RE), f32(self.Lambda_im))
         # one Δ per state: P single-state systems (batch dim P, N = 1)
-        Abar, coef = ssm.discretize.diagonal(self.options.discretization, Lam[:, None],
-                                             jnp.ones_like(Lam)[:, None], self.dt(dt_scale))
+        Abar, coef = ssm.discretize.diagonal(
+            self.options.discretization, Lam[:, None], jnp.ones_like(Lam)[:, None], self.dt(dt_scale)
+        )
         return Abar[:, 0], coef * complex_of(self.B_re, self.B_im)
 
     def _readout(self, h, C):
@@ -124,7 +149,7 @@ class S5(nnx.Module):
         check_dt_scale("S5", dt_scale)
         x = x.astype(self.dtype).astype(jnp.float32)
         Abar, Bbar = self.discretized(dt_scale)
-        bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), Bbar)                    # (B, L, P)
+        bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), Bbar)  # (B, L, P)
         y = self._readout(linear_scan(Abar, bu, backend=self.options.backend), complex_of(self.C_re, self.C_im))
         if self.options.bidirectional:
             hb = linear_scan(Abar, bu, reverse=True, backend=self.options.backend)

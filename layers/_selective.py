@@ -24,9 +24,21 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from algornn.layers._options import (check_batch_size, check_bool, check_causal, check_choice, check_dt_range,
-                                     check_dt_scale, check_dtypes, check_int, check_sequence, check_state,
-                                     check_token, record_options, zeros_of)
+from algornn.layers._options import (
+    check_batch_size,
+    check_bool,
+    check_causal,
+    check_choice,
+    check_dt_range,
+    check_dt_scale,
+    check_dtypes,
+    check_int,
+    check_sequence,
+    check_state,
+    check_token,
+    record_options,
+    zeros_of,
+)
 from algornn.layers._params import f32, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
 
@@ -38,7 +50,7 @@ class SelectiveSSMOptions:
     d_state: int = 16
     expand: int = 1
     d_conv: int = 4
-    dt_rank: int | None = None         # None: ceil(D / 16)
+    dt_rank: int | None = None  # None: ceil(D / 16)
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     bidirectional: bool = False
@@ -59,7 +71,7 @@ def _causal_conv(u, w, b):
     """Depthwise causal convolution: ``u (B, L, E)``, ``w (W, E)``, ``b (E,)``: ``y_t = Σ_j w_j u_{t-W+1+j} + b``."""
     width, length = w.shape[0], u.shape[1]
     padded = jnp.pad(u, ((0, 0), (width - 1, 0), (0, 0)))
-    y = sum(padded[:, j:j + length] * w[j][None, None] for j in range(width))
+    y = sum(padded[:, j : j + length] * w[j][None, None] for j in range(width))
     return y + b[None, None]
 
 
@@ -84,9 +96,22 @@ class SelectiveSSM(nnx.Module):
     (a positive scalar; may be traced under ``jit``). The short convolution still counts samples, not time.
     """
 
-    def __init__(self, d_model: int, *, d_state: int = 16, expand: int = 1, d_conv: int = 4,
-                 dt_rank: int | None = None, dt_min: float = 1e-3, dt_max: float = 1e-1, bidirectional: bool = False,
-                 backend: str | None = None, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        d_model: int,
+        *,
+        d_state: int = 16,
+        expand: int = 1,
+        d_conv: int = 4,
+        dt_rank: int | None = None,
+        dt_min: float = 1e-3,
+        dt_max: float = 1e-1,
+        bidirectional: bool = False,
+        backend: str | None = None,
+        dtype=jnp.float32,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         check_int("d_model", d_model)
         opt = record_options(SelectiveSSMOptions, locals())
         self.dtype, self.param_dtype = check_dtypes("SelectiveSSM", dtype, param_dtype)
@@ -98,8 +123,9 @@ class SelectiveSSM(nnx.Module):
         n_out = 2 if opt.bidirectional else 1
         lin = dict(use_bias=False, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         self.in_proj = nnx.Linear(d_model, 2 * E, **lin)
-        self.conv_w = param(jax.random.uniform(rngs.params(), (opt.d_conv, E), jnp.float32, -1.0, 1.0)
-                            / math.sqrt(opt.d_conv), pdt)
+        self.conv_w = param(
+            jax.random.uniform(rngs.params(), (opt.d_conv, E), jnp.float32, -1.0, 1.0) / math.sqrt(opt.d_conv), pdt
+        )
         self.conv_b = param(jnp.zeros((E,), jnp.float32), pdt)
         self.x_proj = nnx.Linear(E, R + (1 + n_out) * N, **lin)
         self.dt_proj = nnx.Linear(R, E, **lin)
@@ -117,11 +143,11 @@ class SelectiveSSM(nnx.Module):
         dbc = self.x_proj(u)
         dt_in = self.dt_proj(dbc[..., :R]).astype(jnp.float32) + f32(self.dt_bias)
         delta = jax.nn.softplus(dt_in) * jnp.asarray(dt_scale, jnp.float32)
-        A = -jnp.exp(f32(self.A_log))                                                  # (E, N)
-        a = jnp.exp(delta[..., None] * A)                                               # (..., E, N)
+        A = -jnp.exp(f32(self.A_log))  # (E, N)
+        a = jnp.exp(delta[..., None] * A)  # (..., E, N)
         dbc = dbc.astype(jnp.float32)
-        Bt = dbc[..., R:R + N]
-        Cs = [dbc[..., R + (i + 1) * N:R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
+        Bt = dbc[..., R : R + N]
+        Cs = [dbc[..., R + (i + 1) * N : R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
         return a, delta, Bt, Cs
 
     def _conv(self, u):
@@ -135,10 +161,10 @@ class SelectiveSSM(nnx.Module):
         Bsz, L = x.shape[:2]
         E, N = self.inner, self.options.d_state
         u, z = jnp.split(self.in_proj(x.astype(self.dtype)), 2, axis=-1)
-        u = self._conv(u)                                                                # (B, L, E)
+        u = self._conv(u)  # (B, L, E)
         a, delta, Bt, Cs = self._gates(u, dt_scale)
         u = u.astype(jnp.float32)
-        b = (delta * u)[..., None] * Bt[:, :, None, :]                                   # (B, L, E, N)
+        b = (delta * u)[..., None] * Bt[:, :, None, :]  # (B, L, E, N)
         a, b = a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N)
         y = f32(self.D)[None, None] * u
         for i, C in enumerate(Cs):
@@ -149,8 +175,10 @@ class SelectiveSSM(nnx.Module):
     def state_spec(self, batch_size: int):
         """``(conv buffer (B, d_conv-1, E), h (B, E, N))`` float32."""
         E, N, W = self.inner, self.options.d_state, self.options.d_conv
-        return (jax.ShapeDtypeStruct((batch_size, W - 1, E), jnp.float32),
-                jax.ShapeDtypeStruct((batch_size, E, N), jnp.float32))
+        return (
+            jax.ShapeDtypeStruct((batch_size, W - 1, E), jnp.float32),
+            jax.ShapeDtypeStruct((batch_size, E, N), jnp.float32),
+        )
 
     def init_state(self, batch_size: int):
         """``(conv buffer (B, d_conv-1, E), h (B, E, N))``, float32 zeros."""
@@ -165,13 +193,13 @@ class SelectiveSSM(nnx.Module):
         check_causal("SelectiveSSM", self.options.bidirectional)
         check_state("SelectiveSSM", state, self.state_spec(x_t.shape[0]))
         buf, h = state
-        u, z = jnp.split(self.in_proj(x_t.astype(self.dtype)), 2, axis=-1)               # (B, E)
-        window = jnp.concatenate([buf.astype(self.dtype), u[:, None]], axis=1)           # (B, W, E)
+        u, z = jnp.split(self.in_proj(x_t.astype(self.dtype)), 2, axis=-1)  # (B, E)
+        window = jnp.concatenate([buf.astype(self.dtype), u[:, None]], axis=1)  # (B, W, E)
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
         u_c = jax.nn.silu(jnp.sum(window * w[None], axis=1) + b[None])
         a, delta, Bt, (C,) = self._gates(u_c, dt_scale)
         u_c = u_c.astype(jnp.float32)
-        h = a * h + (delta * u_c)[..., None] * Bt[:, None, :]                            # (B, E, N)
+        h = a * h + (delta * u_c)[..., None] * Bt[:, None, :]  # (B, E, N)
         y = jnp.einsum("ben,bn->be", h, C) + f32(self.D)[None] * u_c
         y = self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
         return (window[:, 1:].astype(jnp.float32), h), y

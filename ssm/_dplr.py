@@ -222,9 +222,7 @@ def dplr_kernel(Lambda, P, B, C, dt, L, *, freq_chunk=256):
     batch, h, r = Lambda.shape[:-1], Lambda.shape[-1], P.shape[-2]
     Ct = _truncation_correction(Lambda, P, C, dt, L)
     M = int(np.prod(batch, dtype=np.int64))
-    Lam, Pm, Bm, Cm, dtm = (
-        Lambda.reshape(M, h), P.reshape(M, r, h), B.reshape(M, h), Ct.reshape(M, h), dt.reshape(M)
-    )
+    Lam, Pm, Bm, Cm, dtm = (Lambda.reshape(M, h), P.reshape(M, r, h), B.reshape(M, h), Ct.reshape(M, h), dt.reshape(M))
     U = jnp.concatenate([Cm[:, None], jnp.conj(Pm)], axis=1)  # (M, r+1, N/2): C̃, P̄
     W = jnp.concatenate([Bm[:, None], Pm], axis=1)  # (M, r+1, N/2): B, P
     w = (U[:, :, None, :] * W[:, None, :, :]).reshape(M, (r + 1) ** 2, h)  # (M, (r+1)², N/2)

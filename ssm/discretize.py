@@ -48,7 +48,7 @@ def _prepare(A, B, dt, *, diagonal):
     rdt = ck.real_dtype(A, B, dt)
     cplx = jnp.iscomplexobj(A) or jnp.iscomplexobj(B)
     wdt = ck.complex_dtype(rdt) if cplx else rdt
-    A = ck.bcast(A.astype(wdt), batch + A.shape[len(a_batch):])
+    A = ck.bcast(A.astype(wdt), batch + A.shape[len(a_batch) :])
     B = ck.bcast(B.astype(wdt), batch + (N,))
     dt = ck.bcast(dt.astype(rdt), batch).astype(wdt)
     return A, B, dt, N

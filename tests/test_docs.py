@@ -41,7 +41,10 @@ def _git_files():
     try:
         out = subprocess.run(
             ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-            cwd=ROOT, capture_output=True, check=True, timeout=60,
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=60,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
@@ -84,8 +87,7 @@ def _check_section(page, section, where, problems):
         return
     section = section.strip()
     if not any(section.startswith(h) for h in headings(page)):
-        problems.append(f"{where}: docs/{page}.md has no section matching '§{section}' "
-                        f"(sections: {headings(page)})")
+        problems.append(f"{where}: docs/{page}.md has no section matching '§{section}' (sections: {headings(page)})")
 
 
 def test_nothing_cites_documents_outside_the_repository():
@@ -94,8 +96,10 @@ def test_nothing_cites_documents_outside_the_repository():
         for i, line in enumerate(_lines(name), 1):
             if FORBIDDEN.search(line):
                 hits.append(f"{name}:{i}: {line.strip()}")
-    assert not hits, ("these lines cite design notes outside the repository; point to docs/<page>.md §<section> "
-                      "or to the paper instead:\n" + "\n".join(hits))
+    assert not hits, (
+        "these lines cite design notes outside the repository; point to docs/<page>.md §<section> "
+        "or to the paper instead:\n" + "\n".join(hits)
+    )
 
 
 def test_docs_pointers_name_existing_pages_and_sections():
@@ -124,8 +128,16 @@ def test_docs_index_lists_every_page():
 
 def test_checker_sees_violations():
     """The patterns above catch what they must and leave ordinary text alone (guards against a vacuous test)."""
-    bad = ["see DESIG" + "N.md §2", "(DESIG" + "N §5)", "anchor" + "s_ssm §4", "(anchor" + "s §2.6)",
-           "jax_" + "stack §3", "../shar" + "ed/x.md", "share" + "d/reference/a.md", "STYL" + "E.md"]
+    bad = [
+        "see DESIG" + "N.md §2",
+        "(DESIG" + "N §5)",
+        "anchor" + "s_ssm §4",
+        "(anchor" + "s §2.6)",
+        "jax_" + "stack §3",
+        "../shar" + "ed/x.md",
+        "share" + "d/reference/a.md",
+        "STYL" + "E.md",
+    ]
     good = ["docs/shapes.md", "design notes", "shared memory", "anchors in the text", "a shared encoder"]
     assert all(FORBIDDEN.search(s) for s in bad)
     assert not any(FORBIDDEN.search(s) for s in good)

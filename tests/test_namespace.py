@@ -57,15 +57,18 @@ def test_installed_import_ignores_generic_folders_in_cwd(tmp_path):
 
 
 def test_no_generic_top_level_module_is_installed(tmp_path):
-    code = ("import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(n) is not None "
-            f"for n in {GENERIC!r}}}))")
+    code = (
+        "import importlib.util, json; print(json.dumps({n: importlib.util.find_spec(n) is not None "
+        f"for n in {GENERIC!r}}}))"
+    )
     res = _run(["-c", code], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout) == {n: False for n in GENERIC}
 
 
-@pytest.mark.parametrize("module", ["algornn.experiments.train", "algornn.experiments.evaluate",
-                                    "algornn.experiments.show_task"])
+@pytest.mark.parametrize(
+    "module", ["algornn.experiments.train", "algornn.experiments.evaluate", "algornn.experiments.show_task"]
+)
 def test_cli_modules_help_from_a_run_folder(tmp_path, module):
     res = _run(["-m", module, "--help"], cwd=_decoys(tmp_path))
     assert res.returncode == 0, res.stderr
@@ -86,16 +89,23 @@ def test_regular_install_ignores_generic_folders_in_cwd(tmp_path):
     target = tmp_path / "site"
     src = tmp_path / "src"
     # Copy the sources so the build writes its egg-info/build folders outside the repository.
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "data", "*.egg-info",
-                                                             "__pycache__", "build", "tests"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "data", "*.egg-info", "__pycache__", "build", "tests"),
+    )
     try:  # build with this environment's setuptools when it can make wheels (>= 70.1 has bdist_wheel) ...
         import setuptools.command.bdist_wheel  # noqa: F401
 
         isolation = ["--no-build-isolation"]
     except ImportError:  # ... else pip makes an isolated build environment from the package index
         isolation = []
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target",
-                          str(target), str(src)], capture_output=True, text=True, timeout=600)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", *isolation, "--target", str(target), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert pip.returncode == 0, pip.stdout + pip.stderr
     installed = sorted(p.name for p in target.iterdir() if not p.name.endswith((".dist-info", ".egg-info")))
     assert "algornn" in installed and not set(GENERIC) & set(installed), installed
@@ -136,6 +146,9 @@ def test_pyproject_lists_every_subpackage():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"algornn"} | {
         "algornn." + ".".join(init.parent.relative_to(REPO).parts)
-        for top in GENERIC for init in (REPO / top).rglob("__init__.py")
+        for top in GENERIC
+        for init in (REPO / top).rglob("__init__.py")
     }
-    assert listed == found, f"missing from pyproject: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"
+    assert listed == found, (
+        f"missing from pyproject: {sorted(found - listed)}; listed but absent: {sorted(listed - found)}"
+    )

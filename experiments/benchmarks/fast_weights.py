@@ -77,9 +77,9 @@ def _inverse_flops(C, block=16):
         Cp *= 2
     s = min(block, Cp)
     rounds = max(0, (s - 1).bit_length() - 1)  # T ← T (I + N^{2k}) while 2k < s
-    flops = (Cp // s) * rounds * 2 * 2 * s ** 3
+    flops = (Cp // s) * rounds * 2 * 2 * s**3
     while s < Cp:
-        flops += (Cp // (2 * s)) * 2 * 2 * s ** 3
+        flops += (Cp // (2 * s)) * 2 * 2 * s**3
         s *= 2
     return flops
 
@@ -94,7 +94,11 @@ def _dense_fwd_flops(op, method, L):
     per_chunk = {  # per chunk and head, as executed by scan_kernels/_linear_attention/ and _delta_rule/
         "linear_attention": 2 * C * C * (K + V) + 4 * C * K * V,  # scores, P V, Δ = K̂ᵀ V, (Q ⊙ e^γ) S⁰
         # kk, (I + A)⁻¹, Ũ, W, M, Δ, chunk scan M S, W S⁰, qk, (Q ⊙ e^γ) S⁰, P U
-        "delta_rule": 3 * 2 * C * C * K + _inverse_flops(C) + 2 * 2 * C * C * V + 2 * C * K * K + 3 * 2 * C * K * V
+        "delta_rule": 3 * 2 * C * C * K
+        + _inverse_flops(C)
+        + 2 * 2 * C * C * V
+        + 2 * C * K * K
+        + 3 * 2 * C * K * V
         + 2 * K * K * V,
     }[op]
     return B * H * nc * per_chunk
@@ -156,32 +160,44 @@ def check_targets(rows):
             for m, what in (("fwdbwd", "fwd+bwd"), ("fwd", "fwd alone")):
                 # speedup_bound: the speedup if chunked ran at the reference's own FLOP rate (FLOP ratio)
                 out[f"{op}: chunked >= 10x faster than reference at L=4096, {what}"] = {
-                    "speedup": ref[f"{m}_ms"] / xla[f"{m}_ms"], "met": ref[f"{m}_ms"] / xla[f"{m}_ms"] >= 10.0,
+                    "speedup": ref[f"{m}_ms"] / xla[f"{m}_ms"],
+                    "met": ref[f"{m}_ms"] / xla[f"{m}_ms"] >= 10.0,
                     "gflop": {"reference": ref[f"{m}_gflop"], "xla": xla[f"{m}_gflop"]},
                     "gflop_per_s": {"reference": ref[f"{m}_gflop_per_s"], "xla": xla[f"{m}_gflop_per_s"]},
-                    "speedup_bound_at_reference_rate": ref[f"{m}_gflop"] / xla[f"{m}_gflop"]}
+                    "speedup_bound_at_reference_rate": ref[f"{m}_gflop"] / xla[f"{m}_gflop"],
+                }
         big = get(op, "xla", 16384)
         if big:
             per_token = 16384 * B * H * K * V * 4
             ratios = {m: big[f"{m}_temp_bytes"] / per_token for m in ("fwd", "fwdbwd")}
             out[f"{op}: temp memory at L=16384 < 1/10 of per-token states (fwd and fwd+bwd)"] = {
-                "per_token_states_bytes": per_token, "temp_fwd_bytes": big["fwd_temp_bytes"],
-                "temp_fwdbwd_bytes": big["fwdbwd_temp_bytes"], "temp_ratio_fwd": ratios["fwd"],
-                "temp_ratio_fwdbwd": ratios["fwdbwd"], "met": max(ratios.values()) < 0.1,
-                "total_ratio_fwdbwd": big["fwdbwd_mem_bytes"] / per_token}
+                "per_token_states_bytes": per_token,
+                "temp_fwd_bytes": big["fwd_temp_bytes"],
+                "temp_fwdbwd_bytes": big["fwdbwd_temp_bytes"],
+                "temp_ratio_fwd": ratios["fwd"],
+                "temp_ratio_fwdbwd": ratios["fwdbwd"],
+                "met": max(ratios.values()) < 0.1,
+                "total_ratio_fwdbwd": big["fwdbwd_mem_bytes"] / per_token,
+            }
     quads = [(r, get("linear_attention", "xla", r["L"])) for r in rows if r["method"] == "quadratic" and r["L"] >= 2048]
     if quads:
         ratios = {str(q["L"]): {m: q[f"{m}_ms"] / x[f"{m}_ms"] for m in ("fwd", "fwdbwd")} for q, x in quads if x}
         out["linear_attention: chunked faster than quadratic from L=2048 on"] = {
-            "quadratic_over_chunked_time": ratios, "met": all(min(v.values()) > 1.0 for v in ratios.values()),
-            "lengths_checked": sorted(int(x) for x in ratios)}
+            "quadratic_over_chunked_time": ratios,
+            "met": all(min(v.values()) > 1.0 for v in ratios.values()),
+            "lengths_checked": sorted(int(x) for x in ratios),
+        }
     return out
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="lengths 512 and 2048, 1 timed repetition")
-    p.add_argument("--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 2048 4096 16384)")
+    p.add_argument(
+        "--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 2048 4096 16384)"
+    )
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (best is kept)")
     p.add_argument("--max-quadratic-gb", type=float, default=1.5, help="skip quadratic when B·H·L²·4 bytes exceed this")
     p.add_argument("--out", default=None, help="JSON path (default ./results/fast_weights_<platform>.json)")
@@ -191,35 +207,66 @@ def main(argv=None):
     platform_name = jax.default_backend()
     methods = ["reference", "xla", "quadratic"] + (["pallas"] if platform_name == "gpu" else [])
     rows, skipped = [], []
-    print(f"{'op':17s} {'method':10s} {'L':>6s} {'fwd ms':>10s} {'f+b ms':>10s} {'fwd GF/s':>9s} {'f+b GF/s':>9s} "
-          f"{'fwd tmpMB':>10s} {'f+b tmpMB':>10s} {'f+b MB':>9s}")
+    print(
+        f"{'op':17s} {'method':10s} {'L':>6s} {'fwd ms':>10s} {'f+b ms':>10s} {'fwd GF/s':>9s} {'f+b GF/s':>9s} "
+        f"{'fwd tmpMB':>10s} {'f+b tmpMB':>10s} {'f+b MB':>9s}"
+    )
     for op in ("linear_attention", "delta_rule"):
         for L in lengths:
             for method in methods:
-                if method == "quadratic" and (op != "linear_attention" or B * H * L * L * 4 > a.max_quadratic_gb * 2**30):
+                if method == "quadratic" and (
+                    op != "linear_attention" or B * H * L * L * 4 > a.max_quadratic_gb * 2**30
+                ):
                     if op == "linear_attention":
-                        skipped.append({"op": op, "method": method, "L": L, "why": "L^2 score matrix over --max-quadratic-gb"})
+                        skipped.append(
+                            {"op": op, "method": method, "L": L, "why": "L^2 score matrix over --max-quadratic-gb"}
+                        )
                     continue
                 r = measure(op, method, L, reps)
                 rows.append(r)
-                print(f"{op:17s} {method:10s} {L:6d} {r['fwd_ms']:10.2f} {r['fwdbwd_ms']:10.2f} "
-                      f"{r['fwd_gflop_per_s']:9.1f} {r['fwdbwd_gflop_per_s']:9.1f} {r['fwd_temp_bytes'] / 2**20:10.1f} "
-                      f"{r['fwdbwd_temp_bytes'] / 2**20:10.1f} {r['fwdbwd_mem_bytes'] / 2**20:9.1f}", flush=True)
+                print(
+                    f"{op:17s} {method:10s} {L:6d} {r['fwd_ms']:10.2f} {r['fwdbwd_ms']:10.2f} "
+                    f"{r['fwd_gflop_per_s']:9.1f} {r['fwdbwd_gflop_per_s']:9.1f} {r['fwd_temp_bytes'] / 2**20:10.1f} "
+                    f"{r['fwdbwd_temp_bytes'] / 2**20:10.1f} {r['fwdbwd_mem_bytes'] / 2**20:9.1f}",
+                    flush=True,
+                )
     targets = check_targets(rows)
     for name, t in targets.items():
-        print(f"target {'MET' if t['met'] else 'NOT MET'}: {name}: " + json.dumps({k: v for k, v in t.items() if k != 'met'}))
+        print(
+            f"target {'MET' if t['met'] else 'NOT MET'}: {name}: "
+            + json.dumps({k: v for k, v in t.items() if k != "met"})
+        )
     dev = jax.devices()[0]
     result = {
         "benchmark": "fast_weights",
-        "device": {"platform": platform_name, "kind": dev.device_kind, "cpu": platform.processor() or platform.machine(),
-                   "cpu_count": os.cpu_count()},
+        "device": {
+            "platform": platform_name,
+            "kind": dev.device_kind,
+            "cpu": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(),
+        },
         "jax_version": jax.__version__,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m algornn.experiments.benchmarks.fast_weights " + " ".join(sys.argv[1:] if argv is None else argv),
-        "config": {"B": B, "H": H, "K": K, "V": V, "chunk_size": C, "dtype": "float32", "reps": reps,
-                   "decay": "scalar per head, g ~ -U(0, 1)", "beta": "sigmoid(N(0, 1))"},
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python -m algornn.experiments.benchmarks.fast_weights "
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "config": {
+            "B": B,
+            "H": H,
+            "K": K,
+            "V": V,
+            "chunk_size": C,
+            "dtype": "float32",
+            "reps": reps,
+            "decay": "scalar per head, g ~ -U(0, 1)",
+            "beta": "sigmoid(N(0, 1))",
+        },
         "results": rows,
-        "skipped": skipped + ([] if platform_name == "gpu" else [{"method": "pallas", "why": "GPU only (interpret mode on CPU is not a performance path)"}]),
+        "skipped": skipped
+        + (
+            []
+            if platform_name == "gpu"
+            else [{"method": "pallas", "why": "GPU only (interpret mode on CPU is not a performance path)"}]
+        ),
         "targets": targets,
     }
     out = output_path(a.out, f"fast_weights_{platform_name}")

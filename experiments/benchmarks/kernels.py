@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from algornn.ssm import hippo, kernels
 from algornn.experiments.benchmarks._report import output_path, write_json
+from algornn.ssm import hippo, kernels
 
 GB = 1 << 30
 
@@ -49,7 +49,12 @@ def _inputs(D, N, L, seed=0):
     return {
         "dense_kernel": (
             lambda A, B, C, dt: kernels.dense_kernel(A, B, C, dt, L),
-            (jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), jnp.asarray(rng.standard_normal((D, N)), jnp.float32), dt),
+            (
+                jnp.asarray(A, jnp.float32),
+                jnp.asarray(B, jnp.float32),
+                jnp.asarray(rng.standard_normal((D, N)), jnp.float32),
+                dt,
+            ),
         ),
         "diag_kernel": (
             lambda Lam, B, C, dt: kernels.diag_kernel(Lam, B, C, dt, L),
@@ -65,7 +70,11 @@ def _inputs(D, N, L, seed=0):
 def _conv_inputs(Bsz, D, L, seed=0):
     rng = np.random.default_rng(seed)
     f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-    return kernels.causal_conv, (f32(rng.standard_normal((Bsz, L, D))), f32(rng.standard_normal((D, L))), f32(rng.standard_normal(D)))
+    return kernels.causal_conv, (
+        f32(rng.standard_normal((Bsz, L, D))),
+        f32(rng.standard_normal((D, L))),
+        f32(rng.standard_normal(D)),
+    )
 
 
 def _fwd_bwd(f, n_args):
@@ -138,10 +147,19 @@ def side_by_side(L, batches, D, N, rounds):
                 jax.block_until_ready(fn(*a))
                 acc.append(time.perf_counter() - t)
         ratio = statistics.median([d / c for d, c in zip(td, tc)])
-        row = {"L": L, "batch": Bsz, "dplr_fwd_bwd_ms": 1e3 * statistics.median(td),
-               "conv_fwd_bwd_ms": 1e3 * statistics.median(tc), "ratio_dplr_over_conv": ratio, "rounds": rounds}
-        print(f"side by side L={L:6d} B={Bsz}: dplr fwd+bwd {row['dplr_fwd_bwd_ms']:8.1f} ms, "
-              f"conv fwd+bwd {row['conv_fwd_bwd_ms']:8.1f} ms, median ratio {ratio:.2f}", flush=True)
+        row = {
+            "L": L,
+            "batch": Bsz,
+            "dplr_fwd_bwd_ms": 1e3 * statistics.median(td),
+            "conv_fwd_bwd_ms": 1e3 * statistics.median(tc),
+            "ratio_dplr_over_conv": ratio,
+            "rounds": rounds,
+        }
+        print(
+            f"side by side L={L:6d} B={Bsz}: dplr fwd+bwd {row['dplr_fwd_bwd_ms']:8.1f} ms, "
+            f"conv fwd+bwd {row['conv_fwd_bwd_ms']:8.1f} ms, median ratio {ratio:.2f}",
+            flush=True,
+        )
         out.append(row)
     return out
 
@@ -149,8 +167,10 @@ def side_by_side(L, batches, D, N, rounds):
 def _targets(rows, pairs):
     out = {}
     for p in pairs:
-        out[f"L={p['L']}: dplr fwd+bwd <= causal_conv(B={p['batch']}) fwd+bwd (interleaved median ratio "
-            f"{p['ratio_dplr_over_conv']:.2f})"] = p["ratio_dplr_over_conv"] <= 1.0
+        out[
+            f"L={p['L']}: dplr fwd+bwd <= causal_conv(B={p['batch']}) fwd+bwd (interleaved median ratio "
+            f"{p['ratio_dplr_over_conv']:.2f})"
+        ] = p["ratio_dplr_over_conv"] <= 1.0
     mem = lambda r: r["alloc_bytes"]  # noqa: E731
     for r in rows:
         if mem(r) > GB:
@@ -162,7 +182,9 @@ def _targets(rows, pairs):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.kernels", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m algornn.experiments.benchmarks.kernels", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="L=1024 only, 3 repetitions")
     p.add_argument("--out", default=None, help="JSON path (default ./results/kernels_<backend>.json)")
     p.add_argument("--lengths", type=int, nargs="+", default=[1024, 16384])
@@ -182,7 +204,8 @@ def main(argv=None):
         print(f"target  {k}: {v}")
     result = {
         "benchmark": "ssm kernels",
-        "command": "python -m algornn.experiments.benchmarks.kernels " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m algornn.experiments.benchmarks.kernels "
+        + " ".join(sys.argv[1:] if argv is None else argv),
         "device": jax.devices()[0].device_kind,
         "backend": backend,
         "cpu_count": os.cpu_count(),
@@ -190,7 +213,7 @@ def main(argv=None):
         "openblas_num_threads": os.environ.get("OPENBLAS_NUM_THREADS", ""),
         "platform": platform.platform(),
         "jax_version": jax.__version__,
-        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "memory_source": "jax.jit(f).lower(*args).compile().memory_analysis(): alloc = temp + output bytes",
         "rows": rows,
         "side_by_side": pairs,

@@ -1,4 +1,7 @@
-"""Benchmark of the sequence mixers: ``python -m algornn.experiments.benchmarks.layers [--quick] [--out PATH] [--mixers ...]``.
+"""Benchmark of the sequence mixers.
+
+    python -m algornn.experiments.benchmarks.layers [--quick] [--out PATH] [--mixers ...]
+
 
 For every mixer in ``layers.MIXERS`` (default options except the sizes below), in one run:
 
@@ -78,8 +81,12 @@ def bench_mixer(name: str, B: int, L: int, D: int, n: int, heads: int, repeats: 
     mem = compiled.memory_analysis()
     xla_bytes = None
     if mem is not None:
-        xla_bytes = int(mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                        - getattr(mem, "alias_size_in_bytes", 0))
+        xla_bytes = int(
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - getattr(mem, "alias_size_in_bytes", 0)
+        )
     fb_s = _best(lambda: compiled(params, x), repeats)
 
     call = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x))
@@ -103,12 +110,20 @@ def bench_mixer(name: str, B: int, L: int, D: int, n: int, heads: int, repeats: 
     state_L, _ = advance(params, state0, x)
     step_s_after = _best(lambda: step(params, state_L, x[:, -1]), max(repeats, 20))
     return {
-        "mixer": name, "options": opts, "B": B, "L": L, "D": D,
+        "mixer": name,
+        "options": opts,
+        "B": B,
+        "L": L,
+        "D": D,
         "compile_s": round(compile_s, 3),
-        "fwd_bwd_s": fb_s, "fwd_bwd_tokens_per_s": B * L / fb_s,
-        "xla_peak_bytes": xla_bytes, "device_peak_bytes": _peak_device_bytes(),
-        "call_s_L": call_s, "call_s_L_quarter": call_s_quarter,
-        "step_s_fresh": step_s_fresh, "step_s_after_L": step_s_after,
+        "fwd_bwd_s": fb_s,
+        "fwd_bwd_tokens_per_s": B * L / fb_s,
+        "xla_peak_bytes": xla_bytes,
+        "device_peak_bytes": _peak_device_bytes(),
+        "call_s_L": call_s,
+        "call_s_L_quarter": call_s_quarter,
+        "step_s_fresh": step_s_fresh,
+        "step_s_after_L": step_s_after,
         "step_scan_s_per_token": scan_steps_s / L,
         "speedup_step_vs_call_L": call_s / step_s_after,
     }
@@ -118,17 +133,21 @@ def _fmt_bytes(b):
     return "-" if b is None else f"{b / 2**20:8.1f}"
 
 
-HEADER = (f"{'mixer':<17}{'fwd+bwd ms':>11}{'tok/s':>11}{'XLA MiB':>9}{'call(L/4) ms':>13}{'call(L) ms':>11}"
-          f"{'step ms':>9}{'step@L ms':>10}{'scan/tok ms':>12}{'call/step':>10}")
+HEADER = (
+    f"{'mixer':<17}{'fwd+bwd ms':>11}{'tok/s':>11}{'XLA MiB':>9}{'call(L/4) ms':>13}{'call(L) ms':>11}"
+    f"{'step ms':>9}{'step@L ms':>10}{'scan/tok ms':>12}{'call/step':>10}"
+)
 
 
 def format_row(r) -> str:
     if "error" in r:
         return f"{r['mixer']:<17}ERROR {r['error']}"
-    return (f"{r['mixer']:<17}{1e3 * r['fwd_bwd_s']:11.1f}{r['fwd_bwd_tokens_per_s']:11.0f}"
-            f"{_fmt_bytes(r['xla_peak_bytes']):>9}{1e3 * r['call_s_L_quarter']:13.2f}{1e3 * r['call_s_L']:11.2f}"
-            f"{1e3 * r['step_s_fresh']:9.3f}{1e3 * r['step_s_after_L']:10.3f}"
-            f"{1e3 * r['step_scan_s_per_token']:12.4f}{r['speedup_step_vs_call_L']:10.1f}")
+    return (
+        f"{r['mixer']:<17}{1e3 * r['fwd_bwd_s']:11.1f}{r['fwd_bwd_tokens_per_s']:11.0f}"
+        f"{_fmt_bytes(r['xla_peak_bytes']):>9}{1e3 * r['call_s_L_quarter']:13.2f}{1e3 * r['call_s_L']:11.2f}"
+        f"{1e3 * r['step_s_fresh']:9.3f}{1e3 * r['step_s_after_L']:10.3f}"
+        f"{1e3 * r['step_scan_s_per_token']:12.4f}{r['speedup_step_vs_call_L']:10.1f}"
+    )
 
 
 def print_table(rows):
@@ -139,8 +158,10 @@ def print_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.layers",
-                                     description="Throughput, memory and decode latency of every mixer.")
+    parser = argparse.ArgumentParser(
+        prog="python -m algornn.experiments.benchmarks.layers",
+        description="Throughput, memory and decode latency of every mixer.",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes (B=2, L=1024, D=64, N=16, 2 heads)")
     parser.add_argument("--out", default=None, help="JSON path (default ./results/layers_<platform>.json)")
     parser.add_argument("--mixers", default=None, help="comma-separated subset of " + ",".join(layers.MIXERS))
@@ -156,14 +177,21 @@ def main(argv=None):
     B, L, D, n, heads = (2, 1024, 64, 16, 2) if args.quick else (8, 4096, 256, 64, 4)
     B, L, D = args.B or B, args.L or L, args.D or D
     platform_name = jax.default_backend()
-    print(f"device: {jax.devices()[0].device_kind} ({platform_name}); B={B} L={L} D={D} N={n} heads={heads}",
-          flush=True)
+    print(
+        f"device: {jax.devices()[0].device_kind} ({platform_name}); B={B} L={L} D={D} N={n} heads={heads}", flush=True
+    )
     out = output_path(args.out, f"layers_{platform_name}")
     record = {
-        "benchmark": "layers", "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "device": jax.devices()[0].device_kind, "platform": platform_name, "jax": jax.__version__,
-        "python": platform.python_version(), "quick": args.quick, "repeats": args.repeats,
-        "command": "python -m algornn.experiments.benchmarks.layers " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "benchmark": "layers",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(),
+        "device": jax.devices()[0].device_kind,
+        "platform": platform_name,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "quick": args.quick,
+        "repeats": args.repeats,
+        "command": "python -m algornn.experiments.benchmarks.layers "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "rows": [],
     }
     print(HEADER)  # the table is printed once, a row as each mixer is measured

@@ -1,4 +1,7 @@
-"""Benchmark of the linear-recurrence scan core: ``python -m algornn.experiments.benchmarks.scan [--quick] [--out PATH]``.
+"""Benchmark of the linear-recurrence scan core.
+
+    python -m algornn.experiments.benchmarks.scan [--quick] [--out PATH]
+
 
 For L x D x dtype (B = 1 by default) it times, side by side in one run, forward and forward+backward
 (``jax.grad`` of ``sum(real(h))`` w.r.t. ``a`` and ``b``) of every backend of ``scan_kernels.linear_scan``
@@ -22,9 +25,9 @@ Two more yardsticks, forward only, because on CPU a fresh 64 MiB output costs ~1
 
 Times are the best of ``--repeats`` interleaved rounds (each round times every variant once), so slow
 drift of a shared machine hits all variants alike; process CPU time is recorded too. Ratios:
-``fwd/copy``, ``fb/fwd`` and ``fwd/ref`` (against the plain ``lax.scan`` reference timed in the same rounds). On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s
-(3·B·L·D·itemsize bytes per forward). Writes JSON (default ``./results/scan_<platform>.json`` in the working
-directory).
+``fwd/copy``, ``fb/fwd`` and ``fwd/ref`` (against the plain ``lax.scan`` reference timed in the same rounds).
+On a GPU it adds the B=8, L=65536, D=1536 float32 target row and GB/s (3·B·L·D·itemsize bytes per forward).
+Writes JSON (default ``./results/scan_<platform>.json`` in the working directory).
 
 Targets (issue 2): CPU, auto backend, L=16384, D=1024, float32: fwd <= 2.0x copy, fwd+bwd <= 3.5x fwd.
 GPU (H100): Pallas fwd >= 80% of copy bandwidth at B=8, L=65536, D=1536 float32 and >= 5x faster than
@@ -44,9 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import algornn.scan_kernels as sk
+from algornn.experiments.benchmarks._report import output_path, write_json
 from algornn.scan_kernels._common import backend as _backend
 from algornn.scan_kernels._linear_scan.xla import associative_scan
-from algornn.experiments.benchmarks._report import output_path, write_json
 
 VARIANTS = ("reference", "xla", "pallas", "associative_scan")
 
@@ -127,8 +130,18 @@ def bench_config(B, L, D, dtype, variants, repeats, with_backward=True):
         fb_ms, fb_cpu = (x * 1e3 for x in best.get((v, "fb"), (np.nan, np.nan)))
         rows.append(
             dict(
-                B=B, L=L, D=D, dtype=dtype, variant=v, fwd_ms=fwd_ms, fwd_cpu_ms=fwd_cpu, fb_ms=fb_ms, fb_cpu_ms=fb_cpu,
-                copy_ms=copy_ms, fwd_over_copy=fwd_ms / copy_ms, fb_over_fwd=fb_ms / fwd_ms,
+                B=B,
+                L=L,
+                D=D,
+                dtype=dtype,
+                variant=v,
+                fwd_ms=fwd_ms,
+                fwd_cpu_ms=fwd_cpu,
+                fb_ms=fb_ms,
+                fb_cpu_ms=fb_cpu,
+                copy_ms=copy_ms,
+                fwd_over_copy=fwd_ms / copy_ms,
+                fb_over_fwd=fb_ms / fwd_ms,
                 fwd_GBps=3 * B * L * D * itemsize / (fwd_ms * 1e-3) / 1e9,
             )
         )
@@ -144,7 +157,10 @@ def _fmt(x, nd=1):
 
 
 def print_table(rows, out=sys.stdout):
-    head = f"{'B':>2} {'L':>7} {'D':>5} {'dtype':>9} {'variant':>17} {'fwd ms':>9} {'f+b ms':>9} {'copy ms':>8} {'fwd/copy':>8} {'fb/fwd':>7} {'fwd/ref':>7} {'GB/s':>6}"
+    head = (
+        f"{'B':>2} {'L':>7} {'D':>5} {'dtype':>9} {'variant':>17} {'fwd ms':>9} {'f+b ms':>9} {'copy ms':>8} "
+        f"{'fwd/copy':>8} {'fb/fwd':>7} {'fwd/ref':>7} {'GB/s':>6}"
+    )
     print(head, file=out)
     print("-" * len(head), file=out)
     for r in rows:
@@ -168,7 +184,9 @@ def evaluate_targets(rows, auto_backend, on_gpu):
     out = {}
     r = find(B=1, L=16384, D=1024, dtype="float32", variant=auto_backend)
     if r is not None and not on_gpu:
-        out["cpu_auto_fwd_over_copy"] = dict(measured=r["fwd_over_copy"], target="<= 2.0", met=r["fwd_over_copy"] <= 2.0)
+        out["cpu_auto_fwd_over_copy"] = dict(
+            measured=r["fwd_over_copy"], target="<= 2.0", met=r["fwd_over_copy"] <= 2.0
+        )
         out["cpu_auto_fb_over_fwd"] = dict(measured=r["fb_over_fwd"], target="<= 3.5", met=r["fb_over_fwd"] <= 3.5)
         ip = find(B=1, L=16384, D=1024, dtype="float32", variant="auto_in_place")
         if ip is not None:  # the same call writing h over a donated b: no fresh 64 MiB output to fault in
@@ -189,13 +207,19 @@ def evaluate_targets(rows, auto_backend, on_gpu):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m algornn.experiments.benchmarks.scan", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m algornn.experiments.benchmarks.scan", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--quick", action="store_true", help="L in {1024, 16384}, float32 only, 3 repeats")
     p.add_argument("--out", default=None, help="JSON path (default ./results/scan_<platform>.json)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 5; 3 with --quick)")
     p.add_argument("--batch", type=int, default=1, help="B for the L x D grid (default 1)")
-    p.add_argument("--max-mib", type=float, default=256.0,
-                   help="skip configs whose single (B, L, D) array exceeds this many MiB (default 256)")
+    p.add_argument(
+        "--max-mib",
+        type=float,
+        default=256.0,
+        help="skip configs whose single (B, L, D) array exceeds this many MiB (default 256)",
+    )
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list from {','.join(VARIANTS)}")
     args = p.parse_args(argv)
     variants = tuple(v for v in args.variants.split(",") if v)
@@ -235,12 +259,13 @@ def main(argv=None):
         cpu_count=os.cpu_count(),
         load_average=os.getloadavg(),
         jax_version=jax.__version__,
-        timestamp=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        timestamp=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         command="python -m algornn.experiments.benchmarks.scan " + " ".join(argv if argv is not None else sys.argv[1:]),
         auto_backend=auto,
         repeats=repeats,
         copy_definition=(
-            "GPU: jitted x + 0 over 1.5*B*L*D elements (the scan's bytes: 3*B*L*D moved)" if on_gpu
+            "GPU: jitted x + 0 over 1.5*B*L*D elements (the scan's bytes: 3*B*L*D moved)"
+            if on_gpu
             else "np.copyto of a 3*B*L*D-element buffer into a preallocated one, single thread "
             "(docs/backends.md §CPU measurements)"
         ),

@@ -46,13 +46,21 @@ class Geometry:
     distractor_paddles: int
 
     @classmethod
-    def for_size(cls, size: int, difficulty: str) -> "Geometry":
+    def for_size(cls, size: int, difficulty: str) -> Geometry:
         s = size / 32.0
         paddles = CONTOUR_LENGTH[difficulty]
-        return cls(size=size, paddles=paddles, paddle_length=1.6 * s, gap=0.8 * s, half_width=0.5 * math.sqrt(s),
-                   marker_radius=1.5 * math.sqrt(s), max_turn=math.pi / 6, separation=2.0 * math.sqrt(s),
-                   n_distractors=max(1, round(20 / max(paddles // 3, 1) * s ** 0.5 / 2)),
-                   distractor_paddles=max(2, paddles // 3))
+        return cls(
+            size=size,
+            paddles=paddles,
+            paddle_length=1.6 * s,
+            gap=0.8 * s,
+            half_width=0.5 * math.sqrt(s),
+            marker_radius=1.5 * math.sqrt(s),
+            max_turn=math.pi / 6,
+            separation=2.0 * math.sqrt(s),
+            n_distractors=max(1, round(20 / max(paddles // 3, 1) * s**0.5 / 2)),
+            distractor_paddles=max(2, paddles // 3),
+        )
 
 
 def _walk(rng, m, paddles, g: Geometry):

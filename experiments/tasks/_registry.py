@@ -84,14 +84,19 @@ def cache_path(cache_dir, kind: str, params: dict) -> Path | None:
 
 def missing_files_error(task: str, data_dir, expected: list[str], source: str) -> FileNotFoundError:
     """The error for a missing/incomplete data directory: what is expected and where it comes from."""
+
     def mark(entry):
         if any(c in entry for c in "<*[{"):
             return entry
         return f"{entry}  ({'found' if Path(entry).exists() else 'MISSING'})"
 
     lines = "\n  ".join(mark(e) for e in expected)
-    where = ("no data_dir was given (set it with task.options.data_dir=DIR on the command line, "
-             "get_task(..., data_dir=DIR) in Python)" if data_dir is None else f"data_dir={str(data_dir)!r}")
+    where = (
+        "no data_dir was given (set it with task.options.data_dir=DIR on the command line, "
+        "get_task(..., data_dir=DIR) in Python)"
+        if data_dir is None
+        else f"data_dir={str(data_dir)!r}"
+    )
     return FileNotFoundError(
         f"task {task!r}: {where}; the data files are missing. Expected:\n  {lines}\n"
         f"Source: {source}\nNothing is downloaded at run time."

@@ -84,18 +84,35 @@ def image(*, data_dir=None, tokens=False):
     """Grayscale sequential CIFAR-10 (LRA Image) from ``data_dir``."""
     check_bool("tokens", tokens)
     folder = find_cifar_dir(data_dir)
-    return Task(name="image", num_classes=10, seq_len=1024, vocab_size=257 if tokens else None,
-                input_dim=None if tokens else 1, chance=0.1, options=dict(data_dir=data_dir, tokens=tokens),
-                convert=pixel_converter(tokens), description=__doc__, load_split=_cifar_loader(folder, False))
+    return Task(
+        name="image",
+        num_classes=10,
+        seq_len=1024,
+        vocab_size=257 if tokens else None,
+        input_dim=None if tokens else 1,
+        chance=0.1,
+        options=dict(data_dir=data_dir, tokens=tokens),
+        convert=pixel_converter(tokens),
+        description=__doc__,
+        load_split=_cifar_loader(folder, False),
+    )
 
 
 @register("scifar")
 def scifar(*, data_dir=None):
     """Colour sequential CIFAR-10 (3 channels) from ``data_dir``."""
     folder = find_cifar_dir(data_dir)
-    return Task(name="scifar", num_classes=10, seq_len=1024, input_dim=3, chance=0.1,
-                options=dict(data_dir=data_dir), convert=pixel_converter(False), description=__doc__,
-                load_split=_cifar_loader(folder, True))
+    return Task(
+        name="scifar",
+        num_classes=10,
+        seq_len=1024,
+        input_dim=3,
+        chance=0.1,
+        options=dict(data_dir=data_dir),
+        convert=pixel_converter(False),
+        description=__doc__,
+        load_split=_cifar_loader(folder, True),
+    )
 
 
 # ---------------------------------------------------------------------- MNIST
@@ -159,9 +176,18 @@ def _mnist(name, data_dir, tokens, permuted):
     check_bool("tokens", tokens)
     files = find_mnist_files(data_dir, name)
     perm = np.random.default_rng(PERMUTATION_SEED).permutation(784) if permuted else None
-    return Task(name=name, num_classes=10, seq_len=784, vocab_size=257 if tokens else None,
-                input_dim=None if tokens else 1, chance=0.1, options=dict(data_dir=data_dir, tokens=tokens),
-                convert=pixel_converter(tokens), description=__doc__, load_split=_mnist_loader(files, perm))
+    return Task(
+        name=name,
+        num_classes=10,
+        seq_len=784,
+        vocab_size=257 if tokens else None,
+        input_dim=None if tokens else 1,
+        chance=0.1,
+        options=dict(data_dir=data_dir, tokens=tokens),
+        convert=pixel_converter(tokens),
+        description=__doc__,
+        load_split=_mnist_loader(files, perm),
+    )
 
 
 @register("smnist")

@@ -167,8 +167,20 @@ def _arrays(seqs, labels, seq_len):
 
 
 @register("listops")
-def listops(*, data_dir=None, n_train=96000, n_val=2000, n_test=2000, min_length=500, max_length=2000,
-            max_depth=10, max_args=10, seq_len=None, data_seed=0, cache_dir=None):
+def listops(
+    *,
+    data_dir=None,
+    n_train=96000,
+    n_val=2000,
+    n_test=2000,
+    min_length=500,
+    max_length=2000,
+    max_depth=10,
+    max_args=10,
+    seq_len=None,
+    data_seed=0,
+    cache_dir=None,
+):
     """ListOps: generated (default) or read from ``data_dir/basic_{train,val,test}.tsv``.
 
     ``cache_dir``: where generated splits are cached (None: ``$ALGORNN_DATA`` or ``~/.cache/algornn``;
@@ -179,12 +191,25 @@ def listops(*, data_dir=None, n_train=96000, n_val=2000, n_test=2000, min_length
     check_int("max_depth", max_depth, minimum=1)
     check_int("max_args", max_args, minimum=2)
     seq_len = check_int("seq_len", max_length if seq_len is None else seq_len, minimum=1)
-    counts = {"train": check_int("n_train", n_train, minimum=1), "val": check_int("n_val", n_val, minimum=1),
-              "test": check_int("n_test", n_test, minimum=1)}
+    counts = {
+        "train": check_int("n_train", n_train, minimum=1),
+        "val": check_int("n_val", n_val, minimum=1),
+        "test": check_int("n_test", n_test, minimum=1),
+    }
     check_int("data_seed", data_seed, minimum=0)
-    options = dict(data_dir=data_dir, n_train=n_train, n_val=n_val, n_test=n_test, min_length=min_length,
-                   max_length=max_length, max_depth=max_depth, max_args=max_args, seq_len=seq_len,
-                   data_seed=data_seed, cache_dir=cache_dir)
+    options = dict(
+        data_dir=data_dir,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        min_length=min_length,
+        max_length=max_length,
+        max_depth=max_depth,
+        max_args=max_args,
+        seq_len=seq_len,
+        data_seed=data_seed,
+        cache_dir=cache_dir,
+    )
 
     if data_dir is not None:
         given = Path(data_dir).expanduser()
@@ -192,9 +217,14 @@ def listops(*, data_dir=None, n_train=96000, n_val=2000, n_test=2000, min_length
         root = next((r for r in roots if all((r / f).is_file() for f in FILES.values())), given)
         missing = [str(root / f) for f in FILES.values() if not (root / f).is_file()]
         if missing:
-            raise missing_files_error("listops", data_dir, missing, "the LRA release (lra_release/listops-1000/ in "
-                                      "lra_release.gz from google-research/long-range-arena), or write them with "
-                                      "experiments.tasks.listops.write_tsv(generate(...))")
+            raise missing_files_error(
+                "listops",
+                data_dir,
+                missing,
+                "the LRA release (lra_release/listops-1000/ in "
+                "lra_release.gz from google-research/long-range-arena), or write them with "
+                "experiments.tasks.listops.write_tsv(generate(...))",
+            )
 
         def load(split):
             rows = read_tsv(root / FILES[split])
@@ -209,8 +239,16 @@ def listops(*, data_dir=None, n_train=96000, n_val=2000, n_test=2000, min_length
                 state.update(_generate_splits(counts, data_seed, gen, seq_len, cache_path(cache_dir, "listops", key)))
             return state[split]
 
-    return Task(name="listops", num_classes=10, seq_len=seq_len, vocab_size=len(VOCAB), load_split=load,
-                chance=0.1, options=options, description=__doc__)
+    return Task(
+        name="listops",
+        num_classes=10,
+        seq_len=seq_len,
+        vocab_size=len(VOCAB),
+        load_split=load,
+        chance=0.1,
+        options=options,
+        description=__doc__,
+    )
 
 
 def _generate_splits(counts, seed, gen, seq_len, path):
@@ -219,8 +257,11 @@ def _generate_splits(counts, seed, gen, seq_len, path):
             return {s: {k: f[f"{s}/{k}"] for k in ("inputs", "labels", "lengths")} for s in SPLITS}
     total = counts["test"] + counts["val"] + counts["train"]
     pairs = _sample(total, seed, progress=total >= 5000, **gen)
-    bounds = {"test": (0, counts["test"]), "val": (counts["test"], counts["test"] + counts["val"]),
-              "train": (counts["test"] + counts["val"], total)}
+    bounds = {
+        "test": (0, counts["test"]),
+        "val": (counts["test"], counts["test"] + counts["val"]),
+        "train": (counts["test"] + counts["val"], total),
+    }
     out = {s: _arrays([t for t, _ in pairs[a:b]], [v for _, v in pairs[a:b]], seq_len) for s, (a, b) in bounds.items()}
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -65,10 +65,14 @@ def _generated_split(split, n, size, difficulty, data_seed, cache_dir):
 
     def make():
         seed = (data_seed, size, tuple(CONTOUR_LENGTH).index(difficulty), SPLITS.index(split))
-        images, labels, _ = generate_images(n, np.random.default_rng(seed), size=size, difficulty=difficulty,
-                                            progress=n >= 5000)
-        return {"inputs": images.reshape(n, size * size), "labels": labels,
-                "lengths": np.full(n, size * size, np.int32)}
+        images, labels, _ = generate_images(
+            n, np.random.default_rng(seed), size=size, difficulty=difficulty, progress=n >= 5000
+        )
+        return {
+            "inputs": images.reshape(n, size * size),
+            "labels": labels,
+            "lengths": np.full(n, size * size, np.int32),
+        }
 
     return _cached(cache_path(cache_dir, f"pathfinder{size}-{difficulty}-{split}", key), make)
 
@@ -82,7 +86,8 @@ def find_release_dir(data_dir, size: int, difficulty: str) -> Path:
         if (c / "metadata").is_dir() and any((c / "metadata").glob("*.npy")):
             return c
     raise missing_files_error(
-        f"pathfinder{size}", data_dir,
+        f"pathfinder{size}",
+        data_dir,
         [f"{c}/metadata/<k>.npy and {c}/imgs/<k>/sample_<i>.png" for c in candidates[:2]],
         "lra_release.gz from google-research/long-range-arena (folders lra_release/pathfinder{32,64,128,256}/)",
     )
@@ -128,19 +133,34 @@ def _release_split(split, folder, size, cache_dir):
     n_train, n_val = int(RELEASE_SPLIT[0] * n), int(RELEASE_SPLIT[1] * n)
     bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
     rows = np.sort(order[slice(*bounds[split])])
-    return {"inputs": full["images"][rows], "labels": full["labels"][rows],
-            "lengths": np.full(rows.size, size * size, np.int32)}
+    return {
+        "inputs": full["images"][rows],
+        "labels": full["labels"][rows],
+        "lengths": np.full(rows.size, size * size, np.int32),
+    }
 
 
 def _build(name, size, difficulty, data_dir, n_train, n_val, n_test, data_seed, cache_dir, tokens):
     check_choice("size", size, SIZES)
     check_choice("difficulty", difficulty, tuple(CONTOUR_LENGTH))
-    counts = {"train": check_int("n_train", n_train, minimum=2), "val": check_int("n_val", n_val, minimum=2),
-              "test": check_int("n_test", n_test, minimum=2)}
+    counts = {
+        "train": check_int("n_train", n_train, minimum=2),
+        "val": check_int("n_val", n_val, minimum=2),
+        "test": check_int("n_test", n_test, minimum=2),
+    }
     check_int("data_seed", data_seed, minimum=0)
     check_bool("tokens", tokens)
-    options = dict(size=size, difficulty=difficulty, data_dir=data_dir, n_train=n_train, n_val=n_val,
-                   n_test=n_test, data_seed=data_seed, cache_dir=cache_dir, tokens=tokens)
+    options = dict(
+        size=size,
+        difficulty=difficulty,
+        data_dir=data_dir,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        data_seed=data_seed,
+        cache_dir=cache_dir,
+        tokens=tokens,
+    )
     if data_dir is not None:
         folder = find_release_dir(data_dir, size, difficulty)
 
@@ -151,18 +171,47 @@ def _build(name, size, difficulty, data_dir, n_train, n_val, n_test, data_seed, 
         def load(split):
             return _generated_split(split, counts[split], size, difficulty, data_seed, cache_dir)
 
-    return Task(name=name, num_classes=2, seq_len=size * size, vocab_size=257 if tokens else None,
-                input_dim=None if tokens else 1, chance=0.5, options=options, convert=pixel_converter(tokens),
-                description=__doc__, load_split=load)
+    return Task(
+        name=name,
+        num_classes=2,
+        seq_len=size * size,
+        vocab_size=257 if tokens else None,
+        input_dim=None if tokens else 1,
+        chance=0.5,
+        options=options,
+        convert=pixel_converter(tokens),
+        description=__doc__,
+        load_split=load,
+    )
 
 
 @register("pathfinder")
-def pathfinder(*, size=32, difficulty="hard", data_dir=None, n_train=160000, n_val=20000, n_test=20000,
-               data_seed=0, cache_dir=None, tokens=False):
+def pathfinder(
+    *,
+    size=32,
+    difficulty="hard",
+    data_dir=None,
+    n_train=160000,
+    n_val=20000,
+    n_test=20000,
+    data_seed=0,
+    cache_dir=None,
+    tokens=False,
+):
     return _build("pathfinder", size, difficulty, data_dir, n_train, n_val, n_test, data_seed, cache_dir, tokens)
 
 
 @register("pathx")
-def pathx(*, size=128, difficulty="hard", data_dir=None, n_train=160000, n_val=20000, n_test=20000,
-          data_seed=0, cache_dir=None, tokens=False):
+def pathx(
+    *,
+    size=128,
+    difficulty="hard",
+    data_dir=None,
+    n_train=160000,
+    n_val=20000,
+    n_test=20000,
+    data_seed=0,
+    cache_dir=None,
+    tokens=False,
+):
     return _build("pathx", size, difficulty, data_dir, n_train, n_val, n_test, data_seed, cache_dir, tokens)

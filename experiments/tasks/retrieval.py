@@ -23,8 +23,10 @@ from algornn.experiments.tasks.text import byte_converter, encode_bytes
 from algornn.scan_kernels._common.validate import check_int
 
 FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
-SOURCE = ("the tsv_data/ folder of lra_release.gz from google-research/long-range-arena (the public bucket "
-          "holds only ids; the texts come from the LRA release)")
+SOURCE = (
+    "the tsv_data/ folder of lra_release.gz from google-research/long-range-arena (the public bucket "
+    "holds only ids; the texts come from the LRA release)"
+)
 MAX_CHARS = 10000
 
 
@@ -61,8 +63,13 @@ def read_tsv(path) -> list[tuple[int, str, str, str, str]]:
 def _arrays(rows, seq_len):
     a, la = pad_tokens([encode_bytes(r[3][:MAX_CHARS], seq_len) for r in rows], seq_len, np.uint8)
     b, lb = pad_tokens([encode_bytes(r[4][:MAX_CHARS], seq_len) for r in rows], seq_len, np.uint8)
-    return {"inputs": a, "lengths": la, "inputs2": b, "lengths2": lb,
-            "labels": np.asarray([r[0] for r in rows], np.int8)}
+    return {
+        "inputs": a,
+        "lengths": la,
+        "inputs2": b,
+        "lengths2": lb,
+        "labels": np.asarray([r[0] for r in rows], np.int8),
+    }
 
 
 @register("retrieval")
@@ -76,6 +83,15 @@ def retrieval(*, data_dir=None, seq_len=4000):
     def load(split):
         return _arrays(read_tsv(folder / FILES[split]), seq_len)
 
-    return Task(name="retrieval", num_classes=2, seq_len=seq_len, vocab_size=257, pair=True, chance=0.5,
-                options=dict(data_dir=data_dir, seq_len=seq_len), convert=byte_converter, description=__doc__,
-                load_split=load)
+    return Task(
+        name="retrieval",
+        num_classes=2,
+        seq_len=seq_len,
+        vocab_size=257,
+        pair=True,
+        chance=0.5,
+        options=dict(data_dir=data_dir, seq_len=seq_len),
+        convert=byte_converter,
+        description=__doc__,
+        load_split=load,
+    )

@@ -143,8 +143,14 @@ def _token_task(name, generate, *, seq_len, n_train, n_val, n_test, data_seed, n
     check_int("data_seed", data_seed, minimum=0)
     options = dict(seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed, **kw)
     return Task(
-        name=name, num_classes=num_classes, seq_len=seq_len, vocab_size=vocab_size, kind="sequence_labels",
-        chance=chance, options=options, description=__doc__,
+        name=name,
+        num_classes=num_classes,
+        seq_len=seq_len,
+        vocab_size=vocab_size,
+        kind="sequence_labels",
+        chance=chance,
+        options=options,
+        description=__doc__,
         load_split=_split_loader(name, generate, counts, data_seed, seq_len=seq_len, **kw),
     )
 
@@ -154,9 +160,20 @@ def copying(*, seq_len=512, n_copy=10, n_symbols=8, n_train=10000, n_val=1000, n
     check_int("n_copy", n_copy, minimum=1)
     check_int("n_symbols", n_symbols, minimum=2, maximum=250)
     check_int("seq_len", seq_len, minimum=2 * n_copy + 1)
-    return _token_task("copying", generate_copying, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test,
-                       data_seed=data_seed, num_classes=n_symbols, vocab_size=n_symbols + FIRST_SYMBOL,
-                       chance=1.0 / n_symbols, n_copy=n_copy, n_symbols=n_symbols)
+    return _token_task(
+        "copying",
+        generate_copying,
+        seq_len=seq_len,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        data_seed=data_seed,
+        num_classes=n_symbols,
+        vocab_size=n_symbols + FIRST_SYMBOL,
+        chance=1.0 / n_symbols,
+        n_copy=n_copy,
+        n_symbols=n_symbols,
+    )
 
 
 @register("selective_copying")
@@ -164,31 +181,75 @@ def selective_copying(*, seq_len=512, n_copy=16, n_symbols=8, n_train=10000, n_v
     check_int("n_copy", n_copy, minimum=1)
     check_int("n_symbols", n_symbols, minimum=2, maximum=250)
     check_int("seq_len", seq_len, minimum=3 * n_copy + 1)
-    return _token_task("selective_copying", generate_selective_copying, seq_len=seq_len, n_train=n_train,
-                       n_val=n_val, n_test=n_test, data_seed=data_seed, num_classes=n_symbols,
-                       vocab_size=n_symbols + FIRST_SYMBOL, chance=1.0 / n_symbols, n_copy=n_copy, n_symbols=n_symbols)
+    return _token_task(
+        "selective_copying",
+        generate_selective_copying,
+        seq_len=seq_len,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        data_seed=data_seed,
+        num_classes=n_symbols,
+        vocab_size=n_symbols + FIRST_SYMBOL,
+        chance=1.0 / n_symbols,
+        n_copy=n_copy,
+        n_symbols=n_symbols,
+    )
 
 
 @register("mqar")
-def mqar(*, seq_len=256, n_pairs=8, n_queries=None, n_keys=64, n_values=64, n_train=10000, n_val=1000,
-         n_test=1000, data_seed=0):
+def mqar(
+    *,
+    seq_len=256,
+    n_pairs=8,
+    n_queries=None,
+    n_keys=64,
+    n_values=64,
+    n_train=10000,
+    n_val=1000,
+    n_test=1000,
+    data_seed=0,
+):
     check_int("n_pairs", n_pairs, minimum=1)
     check_int("n_keys", n_keys, minimum=n_pairs)
     check_int("n_values", n_values, minimum=2)
     n_queries = check_int("n_queries", n_pairs if n_queries is None else n_queries, minimum=1, maximum=n_pairs)
     check_int("seq_len", seq_len, minimum=2 * n_pairs + n_queries)
-    return _token_task("mqar", generate_mqar, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test,
-                       data_seed=data_seed, num_classes=n_values, vocab_size=2 + n_keys + n_values,
-                       chance=1.0 / n_values, n_pairs=n_pairs, n_queries=n_queries, n_keys=n_keys, n_values=n_values)
+    return _token_task(
+        "mqar",
+        generate_mqar,
+        seq_len=seq_len,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        data_seed=data_seed,
+        num_classes=n_values,
+        vocab_size=2 + n_keys + n_values,
+        chance=1.0 / n_values,
+        n_pairs=n_pairs,
+        n_queries=n_queries,
+        n_keys=n_keys,
+        n_values=n_values,
+    )
 
 
 @register("induction")
 def induction(*, seq_len=256, n_symbols=16, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
     check_int("n_symbols", n_symbols, minimum=2, maximum=250)
     check_int("seq_len", seq_len, minimum=4)
-    return _token_task("induction", generate_induction, seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test,
-                       data_seed=data_seed, num_classes=n_symbols, vocab_size=n_symbols + FIRST_SYMBOL,
-                       chance=1.0 / n_symbols, n_symbols=n_symbols)
+    return _token_task(
+        "induction",
+        generate_induction,
+        seq_len=seq_len,
+        n_train=n_train,
+        n_val=n_val,
+        n_test=n_test,
+        data_seed=data_seed,
+        num_classes=n_symbols,
+        vocab_size=n_symbols + FIRST_SYMBOL,
+        chance=1.0 / n_symbols,
+        n_symbols=n_symbols,
+    )
 
 
 @register("adding")
@@ -198,7 +259,13 @@ def adding(*, seq_len=512, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
     check_int("data_seed", data_seed, minimum=0)
     options = dict(seq_len=seq_len, n_train=n_train, n_val=n_val, n_test=n_test, data_seed=data_seed)
     return Task(
-        name="adding", num_classes=1, seq_len=seq_len, input_dim=2, kind="regression", chance=1.0 / 6.0,
-        options=options, description=__doc__,
+        name="adding",
+        num_classes=1,
+        seq_len=seq_len,
+        input_dim=2,
+        kind="regression",
+        chance=1.0 / 6.0,
+        options=options,
+        description=__doc__,
         load_split=_split_loader("adding", generate_adding, counts, data_seed, seq_len=seq_len),
     )

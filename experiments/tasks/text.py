@@ -88,6 +88,14 @@ def text(*, data_dir=None, seq_len=4096):
             loaded[part] = read_imdb(folder, part, seq_len)
         return loaded[part]
 
-    return Task(name="text", num_classes=2, seq_len=seq_len, vocab_size=257, chance=0.5,
-                options=dict(data_dir=data_dir, seq_len=seq_len), convert=byte_converter, description=__doc__,
-                load_split=load)
+    return Task(
+        name="text",
+        num_classes=2,
+        seq_len=seq_len,
+        vocab_size=257,
+        chance=0.5,
+        options=dict(data_dir=data_dir, seq_len=seq_len),
+        convert=byte_converter,
+        description=__doc__,
+        load_split=load,
+    )

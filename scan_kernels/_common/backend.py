@@ -84,8 +84,9 @@ def clear_probe_cache() -> None:
     _PROBED.clear()
 
 
-def resolve_backend(backend, *, op: str | None = None, probe=None, key=(), arg_name: str = "backend",
-                    gpu: bool | None = None) -> str:
+def resolve_backend(
+    backend, *, op: str | None = None, probe=None, key=(), arg_name: str = "backend", gpu: bool | None = None
+) -> str:
     """The concrete backend for one call of ``op`` (rule in the module docstring).
 
     Args:

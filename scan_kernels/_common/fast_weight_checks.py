@@ -31,9 +31,7 @@ def check_qkv(q, k, v, *, time_axis: bool = True):
         if _dtype_name(x) not in _INPUT_DTYPES:
             raise ValueError(f"{name} must be float32 or bfloat16, got {describe(x)}")
     if not (_dtype_name(q) == _dtype_name(k) == _dtype_name(v)):
-        raise ValueError(
-            f"q, k, v must share one dtype, got {_dtype_name(q)}, {_dtype_name(k)}, {_dtype_name(v)}"
-        )
+        raise ValueError(f"q, k, v must share one dtype, got {_dtype_name(q)}, {_dtype_name(k)}, {_dtype_name(v)}")
     qs, ks, vs = tuple(q.shape), tuple(k.shape), tuple(v.shape)
     if ks != qs:
         raise ValueError(f"k must have the shape of q {legend}={qs}, got {describe(k)}")

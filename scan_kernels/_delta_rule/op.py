@@ -84,8 +84,9 @@ def chunk_terms(K, b, gam, T=None):
     T = unit_lower_inverse(A) if T is None else T
     Wr = (b * e)[..., None] * K
     Kd = jnp.exp(gam[..., -1:] - gam)  # exp(γ_C − γ)
-    return dict(D=D, e=e, eC=e[..., -1], Bm=Bm, A=A, T=T, Wr=Wr, W=_mm("bnhij,bnhjk->bnhik", T, Wr), Kd=Kd,
-                Kh=K * Kd[..., None])
+    return dict(
+        D=D, e=e, eC=e[..., -1], Bm=Bm, A=A, T=T, Wr=Wr, W=_mm("bnhij,bnhjk->bnhik", T, Wr), Kd=Kd, Kh=K * Kd[..., None]
+    )
 
 
 def _transition(c, transpose):
@@ -161,8 +162,12 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
     dqk = dP * c["D"]
     dkk = b[..., None] * dA * c["D"]  # dA is zero off the strict lower triangle
     dQ = e[..., None] * dQd + _mm("bnhij,bnhjk->bnhik", dqk, K)
-    dK = (_mm("bnhij,bnhik->bnhjk", dqk, Q) + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
-          + (b * e)[..., None] * dWr + c["Kd"][..., None] * dKh)
+    dK = (
+        _mm("bnhij,bnhik->bnhjk", dqk, Q)
+        + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
+        + (b * e)[..., None] * dWr
+        + c["Kd"][..., None] * dKh
+    )
     db = jnp.sum(dR * V, -1) + e * jnp.sum(dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
     E = dP * P + dA * c["A"]  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
     F = jnp.sum(dKh * Kh, -1)
@@ -196,8 +201,9 @@ def _chunked_bwd(C, scan_backend, res, cts):
         return h_in[:, :, :, 0], bufs
 
     bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta, beta))
-    h0, (dq, dk, dv, db, dg) = for_chunk_groups(body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, CHUNK_GROUP,
-                                                reverse=True)
+    h0, (dq, dk, dv, db, dg) = for_chunk_groups(
+        body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, CHUNK_GROUP, reverse=True
+    )
     return dq, dk, dv, db, None if g is None else dg, jnp.moveaxis(h0, 0, -1)
 
 
@@ -206,7 +212,7 @@ _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 @partial(jax.jit, static_argnames=("C", "scan_backend"))
 def delta_rule_chunked(q, k, v, beta, log_decay, s0, C, scan_backend):
-    """Chunked form (``custom_vjp``) in float32 on validated inputs; returns ``o (B, L, H, V)`` f32 and the final state."""
+    """Chunked form (``custom_vjp``) in float32 on validated inputs: ``o (B, L, H, V)`` f32 and the final state."""
     L = q.shape[1]
     g = None if log_decay is None else pad_tokens(log_decay, C)
     o, final = _chunked(*(pad_tokens(x, C) for x in (q, k, v, beta)), g, s0, C, scan_backend)

@@ -51,7 +51,7 @@ KEY_GATE_CHUNK_GROUP = 2
 
 
 def _gates(g, kind):
-    """Cumulative log-gates γ inside each chunk: ``g (B, n, C, H[, K])`` -> ``(B, n, H, C[, K])``; None without gates."""
+    """Cumulative log-gates γ in each chunk: ``g (B, n, C, H[, K])`` -> ``(B, n, H, C[, K])``; None without gates."""
     return None if kind == "none" else jnp.moveaxis(jnp.cumsum(g, axis=2), 3, 2)
 
 
@@ -109,7 +109,9 @@ def _forward(q, k, v, g, s0, kind, C, group, scan_backend):
     gc = lambda start, n: None if g is None else read_chunks(g, start, n, C)  # noqa: E731
 
     def states(start, n, buf):
-        delta, _ = chunk_state(read_chunks(k, start, n, C), read_chunks(v, start, n, C), _gates(gc(start, n), kind), kind)
+        delta, _ = chunk_state(
+            read_chunks(k, start, n, C), read_chunks(v, start, n, C), _gates(gc(start, n), kind), kind
+        )
         return write_states(buf, delta, start)
 
     delta = for_chunk_groups(states, jnp.zeros((B, H, nc, K, v.shape[-1]), jnp.float32), nc, group)
@@ -255,7 +257,9 @@ def linear_attention(q, k, v, *, log_decay=None, initial_state=None, normalize=F
     backend = resolve_backend(backend, op="linear_attention", probe=probe, key=key)
     check_chunk_size(C, power_of_two=backend == "pallas")
     if backend == "reference":
-        return linear_attention_reference(q, k, v, log_decay=log_decay, initial_state=initial_state, normalize=normalize)
+        return linear_attention_reference(
+            q, k, v, log_decay=log_decay, initial_state=initial_state, normalize=normalize
+        )
     vv, s0 = with_normaliser(v, initial_state, normalize, B, H, K)
     if backend == "pallas":
         from algornn.scan_kernels._linear_attention.pallas import linear_attention_pallas

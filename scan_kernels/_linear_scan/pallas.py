@@ -175,8 +175,16 @@ def linear_scan_pallas(
         out = _call(A, Bp, zeros, reverse=reverse, summary=True, chunk=C, cfg=cfg, interpret=interpret)
         ends, prods = out[: len(A)], out[len(A) :]  # (B, n, Dp): chunk end states from zero, decay products
         # Chunk-level scan from h0: s_k = P_k s_{k-1} + e_k (same kernel, one chunk of n steps).
-        s = _call(prods, ends, tuple(h[:, None] for h in H0), reverse=reverse, summary=False, chunk=n, cfg=cfg,
-                  interpret=interpret)
+        s = _call(
+            prods,
+            ends,
+            tuple(h[:, None] for h in H0),
+            reverse=reverse,
+            summary=False,
+            chunk=n,
+            cfg=cfg,
+            interpret=interpret,
+        )
         if reverse:  # chunk k starts from s_{k+1}; the last chunk from h0
             init = tuple(jnp.concatenate([x[:, 1:], h[:, None]], 1) for x, h in zip(s, H0))
         else:

@@ -82,9 +82,7 @@ def chunked_scan(a, b, h0, *, chunks: int, reverse: bool = False, shifted: bool 
 
     if shifted:  # the decay each run's first visited step needs: the neighbouring run's edge row (0 at the end)
         zero = jnp.zeros_like(a4[:, :1, 0])
-        edge = (
-            jnp.concatenate([a4[:, 1:, 0], zero], 1) if reverse else jnp.concatenate([zero, a4[:, :-1, T - 1]], 1)
-        )
+        edge = jnp.concatenate([a4[:, 1:, 0], zero], 1) if reverse else jnp.concatenate([zero, a4[:, :-1, T - 1]], 1)
 
     def step_index(i):
         return T - 1 - i if reverse else i

@@ -64,8 +64,12 @@ def _data(seed=0, n=16):
     return jnp.asarray(rng.normal(size=(n, 3)), jnp.float32), jnp.asarray(rng.integers(0, 2, n), jnp.int32)
 
 
-META = {"config": {"d": 8, "seed": 0}, "model_spec": {"d_in": 3}, "builder": BUILDER,
-        "data_position": {"epoch": 1, "step_in_epoch": 2}}
+META = {
+    "config": {"d": 8, "seed": 0},
+    "model_spec": {"d_in": 3},
+    "builder": BUILDER,
+    "data_position": {"epoch": 1, "step_in_epoch": 2},
+}
 
 
 def _params(obj):
@@ -164,8 +168,13 @@ _KILL_SCRIPT = textwrap.dedent("""
 
 def test_kill_during_save_leaves_last_complete_step(tmp_path):
     ck = tmp_path / "ck"
-    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(ck)], capture_output=True, text=True,
-                          env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(ck)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     with CheckpointManager(ck) as mgr:
         latest = mgr.latest_step()
@@ -229,8 +238,12 @@ def test_restore_onto_other_device_counts(tmp_path):
     repl = NamedSharding(mesh4, PartitionSpec())
     nnx.update(model, jax.device_put(nnx.state(model), repl))
     nnx.update(opt, jax.device_put(nnx.state(opt), repl))
-    _step(model, opt, jax.device_put(x, NamedSharding(mesh4, PartitionSpec("data"))),
-          jax.device_put(y, NamedSharding(mesh4, PartitionSpec("data"))))
+    _step(
+        model,
+        opt,
+        jax.device_put(x, NamedSharding(mesh4, PartitionSpec("data"))),
+        jax.device_put(y, NamedSharding(mesh4, PartitionSpec("data"))),
+    )
     with CheckpointManager(tmp_path) as mgr:
         mgr.save(1, model=model, optimizer=opt, meta=META)
     mesh2 = lib.make_mesh(2)

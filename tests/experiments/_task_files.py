@@ -38,8 +38,12 @@ def write_cifar(root, images_by_file, labels_by_file):
     folder.mkdir(parents=True, exist_ok=True)
     for name, images in images_by_file.items():
         planes = np.asarray(images, np.uint8).transpose(0, 3, 1, 2).reshape(len(images), 3072)  # (N, 32, 32, 3)
-        d = {b"batch_label": name.encode(), b"labels": [int(x) for x in labels_by_file[name]], b"data": planes,
-             b"filenames": [f"{i}.png".encode() for i in range(len(images))]}
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": [int(x) for x in labels_by_file[name]],
+            b"data": planes,
+            b"filenames": [f"{i}.png".encode() for i in range(len(images))],
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(d, f, protocol=2)
 

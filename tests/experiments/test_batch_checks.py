@@ -15,8 +15,9 @@ from algornn.experiments.tasks import Task
 def _task(inputs, lengths, *, vocab_size=5, name="handmade"):
     inputs, lengths = np.asarray(inputs), np.asarray(lengths)
     arrays = {"inputs": inputs, "labels": np.zeros(len(inputs), np.int32), "lengths": lengths}
-    return Task(name=name, num_classes=2, seq_len=inputs.shape[1], load_split=lambda split: arrays,
-                vocab_size=vocab_size)
+    return Task(
+        name=name, num_classes=2, seq_len=inputs.shape[1], load_split=lambda split: arrays, vocab_size=vocab_size
+    )
 
 
 GOOD = [[1, 2, 0, 0], [4, 4, 4, 4]]
@@ -32,13 +33,19 @@ class _NoModel:
         pass
 
 
-@pytest.mark.parametrize("inputs, lengths, match", [
-    ([[1, 2, 0, 0], [4, 5, 7, 4]], [2, 4], r"inputs holds token id\(s\) \[5, 7\] outside \[0, vocab_size=5\)"),
-    ([[1, -3, 0, 0], [4, 4, 4, 4]], [2, 4],
-     r"inputs holds token id\(s\) \[-3\] outside \[0, vocab_size=5\) \(min -3, max 4"),
-    (GOOD, [0, 4], r"lengths holds value\(s\) \[0\] outside \[1, L=4\]"),
-    (GOOD, [2, 9], r"lengths holds value\(s\) \[9\] outside \[1, L=4\]"),
-])
+@pytest.mark.parametrize(
+    "inputs, lengths, match",
+    [
+        ([[1, 2, 0, 0], [4, 5, 7, 4]], [2, 4], r"inputs holds token id\(s\) \[5, 7\] outside \[0, vocab_size=5\)"),
+        (
+            [[1, -3, 0, 0], [4, 4, 4, 4]],
+            [2, 4],
+            r"inputs holds token id\(s\) \[-3\] outside \[0, vocab_size=5\) \(min -3, max 4",
+        ),
+        (GOOD, [0, 4], r"lengths holds value\(s\) \[0\] outside \[1, L=4\]"),
+        (GOOD, [2, 9], r"lengths holds value\(s\) \[9\] outside \[1, L=4\]"),
+    ],
+)
 def test_bad_batches_are_refused_in_training_and_evaluation(inputs, lengths, match):
     task = _task(inputs, lengths)
     with pytest.raises(ValueError, match=r"task 'handmade' train batch .*: " + match):
@@ -62,8 +69,12 @@ def test_real_valued_and_pair_inputs():
     lib.check_batch({"inputs": x, "lengths": np.array([3, 1])}, vocab_size=None, where="real")
     with pytest.raises(ValueError, match=r"real: lengths holds value\(s\) \[4\] outside \[1, L=3\]"):
         lib.check_batch({"inputs": x, "lengths": np.array([4, 1])}, vocab_size=None, where="real")
-    pair = {"inputs": np.ones((1, 3), np.int32), "lengths": np.array([3]),
-            "inputs2": np.array([[1, 9, 0]], np.int32), "lengths2": np.array([2])}
+    pair = {
+        "inputs": np.ones((1, 3), np.int32),
+        "lengths": np.array([3]),
+        "inputs2": np.array([[1, 9, 0]], np.int32),
+        "lengths2": np.array([2]),
+    }
     with pytest.raises(ValueError, match=r"pair: inputs2 holds token id\(s\) \[9\]"):
         lib.check_batch(pair, vocab_size=5, where="pair")
     with pytest.raises(ValueError, match=r"must hold integer token ids, got dtype float32"):

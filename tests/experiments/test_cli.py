@@ -26,8 +26,15 @@ pytestmark = pytest.mark.loose_promotion
 def _train_cli(args, cwd, **kwargs):
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
     streams = {} if kwargs else {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-    return subprocess.run([sys.executable, "-m", "algornn.experiments.train", *args], cwd=cwd, env=env,
-                          text=True, timeout=300, **streams, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "algornn.experiments.train", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        timeout=300,
+        **streams,
+        **kwargs,
+    )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,15 +110,21 @@ def _plant_checkpoint(config, workdir, step=2):
     """The checkpoint an interrupted run of ``config`` leaves at ``step``."""
     task, spec, model, opt, _ = _setup(config)
     with checkpoints.CheckpointManager(workdir / "checkpoints") as mgr:
-        mgr.save(step, model=model, optimizer=opt,
-                 meta={"config": config.to_dict(), "model_spec": spec,
-                       "data_position": {"epoch": 0, "step_in_epoch": step}})
+        mgr.save(
+            step,
+            model=model,
+            optimizer=opt,
+            meta={"config": config.to_dict(), "model_spec": spec, "data_position": {"epoch": 0, "step_in_epoch": step}},
+        )
 
 
 def test_resume_with_other_steps_or_schedule_is_refused(tmp_path):
     _plant_checkpoint(tiny(), tmp_path)  # a run of train.steps=6
-    with pytest.raises(ValueError, match=r"holds a run of train.steps=6 \(checkpoint at step 2\); this run asks "
-                                         r"for train.steps=10\. .*Rerun with train.steps=6"):
+    with pytest.raises(
+        ValueError,
+        match=r"holds a run of train.steps=6 \(checkpoint at step 2\); this run asks "
+        r"for train.steps=10\. .*Rerun with train.steps=6",
+    ):
         train_and_evaluate(tiny("train.steps=10"), tmp_path)
     with pytest.raises(ValueError, match=r"another learning-rate schedule \(optim.warmup_steps=2 -> 3\)"):
         train_and_evaluate(tiny("optim.warmup_steps=3"), tmp_path)
@@ -123,7 +136,14 @@ def test_resume_with_other_steps_or_schedule_is_refused(tmp_path):
 
 def test_overridden_mixer_builds_without_the_old_options():
     config = apply_overrides(get_preset("demo"), ["model.mixer=deltanet", "model.d_model=16", "model.n_layers=1"])
-    spec = {"vocab_size": 16, "input_dim": None, "num_classes": 10, "pair": False, "per_position": False,
-            "seq_len": 32, "kind": "classification"}
+    spec = {
+        "vocab_size": 16,
+        "input_dim": None,
+        "num_classes": 10,
+        "pair": False,
+        "per_position": False,
+        "seq_len": 32,
+        "kind": "classification",
+    }
     model = build_model(config, spec, rngs=nnx.Rngs(0))
     assert type(model.blocks[0].mixer).__name__ == "DeltaNet"

@@ -9,10 +9,22 @@ from algornn.experiments.presets import get_preset, list_presets
 
 
 def test_overrides_parse_by_field_type():
-    c = apply_overrides(get_preset("demo"), [
-        "train.steps=200", "model.d_model=128", "optim.lr=3e-4", "model.prenorm=false", "train.dtype=bfloat16",
-        "model.mixer_options.d_state=16", "task.options.max_length=256", "task.options.data_dir=/data/lra",
-        "model.mixer_options.bidirectional=true", 'task.options={"seq_len": 300}', "name=mine"])
+    c = apply_overrides(
+        get_preset("demo"),
+        [
+            "train.steps=200",
+            "model.d_model=128",
+            "optim.lr=3e-4",
+            "model.prenorm=false",
+            "train.dtype=bfloat16",
+            "model.mixer_options.d_state=16",
+            "task.options.max_length=256",
+            "task.options.data_dir=/data/lra",
+            "model.mixer_options.bidirectional=true",
+            'task.options={"seq_len": 300}',
+            "name=mine",
+        ],
+    )
     assert c.train.steps == 200 and isinstance(c.train.steps, int)
     assert c.model.d_model == 128 and c.optim.lr == 3e-4 and c.model.prenorm is False
     assert c.train.dtype == "bfloat16" and c.name == "mine"
@@ -22,20 +34,23 @@ def test_overrides_parse_by_field_type():
     assert get_preset("demo").train.steps != 200 or get_preset("demo").model.d_model != 128
 
 
-@pytest.mark.parametrize("override, match", [
-    ("train.stepz=5", r"unknown key 'stepz' in train; allowed: \[.*'steps'"),
-    ("trian.steps=5", r"unknown section 'trian'; allowed: \['name', 'task', 'model', 'optim', 'train'\]"),
-    ("train.steps=five", r"train.steps: cannot parse 'five'; expected an int"),
-    ("train.steps=1.5", r"train.steps: cannot parse '1.5'"),
-    ("train.steps=0", r"train.steps: 0 is outside the allowed range \[1, inf\]"),
-    ("model.norm=group", r"model.norm: 'group' is not one of \['layer', 'batch'\]"),
-    ("model.prenorm=maybe", r"model.prenorm: cannot parse 'maybe'; expected a bool"),
-    ("model.dropout=1.5", r"model.dropout: 1.5 is outside the allowed range \[0.0, 1.0\]"),
-    ("train.dtype=float16", r"train.dtype: 'float16' is not one of \['float32', 'bfloat16'\]"),
-    ("train.steps.x=1", r"train.steps is an int, it has no sub-keys"),
-    ("train.steps", r"expected key=value"),
-    ("model.mixer_options=[1]", r"model.mixer_options: cannot parse"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.stepz=5", r"unknown key 'stepz' in train; allowed: \[.*'steps'"),
+        ("trian.steps=5", r"unknown section 'trian'; allowed: \['name', 'task', 'model', 'optim', 'train'\]"),
+        ("train.steps=five", r"train.steps: cannot parse 'five'; expected an int"),
+        ("train.steps=1.5", r"train.steps: cannot parse '1.5'"),
+        ("train.steps=0", r"train.steps: 0 is outside the allowed range \[1, inf\]"),
+        ("model.norm=group", r"model.norm: 'group' is not one of \['layer', 'batch'\]"),
+        ("model.prenorm=maybe", r"model.prenorm: cannot parse 'maybe'; expected a bool"),
+        ("model.dropout=1.5", r"model.dropout: 1.5 is outside the allowed range \[0.0, 1.0\]"),
+        ("train.dtype=float16", r"train.dtype: 'float16' is not one of \['float32', 'bfloat16'\]"),
+        ("train.steps.x=1", r"train.steps is an int, it has no sub-keys"),
+        ("train.steps", r"expected key=value"),
+        ("model.mixer_options=[1]", r"model.mixer_options: cannot parse"),
+    ],
+)
 def test_bad_overrides_name_key_and_allowed_values(override, match):
     with pytest.raises(ValueError, match=match):
         apply_overrides(get_preset("demo"), [override])
@@ -76,12 +91,25 @@ def test_presets_cover_lra_and_synthetic():
         assert any(get_preset(n).model.mixer == mixer for n in names if n != "demo")
     # published numbers (docs/experiments.md §LRA published configurations)
     s4 = get_preset("listops_s4")
-    assert (s4.model.n_layers, s4.model.d_model, s4.train.batch_size, s4.optim.lr, s4.optim.weight_decay,
-            s4.train.steps, s4.optim.warmup_steps, s4.model.prenorm) == (6, 256, 32, 0.01, 0.05, 120_000, 12_000,
-                                                                        False)
+    assert (
+        s4.model.n_layers,
+        s4.model.d_model,
+        s4.train.batch_size,
+        s4.optim.lr,
+        s4.optim.weight_decay,
+        s4.train.steps,
+        s4.optim.warmup_steps,
+        s4.model.prenorm,
+    ) == (6, 256, 32, 0.01, 0.05, 120_000, 12_000, False)
     s5 = get_preset("listops_s5")
-    assert (s5.model.n_layers, s5.model.d_model, s5.optim.ssm_lr, s5.optim.lr, s5.optim.weight_decay,
-            s5.train.batch_size) == (8, 128, 1e-3, 3e-3, 0.04, 50)
+    assert (
+        s5.model.n_layers,
+        s5.model.d_model,
+        s5.optim.ssm_lr,
+        s5.optim.lr,
+        s5.optim.weight_decay,
+        s5.train.batch_size,
+    ) == (8, 128, 1e-3, 3e-3, 0.04, 50)
     assert s5.train.steps == 96_000 // 50 * 40
     with pytest.raises(ValueError, match=r"unknown preset 'nope'; available: \['demo'"):
         get_preset("nope")
@@ -112,9 +140,11 @@ def test_experiments_import_is_light():
     import sys
 
     # the train CLI resolves the config (and prints --help / --print-config) without importing JAX
-    code = ("import sys, algornn.experiments, algornn.experiments.config, algornn.experiments.presets, "
-            "algornn.experiments.train; "
-            "heavy = [m for m in ('flax', 'optax', 'orbax', 'jax') if m in sys.modules]; print(heavy)")
+    code = (
+        "import sys, algornn.experiments, algornn.experiments.config, algornn.experiments.presets, "
+        "algornn.experiments.train; "
+        "heavy = [m for m in ('flax', 'optax', 'orbax', 'jax') if m in sys.modules]; print(heavy)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -154,14 +184,17 @@ def test_mixer_override_drops_the_old_mixers_options(capsys):
     notes = []
     c = apply_overrides(demo, ["model.mixer=deltanet"], notes=notes)
     assert c.model.mixer_options == {}
-    assert notes == ["model.mixer=deltanet replaces s4d: the preset's model.mixer_options {'d_state': 32} are not "
-                     "passed to deltanet; give its options with model.mixer_options.KEY=VALUE"]
+    assert notes == [
+        "model.mixer=deltanet replaces s4d: the preset's model.mixer_options {'d_state': 32} are not "
+        "passed to deltanet; give its options with model.mixer_options.KEY=VALUE"
+    ]
     # sub-keys given on the command line (before or after the mixer) are the new mixer's
     c = apply_overrides(demo, ["model.mixer_options.num_heads=2", "model.mixer=deltanet"])
     assert c.model.mixer_options == {"num_heads": 2}
     # a whole dict is taken as given; the same mixer keeps its options
     assert apply_overrides(demo, ["model.mixer=s5", 'model.mixer_options={"d_state": 32}']).model.mixer_options == {
-        "d_state": 32}
+        "d_state": 32
+    }
     assert apply_overrides(demo, ["model.mixer=s4d"]).model.mixer_options == {"d_state": 32}
     # task.name likewise drops the old task's options
     c = apply_overrides(demo, ["task.name=mqar", "task.options.seq_len=64"])

@@ -20,8 +20,9 @@ def _labels_task(train, val, *, kind="classification", num_classes=3, chance=1 /
         n = labels.shape[0]
         return {"inputs": np.ones((n, 4), np.int32), "labels": labels, "lengths": np.full(n, 4, np.int32)}
 
-    return Task(name="labels", num_classes=num_classes, seq_len=4, load_split=load, vocab_size=3, kind=kind,
-                chance=chance)
+    return Task(
+        name="labels", num_classes=num_classes, seq_len=4, load_split=load, vocab_size=3, kind=kind, chance=chance
+    )
 
 
 def test_accuracy_baselines():
@@ -29,12 +30,21 @@ def test_accuracy_baselines():
     task = _labels_task([0, 0, 1, 2, 0], [0, 1, 1, 2])
     assert plots.accuracy_baselines(task, "val") == {"chance": pytest.approx(1 / 3), "majority": 0.25}
     # per-position labels: only scored entries (>= 0) count; class 2 is the majority of the scored training labels
-    per_pos = _labels_task([[2, -1, 2, 1], [-1, -1, 0, 2]], [[-1, 2, 1, -1], [2, 2, -1, -1]],
-                           kind="sequence_labels")
+    per_pos = _labels_task([[2, -1, 2, 1], [-1, -1, 0, 2]], [[-1, 2, 1, -1], [2, 2, -1, -1]], kind="sequence_labels")
     assert plots.accuracy_baselines(per_pos, "val")["majority"] == 0.75
-    reg = Task(name="r", num_classes=1, seq_len=2, kind="regression", input_dim=1, chance=1 / 6,
-               load_split=lambda s: {"inputs": np.zeros((2, 2, 1)), "labels": np.zeros(2, np.float32),
-                                     "lengths": np.full(2, 2)})
+    reg = Task(
+        name="r",
+        num_classes=1,
+        seq_len=2,
+        kind="regression",
+        input_dim=1,
+        chance=1 / 6,
+        load_split=lambda s: {
+            "inputs": np.zeros((2, 2, 1)),
+            "labels": np.zeros(2, np.float32),
+            "lengths": np.full(2, 2),
+        },
+    )
     assert plots.accuracy_baselines(reg, "val") == {}
 
 
@@ -50,8 +60,15 @@ def test_smooth_is_a_bias_corrected_moving_average():
 
 def test_curves_show_raw_and_smoothed_train_and_the_baselines(tmp_path):
     rng = np.random.default_rng(0)
-    records = [{"step": s, "split": "train", "loss": 2.0 - s / 100 + rng.normal(0, 0.1),
-                "accuracy": 0.1 + s / 500 + rng.normal(0, 0.05)} for s in range(1, 101)]
+    records = [
+        {
+            "step": s,
+            "split": "train",
+            "loss": 2.0 - s / 100 + rng.normal(0, 0.1),
+            "accuracy": 0.1 + s / 500 + rng.normal(0, 0.05),
+        }
+        for s in range(1, 101)
+    ]
     records += [{"step": s, "split": "val", "loss": 2.0 - s / 100, "accuracy": 0.1 + s / 500} for s in (50, 100)]
     fig = plots.curves_figure(records, title="t", chance=0.1, majority=0.15)
     loss_ax, acc_ax = fig.axes
@@ -77,7 +94,8 @@ def test_show_task_token_rows_have_colour_bar_and_marker_legend():
     ax, bar = fig.axes
     assert bar.get_ylabel() == "token id (0 = padding)"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        "scored position: its target is listed at the left, in order"]
+        "scored position: its target is listed at the left, in order"
+    ]
     # one circle per scored position
     n_scored = int((task.examples("train", np.arange(3))["labels"] >= 0).sum())
     assert len(ax.collections[0].get_offsets()) == n_scored
@@ -99,9 +117,18 @@ def test_layers_benchmark_prints_its_table_once(tmp_path, monkeypatch, capsys):
     from algornn.experiments.benchmarks import layers as bench
 
     def fake(name, B, L, D, n, heads, repeats):  # no timing: one made-up row per mixer
-        return {"mixer": name, "fwd_bwd_s": 0.5, "fwd_bwd_tokens_per_s": 8.0, "xla_peak_bytes": 2**20,
-                "call_s_L_quarter": 0.01, "call_s_L": 0.04, "step_s_fresh": 0.001, "step_s_after_L": 0.001,
-                "step_scan_s_per_token": 0.001, "speedup_step_vs_call_L": 40.0}
+        return {
+            "mixer": name,
+            "fwd_bwd_s": 0.5,
+            "fwd_bwd_tokens_per_s": 8.0,
+            "xla_peak_bytes": 2**20,
+            "call_s_L_quarter": 0.01,
+            "call_s_L": 0.04,
+            "step_s_fresh": 0.001,
+            "step_s_after_L": 0.001,
+            "step_scan_s_per_token": 0.001,
+            "speedup_step_vs_call_L": 40.0,
+        }
 
     monkeypatch.setattr(bench, "bench_mixer", fake)
     monkeypatch.chdir(tmp_path)

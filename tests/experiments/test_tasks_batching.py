@@ -28,8 +28,22 @@ def _ids(task, split, batch):
 
 def test_registry_lists_every_task():
     names = list_tasks()
-    for name in ("listops", "pathfinder", "pathx", "text", "retrieval", "image", "scifar", "smnist", "psmnist",
-                 "copying", "adding", "selective_copying", "mqar", "induction"):
+    for name in (
+        "listops",
+        "pathfinder",
+        "pathx",
+        "text",
+        "retrieval",
+        "image",
+        "scifar",
+        "smnist",
+        "psmnist",
+        "copying",
+        "adding",
+        "selective_copying",
+        "mqar",
+        "induction",
+    ):
         assert name in names
     assert "seq_len" in task_options("copying")
 

@@ -13,16 +13,21 @@ def _text_of(ids, n):
 
 
 def test_imdb_round_trip(tmp_path):
-    reviews = {("train", "pos"): ["Great film!", "Loved it — café scene"], ("train", "neg"): ["Awful."],
-               ("test", "pos"): ["Fine " * 30], ("test", "neg"): ["Meh", "nul\x00byte"]}
+    reviews = {
+        ("train", "pos"): ["Great film!", "Loved it — café scene"],
+        ("train", "neg"): ["Awful."],
+        ("test", "pos"): ["Fine " * 30],
+        ("test", "neg"): ["Meh", "nul\x00byte"],
+    }
     write_imdb(tmp_path, reviews)
     t = get_task("text", data_dir=tmp_path, seq_len=64)
     assert (t.vocab_size, t.num_classes, t.seq_len) == (257, 2, 64)
     tr = t.examples("train", np.arange(3))
-    assert tr["inputs"].dtype == np.int32 and (tr["inputs"][0, tr["lengths"][0]:] == 0).all()
+    assert tr["inputs"].dtype == np.int32 and (tr["inputs"][0, tr["lengths"][0] :] == 0).all()
     texts = [_text_of(x, n) for x, n in zip(tr["inputs"], tr["lengths"])]
     assert sorted(zip(texts, tr["labels"].tolist())) == sorted(
-        [("Great film!", 1), ("Loved it — café scene", 1), ("Awful.", 0)])
+        [("Great film!", 1), ("Loved it — café scene", 1), ("Awful.", 0)]
+    )
     assert tr["lengths"][texts.index("Loved it — café scene")] == len("Loved it — café scene".encode())
     te = t.split_arrays("test")
     assert te["lengths"].max() == 64  # truncated to seq_len
@@ -36,8 +41,11 @@ def test_imdb_round_trip(tmp_path):
 
 def test_aan_round_trip(tmp_path):
     long_doc = "x" * 12000 + "TAIL"
-    rows = {"train": [(1, "a1", "b1", "first doc", "second doc"), (0, "a2", "b2", long_doc, "ünïcode")],
-            "eval": [(0, "a3", "b3", "v1", "v2")], "test": [(1, "a4", "b4", "t1", "t2")]}
+    rows = {
+        "train": [(1, "a1", "b1", "first doc", "second doc"), (0, "a2", "b2", long_doc, "ünïcode")],
+        "eval": [(0, "a3", "b3", "v1", "v2")],
+        "test": [(1, "a4", "b4", "t1", "t2")],
+    }
     for split, r in rows.items():
         write_aan_tsv(tmp_path / f"new_aan_pairs.{split}.tsv", r)
     t = get_task("retrieval", data_dir=tmp_path, seq_len=11000)
@@ -114,8 +122,14 @@ def test_bad_idx_file(tmp_path):
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("text", "aclImdb/train/pos"), ("retrieval", "new_aan_pairs.train.tsv"), ("image", "data_batch_1"),
-     ("scifar", "test_batch"), ("smnist", "train-images-idx3-ubyte"), ("psmnist", "t10k-labels-idx1-ubyte")],
+    [
+        ("text", "aclImdb/train/pos"),
+        ("retrieval", "new_aan_pairs.train.tsv"),
+        ("image", "data_batch_1"),
+        ("scifar", "test_batch"),
+        ("smnist", "train-images-idx3-ubyte"),
+        ("psmnist", "t10k-labels-idx1-ubyte"),
+    ],
 )
 def test_missing_data_dir_lists_expected_files(tmp_path, name, expected):
     with pytest.raises(FileNotFoundError, match=expected) as err:

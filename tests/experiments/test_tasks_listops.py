@@ -98,8 +98,11 @@ def test_val_and_test_do_not_depend_on_n_train():
 
 
 def test_reads_official_tsv_files(tmp_path):
-    rows = {"train": [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( ( ( [SM 4 ) ( ( ( [MIN 7 ) 3 ) ] ) ) 9 ) ] )", 6)],
-            "val": [("( ( ( [MED 2 ) 5 ) ] )", 3)], "test": [("( ( ( [MIN 8 ) 1 ) ] )", 1)]}
+    rows = {
+        "train": [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( ( ( [SM 4 ) ( ( ( [MIN 7 ) 3 ) ] ) ) 9 ) ] )", 6)],
+        "val": [("( ( ( [MED 2 ) 5 ) ] )", 3)],
+        "test": [("( ( ( [MIN 8 ) 1 ) ] )", 1)],
+    }
     folder = tmp_path / "lra_release" / "listops-1000"  # the release layout
     folder.mkdir(parents=True)
     for split, r in rows.items():

@@ -104,8 +104,9 @@ def test_reads_release_folder(tmp_path):
     assert sorted(order) == list(range(20))  # every image exactly once across the splits
     np.testing.assert_array_equal(got_labels, labels[order])
     # also found when pointing at the difficulty folder itself; wrong difficulty lists what is expected
-    t2 = get_task("pathfinder", data_dir=tmp_path / "lra_release" / "pathfinder32" / "curv_contour_length_14",
-                  cache_dir=False)
+    t2 = get_task(
+        "pathfinder", data_dir=tmp_path / "lra_release" / "pathfinder32" / "curv_contour_length_14", cache_dir=False
+    )
     assert t2.num_examples("train") == 16
     with pytest.raises(FileNotFoundError, match="curv_baseline/metadata"):
         get_task("pathfinder", data_dir=tmp_path / "lra_release", difficulty="easy")

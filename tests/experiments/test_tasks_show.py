@@ -8,8 +8,24 @@ from algornn.experiments import show_task
 
 def test_draws_pathfinder_and_prints_stats(tmp_path, capsys):
     out = tmp_path / "pf.png"
-    rc = show_task.main(["pathfinder", "--n", "4", "--out", str(out), "--stats", "--set", "n_train=8",
-                         "--set", "n_val=4", "--set", "n_test=4", "--set", "cache_dir=False"])
+    rc = show_task.main(
+        [
+            "pathfinder",
+            "--n",
+            "4",
+            "--out",
+            str(out),
+            "--stats",
+            "--set",
+            "n_train=8",
+            "--set",
+            "n_val=4",
+            "--set",
+            "n_test=4",
+            "--set",
+            "cache_dir=False",
+        ]
+    )
     assert rc == 0
     text = capsys.readouterr().out
     assert "labels (8 scored): 0:0.500 1:0.500" in text and "lengths: min=1024" in text
@@ -19,8 +35,9 @@ def test_draws_pathfinder_and_prints_stats(tmp_path, capsys):
     assert img.ndim == 3 and img.shape[0] > 100 and img.std() > 10  # a real, non-blank drawing
 
 
-@pytest.mark.parametrize("name, opts", [("mqar", ["seq_len=40", "n_train=20"]),
-                                        ("adding", ["seq_len=30", "n_train=20"])])
+@pytest.mark.parametrize(
+    "name, opts", [("mqar", ["seq_len=40", "n_train=20"]), ("adding", ["seq_len=30", "n_train=20"])]
+)
 def test_draws_token_and_real_tasks(tmp_path, capsys, name, opts):
     out = tmp_path / f"{name}.png"
     args = [name, "--n", "3", "--out", str(out), "--stats"]

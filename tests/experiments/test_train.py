@@ -27,11 +27,19 @@ pytestmark = pytest.mark.loose_promotion
 
 MIXER = "selective_ssm"
 TINY = [
-    f"model.mixer={MIXER}", "model.mixer_options={}", "model.d_model=8", "model.n_layers=1",
-    'task.options={"n_train": 32, "n_val": 12, "n_test": 12, "min_length": 8, "max_length": 40, '
-    '"cache_dir": false}',
-    "train.steps=6", "train.batch_size=8", "train.eval_every=3", "train.checkpoint_every=2", "train.log_every=1",
-    "train.progress=false", "train.eval_batch_size=8", "optim.warmup_steps=2",
+    f"model.mixer={MIXER}",
+    "model.mixer_options={}",
+    "model.d_model=8",
+    "model.n_layers=1",
+    'task.options={"n_train": 32, "n_val": 12, "n_test": 12, "min_length": 8, "max_length": 40, "cache_dir": false}',
+    "train.steps=6",
+    "train.batch_size=8",
+    "train.eval_every=3",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "train.progress=false",
+    "train.eval_batch_size=8",
+    "optim.warmup_steps=2",
 ]
 
 
@@ -56,8 +64,16 @@ def _run_steps(model, opt, task, mesh, *, steps, batch_size, accumulate=1, bf16=
     for step in range(steps):
         batches = [stream.next() for _ in range(accumulate)]
         stacked = {k: np.stack([b[k] for b in batches]) for k in batches[0]}
-        loss, acc, gnorm = lib.train_step(model, opt, lib.shard_batch(stacked, mesh, axis=1), np.int32(step),
-                                          kind=task.kind, bf16=bf16, accumulate=accumulate, seed=0)
+        loss, acc, gnorm = lib.train_step(
+            model,
+            opt,
+            lib.shard_batch(stacked, mesh, axis=1),
+            np.int32(step),
+            kind=task.kind,
+            bf16=bf16,
+            accumulate=accumulate,
+            seed=0,
+        )
         out.append(float(loss))
     return out
 
@@ -189,8 +205,9 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, monkeypatch, capsys
     assert resumed["final_val"] == straight["final_val"]
     assert resumed["test_from_best_checkpoint"] == straight["test_from_best_checkpoint"]
     assert resumed["best_step"] == straight["best_step"]
-    assert [r["loss"] for r in _records(tmp_path / "b", "train")] == [r["loss"] for r in _records(tmp_path / "a",
-                                                                                                   "train")]
+    assert [r["loss"] for r in _records(tmp_path / "b", "train")] == [
+        r["loss"] for r in _records(tmp_path / "a", "train")
+    ]
     ma, _ = checkpoints.load(tmp_path / "a", step="latest")
     mb, _ = checkpoints.load(tmp_path / "b", step="latest")
     pa, pb = _params(ma), _params(mb)
@@ -222,8 +239,15 @@ def test_evaluate_cli_bad_directory(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_and_saves_nothing_bad(tmp_path):
-    config = tiny("optim.lr=1e30", "optim.ssm_lr=1e30", "optim.grad_clip=0", "optim.warmup_steps=0",
-                  "train.checkpoint_every=1", "train.eval_every=100", "train.steps=6")
+    config = tiny(
+        "optim.lr=1e30",
+        "optim.ssm_lr=1e30",
+        "optim.grad_clip=0",
+        "optim.warmup_steps=0",
+        "train.checkpoint_every=1",
+        "train.eval_every=100",
+        "train.steps=6",
+    )
     with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step (\d+)") as exc:
         train_and_evaluate(config, tmp_path)
     bad_step = int(exc.value.args[0].split(" at step ")[1].split(";")[0])

@@ -34,23 +34,34 @@ SHRINK_TASK = {
 
 
 def _write_imdb(root):
-    write_imdb(root, {(part, cls): [f"{part} {cls} review number {i}" for i in range(2)]
-                      for part in ("train", "test") for cls in ("pos", "neg")})
+    write_imdb(
+        root,
+        {
+            (part, cls): [f"{part} {cls} review number {i}" for i in range(2)]
+            for part in ("train", "test")
+            for cls in ("pos", "neg")
+        },
+    )
     return {"data_dir": str(root), "seq_len": 32}
 
 
 def _write_aan(root):
     for split in ("train", "eval", "test"):
-        write_aan_tsv(root / f"new_aan_pairs.{split}.tsv",
-                      [(i % 2, f"a{i}", f"b{i}", f"doc one {i}", f"doc two {i}") for i in range(4)])
+        write_aan_tsv(
+            root / f"new_aan_pairs.{split}.tsv",
+            [(i % 2, f"a{i}", f"b{i}", f"doc one {i}", f"doc two {i}") for i in range(4)],
+        )
     return {"data_dir": str(root), "seq_len": 32}
 
 
 def _write_cifar(root):
     rng = np.random.default_rng(0)
     names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    write_cifar(root, {n: rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for n in names},
-                {n: rng.integers(0, 10, 2) for n in names})
+    write_cifar(
+        root,
+        {n: rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8) for n in names},
+        {n: rng.integers(0, 10, 2) for n in names},
+    )
     return {"data_dir": str(root)}
 
 
@@ -66,8 +77,15 @@ def shrink(name, tmp_path):
         options = SHRINK_TASK[task]
     else:
         pytest.fail(f"preset {name!r}: no shrunken options for task {task!r} in this test")
-    overrides = ["model.d_model=8", "model.n_layers=1", "model.retrieval_hidden=8", "train.batch_size=2",
-                 "train.steps=1", "train.devices=1", f"task.options={json.dumps(options)}"]
+    overrides = [
+        "model.d_model=8",
+        "model.n_layers=1",
+        "model.retrieval_hidden=8",
+        "train.batch_size=2",
+        "train.steps=1",
+        "train.devices=1",
+        f"task.options={json.dumps(options)}",
+    ]
     mixer_options = config.model.mixer_options
     if "d_state" in mixer_options:
         overrides.append(f"model.mixer_options.d_state={2 * mixer_options.get('blocks', 2)}")
@@ -77,9 +95,22 @@ def shrink(name, tmp_path):
 # The default run covers every task, mixer, head (pair / per-position / regression), norm and input kind at
 # least once; the remaining LRA presets differ from these only in hyperparameters and run with ``-m slow``
 # (each step is an XLA compile of a few seconds, which the CI time budget cannot take 25 times).
-DEFAULT = {"demo", "listops_s4", "listops_s5", "text_s4d", "retrieval_s5", "image_s4", "pathfinder_s5", "pathx_s4d",
-           "mqar_deltanet", "mqar_linear_attention", "selective_copying_deltanet", "induction_linear_attention",
-           "copying_lru", "adding_lru"}
+DEFAULT = {
+    "demo",
+    "listops_s4",
+    "listops_s5",
+    "text_s4d",
+    "retrieval_s5",
+    "image_s4",
+    "pathfinder_s5",
+    "pathx_s4d",
+    "mqar_deltanet",
+    "mqar_linear_attention",
+    "selective_copying_deltanet",
+    "induction_linear_attention",
+    "copying_lru",
+    "adding_lru",
+}
 PRESETS = [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in list_presets()]
 
 
@@ -102,8 +133,16 @@ def test_one_training_step(name, tmp_path):
     before = jax_params(model)
     batch = lib.DataStream(task, config.train.batch_size, seed=0).next()
     stacked = {k: v[None] for k, v in batch.items()}  # (k=1, B, ...)
-    loss, acc, gnorm = lib.train_step(model, opt, lib.shard_batch(stacked, mesh, axis=1), np.int32(0),
-                                      kind=spec["kind"], bf16=False, accumulate=1, seed=0)
+    loss, acc, gnorm = lib.train_step(
+        model,
+        opt,
+        lib.shard_batch(stacked, mesh, axis=1),
+        np.int32(0),
+        kind=spec["kind"],
+        bf16=False,
+        accumulate=1,
+        seed=0,
+    )
     assert np.isfinite(float(loss)) and np.isfinite(float(gnorm)) and float(gnorm) > 0
     assert 0.0 <= float(acc) <= 1.0
     after = jax_params(model)

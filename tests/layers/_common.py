@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import layers
+
 D_MODEL = 8
 
 # Small but non-trivial options per mixer (state sizes and head counts that are not all equal to D).

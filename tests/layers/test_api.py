@@ -19,12 +19,20 @@ from tests.layers._common import D_MODEL, make_mixer
 
 pytestmark = pytest.mark.loose_promotion
 
-OPTIONS_OF = {layers.S4: layers.S4Options, layers.S4D: layers.S4DOptions, layers.S5: layers.S5Options,
-              layers.LRU: layers.LRUOptions, layers.LMU: layers.LMUOptions, layers.HiPPORNN: layers.HiPPORNNOptions,
-              layers.LSSL: layers.LSSLOptions, layers.LinearAttention: layers.LinearAttentionOptions,
-              layers.DeltaNet: layers.FastWeightOptions, layers.RetNet: layers.FastWeightOptions,
-              layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
-              layers.SelectiveSSM: layers.SelectiveSSMOptions}
+OPTIONS_OF = {
+    layers.S4: layers.S4Options,
+    layers.S4D: layers.S4DOptions,
+    layers.S5: layers.S5Options,
+    layers.LRU: layers.LRUOptions,
+    layers.LMU: layers.LMUOptions,
+    layers.HiPPORNN: layers.HiPPORNNOptions,
+    layers.LSSL: layers.LSSLOptions,
+    layers.LinearAttention: layers.LinearAttentionOptions,
+    layers.DeltaNet: layers.FastWeightOptions,
+    layers.RetNet: layers.FastWeightOptions,
+    layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
+    layers.SelectiveSSM: layers.SelectiveSSMOptions,
+}
 
 
 def test_every_registered_mixer_has_an_exported_options_record():
@@ -45,8 +53,11 @@ def test_options_are_keywords_with_the_record_defaults_and_one_docstring_line_ea
     assert options == record, "signature defaults and the validated record disagree"
     doc = inspect.getdoc(cls)
     for name in list(options) + ["dtype", "param_dtype", "rngs"]:
-        lines = [ln for ln in doc.splitlines() if ln.strip().startswith(f"{name}:") or f", {name}:" in ln
-                 or ln.strip().startswith(f"{name},")]
+        lines = [
+            ln
+            for ln in doc.splitlines()
+            if ln.strip().startswith(f"{name}:") or f", {name}:" in ln or ln.strip().startswith(f"{name},")
+        ]
         assert lines, f"{cls.__name__} docstring has no line for option {name!r}"
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
     assert "d_state" in text or "num_heads" in text
@@ -58,21 +69,34 @@ def test_built_layer_keeps_its_validated_options_record():
     assert m.dtype == jnp.float32 and m.param_dtype == jnp.float32
 
 
-@pytest.mark.parametrize("bad,match", [({"dtype": "int32"}, r"dtype='int32' is not one of"),
-                                       ({"param_dtype": "complex64"}, r"param_dtype='complex64' is not one of"),
-                                       ({"dtype": "nonsense"}, r"dtype='nonsense'")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"dtype": "int32"}, r"dtype='int32' is not one of"),
+        ({"param_dtype": "complex64"}, r"param_dtype='complex64' is not one of"),
+        ({"dtype": "nonsense"}, r"dtype='nonsense'"),
+    ],
+)
 def test_bad_dtypes_raise_value_error(bad, match):
     with pytest.raises(ValueError, match=match):
         layers.S4D(D_MODEL, rngs=nnx.Rngs(0), **bad)
     with pytest.raises(ValueError, match=match):
-        layers.SequenceModel(d_model=D_MODEL, n_layers=1, num_classes=2, mixer="s4d", vocab_size=5,
-                             rngs=nnx.Rngs(0), **bad)
+        layers.SequenceModel(
+            d_model=D_MODEL, n_layers=1, num_classes=2, mixer="s4d", vocab_size=5, rngs=nnx.Rngs(0), **bad
+        )
 
 
 def test_mixer_options_unknown_key_names_the_mixer_and_lists_the_signature_options():
     with pytest.raises(ValueError) as info:
-        layers.SequenceModel(d_model=D_MODEL, n_layers=1, num_classes=2, mixer="deltanet",
-                             mixer_options={"d_state": 8}, vocab_size=5, rngs=nnx.Rngs(0))
+        layers.SequenceModel(
+            d_model=D_MODEL,
+            n_layers=1,
+            num_classes=2,
+            mixer="deltanet",
+            mixer_options={"d_state": 8},
+            vocab_size=5,
+            rngs=nnx.Rngs(0),
+        )
     msg = str(info.value)
     assert "DeltaNet: unknown option(s) ['d_state']" in msg
     assert "['backend', 'chunk_size', 'key_dim', 'num_heads', 'value_dim']" in msg
@@ -82,8 +106,9 @@ def test_mixer_options_unknown_key_names_the_mixer_and_lists_the_signature_optio
 
 def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out = subprocess.run([sys.executable, "-m", "algornn.layers"], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "algornn.layers"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     for name, cls in layers.MIXERS.items():
@@ -98,7 +123,7 @@ def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)
     x = jax.random.normal(jax.random.key(0), (2, 5, D_MODEL))
     y = mixer(x)
-    assert jnp.array_equal(mixer(x, dt_scale=1), y)                    # 1 is the identity, accepted
+    assert jnp.array_equal(mixer(x, dt_scale=1), y)  # 1 is the identity, accepted
     cls = type(mixer).__name__
     with pytest.raises(ValueError, match=rf"{cls}: dt_scale=2.0 is not supported: .*discrete-time.*must be 1"):
         mixer(x, dt_scale=2.0)
@@ -110,8 +135,11 @@ def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
 
 @pytest.mark.parametrize("cls", [layers.LMU, layers.HiPPORNN])
 def test_nonlinear_cells_explain_why_they_are_not_bidirectional(cls):
-    with pytest.raises(ValueError, match=rf"{cls.__name__}: bidirectional=True is not supported: .*nonlinear "
-                                         r"recurrence.*use a linear mixer"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{cls.__name__}: bidirectional=True is not supported: .*nonlinear "
+        r"recurrence.*use a linear mixer",
+    ):
         cls(D_MODEL, bidirectional=True, rngs=nnx.Rngs(0))
 
 

@@ -15,9 +15,15 @@ from tests.layers._common import run_call, run_steps
 pytestmark = pytest.mark.loose_promotion
 
 D, L, S = 4, 24, 2.0
-CONTINUOUS = {"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "s5": {"d_state": 8}, "lssl": {"d_state": 6},
-              "lmu": {"order": 6, "theta": 20.0}, "hippo_rnn": {"d_state": 5, "measure": "legt", "dt": 0.1},
-              "selective_ssm": {"d_state": 4}}
+CONTINUOUS = {
+    "s4": {"d_state": 8},
+    "s4d": {"d_state": 8},
+    "s5": {"d_state": 8},
+    "lssl": {"d_state": 6},
+    "lmu": {"order": 6, "theta": 20.0},
+    "hippo_rnn": {"d_state": 5, "measure": "legt", "dt": 0.1},
+    "selective_ssm": {"d_state": 4},
+}
 
 
 def _x(seed=0, B=2):
@@ -45,7 +51,7 @@ def _hand(name, m, x):
     if name == "s4d":
         lam = jax.lax.complex(jnp.minimum(m.Lambda_re[...], -1e-4), m.Lambda_im[...])
         Bc = jax.lax.complex(m.B_re[...], m.B_im[...])
-        Ab, Bb = ssm.discretize.diagonal("zoh", lam, Bc, S * jnp.exp(m.log_dt[...]))     # (D, N/2)
+        Ab, Bb = ssm.discretize.diagonal("zoh", lam, Bc, S * jnp.exp(m.log_dt[...]))  # (D, N/2)
         Ab, Bb = np.asarray(Ab, complex), np.asarray(Bb, complex)
         C = _np(m.C_re) + 1j * _np(m.C_im)
         y = _loop(Ab, u[..., None] * Bb, lambda h: 2 * np.real(np.sum(C * h, -1)))
@@ -55,22 +61,25 @@ def _hand(name, m, x):
         Bc = jax.lax.complex(m.B_re[...], m.B_im[...])
         C = jax.lax.complex(m.C_re[...], m.C_im[...])
         A, Br, Cr = ssm.kernels.dplr_real_form(lam, P, Bc, C)
-        Ab, Bb = ssm.discretize.bilinear(A, Br, S * jnp.exp(m.log_dt[...]))              # (D, N, N), (D, N)
+        Ab, Bb = ssm.discretize.bilinear(A, Br, S * jnp.exp(m.log_dt[...]))  # (D, N, N), (D, N)
         Cr = np.asarray(Cr, np.float64)
-        y = _loop(np.asarray(Ab, np.float64), u[..., None] * np.asarray(Bb, np.float64),
-                  lambda h: np.real(np.sum(Cr * h, -1)))
+        y = _loop(
+            np.asarray(Ab, np.float64), u[..., None] * np.asarray(Bb, np.float64), lambda h: np.real(np.sum(Cr * h, -1))
+        )
     elif name == "s5":
         lam = jax.lax.complex(jnp.minimum(m.Lambda_re[...], -1e-4), m.Lambda_im[...])
-        Ab, coef = ssm.discretize.diagonal("zoh", lam[:, None], jnp.ones_like(lam)[:, None],
-                                           S * jnp.exp(m.log_step[...]))
-        Bb = np.asarray(coef, complex) * (_np(m.B_re) + 1j * _np(m.B_im))                 # (P, D)
-        C = _np(m.C_re) + 1j * _np(m.C_im)                                                 # (D, P)
+        Ab, coef = ssm.discretize.diagonal(
+            "zoh", lam[:, None], jnp.ones_like(lam)[:, None], S * jnp.exp(m.log_step[...])
+        )
+        Bb = np.asarray(coef, complex) * (_np(m.B_re) + 1j * _np(m.B_im))  # (P, D)
+        C = _np(m.C_re) + 1j * _np(m.C_im)  # (D, P)
         y = _loop(np.asarray(Ab, complex)[:, 0], np.einsum("bld,pd->blp", u, Bb), lambda h: 2 * np.real(h @ C.T))
     elif name == "lssl":
         Ab, Bb = ssm.discretize.dense("bilinear", m.A[...], m.B[...], S * jnp.exp(m.log_dt[...]))
         C = _np(m.C)
-        y = _loop(np.asarray(Ab, np.float64), u[..., None] * np.asarray(Bb, np.float64),
-                  lambda h: np.real(np.sum(C * h, -1)))
+        y = _loop(
+            np.asarray(Ab, np.float64), u[..., None] * np.asarray(Bb, np.float64), lambda h: np.real(np.sum(C * h, -1))
+        )
     elif name == "selective_ssm":
         return _selective_reference(m, u)
     return y + Dskip
@@ -85,11 +94,11 @@ def _selective_reference(m, u):
     w, b = _np(m.conv_w), _np(m.conv_b)
     W = w.shape[0]
     vp = np.concatenate([np.zeros((u.shape[0], W - 1, E)), v], axis=1)
-    vc = silu(sum(vp[:, j:j + u.shape[1]] * w[j] for j in range(W)) + b)
+    vc = silu(sum(vp[:, j : j + u.shape[1]] * w[j] for j in range(W)) + b)
     dbc = vc @ _np(m.x_proj.kernel)
-    delta = S * np.log1p(np.exp(dbc[..., :R] @ _np(m.dt_proj.kernel) + _np(m.dt_bias)))      # (B, L, E)
-    Bt, Ct = dbc[..., R:R + N], dbc[..., R + N:R + 2 * N]
-    A = -np.exp(_np(m.A_log))                                                               # (E, N)
+    delta = S * np.log1p(np.exp(dbc[..., :R] @ _np(m.dt_proj.kernel) + _np(m.dt_bias)))  # (B, L, E)
+    Bt, Ct = dbc[..., R : R + N], dbc[..., R + N : R + 2 * N]
+    A = -np.exp(_np(m.A_log))  # (E, N)
     h = np.zeros((u.shape[0], E, N))
     ys = []
     for t in range(u.shape[1]):
@@ -128,8 +137,9 @@ def test_hippo_legs_is_timescale_invariant_so_dt_scale_leaves_it_unchanged():
     A, B = ssm.hippo.transition("legs", 5)
     k = np.arange(L)
     for s in (1.0, S):
-        Ab, Bb = ssm.discretize.bilinear(np.asarray(A, np.float32), np.asarray(B, np.float32),
-                                         np.asarray(s / ((k + 1) * s), np.float32))
+        Ab, Bb = ssm.discretize.bilinear(
+            np.asarray(A, np.float32), np.asarray(B, np.float32), np.asarray(s / ((k + 1) * s), np.float32)
+        )
         Ab_layer, Bb_layer = m.transitions(jnp.arange(L), dt_scale=s)
         assert_close(Ab_layer, Ab, rtol=1e-6, name=f"legs Ā s={s}")
         assert_close(Bb_layer, Bb, rtol=1e-6, name=f"legs B̄ s={s}")

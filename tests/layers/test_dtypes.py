@@ -45,8 +45,17 @@ def test_param_dtype_sets_the_storage_dtype():
 @pytest.mark.parametrize("mixer,options", [("s4d", {"d_state": 8}), ("deltanet", {"num_heads": 2, "chunk_size": 8})])
 def test_bfloat16_training_step_of_sequence_model_with_float32_parameters(mixer, options):
     def build(dtype):
-        return layers.SequenceModel(d_model=D_MODEL, n_layers=2, num_classes=3, mixer=mixer, mixer_options=options,
-                                    vocab_size=11, dtype=dtype, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+        return layers.SequenceModel(
+            d_model=D_MODEL,
+            n_layers=2,
+            num_classes=3,
+            mixer=mixer,
+            mixer_options=options,
+            vocab_size=11,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            rngs=nnx.Rngs(0),
+        )
 
     model, ref = build(BF16), build(jnp.float32)
     x = jax.random.randint(jax.random.key(0), (4, 24), 1, 11)

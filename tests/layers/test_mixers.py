@@ -23,8 +23,20 @@ def _x(B, L, seed=0, d=D_MODEL):
 
 
 def test_registry_names_are_the_contract():
-    assert set(layers.MIXERS) <= {"s4", "s4d", "s5", "lru", "lmu", "hippo_rnn", "lssl", "linear_attention",
-                                  "deltanet", "gla", "retnet", "selective_ssm"}
+    assert set(layers.MIXERS) <= {
+        "s4",
+        "s4d",
+        "s5",
+        "lru",
+        "lmu",
+        "hippo_rnn",
+        "lssl",
+        "linear_attention",
+        "deltanet",
+        "gla",
+        "retnet",
+        "selective_ssm",
+    }
 
 
 @pytest.mark.parametrize("name", MIXERS)
@@ -63,8 +75,16 @@ def test_every_parameter_gets_a_finite_nonzero_gradient(name):
 
 @pytest.mark.parametrize("name", MIXERS)
 def test_in_sequence_model_and_jit(name):
-    model = layers.SequenceModel(d_model=D_MODEL, n_layers=1, num_classes=3, mixer=name,
-                                 mixer_options=_options(name), input_dim=3, pooling="none", rngs=nnx.Rngs(0))
+    model = layers.SequenceModel(
+        d_model=D_MODEL,
+        n_layers=1,
+        num_classes=3,
+        mixer=name,
+        mixer_options=_options(name),
+        input_dim=3,
+        pooling="none",
+        rngs=nnx.Rngs(0),
+    )
     x = jax.random.normal(jax.random.key(3), (2, 21, 3), jnp.float32)
     logits = nnx.jit(lambda m, x: m(x))(model, x)
     assert logits.shape == (2, 21, 3) and np.all(np.isfinite(np.asarray(logits)))
@@ -95,7 +115,7 @@ def test_bad_input_raises_value_error(name):
         mixer(jnp.zeros((2, 5, D_MODEL), jnp.int32))
     with pytest.raises(ValueError, match=r"\(B, D"):
         mixer.step(mixer.init_state(2), jnp.zeros((2, 1, D_MODEL), jnp.float32))
-    with pytest.raises(TypeError, match="not_an_option"):            # a keyword Python itself refuses
+    with pytest.raises(TypeError, match="not_an_option"):  # a keyword Python itself refuses
         layers.MIXERS[name](D_MODEL, rngs=nnx.Rngs(0), not_an_option=3)
     cls = layers.MIXERS[name].__name__
     with pytest.raises(ValueError, match=rf"{cls}: unknown option\(s\) \['not_an_option'\]; allowed options are"):
@@ -110,7 +130,7 @@ def test_step_with_a_wrong_state_names_expected_and_given(name):
     mixer = make_mixer(name)
     x_t = jnp.zeros((2, D_MODEL), jnp.float32)
     good = mixer.init_state(2)
-    mixer.step(good, x_t)                                              # the right state passes
+    mixer.step(good, x_t)  # the right state passes
     wrong_batch = mixer.init_state(3)
     other = "lru" if name != "lru" else "s5"
     wrong_layer = make_mixer(other).init_state(2)
@@ -124,20 +144,23 @@ def test_step_with_a_wrong_state_names_expected_and_given(name):
         mixer.step(wrong_dtype, x_t)
 
 
-@pytest.mark.parametrize("cls,bad,allowed", [
-    (layers.S4D, {"init": "foo"}, "'lin', 'inv', 'legs', 'real'"),
-    (layers.S4D, {"mode": "fft"}, "'conv', 'scan'"),
-    (layers.S4, {"measure": "lmu"}, "'legs', 'legt', 'fout', 'lagt'"),
-    (layers.S5, {"discretization": "euler"}, "'zoh', 'bilinear'"),
-    (layers.LSSL, {"backend": "cuda"}, "'reference', 'xla', 'pallas'"),
-    (layers.LMU, {"hidden_cell": "lstm"}, "'rnn', 'dense'"),
-    (layers.HiPPORNN, {"measure": "fout"}, "'legs', 'legt', 'lagt'"),
-    (layers.LinearAttention, {"normalize": 1}, "True or False"),
-    (layers.S4D, {"d_state": 7}, "multiple of 2"),
-    (layers.LRU, {"r_min": 0.9, "r_max": 0.5}, "r_min"),
-    (layers.S4D, {"dt_min": 0.5, "dt_max": 0.1}, "dt_min"),
-    (layers.DeltaNet, {"num_heads": 3}, "not divisible by num_heads"),
-])
+@pytest.mark.parametrize(
+    "cls,bad,allowed",
+    [
+        (layers.S4D, {"init": "foo"}, "'lin', 'inv', 'legs', 'real'"),
+        (layers.S4D, {"mode": "fft"}, "'conv', 'scan'"),
+        (layers.S4, {"measure": "lmu"}, "'legs', 'legt', 'fout', 'lagt'"),
+        (layers.S5, {"discretization": "euler"}, "'zoh', 'bilinear'"),
+        (layers.LSSL, {"backend": "cuda"}, "'reference', 'xla', 'pallas'"),
+        (layers.LMU, {"hidden_cell": "lstm"}, "'rnn', 'dense'"),
+        (layers.HiPPORNN, {"measure": "fout"}, "'legs', 'legt', 'lagt'"),
+        (layers.LinearAttention, {"normalize": 1}, "True or False"),
+        (layers.S4D, {"d_state": 7}, "multiple of 2"),
+        (layers.LRU, {"r_min": 0.9, "r_max": 0.5}, "r_min"),
+        (layers.S4D, {"dt_min": 0.5, "dt_max": 0.1}, "dt_min"),
+        (layers.DeltaNet, {"num_heads": 3}, "not divisible by num_heads"),
+    ],
+)
 def test_bad_option_values_raise_value_error_with_allowed_values(cls, bad, allowed):
     with pytest.raises(ValueError) as info:
         cls(D_MODEL, rngs=nnx.Rngs(0), **bad)

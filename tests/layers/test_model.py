@@ -21,8 +21,7 @@ _encode = nnx.jit(lambda m, x, lengths=None: m.encode(x, lengths))
 
 
 def _model(**kw):
-    args = dict(d_model=8, n_layers=2, num_classes=3, mixer=MIXER, mixer_options=OPTS, vocab_size=11,
-                rngs=nnx.Rngs(0))
+    args = dict(d_model=8, n_layers=2, num_classes=3, mixer=MIXER, mixer_options=OPTS, vocab_size=11, rngs=nnx.Rngs(0))
     args.update(kw)
     return layers.SequenceModel(**args)
 
@@ -43,8 +42,8 @@ def test_mean_and_last_pooling_with_lengths_match_unpadded_sequences():
         batched = _call(model, jnp.asarray(x_pad), jnp.asarray(lengths))
         assert batched.shape == (2, 3)
         for b, n in enumerate(lengths):
-            alone = _call(model, jnp.asarray(x[b:b + 1, :n]))
-            assert_close(batched[b:b + 1], alone, rtol=1e-5, name=f"{pooling} b={b}")
+            alone = _call(model, jnp.asarray(x[b : b + 1, :n]))
+            assert_close(batched[b : b + 1], alone, rtol=1e-5, name=f"{pooling} b={b}")
 
 
 def test_mean_pooling_by_hand_and_none_pooling():
@@ -59,14 +58,24 @@ def test_mean_pooling_by_hand_and_none_pooling():
     lengths = jnp.array([4, 19, 1])
     enc = _encode(mean_model, x, lengths)
     for b in range(3):
-        feats = _encode(model, x[b:b + 1, : int(lengths[b])])
+        feats = _encode(model, x[b : b + 1, : int(lengths[b])])
         assert_close(enc[b], jnp.mean(feats[0], axis=0), rtol=1e-5, name=f"masked mean b={b}")
 
 
 def test_float_inputs_postnorm_batchnorm_and_mlp():
-    model = layers.SequenceModel(d_model=8, n_layers=2, num_classes=4, mixer=MIXER, mixer_options=OPTS,
-                                 input_dim=5, norm="batch", prenorm=False, ff="mlp", dropout=0.1,
-                                 rngs=nnx.Rngs(1))
+    model = layers.SequenceModel(
+        d_model=8,
+        n_layers=2,
+        num_classes=4,
+        mixer=MIXER,
+        mixer_options=OPTS,
+        input_dim=5,
+        norm="batch",
+        prenorm=False,
+        ff="mlp",
+        dropout=0.1,
+        rngs=nnx.Rngs(1),
+    )
     x = jax.random.normal(jax.random.key(0), (4, 13, 5))
     model.train()
     y_train_1 = _call(model, x)
@@ -99,8 +108,7 @@ def test_bad_arguments_raise_value_error():
 
 
 def test_block_with_mixer_class_and_mask():
-    block = layers.SequenceBlock(8, layers.LRU, mixer_options={"d_state": 4, "bidirectional": True},
-                                 rngs=nnx.Rngs(0))
+    block = layers.SequenceBlock(8, layers.LRU, mixer_options={"d_state": 4, "bidirectional": True}, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (2, 10, 8))
     mask = jnp.array([[1.0] * 6 + [0.0] * 4, [1.0] * 10])
     run = nnx.jit(lambda b, x, mask=None: b(x, mask))
@@ -142,8 +150,7 @@ def test_ssm_labels_drive_optax_multi_transform():
     assert sum(moved) > 0 and sum(not m for m in moved) > 0
 
 
-@pytest.mark.parametrize("cls,opts,ssm_name", [(layers.LRU, OPTS, "nu_log"),
-                                               (layers.S4D, {"d_state": 4}, "Lambda_re")])
+@pytest.mark.parametrize("cls,opts,ssm_name", [(layers.LRU, OPTS, "nu_log"), (layers.S4D, {"d_state": 4}, "Lambda_re")])
 def test_linen_bridge_keeps_all_parameters_in_params(cls, opts, ssm_name):
     to_linen = bridge.ToLinen(cls, args=(8,), kwargs=opts)
     x = jax.random.normal(jax.random.key(0), (2, 9, 8))
@@ -209,13 +216,13 @@ def test_padded_batch_without_lengths_infers_them_from_trailing_padding(pooling)
     positions of the sequence, embedded as zero, and do not end it)."""
     lengths = np.array([19, 7, 12])
     x = np.array(_tokens(B=3))
-    x[2, 4] = 0                                          # an interior padding id inside the valid prefix
+    x[2, 4] = 0  # an interior padding id inside the valid prefix
     for b, n in enumerate(lengths):
         x[b, n:] = 0
     model = _model(pooling=pooling)
     inferred = _call(model, jnp.asarray(x))
     given = _call(model, jnp.asarray(x), jnp.asarray(lengths))
-    if pooling == "none":                                # padded positions carry no meaning
+    if pooling == "none":  # padded positions carry no meaning
         for b, n in enumerate(lengths):
             assert_close(inferred[b, :n], given[b, :n], rtol=1e-6, name=f"none b={b}")
     else:

@@ -62,7 +62,7 @@ def test_s4_kernel_equals_powers_of_its_dense_bilinear_matrix(measure):
     K = np.zeros((D, L))
     for d in range(D):
         lam_f = np.concatenate([lam[d], lam[d].conj()])
-        P_f = np.concatenate([P[d], P[d].conj()], axis=-1)            # (rank, N)
+        P_f = np.concatenate([P[d], P[d].conj()], axis=-1)  # (rank, N)
         A = np.diag(lam_f) - P_f.T @ P_f.conj()
         inv = np.linalg.inv(np.eye(N) - dt[d] / 2 * A)
         Ab, Bb = inv @ (np.eye(N) + dt[d] / 2 * A), inv @ (dt[d] * np.concatenate([B[d], B[d].conj()]))
@@ -100,7 +100,7 @@ def test_lmu_memory_is_scipy_zoh_of_the_legendre_system():
     m = layers.LMU(D, rngs=nnx.Rngs(0), order=order, theta=theta)
     n = np.arange(order)
     R = (2 * n + 1)[:, None]
-    A = np.where(n[:, None] < n[None, :], -1.0, (-1.0) ** (n[:, None] - n[None, :] + 1)) * R   # Voelker 2019 eq. 2
+    A = np.where(n[:, None] < n[None, :], -1.0, (-1.0) ** (n[:, None] - n[None, :] + 1)) * R  # Voelker 2019 eq. 2
     B = ((-1.0) ** n * (2 * n + 1))[:, None]
     Ad, Bd, *_ = scipy.signal.cont2discrete((A / theta, B / theta, np.eye(order), np.zeros((order, 1))), dt=1.0)
     Ab, Bb = m.discretized()
@@ -111,11 +111,14 @@ def test_lmu_memory_is_scipy_zoh_of_the_legendre_system():
 
 
 # -- mode equivalence --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("cls,opts,bidirectional", [
-    (layers.S4D, {"d_state": 8, "init": "inv"}, False),
-    (layers.S4D, {"d_state": 6, "init": "legs", "discretization": "bilinear"}, True),
-    (layers.LSSL, {"d_state": 5, "measure": "legs"}, True),
-])
+@pytest.mark.parametrize(
+    "cls,opts,bidirectional",
+    [
+        (layers.S4D, {"d_state": 8, "init": "inv"}, False),
+        (layers.S4D, {"d_state": 6, "init": "legs", "discretization": "bilinear"}, True),
+        (layers.LSSL, {"d_state": 5, "measure": "legs"}, True),
+    ],
+)
 def test_conv_equals_scan_forward_and_gradients(cls, opts, bidirectional):
     conv = cls(D, rngs=nnx.Rngs(3), mode="conv", bidirectional=bidirectional, **opts)
     scan = cls(D, rngs=nnx.Rngs(3), mode="scan", bidirectional=bidirectional, **opts)
@@ -125,8 +128,9 @@ def test_conv_equals_scan_forward_and_gradients(cls, opts, bidirectional):
     grad = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) * w), argnums=(0, 1)))
     (gc, gxc), (gs, gxs) = grad(conv, x), grad(scan, x)
     assert_close(gxs, gxc, rtol=1e-4, name="dx")
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(nnx.state(gs, nnx.Param)),
-                            jax.tree.leaves(nnx.state(gc, nnx.Param))):
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(nnx.state(gs, nnx.Param)), jax.tree.leaves(nnx.state(gc, nnx.Param))
+    ):
         assert_close(a, b, rtol=1e-4, name=f"d{jax.tree_util.keystr(path)}")
 
 
@@ -140,15 +144,18 @@ def test_lmu_parallel_memory_equals_recurrent_cell():
     assert_close(jnp.moveaxis(ys, 0, 1), y_par, rtol=1e-4, name="LMU conv vs scan")
 
 
-@pytest.mark.parametrize("cls,opts", [(layers.LMU, {"order": 5, "theta": 20.0, "hidden_to_memory": True,
-                                                    "memory_to_memory": True}),
-                                      (layers.LMU, {"order": 5, "theta": 20.0, "hidden_cell": "dense"}),
-                                      (layers.HiPPORNN, {"d_state": 5, "measure": "legt", "dt": 0.05}),
-                                      (layers.S4D, {"d_state": 6, "mode": "scan", "init": "real"}),
-                                      (layers.S5, {"d_state": 8, "blocks": 2, "conj_sym": False,
-                                                   "discretization": "bilinear"}),
-                                      (layers.S4, {"d_state": 64}),
-                                      (layers.S4, {"d_state": 16, "measure": "legt"})])
+@pytest.mark.parametrize(
+    "cls,opts",
+    [
+        (layers.LMU, {"order": 5, "theta": 20.0, "hidden_to_memory": True, "memory_to_memory": True}),
+        (layers.LMU, {"order": 5, "theta": 20.0, "hidden_cell": "dense"}),
+        (layers.HiPPORNN, {"d_state": 5, "measure": "legt", "dt": 0.05}),
+        (layers.S4D, {"d_state": 6, "mode": "scan", "init": "real"}),
+        (layers.S5, {"d_state": 8, "blocks": 2, "conj_sym": False, "discretization": "bilinear"}),
+        (layers.S4, {"d_state": 64}),
+        (layers.S4, {"d_state": 16, "measure": "legt"}),
+    ],
+)
 def test_more_configurations_step_equals_call(cls, opts):
     m = cls(D, rngs=nnx.Rngs(6), **opts)
     x = _x(2, 160, seed=2)
@@ -158,8 +165,14 @@ def test_more_configurations_step_equals_call(cls, opts):
 # -- bidirectional -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["s4", "s5", "lru", "selective_ssm"])
 def test_bidirectional_sees_the_future_and_the_causal_part_is_unchanged(name):
-    opts = {"s4": {"d_state": 8}, "s4d": {"d_state": 8}, "s5": {"d_state": 8}, "lru": {"d_state": 6},
-            "lssl": {"d_state": 6}, "selective_ssm": {"d_state": 4}}[name]
+    opts = {
+        "s4": {"d_state": 8},
+        "s4d": {"d_state": 8},
+        "s5": {"d_state": 8},
+        "lru": {"d_state": 6},
+        "lssl": {"d_state": 6},
+        "selective_ssm": {"d_state": 4},
+    }[name]
     bi = layers.MIXERS[name](D, rngs=nnx.Rngs(0), bidirectional=True, **opts)
     x = _x(2, 64)
     y = run_call(bi, x)
@@ -190,9 +203,16 @@ def test_lru_bidirectional_matches_a_numpy_loop():
 
 
 # -- sampling-rate change ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("name,opts", [("s4", {"d_state": 16}), ("s4d", {"d_state": 16}),
-                                       ("s5", {"d_state": 16}), ("lssl", {"d_state": 8, "measure": "legt"}),
-                                       ("lmu", {"order": 8, "theta": 50.0, "hidden_cell": "dense"})])
+@pytest.mark.parametrize(
+    "name,opts",
+    [
+        ("s4", {"d_state": 16}),
+        ("s4d", {"d_state": 16}),
+        ("s5", {"d_state": 16}),
+        ("lssl", {"d_state": 8, "measure": "legt"}),
+        ("lmu", {"order": 8, "theta": 50.0, "hidden_cell": "dense"}),
+    ],
+)
 def test_dt_scale_half_at_twice_the_sampling_rate_gives_nearly_the_same_output(name, opts):
     """x(t) sampled every 1 and every 1/2 (with Δ/2): outputs agree at the common times; without Δ/2 they don't.
 

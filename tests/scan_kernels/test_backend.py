@@ -20,8 +20,10 @@ from algornn.scan_kernels._common import backend as _backend
 from tests._utils import assert_close
 from tests.scan_kernels import test_delta_rule as dr
 from tests.scan_kernels import test_linear_attention as la
-from tests.scan_kernels.test_dense_scan import dense_loop64, make as make_dense
-from tests.scan_kernels.test_linear_scan import loop64, make_inputs as make_scan
+from tests.scan_kernels.test_dense_scan import dense_loop64
+from tests.scan_kernels.test_dense_scan import make as make_dense
+from tests.scan_kernels.test_linear_scan import loop64
+from tests.scan_kernels.test_linear_scan import make_inputs as make_scan
 
 
 @pytest.fixture(autouse=True)
@@ -66,12 +68,15 @@ def test_gpu_where_the_kernel_compiles_picks_pallas_and_probes_once_per_key():
 
 def test_gpu_where_the_kernel_fails_auto_falls_back_and_explicit_pallas_raises():
     probe = Probe(RuntimeError("triton: out of shared memory\n  (a long compiler trace)"))
-    reason = "the Pallas toy kernel does not compile here for x (2, 3) float32, reverse=False " \
-             "(RuntimeError: triton: out of shared memory)"
+    reason = (
+        "the Pallas toy kernel does not compile here for x (2, 3) float32, reverse=False "
+        "(RuntimeError: triton: out of shared memory)"
+    )
     with pytest.warns(UserWarning, match=re.escape(reason + "; auto backend uses XLA")):
         assert _backend.resolve_backend(None, op="toy", probe=probe, key=KEY, gpu=True) == "xla"
-    with pytest.raises(ValueError, match=re.escape(f"backend='pallas': {reason}; use backend=None (auto) or "
-                                                   "backend='xla'")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"backend='pallas': {reason}; use backend=None (auto) or backend='xla'")
+    ):
         _backend.resolve_backend("pallas", op="toy", probe=probe, key=KEY, gpu=True)
     assert probe.calls == 1  # the failure is cached too
     for name in ("xla", "reference"):  # explicit non-Pallas choices never probe
@@ -101,18 +106,24 @@ def _dense_case():
 def _attention_case():
     q, k, v, g, s0 = la.make_inputs(5, 1, 10, 2, 3, 4, "scalar", 1.0)
     o, S, _ = la.numpy_loop(q, k, v, g, s0)
-    return (lambda backend: sk.linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=4,
-                                                backend=backend)), (o, S)
+    return (
+        lambda backend: sk.linear_attention(q, k, v, log_decay=g, initial_state=s0, chunk_size=4, backend=backend)
+    ), (o, S)
 
 
 def _delta_case():
     q, k, v, b, g, s0 = dr.make_inputs(6, 1, 10, 2, 3, 4, "mid", 1.0)
-    return (lambda backend: sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, chunk_size=4,
-                                          backend=backend)), dr.numpy_loop(q, k, v, b, g, s0)
+    return (
+        lambda backend: sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, chunk_size=4, backend=backend)
+    ), dr.numpy_loop(q, k, v, b, g, s0)
 
 
-CASES = {"linear_scan": _scan_case, "dense_linear_scan": _dense_case, "linear_attention": _attention_case,
-         "delta_rule": _delta_case}
+CASES = {
+    "linear_scan": _scan_case,
+    "dense_linear_scan": _dense_case,
+    "linear_attention": _attention_case,
+    "delta_rule": _delta_case,
+}
 
 
 def _check(op, got, want):

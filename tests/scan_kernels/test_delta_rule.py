@@ -163,8 +163,14 @@ def test_backward_memory_stores_no_per_token_states():
     S = jax.ShapeDtypeStruct
     temps = []
     for V in (64, 128):
-        args = (S((B, L, H, K), F32), S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32),
-                S((B, L, H), F32), S((B, H, K, V), F32))
+        args = (
+            S((B, L, H, K), F32),
+            S((B, L, H, K), F32),
+            S((B, L, H, V), F32),
+            S((B, L, H), F32),
+            S((B, L, H), F32),
+            S((B, H, K, V), F32),
+        )
 
         def loss(q, k, v, b, g, s):
             o, st = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s, chunk_size=C, backend="xla")

@@ -47,7 +47,13 @@ def test_pallas_kernels_lower_for_cuda(gated, monkeypatch):
     B, L, H, K, V = 1, 100, 2, 64, 32
     S = jax.ShapeDtypeStruct
     g = S((B, L, H), F32) if gated else None
-    args = (S((B, L, H, K), F32), S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32), g,
-            S((B, H, K, V), F32))
+    args = (
+        S((B, L, H, K), F32),
+        S((B, L, H, K), F32),
+        S((B, L, H, V), F32),
+        S((B, L, H), F32),
+        g,
+        S((B, H, K, V), F32),
+    )
     f = jax.jit(lambda q, k, v, b, g, s0: drp._forward(q, k, v, b, g, s0, 64))
     assert "triton" in lower_for_cuda(f, *args)  # abstract H100 device on jax >= 0.11

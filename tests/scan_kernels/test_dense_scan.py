@@ -84,7 +84,8 @@ def test_time_invariant_matches_matrix_power_closed_form():
     A64, b64, h064 = to64(A), to64(b)[0], to64(h0)[0]
     want = np.stack(
         [
-            sum(np.linalg.matrix_power(A64, t - s) @ b64[s] for s in range(t + 1)) + np.linalg.matrix_power(A64, t + 1) @ h064
+            sum(np.linalg.matrix_power(A64, t - s) @ b64[s] for s in range(t + 1))
+            + np.linalg.matrix_power(A64, t + 1) @ h064
             for t in range(12)
         ]
     )
@@ -97,7 +98,9 @@ def test_diagonal_transitions_equal_linear_scan():
     b = jnp.asarray(rng.normal(size=(2, 40, 5)), jnp.float32)
     A = jax.vmap(jax.vmap(jnp.diag))(a)  # (B, L, N, N)
     for reverse in (False, True):
-        assert_close(sk.dense_linear_scan(A, b, reverse=reverse), sk.linear_scan(a, b, reverse=reverse), dtype=jnp.float32)
+        assert_close(
+            sk.dense_linear_scan(A, b, reverse=reverse), sk.linear_scan(a, b, reverse=reverse), dtype=jnp.float32
+        )
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[4], CASES[5]], ids=case_id)

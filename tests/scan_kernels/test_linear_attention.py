@@ -3,9 +3,9 @@ gradients; the reference against an independent float64 numpy loop and the quadr
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 import pytest
+from jax import lax
 
 import algornn.scan_kernels as sk
 from tests._utils import assert_close
@@ -175,8 +175,9 @@ def test_step_decoding_equals_full_call(gate, normalize):
     B, L, H, K, V = 2, 37, 2, 8, 4
     q, k, v, g, s0 = make_inputs(6, B, L, H, K, V, gate, 1.0, positive=normalize)
     init = (s0, jnp.abs(s0[..., 0])) if normalize else s0
-    o_full, S_full = sk.linear_attention(q, k, v, log_decay=g, initial_state=init, normalize=normalize,
-                                         chunk_size=16, backend="xla")
+    o_full, S_full = sk.linear_attention(
+        q, k, v, log_decay=g, initial_state=init, normalize=normalize, chunk_size=16, backend="xla"
+    )
     step = jax.jit(lambda s, q, k, v, g: sk.linear_attention_step(s, q, k, v, log_decay=g, normalize=normalize))
     state, outs = init, []
     for t in range(L):
@@ -257,7 +258,9 @@ def test_chunk_groups_tile_all_chunks_in_order():
 
     for reverse in (False, True):
         init = (jnp.zeros(23, jnp.int32), jnp.full(5, -1, jnp.int32), 0)
-        visits, order, steps = jax.jit(lambda c: for_chunk_groups(body, c, 23, 5, reverse=reverse))(init)
+        visits, order, steps = jax.jit(lambda c, reverse=reverse: for_chunk_groups(body, c, 23, 5, reverse=reverse))(
+            init
+        )
         starts = [20, 15, 10, 5, 0] if reverse else [0, 5, 10, 15, 20]
         assert int(steps) == 5 and order.tolist() == starts
         assert visits.tolist() == sum(([starts.index(s) + 1] * min(5, 23 - s) for s in range(0, 23, 5)), [])

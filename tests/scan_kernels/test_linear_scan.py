@@ -239,7 +239,9 @@ def test_unit_modulus_decays_stay_finite(backend):
     [  # the a broadcast (D,) / (B, L, D) and h0 / no h0 alternate along the product instead of doubling it
         (2, L, D, dt, rev, ("D", "full")[i % 2], i % 3 != 0)
         for i, (L, D, dt, rev) in enumerate(
-            itertools.product((1, 7, 63, 1000, 4097), (1, 5, 128), (jnp.float32, jnp.complex64, jnp.bfloat16), (False, True))
+            itertools.product(
+                (1, 7, 63, 1000, 4097), (1, 5, 128), (jnp.float32, jnp.complex64, jnp.bfloat16), (False, True)
+            )
         )
     ],
     ids=case_id,

@@ -27,7 +27,10 @@ def ones(*shape, dtype=F):
         (dict(a=ones(3), b=ones(2, 4, 3, dtype=jnp.int32)), r"b must have a floating or complex dtype.*int32"),
         (dict(a=ones(3), b=ones(2, 4, 3), h0=ones(2, 3, dtype=jnp.bool_)), r"h0 must have a floating.*bool"),
         (dict(a=[1.0, 2.0, 3.0], b=ones(2, 4, 3)), r"a must be a jax or numpy array.*list"),
-        (dict(a=ones(3), b=ones(2, 4, 3), backend="cuda"), r"backend='cuda' is not one of None \(auto\), 'reference', 'xla', 'pallas'"),
+        (
+            dict(a=ones(3), b=ones(2, 4, 3), backend="cuda"),
+            r"backend='cuda' is not one of None \(auto\), 'reference', 'xla', 'pallas'",
+        ),
         (dict(a=ones(3), b=ones(2, 4, 3), vjp="fd"), r"vjp='fd' is not one of \['custom', 'autodiff'\]"),
         (dict(a=ones(3), b=ones(2, 4, 3), reverse="yes"), r"reverse='yes' must be True or False"),
     ],

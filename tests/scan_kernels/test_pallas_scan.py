@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from jax import export
 
-from algornn.scan_kernels._linear_scan import pallas as lsp
 from algornn.scan_kernels._common import pallas_config as _pallas_config
 from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
+from algornn.scan_kernels._linear_scan import pallas as lsp
 from tests._utils import assert_close
 from tests.scan_kernels.test_linear_scan import loop64, make_inputs
 
@@ -73,7 +73,9 @@ def lower_for_cuda(f, *shapes):
     try:  # jax >= 0.11: Triton lowering needs a (here abstract) GPU device kind
         from jax._src.mesh import AbstractDevice
 
-        am = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=AbstractDevice("NVIDIA H100 80GB HBM3", 132, "gpu"))
+        am = jax.sharding.AbstractMesh(
+            (1,), ("x",), abstract_device=AbstractDevice("NVIDIA H100 80GB HBM3", 132, "gpu")
+        )
         ctx = jax.sharding.use_abstract_mesh(am)
     except (ImportError, TypeError, AttributeError):
         import contextlib

@@ -44,8 +44,13 @@ def make_inputs(seed, B, L, D, dtype=jnp.float32, with_h0=True, log_a=None):
 
 @pytest.mark.parametrize(
     "L, reverse, with_h0, c",
-    [(1, False, True, 8.0), (63, False, False, 8.0), (63, True, True, 8.0), (500, False, True, 8.0),
-     (500, True, False, 2.5)],
+    [
+        (1, False, True, 8.0),
+        (63, False, False, 8.0),
+        (63, True, True, 8.0),
+        (500, False, True, 8.0),
+        (500, True, False, 2.5),
+    ],
 )
 def test_reference_matches_float64_loop(L, reverse, with_h0, c):
     x, r, i, log_a, h0 = make_inputs(L, 2, L, 5, with_h0=with_h0)
@@ -83,8 +88,9 @@ def test_gradients_match_finite_differences_of_float64_loop():
     rng = np.random.default_rng(1)
     ct = rng.normal(size=(2, 9, 3))
     dirs = [rng.normal(size=v.shape) for v in (x, r, i, log_a, h0)]
-    grads = jax.grad(lambda *a: jnp.sum(sk.rg_lru_reference(*a[:4], h0=a[4]) * jnp.asarray(ct, jnp.float32)),
-                     argnums=range(5))(x, r, i, log_a, h0)
+    grads = jax.grad(
+        lambda *a: jnp.sum(sk.rg_lru_reference(*a[:4], h0=a[4]) * jnp.asarray(ct, jnp.float32)), argnums=range(5)
+    )(x, r, i, log_a, h0)
     base = [np.asarray(v, np.float64) for v in (x, r, i, log_a, h0)]
     eps = 1e-6
     for k, name in enumerate(("x", "r", "i", "log_a", "h0")):
@@ -134,7 +140,8 @@ def test_no_nan_at_a_equal_one(backend):
     assert bool(jnp.all(jnp.isfinite(h)))
     np.testing.assert_array_equal(np.asarray(h[:, :, 0]), np.broadcast_to(np.asarray(h0[:, None, 0]), (2, 40)))
     grads = jax.grad(lambda *a: jnp.sum(sk.rg_lru(*a[:4], h0=a[4], backend=backend) ** 2), argnums=range(5))(
-        x, r, i, log_a, h0)
+        x, r, i, log_a, h0
+    )
     for name, g in zip(("x", "r", "i", "log_a", "h0"), grads):
         assert bool(jnp.all(jnp.isfinite(g))), name
 

@@ -77,7 +77,10 @@ F = jnp.zeros((2, 3), jnp.float32)
             lambda: v.check_inexact("dt", jnp.zeros((2,), jnp.complex64), allow_complex=False),
             "dt must have a real float dtype, got shape (2,) dtype complex64",
         ),
-        (lambda: v.check_ndim("x", F, 3, "(B, L, D)"), "x must have shape (B, L, D) (3 dims), got shape (2, 3) dtype float32"),
+        (
+            lambda: v.check_ndim("x", F, 3, "(B, L, D)"),
+            "x must have shape (B, L, D) (3 dims), got shape (2, 3) dtype float32",
+        ),
         (
             lambda: v.check_ndim("P", F[0], 2, "(..., rank, N/2)", at_least=True),
             "P must have shape (..., rank, N/2) (at least 2 dims), got shape (3,) dtype float32",

@@ -58,7 +58,11 @@ def test_causal_conv_grads_match_direct_reference(Lk):
     K = jnp.asarray(rng.standard_normal((3, Lk)), jnp.float32)
     D = jnp.asarray(rng.standard_normal(3), jnp.float32)
     ct = jnp.asarray(rng.standard_normal((2, L, 3)), jnp.float32)
-    assert_close(kernels.causal_conv_reference(u, K, D), _direct_causal(*(np.asarray(x, np.float64) for x in (u, K, D))), rtol=1e-5)
+    assert_close(
+        kernels.causal_conv_reference(u, K, D),
+        _direct_causal(*(np.asarray(x, np.float64) for x in (u, K, D))),
+        rtol=1e-5,
+    )
     gf = jax.grad(lambda *a: jnp.sum(kernels.causal_conv(*a) * ct), argnums=(0, 1, 2))(u, K, D)
     gr = jax.grad(lambda *a: jnp.sum(kernels.causal_conv_reference(*a) * ct), argnums=(0, 1, 2))(u, K, D)
     for a, b, name in zip(gf, gr, ("u", "K", "D")):

@@ -118,7 +118,9 @@ import numpy as np, jax.numpy as jnp, scipy.signal
 from algornn import ssm
 A, B = ssm.hippo.transition("legs", 64)
 dt = np.linspace(1e-3, 1e-1, 1100)
-Abar, Bbar = ssm.discretize.bilinear(jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), jnp.asarray(dt, jnp.float32))
+Abar, Bbar = ssm.discretize.bilinear(
+    jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32), jnp.asarray(dt, jnp.float32)
+)
 Abar, Bbar = np.asarray(Abar), np.asarray(Bbar)
 for i in (0, 549, 1099):
     Ad, Bd, *_ = scipy.signal.cont2discrete((A, B[:, None], np.eye(64), np.zeros((64, 1))), dt[i], method="bilinear")

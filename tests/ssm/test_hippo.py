@@ -86,7 +86,7 @@ def test_legs_state_is_legendre_projection(name):
         A, B = hippo.transition("legs", N)
         t0 = 1e-4 * T
         sol = solve_ivp(
-            lambda tau, x: A @ x + B * u(np.exp(tau)),
+            lambda tau, x, A=A, B=B: A @ x + B * u(np.exp(tau)),
             (np.log(t0), np.log(T)),
             _legendre_coeffs(u, 0.0, t0, N),
             method="DOP853",
@@ -105,7 +105,12 @@ def test_legs_state_is_legendre_projection(name):
 def _drive_window(A, B, u, theta, T, scale):
     """Integrate x' = (scale/θ)(A x + B u) from x(0) = 0 with u = 0 before 0 (smooth onset)."""
     sol = solve_ivp(
-        lambda t, x: (scale / theta) * (A @ x + B * u(t)), (0.0, T), np.zeros(len(B)), method="DOP853", rtol=1e-10, atol=1e-12
+        lambda t, x: (scale / theta) * (A @ x + B * u(t)),
+        (0.0, T),
+        np.zeros(len(B)),
+        method="DOP853",
+        rtol=1e-10,
+        atol=1e-12,
     )
     return sol.y[:, -1]
 

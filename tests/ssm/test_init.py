@@ -18,7 +18,9 @@ def test_s4d_deterministic_inits():
     lin = init.s4d_lin(KEY, (3, 8))
     assert lin.shape == (3, 8) and lin.dtype == jnp.complex64
     np.testing.assert_allclose(np.asarray(lin[2]), -0.5 + 1j * np.pi * n, rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(init.s4d_inv(KEY, (8,))).imag, (16 / np.pi) * (16 / (2 * n + 1) - 1), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(init.s4d_inv(KEY, (8,))).imag, (16 / np.pi) * (16 / (2 * n + 1) - 1), rtol=1e-6
+    )
     np.testing.assert_allclose(np.asarray(init.s4d_real(KEY, (8,))), -(n + 1.0))
     legs = np.asarray(init.s4d_legs(KEY, (2, 8)))
     np.testing.assert_allclose(legs.real, -0.5, atol=1e-6)

@@ -190,7 +190,9 @@ def test_dplr_kernel_random_systems(init, rank, L):
     assert np.abs(ref.imag).max() <= 1e-9 * np.abs(ref).max()  # conjugate-closed ⇒ real kernel
     K = kernels.dplr_kernel(_c64(Lam), _c64(P), _c64(B), _c64(C), jnp.float32(dt), L, freq_chunk=64)
     assert_close(K, ref.real, rtol=1e-4)
-    assert_close(kernels.dplr_kernel_reference(_c64(Lam), _c64(P), _c64(B), _c64(C), jnp.float32(dt), L), ref.real, rtol=1e-4)
+    assert_close(
+        kernels.dplr_kernel_reference(_c64(Lam), _c64(P), _c64(B), _c64(C), jnp.float32(dt), L), ref.real, rtol=1e-4
+    )
 
 
 def test_legt_rank2_and_fout_dplr():
