@@ -19,12 +19,11 @@ A non-finite loss or gradient stops the run before anything of that step is save
 (``FloatingPointError`` naming the step).
 
 Progress: a tqdm bar when stderr is a terminal; otherwise (a log file, a pipe) one plain line at most
-every ``PROGRESS_INTERVAL_S`` seconds and at the end, without carriage returns.
+every ``_progress.PROGRESS_INTERVAL_S`` seconds and at the end, without carriage returns.
 """
 
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -33,10 +32,10 @@ from flax import nnx
 from algornn import checkpoints
 from algornn.experiments import _train_lib as lib
 from algornn.experiments._models import BUILDER, build_model, model_spec
+from algornn.experiments._progress import progress
 from algornn.experiments.config import Config, check_consistent
 from algornn.experiments.plots import accuracy_baselines, plot_curves
 
-PROGRESS_INTERVAL_S = 30.0
 # optim fields that, with train.steps, define the learning-rate schedule a checkpoint was trained on
 _SCHEDULE_KEYS = ("lr", "ssm_lr", "schedule", "warmup_steps", "end_lr_ratio")
 
@@ -96,54 +95,6 @@ def _check_resumable(stored: dict, config: Config, directory: str, step: int):
             "resuming would jump to another schedule. Rerun with the stored values (see "
             f"{os.path.dirname(directory)}/config.json) or use another --workdir to start anew"
         )
-
-
-class _LineProgress:
-    """Progress for a log file or pipe: a plain line at most every ``interval`` seconds and one at ``close``."""
-
-    def __init__(self, total: int, initial: int, desc: str, interval: float = PROGRESS_INTERVAL_S):
-        self.total, self.n, self.desc, self.interval = total, initial, desc, interval
-        self.postfix, self.t0, self.last, self.shown = {}, time.time(), time.time(), initial
-
-    def _emit(self):
-        extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
-        print(
-            f"{self.desc}: step {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%){extra} "
-            f"[{time.time() - self.t0:.0f} s]",
-            file=sys.stderr,
-            flush=True,
-        )
-        self.last, self.shown = time.time(), self.n
-
-    def update(self, n: int = 1):
-        self.n += n
-        if time.time() - self.last >= self.interval and self.n < self.total:
-            self._emit()
-
-    def set_postfix(self, **values):
-        self.postfix = values
-
-    def write(self, message: str):
-        print(message, flush=True)
-
-    def close(self):
-        if self.n != self.shown:
-            self._emit()
-
-
-class _NoProgress(_LineProgress):
-    def _emit(self):
-        self.shown = self.n
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    if not enabled:
-        return _NoProgress(total, initial, desc)
-    if sys.stderr.isatty():
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
-    return _LineProgress(total, initial, desc)
 
 
 def _stack(batches: list) -> dict:
@@ -260,7 +211,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         }
         manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
 
-    bar = _progress(tc.steps, step, config.name, tc.progress)
+    bar = progress(tc.steps, config.name, unit="step", enabled=tc.progress, initial=step)
     window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
     last_val = None
     try:

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 
 import numpy as np
-from tqdm import tqdm
+
+from algornn.experiments._progress import progress as progress_bar
 
 CONTOUR_LENGTH = {"easy": 6, "intermediate": 9, "hard": 14}  # LRA: curv_baseline / _length_9 / _length_14
 SIZES = (32, 64, 128, 256)
@@ -185,7 +185,7 @@ def generate_images(n: int, rng: np.random.Generator, *, size=32, difficulty="ha
     images = np.empty((n, size, size), np.uint8)  # filled in place: no second copy of a large split
     markers = np.empty((n, 2, 2))
     have = 0
-    bar = tqdm(total=n, desc=f"pathfinder{size}-{difficulty}", unit="img", disable=not progress, file=sys.stderr)
+    bar = progress_bar(n, f"pathfinder{size}-{difficulty}", unit="images", enabled=progress)
     labels_all = rng.permutation(np.arange(n) < n // 2).astype(np.int8)  # exactly n // 2 ones
     while have < n:
         m = min(chunk, int((n - have) * 1.3) + 8)

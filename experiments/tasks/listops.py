@@ -24,12 +24,11 @@ from __future__ import annotations
 import csv
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from algornn.experiments._progress import progress as progress_bar
 from algornn.experiments.tasks._base import SPLITS, Task, pad_tokens
 from algornn.experiments.tasks._registry import cache_path, missing_files_error, register
 from algornn.scan_kernels._common.validate import check_int
@@ -87,7 +86,7 @@ def _sample(n, seed, min_length, max_length, max_depth, max_args, progress=False
     """``n`` distinct token sequences (tuples of ids) with their values, in generation order."""
     rng = random.Random(seed)
     found: dict[tuple, int] = {}
-    bar = tqdm(total=n, desc="listops", unit="ex", disable=not progress, file=sys.stderr)
+    bar = progress_bar(n, "listops", unit="examples", enabled=progress)
     while len(found) < n:
         tokens: list[int] = []
         try:

@@ -20,12 +20,11 @@ Sources:
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from algornn.experiments._progress import progress as progress_bar
 from algornn.experiments.tasks._base import SPLITS, Task, pixel_converter
 from algornn.experiments.tasks._pathfinder_gen import CONTOUR_LENGTH, SIZES, generate_images
 from algornn.experiments.tasks._registry import cache_path, missing_files_error, register
@@ -108,7 +107,9 @@ def read_release(folder: Path, size: int, progress=False):
     if not entries:
         raise ValueError(f"{folder}/metadata: no entries found")
     images, labels = [], []
-    for path, label in tqdm(entries, desc=folder.name, unit="img", disable=not progress, file=sys.stderr):
+    bar = progress_bar(len(entries), folder.name, unit="images", enabled=progress)
+    for path, label in entries:
+        bar.update(1)
         if not path.is_file() or path.stat().st_size == 0:  # LRA filters empty PNGs
             continue
         img = np.asarray(Image.open(path).convert("L"))
@@ -116,6 +117,7 @@ def read_release(folder: Path, size: int, progress=False):
             raise ValueError(f"{path}: expected a {size}x{size} image, got shape {img.shape}")
         images.append(img)
         labels.append(label)
+    bar.close()
     return np.stack(images), np.asarray(labels, np.int8)
 
 
