@@ -12,7 +12,7 @@ The repository's top-level folders are these subpackages; ``pyproject.toml`` map
 (``docs/architecture.md``).
 """
 
-import importlib
+import importlib as _importlib
 
 __version__ = "0.2.0"
 
@@ -22,7 +22,7 @@ __all__ = ["__version__", *_SUBPACKAGES]
 
 def __getattr__(name):
     if name in _SUBPACKAGES:
-        return importlib.import_module(f"{__name__}.{name}")
+        return _importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

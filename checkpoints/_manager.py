@@ -28,6 +28,10 @@ from orbax.checkpoint import checkpoint_managers as cm
 FORMAT = "algornn-checkpoint-v1"
 _ITEMS = ("model", "optimizer", "meta")
 _REQUIRED = ("model", "meta")  # the optimizer item is optional (inference-only checkpoints)
+_EXPECTED = (
+    "<step>/{model,meta} subdirectories, plus <step>/optimizer for a training checkpoint, "
+    "as algornn-train or CheckpointManager.save writes them"
+)
 
 
 class CheckpointError(ValueError):
@@ -93,7 +97,9 @@ class CheckpointManager:
             create=create,
             preservation_policy=cm.AnyPreservationPolicy(policies),
             enable_async_checkpointing=True,
-            cleanup_tmp_directories=True,
+            # A read-only manager (evaluation) leaves the directory as it is; Orbax's cleanup runs in a thread
+            # that a process exiting right after an error would interrupt mid-way (a traceback at shutdown).
+            cleanup_tmp_directories=create,
         )
         self._check_foreign()  # before Orbax starts its threads, so a refused directory leaves none behind
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
@@ -106,7 +112,7 @@ class CheckpointManager:
         if entries and not steps and not any(".orbax-checkpoint-tmp" in n for n in entries):
             raise CheckpointError(
                 f"{self.directory} is not an AlgoRNN checkpoint directory: it holds {sorted(entries)[:5]} but "
-                "no step subdirectories; expected <step>/{model,optimizer,meta} written by experiments.train"
+                f"no step subdirectories; expected {_EXPECTED}"
             )
         for step in steps:
             missing = [i for i in _REQUIRED if not os.path.isdir(os.path.join(self.directory, str(step), i))]
@@ -199,10 +205,7 @@ class CheckpointManager:
         elif step == "best":
             step = self.best_step()
         if step is None:
-            raise CheckpointError(
-                f"no complete checkpoint in {self.directory} (expected <step>/"
-                f"{{{','.join(_ITEMS)}}} subdirectories written by experiments.train)"
-            )
+            raise CheckpointError(f"no complete checkpoint in {self.directory} (expected {_EXPECTED})")
         if int(step) not in _step_dirs(self.directory):
             raise CheckpointError(f"no checkpoint for step {step} in {self.directory}; have {self.all_steps()}")
         return int(step)

@@ -53,7 +53,7 @@ def evaluate_checkpoint(
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.evaluate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="algornn-evaluate", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--checkpoint",
         required=True,

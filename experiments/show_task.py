@@ -130,7 +130,7 @@ def _label_text(task, ex, i):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m algornn.experiments.show_task", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="algornn-show-task", description=__doc__.split("\n")[0])
     parser.add_argument("name", help=f"task name, one of: {', '.join(list_tasks())}")
     parser.add_argument("--n", type=int, default=8, help="number of examples to draw (default 8)")
     parser.add_argument("--out", default=None, help="PNG file to write (default: no drawing)")

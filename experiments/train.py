@@ -28,7 +28,7 @@ def _parser():
         "\n  External data: task.options.data_dir=DIR."
     )
     parser = argparse.ArgumentParser(
-        prog="python -m algornn.experiments.train",
+        prog="algornn-train",
         description=__doc__.splitlines()[0],
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,

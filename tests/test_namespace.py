@@ -81,7 +81,13 @@ def test_console_scripts(tmp_path, script):
     assert exe.exists(), f"console script {script} is not installed next to {sys.executable}"
     res = subprocess.run([str(exe), "--help"], cwd=_decoys(tmp_path), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "usage:" in res.stdout
+    assert res.stdout.startswith(f"usage: {script} ")
+
+
+def test_package_namespace_is_clean():
+    import algornn
+
+    assert {n for n in dir(algornn) if not n.startswith("_")} == set(GENERIC)
 
 
 def test_regular_install_ignores_generic_folders_in_cwd(tmp_path):
