@@ -182,9 +182,9 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     lr_fn = lib.make_schedule(oc.lr, oc, tc.steps)
     tokens_per_step = tc.batch_size * oc.accumulate * spec["seq_len"] * (2 if spec["pair"] else 1)
 
-    def run_eval(split):
+    def run_eval(split, on=None):
         return lib.evaluate(
-            model,
+            model if on is None else on,
             task,
             split,
             batch_size=eval_bs,
@@ -287,17 +287,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         manager.close()
     if tc.test_at_end:
         best_model, _ = checkpoints.load(os.path.join(workdir, "checkpoints"), step="best", mesh=mesh)
-        test = lib.evaluate(
-            best_model,
-            task,
-            "test",
-            batch_size=eval_bs,
-            mesh=mesh,
-            kind=kind,
-            bf16=bf16,
-            max_batches=tc.eval_batches,
-            seed=tc.seed,
-        )
+        test = run_eval("test", on=best_model)
         results["test_from_best_checkpoint"] = test
         log.write(
             {
