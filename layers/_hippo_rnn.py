@@ -13,7 +13,11 @@ sampling-rate change Δ → s·Δ, which also puts step k at time (k+1)·s) leav
 unchanged.
 ``"legt"`` / ``"lagt"`` are time-invariant with Δ = ``dt`` · dt_scale. The recurrence is nonlinear, so
 ``__call__`` is a ``lax.scan`` over the same cell as ``step`` (transition matrices for all steps computed up
-front); ``step`` carries the step counter.
+front); ``step`` carries the elapsed time t (in grid steps, per sequence).
+Irregular sampling: per-step elapsed times ``dt (B, L)`` (``dt_t (B,)`` in ``step``, the argument of
+``__call__``; the constructor option ``dt`` is the legt/lagt step size). LegS then uses Δ_k / t_k =
+dt_k / (dt_0 + ... + dt_k), its exact time since the start (all ones: 1/(k+1)); legt/lagt use Δ_k = dt_k · ``dt``
+· dt_scale.
 Constructor: ``HiPPORNN(d_model, *, d_state=32, measure="legs", memory_d=1, dt=0.01, bidirectional=False,
 dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N d_state · M memory_d.
@@ -29,6 +33,7 @@ from algornn import ssm
 from algornn.layers._options import (
     check_batch_size,
     check_choice,
+    check_dt,
     check_dt_scale,
     check_dtypes,
     check_float,
@@ -78,6 +83,9 @@ class HiPPORNN(nnx.Module):
     (``dt_scale`` may be traced under ``jit``). LegS is timescale-invariant (HiPPO Prop. 3): sampling every s time
     units puts step k at t = (k+1)s with Δ = s, so Δ/t = 1/(k+1) whatever s, and ``dt_scale`` (validated, accepted)
     leaves the output unchanged — exactly, not by omission.
+    Irregularly sampled input: ``__call__(x, dt=elapsed)`` with ``elapsed (B, L)`` the positive time before each
+    sample in grid steps (not the ``dt`` option: that is the legt/lagt step size), ``step(..., dt_t=...)`` with
+    ``(B,)``; LegS uses Δ_k/t_k = dt_k / Σ_{j<=k} dt_j.
     """
 
     def __init__(
@@ -103,16 +111,23 @@ class HiPPORNN(nnx.Module):
         self.gates_h = nnx.Linear(d_model, 3 * d_model, use_bias=False, **lin)  # z, r, n from h
         self.W_f = nnx.Linear(d_model, M, use_bias=False, **lin)
 
-    def transitions(self, t, dt_scale=1.0):
-        """``(Ā (..., N, N), B̄ (..., N))`` for 0-based steps ``t`` (int array, any shape)."""
+    def transitions(self, t, dt_scale=1.0, elapsed=None):
+        """``(Ā (..., N, N), B̄ (..., N))`` for 0-based steps ``t`` (int array, any shape); with per-step
+        ``elapsed`` times (the shape of ``t``), step k covers the gap ``elapsed[k]`` ending at time ``t[k]`` (then
+        ``t`` is the float time since the start, ``elapsed`` included)."""
         A, B = ssm.hippo.transition(self.options.measure, self.options.d_state)
         # the barrier keeps XLA from constant-folding L dense solves of these numpy constants at compile time
         A, B = jax.lax.optimization_barrier((jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)))
         if self.options.measure == "legs":
             # Δ / t with Δ = dt_scale, t = (k + 1)·dt_scale: the scale cancels (module docstring)
-            dt = 1.0 / (jnp.asarray(t, jnp.float32) + 1.0)
+            if elapsed is None:
+                dt = 1.0 / (jnp.asarray(t, jnp.float32) + 1.0)
+            else:
+                dt = elapsed / jnp.asarray(t, jnp.float32)
         else:
             dt = jnp.full(jnp.shape(t), self.options.dt, jnp.float32) * jnp.asarray(dt_scale, jnp.float32)
+            if elapsed is not None:
+                dt = elapsed * dt
         return ssm.discretize.bilinear(A, B, dt)
 
     def _cell(self, state, inp):
@@ -126,38 +141,53 @@ class HiPPORNN(nnx.Module):
         z, r = jax.nn.sigmoid(zi + zh), jax.nn.sigmoid(ri + rh)
         h = (1.0 - z) * jnp.tanh(ni + r * nh) + z * h
         f = self.W_f(h.astype(self.dtype)).astype(jnp.float32)  # (B, M)
-        c = jnp.einsum("nk,bmk->bmn", Abar, c) + f[..., None] * Bbar[None, None]
+        if Abar.ndim == 3:  # one transition per sequence (irregular sampling): Ā (B, N, N), B̄ (B, N)
+            c = jnp.einsum("bnk,bmk->bmn", Abar, c) + f[..., None] * Bbar[:, None]
+        else:
+            c = jnp.einsum("nk,bmk->bmn", Abar, c) + f[..., None] * Bbar[None, None]
         return (c, h), h
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``: a ``lax.scan`` of the cell."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``: a ``lax.scan`` of the cell; ``dt (B, L)``: elapsed time
+        before each sample (irregular sampling)."""
         check_sequence("HiPPORNN", x, self.d_model)
         check_dt_scale("HiPPORNN", dt_scale)
         x = x.astype(self.dtype)
-        Abar, Bbar = self.transitions(jnp.arange(x.shape[1]), dt_scale)  # (L, N, N), (L, N)
+        if dt is None:
+            Abar, Bbar = self.transitions(jnp.arange(x.shape[1]), dt_scale)  # (L, N, N), (L, N)
+        else:
+            dt = check_dt("HiPPORNN", dt, x.shape[:2])
+            Abar, Bbar = self.transitions(jnp.cumsum(dt, axis=1), dt_scale, dt)  # (B, L, N, N), (B, L, N)
+            Abar, Bbar = jnp.moveaxis(Abar, 1, 0), jnp.moveaxis(Bbar, 1, 0)
         state = self.init_state(x.shape[0])[:2]
         _, ys = jax.lax.scan(self._cell, state, (jnp.moveaxis(x, 1, 0), Abar, Bbar))
         return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
-        """``(c (B, memory_d, N), h (B, D), t ())``: float32 memory and hidden state, int32 step counter."""
+        """``(c (B, memory_d, N), h (B, D), t (B,))`` float32: memory, hidden state, elapsed time (grid steps)."""
         return (
             jax.ShapeDtypeStruct((batch_size, self.options.memory_d, self.options.d_state), jnp.float32),
             jax.ShapeDtypeStruct((batch_size, self.d_model), jnp.float32),
-            jax.ShapeDtypeStruct((), jnp.int32),
+            jax.ShapeDtypeStruct((batch_size,), jnp.float32),
         )
 
     def init_state(self, batch_size: int):
-        """``(c (B, memory_d, N), h (B, D), t ())``: memory, hidden state and the 0-based step counter."""
+        """``(c (B, memory_d, N), h (B, D), t (B,))``: memory, hidden state and the time since the start (0; one
+        per token on the regular grid, so the k-th step, 0-based, is at t = k + 1)."""
         check_batch_size("HiPPORNN", batch_size)
         return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale=1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+    def step(self, state, x_t, *, dt_scale=1.0, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; ``dt_t (B,)``: elapsed time before this sample."""
         check_token("HiPPORNN", x_t, self.d_model)
         check_dt_scale("HiPPORNN", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("HiPPORNN.step", dt_t, x_t.shape[:1], name="dt_t")
         check_state("HiPPORNN", state, self.state_spec(x_t.shape[0]))
         c, h, t = state
-        Abar, Bbar = self.transitions(t, dt_scale)
+        # the regular grid is dt_t = 1 (t then holds integers, exact in float32: LegS Δ/t = 1/(k+1))
+        dt_t = jnp.ones_like(t) if dt_t is None else dt_t
+        t = t + dt_t
+        Abar, Bbar = self.transitions(t, dt_scale, dt_t)  # (B, N, N), (B, N)
         (c, h), y = self._cell((c, h), (x_t.astype(self.dtype), Abar, Bbar))
-        return (c, h, t + 1), y.astype(self.dtype)
+        return (c, h, t), y.astype(self.dtype)

@@ -13,6 +13,9 @@ the default) ``__call__`` computes all memories in parallel, as a causal FFT con
 impulse response ``H_l = Ā^l B̄`` (``ssm.kernels.dense_kernel`` with C = I, ``causal_conv``; keras-lmu
 ``LMUFeedforward``); then the hidden cell is a ``lax.scan`` ("rnn") or pointwise ("dense"). Otherwise the
 whole cell is one ``lax.scan``. ``d_state`` is an alias of ``order``. θ is fixed (not trained).
+Irregular sampling: ``dt (B, L)`` (``dt_t (B,)`` in ``step``) gives Δ_{b,t} = dt[b, t] · dt_scale and one
+discretised memory system per step and sequence (a dense (order+1)² matrix exponential each for ZOH, so keep
+``order`` moderate); the parallel memory then runs on ``scan_kernels.dense_linear_scan`` instead of the FFT.
 Constructor: ``LMU(d_model, *, order=None, d_state=None, theta=100.0, memory_d=1, hidden_cell="rnn",
 hidden_to_memory=False, memory_to_memory=False, discretization="zoh", bidirectional=False, dtype=jnp.float32,
 param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
@@ -26,10 +29,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
+from algornn.scan_kernels import dense_linear_scan
 from algornn.layers._options import (
     check_batch_size,
     check_bool,
     check_choice,
+    check_dt,
     check_dt_scale,
     check_dtypes,
     check_float,
@@ -95,7 +100,9 @@ class LMU(nnx.Module):
         rngs: ``nnx.Rngs`` for the initialisation.
 
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` use Δ = dt_scale (θ stays in
-    units of the original step); ``dt_scale`` is a positive scalar and may be traced under ``jit``.
+    units of the original step); ``dt_scale`` is a positive scalar and may be traced under ``jit``. Irregularly
+    sampled input: ``__call__(x, dt=dt)`` with ``dt (B, L)`` the positive time before each sample in grid steps
+    (Δ_t = dt_t · dt_scale), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
     """
 
     def __init__(
@@ -135,15 +142,17 @@ class LMU(nnx.Module):
     def _parallel(self) -> bool:
         return not (self.options.hidden_to_memory or self.options.memory_to_memory)
 
-    def _system(self, dt_scale):
+    def _system(self, dt_scale, elapsed=None):
         A, B = ssm.hippo.transition("lmu", self.options.n)
         # the barrier keeps XLA from constant-folding the matrix exponential / powers at compile time
         A, B = jax.lax.optimization_barrier((jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)))
-        return A, B, jnp.asarray(dt_scale, jnp.float32) / jnp.float32(self.options.theta)
+        delta = jnp.asarray(dt_scale, jnp.float32) / jnp.float32(self.options.theta)
+        return A, B, delta if elapsed is None else elapsed * delta
 
-    def discretized(self, dt_scale=1.0):
-        """``(Ā (N, N), B̄ (N,))`` of the Legendre memory (θ in time steps)."""
-        return ssm.discretize.dense(self.options.discretization, *self._system(dt_scale))
+    def discretized(self, dt_scale=1.0, elapsed=None):
+        """``(Ā (N, N), B̄ (N,))`` of the Legendre memory (θ in time steps); ``(..., N, N), (..., N)`` for
+        per-step ``elapsed (...)`` times."""
+        return ssm.discretize.dense(self.options.discretization, *self._system(dt_scale, elapsed))
 
     def impulse_response(self, L: int, dt_scale=1.0):
         """``H (N, L)`` with ``H[:, l] = Ā^l B̄``."""
@@ -166,27 +175,46 @@ class LMU(nnx.Module):
             u = u + self.encoder_h(h.astype(self.dtype))
         if self.options.memory_to_memory:
             u = u + self.encoder_m(m.reshape(m.shape[0], -1).astype(self.dtype))
-        m = jnp.einsum("nk,bmk->bmn", Abar, m) + u.astype(jnp.float32)[..., None] * Bbar[None, None]
+        if Abar.ndim == 3:  # one system per sequence (irregular sampling): Ā (B, N, N), B̄ (B, N)
+            m = jnp.einsum("bnk,bmk->bmn", Abar, m) + u.astype(jnp.float32)[..., None] * Bbar[:, None]
+        else:
+            m = jnp.einsum("nk,bmk->bmn", Abar, m) + u.astype(jnp.float32)[..., None] * Bbar[None, None]
         h = self._hidden(self.W_x(x_t) + self.W_m(m.reshape(m.shape[0], -1).astype(self.dtype)), h)
         return (m, h), h
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
         check_sequence("LMU", x, self.d_model)
         check_dt_scale("LMU", dt_scale)
+        if dt is not None:
+            dt = check_dt("LMU", dt, x.shape[:2])
         x = x.astype(self.dtype)
         Bsz, L, _ = x.shape
         if not self._parallel:
-            Abar, Bbar = self.discretized(dt_scale)
-            _, ys = jax.lax.scan(
-                lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz), jnp.moveaxis(x, 1, 0)
-            )
+            if dt is None:
+                Abar, Bbar = self.discretized(dt_scale)
+                _, ys = jax.lax.scan(
+                    lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz), jnp.moveaxis(x, 1, 0)
+                )
+            else:
+                Abar, Bbar = self.discretized(dt_scale, dt)  # (B, L, N, N), (B, L, N)
+                _, ys = jax.lax.scan(
+                    lambda s, inp: self._cell(inp[1], inp[2], s, inp[0]),
+                    self.init_state(Bsz),
+                    (jnp.moveaxis(x, 1, 0), jnp.moveaxis(Abar, 1, 0), jnp.moveaxis(Bbar, 1, 0)),
+                )
             return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
         M, N = self.options.memory_d, self.options.n
         u = self.encoder_x(x).astype(jnp.float32)  # (B, L, M)
-        H = self.impulse_response(L, dt_scale)  # (N, L)
-        u_rep = jnp.broadcast_to(u[..., None], (Bsz, L, M, N)).reshape(Bsz, L, M * N)
-        m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))  # (B, L, M·N)
+        if dt is None:
+            H = self.impulse_response(L, dt_scale)  # (N, L)
+            u_rep = jnp.broadcast_to(u[..., None], (Bsz, L, M, N)).reshape(Bsz, L, M * N)
+            m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))  # (B, L, M·N)
+        else:  # time-varying memory: m_t = Ā_t m_{t-1} + B̄_t u_t on dense_linear_scan, per memory channel
+            Abar, Bbar = self.discretized(dt_scale, dt)  # (B, L, N, N), (B, L, N)
+            b = jnp.moveaxis(u, 2, 1)[..., None] * Bbar[:, None]  # (B, M, L, N)
+            m = dense_linear_scan(Abar[:, None], b)  # (B, M, L, N)
+            m = jnp.moveaxis(m, 1, 2).reshape(Bsz, L, M * N)
         pre = self.W_x(x) + self.W_m(m.astype(self.dtype))
         if self.options.hidden_cell == "dense":
             return jnp.tanh(pre).astype(self.dtype)
@@ -210,11 +238,13 @@ class LMU(nnx.Module):
         check_batch_size("LMU", batch_size)
         return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale=1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+    def step(self, state, x_t, *, dt_scale=1.0, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; ``dt_t (B,)``: elapsed time before this sample."""
         check_token("LMU", x_t, self.d_model)
         check_dt_scale("LMU", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("LMU.step", dt_t, x_t.shape[:1], name="dt_t")
         check_state("LMU", state, self.state_spec(x_t.shape[0]))
-        Abar, Bbar = self.discretized(dt_scale)
+        Abar, Bbar = self.discretized(dt_scale, dt_t)
         state, h = self._cell(Abar, Bbar, state, x_t.astype(self.dtype))
         return state, h.astype(self.dtype)

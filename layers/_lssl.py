@@ -11,6 +11,11 @@ One SISO system per channel d that shares ``A (N, N)`` and ``B (N,)`` (initialis
     step:        the same recurrence, one token at a time, O(D·N²) (Ā, B̄ cached in the state by ``init_state``;
                  ``step(..., dt_scale=s)`` re-discretises for s and caches that system in the returned state)
 
+Irregular sampling: ``dt (B, L)`` in ``__call__`` (``dt_t (B,)`` in ``step``) gives Δ_{b,t,d} = dt[b, t] · Δ_d and
+one dense system per step, sequence and channel (O(B·L·D·N³) to discretise: keep N and D moderate); mode="conv"
+then runs the scan form, and the reverse branch crosses the gap dt[:, t+1] from t+1 to t. ``step(..., dt_t=...)``
+discretises for that step and leaves the cached system in the state as it was.
+
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (two-sided kernel / reverse scan).
 Parameters: ``A (N, N)``, ``B (N,)``, ``log_dt (D,)`` (tag ``ssm``), ``C (D, N)``, ``D (D,)``.
 Constructor: ``LSSL(d_model, *, d_state=64, measure="legs", discretization="bilinear", mode="conv",
@@ -32,6 +37,7 @@ from algornn.layers._options import (
     check_bool,
     check_causal,
     check_choice,
+    check_dt,
     check_dt_range,
     check_dt_scale,
     check_dtypes,
@@ -39,6 +45,7 @@ from algornn.layers._options import (
     check_sequence,
     check_state,
     check_token,
+    next_step,
     record_options,
 )
 from algornn.layers._params import f32, normal, param, ssm_param
@@ -91,7 +98,9 @@ class LSSL(nnx.Module):
     ``__call__(x, *, dt_scale=1.0)`` scales every Δ by ``dt_scale`` (a positive scalar; may be traced under ``jit``).
     ``init_state(batch_size, *, dt_scale=1.0)`` caches Ā, B̄ for that scale in the state;
     ``step(state, x_t, *, dt_scale=None)`` uses the cache, or re-discretises for a given ``dt_scale`` (O(D·N³) per
-    call) and returns that system in the new state.
+    call) and returns that system in the new state. Irregularly sampled input: ``__call__(x, dt=dt)`` with
+    ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; mode="conv" then
+    runs its scan form), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)`` (the cache is not used then).
     """
 
     def __init__(
@@ -125,13 +134,16 @@ class LSSL(nnx.Module):
             self.C2 = param(normal(rngs.params(), (d_model, opt.d_state), c_std), pdt)
         self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
-    def dt(self, dt_scale=1.0):
-        """Step sizes ``Δ (D,)`` float32."""
-        return jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
+    def dt(self, dt_scale=1.0, elapsed=None):
+        """Step sizes ``Δ (D,)`` float32; with per-step ``elapsed (...)`` times, ``Δ (..., D)``."""
+        delta = jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
+        return delta if elapsed is None else elapsed[..., None] * delta
 
-    def discretized(self, dt_scale=1.0):
-        """``(Ā (D, N, N), B̄ (D, N))`` float32."""
-        return ssm.discretize.dense(self.options.discretization, f32(self.A), f32(self.B), self.dt(dt_scale))
+    def discretized(self, dt_scale=1.0, elapsed=None):
+        """``(Ā (D, N, N), B̄ (D, N))`` float32; ``(..., D, N, N), (..., D, N)`` for per-step ``elapsed (...)``."""
+        return ssm.discretize.dense(
+            self.options.discretization, f32(self.A), f32(self.B), self.dt(dt_scale, elapsed)
+        )
 
     def _Cs(self):
         return [f32(self.C)] + ([f32(self.C2)] if self.options.bidirectional else [])
@@ -143,28 +155,30 @@ class LSSL(nnx.Module):
             for C in self._Cs()
         ]
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
         check_sequence("LSSL", x, self.d_model)
         check_dt_scale("LSSL", dt_scale)
+        if dt is not None:
+            dt = check_dt("LSSL", dt, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
-        if self.options.mode == "conv":
+        if self.options.mode == "conv" and dt is None:
             Ks = self.kernel(x.shape[1], dt_scale)
             if self.options.bidirectional:
                 return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D)).astype(self.dtype)
             return ssm.kernels.causal_conv(x, Ks[0], f32(self.D)).astype(self.dtype)
-        Abar, Bbar = self.discretized(dt_scale)
-        b = x[..., None] * Bbar[None, None]  # (B, L, D, N)
+        Abar, Bbar = self.discretized(dt_scale, dt)  # (D, N, N), (D, N) | (B, L, D, N, N), (B, L, D, N)
+        b = x[..., None] * Bbar  # (B, L, D, N)
         scan = jax.vmap(
             lambda A, b_d, rev: dense_linear_scan(A, b_d, reverse=rev, backend=self.options.backend),
-            in_axes=(0, 2, None),
+            in_axes=(0 if dt is None else 2, 2, None),
             out_axes=2,
         )
         Cs = self._Cs()
         y = jnp.einsum("bldn,dn->bld", scan(Abar, b, False), Cs[0])
-        if self.options.bidirectional:  # strictly future inputs
+        if self.options.bidirectional:  # strictly future inputs: x_t = Ā(dt_{t+1}) x_{t+1} + B̄(dt_{t+1}) u_{t+1}
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
-            y = y + jnp.einsum("bldn,dn->bld", scan(Abar, b_next, True), Cs[1])
+            y = y + jnp.einsum("bldn,dn->bld", scan(Abar if dt is None else next_step(Abar), b_next, True), Cs[1])
         return (y + x * f32(self.D)[None, None]).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
@@ -187,18 +201,25 @@ class LSSL(nnx.Module):
         Abar, Bbar = self.discretized(dt_scale)
         return jnp.zeros((batch_size, self.d_model, self.options.d_state), jnp.float32), Abar, Bbar
 
-    def step(self, state, x_t, *, dt_scale=None):
+    def step(self, state, x_t, *, dt_scale=None, dt_t=None):
         """One token: ``x_t (B, D) -> (state, y_t (B, D))``, O(D·N²) with the cached system (``dt_scale=None``);
-        a given ``dt_scale`` re-discretises (O(D·N³)) and the returned state caches that system."""
+        a given ``dt_scale`` re-discretises (O(D·N³)) and the returned state caches that system. ``dt_t (B,)``
+        (elapsed time before this sample) discretises this step per sequence (O(B·D·N³)); the cache is kept."""
         check_token("LSSL", x_t, self.d_model)
         if dt_scale is not None:
             check_dt_scale("LSSL", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("LSSL.step", dt_t, x_t.shape[:1], name="dt_t")
         check_causal("LSSL", self.options.bidirectional)
         check_state("LSSL", state, self.state_spec(x_t.shape[0]))
         x, Abar, Bbar = state
         if dt_scale is not None:
             Abar, Bbar = self.discretized(dt_scale)
         x_t = x_t.astype(self.dtype).astype(jnp.float32)
-        x = jnp.einsum("dnm,bdm->bdn", Abar, x) + Bbar[None] * x_t[..., None]
+        if dt_t is not None:
+            A_t, B_t = self.discretized(1.0 if dt_scale is None else dt_scale, dt_t)  # (B, D, N, N), (B, D, N)
+            x = jnp.einsum("bdnm,bdm->bdn", A_t, x) + B_t * x_t[..., None]
+        else:
+            x = jnp.einsum("dnm,bdm->bdn", Abar, x) + Bbar[None] * x_t[..., None]
         y = jnp.einsum("dn,bdn->bd", f32(self.C), x) + x_t * f32(self.D)[None]
         return (x, Abar, Bbar), y.astype(self.dtype)

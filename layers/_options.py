@@ -202,3 +202,54 @@ def _batch_of(expected):
 def zeros_of(spec):
     """Zeros with the shapes and dtypes of a tree of ``jax.ShapeDtypeStruct``."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), spec)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# irregular sampling: per-step elapsed times
+
+
+def check_dt(owner: str, dt, shape: tuple, *, name: str = "dt"):
+    """Per-step elapsed times: ``dt (B, L)`` in ``__call__`` (``dt_t (B,)`` in ``step``, ``name="dt_t"``).
+
+    ``dt[b, t]`` is the time since the previous sample of sequence b (for t = 0: since the start), in units of
+    the regular grid: all ones is the regularly sampled sequence. Must be a real array of exactly ``shape``;
+    a concrete array must hold finite values > 0 (a ``ValueError`` names the first bad ones). A traced array
+    (under ``jit``) is checked for shape and dtype only: a value <= 0 or NaN there gives unstable or NaN outputs.
+    Returns ``dt`` as float32.
+    """
+    want = "(B, L)" if len(shape) == 2 else "(B,)"
+    got_shape, dtype = np.shape(dt), getattr(dt, "dtype", None)
+    if dtype is None:
+        dt = np.asarray(dt)
+        dtype = dt.dtype
+    real = (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)) and dtype != jnp.bool_
+    if tuple(got_shape) != tuple(shape) or not real:
+        raise ValueError(
+            f"{owner}: {name} must be a real array of shape {want} = {tuple(shape)} (positive elapsed time before "
+            f"each sample, in grid steps); got shape {tuple(got_shape)}, dtype {jnp.dtype(dtype).name}"
+        )
+    if is_concrete(dt):
+        values = np.asarray(dt, np.float64)
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            where = np.argwhere(bad)[:5]
+            shown = ", ".join(f"{values[tuple(i)]!r} at {tuple(int(j) for j in i)}" for i in where)
+            raise ValueError(
+                f"{owner}: {name} must hold finite elapsed times > 0; got {shown}"
+                + (f" (and {int(bad.sum()) - len(where)} more)" if bad.sum() > len(where) else "")
+            )
+    return jnp.asarray(dt, jnp.float32)
+
+
+def next_step(a):
+    """``a`` shifted one step back in time along axis 1, the last step repeated: ``out[:, t] = a[:, t+1]``.
+
+    A reverse (anti-causal) recurrence going from sample t+1 to sample t crosses the gap ``dt[:, t+1]``; the
+    last sample has no successor and keeps its own gap (so a constant ``dt`` stays constant).
+    """
+    return jnp.concatenate([a[:, 1:], a[:, -1:]], axis=1)
+
+
+def takes_dt(mixer) -> bool:
+    """Whether ``mixer.__call__`` accepts per-step elapsed times ``dt`` (the continuous-time mixers)."""
+    return "dt" in inspect.signature(mixer.__call__).parameters

@@ -14,6 +14,12 @@ Per channel d (N states; the conjugate half N/2 is stored, ``ssm.kernels`` conve
                             docs/layers.md §S4).
                             ``discretized()`` gives the dense real form (``ssm.kernels.dplr_real_form``) for checks.
 
+Irregular sampling: ``dt (B, L)`` in ``__call__`` (``dt_t (B,)`` in ``step``) gives Δ_{b,t} = dt[b, t] · Δ.
+The DPLR convolution kernel exists only for a fixed Δ, so with ``dt`` ``__call__`` runs the recurrent form: a
+``lax.scan`` of the same Woodbury bilinear step as ``step`` (O(L) sequential steps of O(B·D·N·rank)); the
+bidirectional branch runs it in reverse over the strictly future inputs, crossing the gap dt[:, t+1] from
+t+1 to t.
+
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).
 Parameters (per channel): ``log_dt (D,)``, ``Lambda_re, Lambda_im, B_re, B_im (D, N/2)``, ``P_re, P_im
 (D, rank, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
@@ -34,6 +40,7 @@ from algornn.layers._options import (
     check_bool,
     check_causal,
     check_choice,
+    check_dt,
     check_dt_range,
     check_dt_scale,
     check_dtypes,
@@ -41,6 +48,7 @@ from algornn.layers._options import (
     check_sequence,
     check_state,
     check_token,
+    next_step,
     record_options,
     zeros_of,
 )
@@ -85,7 +93,10 @@ class S4(nnx.Module):
         rngs: ``nnx.Rngs`` for the initialisation.
 
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
-    (a positive scalar; may be traced under ``jit``).
+    (a positive scalar; may be traced under ``jit``). Irregularly sampled input: ``__call__(x, dt=dt)`` with
+    ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; the call then
+    runs the recurrence, a sequential scan, instead of the convolution), ``step(state, x_t, dt_t=dt_t)`` with
+    ``dt_t (B,)``.
     """
 
     def __init__(
@@ -151,17 +162,43 @@ class S4(nnx.Module):
         Abar, Bbar = ssm.discretize.bilinear(A, Br, self.dt(dt_scale))
         return Abar, Bbar, Cr
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``, by FFT convolution with the DPLR kernel."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``, by FFT convolution with the DPLR kernel; with ``dt (B, L)``
+        (elapsed time before each sample) by the bilinear recurrence."""
         check_sequence("S4", x, self.d_model)
         check_dt_scale("S4", dt_scale)
+        if dt is not None:
+            dt = check_dt("S4", dt, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
+        if dt is not None:
+            return self._recurrence(x, self.dt(dt_scale)[None, None] * dt[..., None]).astype(self.dtype)
         Ks = self.kernel(x.shape[1], dt_scale)
         if self.options.bidirectional:
             y = ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D))
         else:
             y = ssm.kernels.causal_conv(x, Ks[0], f32(self.D))
         return y.astype(self.dtype)
+
+    def _recurrence(self, x, delta):
+        """``x (B, L, D)`` float32, per-step ``Δ (B, L, D)``: the Woodbury bilinear recurrence over time."""
+        Lam, P, B = self.dplr()
+        Cs = self._Cs()
+
+        def run(us, deltas, reverse):
+            def body(s, inp):
+                u_t, d_t = inp
+                s = _dplr_bilinear_step(Lam, P, B, d_t, s, u_t)
+                return s, s
+
+            s0 = jnp.zeros((x.shape[0], self.d_model, self.options.d_state // 2), jnp.complex64)
+            _, hs = jax.lax.scan(body, s0, (jnp.moveaxis(us, 1, 0), jnp.moveaxis(deltas, 1, 0)), reverse=reverse)
+            return jnp.moveaxis(hs, 0, 1)  # (B, L, D, N/2)
+
+        y = 2.0 * jnp.real(jnp.einsum("dn,bldn->bld", Cs[0], run(x, delta, False)))
+        if self.options.bidirectional:  # strictly future inputs: h_t = Ā(Δ_{t+1}) h_{t+1} + B̄(Δ_{t+1}) u_{t+1}
+            x_next = jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
+            y = y + 2.0 * jnp.real(jnp.einsum("dn,bldn->bld", Cs[1], run(x_next, next_step(delta), True)))
+        return y + x * f32(self.D)[None, None]
 
     def state_spec(self, batch_size: int):
         """``x (B, D, N/2)`` complex64 (the conjugate half of the state)."""
@@ -173,15 +210,19 @@ class S4(nnx.Module):
         check_causal("S4", self.options.bidirectional)
         return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale=1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N·rank) per token."""
+    def step(self, state, x_t, *, dt_scale=1.0, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; O(D·N·rank) per token; ``dt_t (B,)``: elapsed time
+        before this sample."""
         check_token("S4", x_t, self.d_model)
         check_dt_scale("S4", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("S4.step", dt_t, x_t.shape[:1], name="dt_t")
         check_causal("S4", self.options.bidirectional)
         check_state("S4", state, self.state_spec(x_t.shape[0]))
         x_t = x_t.astype(self.dtype).astype(jnp.float32)
         Lam, P, B = self.dplr()
-        s = _dplr_bilinear_step(Lam, P, B, self.dt(dt_scale), state, x_t)
+        delta = self.dt(dt_scale) if dt_t is None else dt_t[:, None] * self.dt(dt_scale)[None]  # (D,) | (B, D)
+        s = _dplr_bilinear_step(Lam, P, B, delta, state, x_t)
         y = 2.0 * jnp.real(jnp.einsum("dn,bdn->bd", self._Cs()[0], s)) + x_t * f32(self.D)[None]
         return s, y.astype(self.dtype)
 
@@ -190,20 +231,22 @@ class S4(nnx.Module):
 def _dplr_bilinear_step(Lam, P, B, dt, x, u):
     """One bilinear step of the conjugate-closed DPLR system on its conjugate half, in O(N·rank).
 
-    ``Lam, B (D, H)``, ``P (D, r, H)`` complex, ``dt (D,)``, state ``x (Bt, D, H)``, input ``u (Bt, D)``.
-    With A = diag(Λ_f) − P_f P_fᴴ and a conjugate-symmetric state, P_fᴴ x_f = 2 Re(Pᴴ x) is real. Solves
-    (I − Δ/2 A) x' = (I + Δ/2 A) x + Δ B u by Woodbury: M = diag(d) + (Δ/2) P_f P_fᴴ, d = 1 − Δ/2 Λ,
-    M⁻¹v = v/d − (P/d) G⁻¹ P_fᴴ(v/d),  G = (2/Δ) I + P_fᴴ diag(d)⁻¹ P_f  (real r×r).
+    ``Lam, B (D, H)``, ``P (D, r, H)`` complex, ``dt (D,)`` or per sequence ``(Bt, D)``, state ``x (Bt, D, H)``,
+    input ``u (Bt, D)``. With A = diag(Λ_f) − P_f P_fᴴ and a conjugate-symmetric state, P_fᴴ x_f = 2 Re(Pᴴ x) is
+    real. Solves (I − Δ/2 A) x' = (I + Δ/2 A) x + Δ B u by Woodbury: M = diag(d) + (Δ/2) P_f P_fᴴ,
+    d = 1 − Δ/2 Λ, M⁻¹v = v/d − (P/d) G⁻¹ P_fᴴ(v/d),  G = (2/Δ) I + P_fᴴ diag(d)⁻¹ P_f  (real r×r).
     """
-    half = (0.5 * dt).astype(jnp.complex64)[:, None]  # (D, 1)
+    dt = jnp.broadcast_to(dt, (x.shape[0], Lam.shape[0]))  # (Bt, D)
+    half = (0.5 * dt).astype(jnp.complex64)[..., None]  # (Bt, D, 1)
     proj = lambda v: 2.0 * jnp.real(jnp.einsum("drn,bdn->bdr", jnp.conj(P), v))  # noqa: E731  P_fᴴ v_f
     Ax = Lam[None] * x - jnp.einsum("drn,bdr->bdn", P, proj(x).astype(jnp.complex64))
-    v = x + half[None] * Ax + (dt.astype(jnp.complex64)[:, None] * B)[None] * u.astype(jnp.complex64)[..., None]
-    d = 1.0 - half * Lam  # (D, H)
+    v = x + half * Ax + dt.astype(jnp.complex64)[..., None] * B[None] * u.astype(jnp.complex64)[..., None]
+    d = 1.0 - half * Lam[None]  # (Bt, D, H)
     r = P.shape[1]
-    G = (2.0 / dt)[:, None, None] * jnp.eye(r, dtype=jnp.float32)[None] + 2.0 * jnp.real(
-        jnp.einsum("din,djn->dij", jnp.conj(P), P / d[:, None])
-    )  # (D, r, r)
-    w = v / d[None]
-    z = jnp.einsum("dij,bdj->bdi", jnp.linalg.inv(G), proj(w))  # (Bt, D, r)
-    return w - jnp.einsum("drn,bdr->bdn", P / d[:, None], z.astype(jnp.complex64))
+    Pd = P[None] / d[:, :, None]  # (Bt, D, r, H)
+    G = (2.0 / dt)[..., None, None] * jnp.eye(r, dtype=jnp.float32) + 2.0 * jnp.real(
+        jnp.einsum("din,bdjn->bdij", jnp.conj(P), Pd)
+    )  # (Bt, D, r, r)
+    w = v / d
+    z = jnp.einsum("bdij,bdj->bdi", jnp.linalg.inv(G), proj(w))  # (Bt, D, r)
+    return w - jnp.einsum("bdrn,bdr->bdn", Pd, z.astype(jnp.complex64))

@@ -9,6 +9,10 @@ Per channel d (N/2 complex states, conjugate pairs implied; ``ssm.kernels`` conv
     mode="scan":  h_t = Ā ⊙ h_{t-1} + B̄ u_t on ``scan_kernels.linear_scan``,  y_t = 2 Re(C h_t) + D u_t
     step:         the same recurrence, one token at a time
 
+Irregular sampling (``dt (B, L)`` in ``__call__``, ``dt_t (B,)`` in ``step``): Δ_{b,t} = dt[b, t] · Δ, so
+Ā_t, B̄_t vary per step and sequence (the ZOH solution over each gap, S5 §6.3); the convolution has no
+time-varying form, so mode="conv" runs the scan then.
+
 ``bidirectional=True`` adds an anti-causal branch with its own ``C2`` acting on strictly future inputs
 (S4's two-sided kernel): ``y_t += Σ_{s>t} K2_{s-t-1} u_s``. Parameters: ``log_dt (D,)``, ``Lambda_re,
 Lambda_im, B_re, B_im (D, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
@@ -30,6 +34,7 @@ from algornn.layers._options import (
     check_bool,
     check_causal,
     check_choice,
+    check_dt,
     check_dt_range,
     check_dt_scale,
     check_dtypes,
@@ -37,6 +42,7 @@ from algornn.layers._options import (
     check_sequence,
     check_state,
     check_token,
+    next_step,
     record_options,
     zeros_of,
 )
@@ -87,7 +93,10 @@ class S4D(nnx.Module):
         rngs: ``nnx.Rngs`` for the initialisation.
 
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
-    (a positive scalar; may be traced under ``jit``).
+    (a positive scalar; may be traced under ``jit``). Irregularly sampled input: ``__call__(x, dt=dt)`` with
+    ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; all ones is the
+    regular grid; mode="conv" then runs its scan form), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
+    A bidirectional layer's reverse branch crosses the gap ``dt[:, t+1]`` from sample t+1 back to t.
     """
 
     def __init__(
@@ -132,14 +141,15 @@ class S4D(nnx.Module):
         Lam = jax.lax.complex(jnp.minimum(f32(self.Lambda_re), MAX_RE), f32(self.Lambda_im))
         return Lam, complex_of(self.B_re, self.B_im)
 
-    def dt(self, dt_scale=1.0):
-        """Step sizes ``Δ (D,)`` float32."""
-        return jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
+    def dt(self, dt_scale=1.0, elapsed=None):
+        """Step sizes ``Δ (D,)`` float32; with per-step ``elapsed (...)`` times, ``Δ (..., D)``."""
+        delta = jnp.exp(f32(self.log_dt)) * jnp.asarray(dt_scale, jnp.float32)
+        return delta if elapsed is None else elapsed[..., None] * delta
 
-    def discretized(self, dt_scale=1.0):
-        """``(Ā, B̄) (D, N/2)`` complex64."""
+    def discretized(self, dt_scale=1.0, elapsed=None):
+        """``(Ā, B̄) (D, N/2)`` complex64; ``(..., D, N/2)`` for per-step ``elapsed (...)`` times."""
         Lam, B = self._continuous()
-        return ssm.discretize.diagonal(self.options.discretization, Lam, B, self.dt(dt_scale))
+        return ssm.discretize.diagonal(self.options.discretization, Lam, B, self.dt(dt_scale, elapsed))
 
     def _Cs(self):
         Cs = [complex_of(self.C_re, self.C_im)]
@@ -155,33 +165,36 @@ class S4D(nnx.Module):
         ]
 
     # -- sequence mode -------------------------------------------------------------------------------------
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
         check_sequence("S4D", x, self.d_model)
         check_dt_scale("S4D", dt_scale)
+        if dt is not None:
+            dt = check_dt("S4D", dt, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
-        if self.options.mode == "conv":
+        if self.options.mode == "conv" and dt is None:
             Ks = self.kernel(x.shape[1], dt_scale)
             if self.options.bidirectional:
                 y = ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D))
             else:
                 y = ssm.kernels.causal_conv(x, Ks[0], f32(self.D))
         else:
-            y = self._scan(x, dt_scale)
+            y = self._scan(x, dt_scale, dt)
         return y.astype(self.dtype)
 
-    def _scan(self, x, dt_scale):
+    def _scan(self, x, dt_scale, dt=None):
         Bsz, L, D = x.shape
         n2 = self.options.d_state // 2
-        Abar, Bbar = self.discretized(dt_scale)  # (D, N/2)
-        b = x.astype(jnp.complex64)[..., None] * Bbar[None, None]  # (B, L, D, N/2)
-        a = Abar.reshape(D * n2)
+        Abar, Bbar = self.discretized(dt_scale, dt)  # (D, N/2), or (B, L, D, N/2) with dt
+        b = x.astype(jnp.complex64)[..., None] * Bbar  # (B, L, D, N/2)
+        a = Abar.reshape(Abar.shape[:-2] + (D * n2,))  # (D·N/2,) or (B, L, D·N/2)
         Cs = self._Cs()
         h = linear_scan(a, b.reshape(Bsz, L, D * n2), backend=self.options.backend).reshape(Bsz, L, D, n2)
         y = 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", h, Cs[0]))
-        if self.options.bidirectional:  # strictly future inputs
+        if self.options.bidirectional:  # strictly future inputs: h_t = Ā(dt_{t+1}) h_{t+1} + B̄(dt_{t+1}) u_{t+1}
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
-            hb = linear_scan(a, b_next.reshape(Bsz, L, D * n2), reverse=True, backend=self.options.backend)
+            a_rev = a if dt is None else next_step(a)
+            hb = linear_scan(a_rev, b_next.reshape(Bsz, L, D * n2), reverse=True, backend=self.options.backend)
             y = y + 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", hb.reshape(Bsz, L, D, n2), Cs[1]))
         return y + x * f32(self.D)[None, None]
 
@@ -196,14 +209,16 @@ class S4D(nnx.Module):
         check_causal("S4D", self.options.bidirectional)
         return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale=1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+    def step(self, state, x_t, *, dt_scale=1.0, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; ``dt_t (B,)``: elapsed time before this sample."""
         check_token("S4D", x_t, self.d_model)
         check_dt_scale("S4D", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("S4D.step", dt_t, x_t.shape[:1], name="dt_t")
         check_causal("S4D", self.options.bidirectional)
         check_state("S4D", state, self.state_spec(x_t.shape[0]))
         x_t = x_t.astype(self.dtype).astype(jnp.float32)
-        Abar, Bbar = self.discretized(dt_scale)
-        h = Abar[None] * state + x_t.astype(jnp.complex64)[..., None] * Bbar[None]
+        Abar, Bbar = self.discretized(dt_scale, dt_t)  # (D, N/2) or (B, D, N/2)
+        h = Abar * state + x_t.astype(jnp.complex64)[..., None] * Bbar
         y = 2.0 * jnp.real(jnp.einsum("bdn,dn->bd", h, self._Cs()[0])) + x_t * f32(self.D)[None]
         return h, y.astype(self.dtype)

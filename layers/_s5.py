@@ -5,6 +5,11 @@ Sequence Modeling"), one MIMO diagonal SSM over all D channels, on ``scan_kernel
     zoh:      Λ̄ = exp(ΛΔ),  B̄ = (Λ̄ − 1)/Λ · B̃;   bilinear: Λ̄ = (1 − ΔΛ/2)^{-1}(1 + ΔΛ/2),  B̄ = (1 − ΔΛ/2)^{-1} Δ B̃
     Δ = exp(log_step) · dt_scale, one timescale per state (S5 §4.3)
 
+Irregular sampling (S5 §6.3): ``dt (B, L)`` in ``__call__`` (``dt_t (B,)`` in ``step``) gives Δ_{b,t,p} =
+dt[b, t] · Δ_p and a per-step Λ̄_t, B̄_t (the ZOH solution over each gap); B̄_t u_t is computed as
+coef_t ⊙ (B̃ u_t) so B̄ is never formed per step. The reverse branch crosses the gap dt[:, t+1] from t+1 to t
+(Λ̄ and the input weight of u_t both use it; the last sample keeps its own gap).
+
 Init (``ssm.init.s5_hippo_n``, S5 §4.1): Λ from ``blocks`` copies of HiPPO-N (the normal part of LegS),
 B̃ = V⁻¹B and C̃ = CV in the eigenbasis. With ``conj_sym`` only P = N/2 states are stored.
 ``bidirectional=True`` adds a reverse scan over the same Λ̄, B̄u (current token included, S5 ``apply_ssm``)
@@ -28,6 +33,7 @@ from algornn.layers._options import (
     check_bool,
     check_causal,
     check_choice,
+    check_dt,
     check_dt_range,
     check_dt_scale,
     check_dtypes,
@@ -35,6 +41,7 @@ from algornn.layers._options import (
     check_sequence,
     check_state,
     check_token,
+    next_step,
     record_options,
     zeros_of,
 )
@@ -86,7 +93,9 @@ class S5(nnx.Module):
         rngs: ``nnx.Rngs`` for the initialisation.
 
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
-    (a positive scalar; may be traced under ``jit``).
+    (a positive scalar; may be traced under ``jit``). Irregularly sampled input: ``__call__(x, dt=dt)`` with
+    ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; all ones is the
+    regular grid), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
     """
 
     def __init__(
@@ -125,34 +134,44 @@ class S5(nnx.Module):
             self.C2_re, self.C2_im = param(jnp.real(C2), pdt), param(jnp.imag(C2), pdt)
         self.D = param(normal(rngs.params(), (d_model,), 1.0), pdt)
 
-    def dt(self, dt_scale=1.0):
-        """Step sizes ``Δ (P,)`` float32 (one per stored state)."""
-        return jnp.exp(f32(self.log_step)) * jnp.asarray(dt_scale, jnp.float32)
+    def dt(self, dt_scale=1.0, elapsed=None):
+        """Step sizes ``Δ (P,)`` float32 (one per stored state); with per-step ``elapsed (...)``, ``(..., P)``."""
+        delta = jnp.exp(f32(self.log_step)) * jnp.asarray(dt_scale, jnp.float32)
+        return delta if elapsed is None else elapsed[..., None] * delta
 
-    def discretized(self, dt_scale=1.0):
-        """``(Λ̄ (P,), B̄ (P, D))`` complex64."""
+    def _coefficients(self, dt_scale=1.0, elapsed=None):
+        """``(Λ̄, coef) (P,)`` (or ``(..., P)`` per step) complex64 with ``B̄ = coef[:, None] · B̃``."""
         Lam = jax.lax.complex(jnp.minimum(f32(self.Lambda_re), MAX_RE), f32(self.Lambda_im))
         # one Δ per state: P single-state systems (batch dim P, N = 1)
         Abar, coef = ssm.discretize.diagonal(
-            self.options.discretization, Lam[:, None], jnp.ones_like(Lam)[:, None], self.dt(dt_scale)
+            self.options.discretization, Lam[:, None], jnp.ones_like(Lam)[:, None], self.dt(dt_scale, elapsed)
         )
-        return Abar[:, 0], coef * complex_of(self.B_re, self.B_im)
+        return Abar[..., 0], coef[..., 0]
+
+    def discretized(self, dt_scale=1.0):
+        """``(Λ̄ (P,), B̄ (P, D))`` complex64."""
+        Abar, coef = self._coefficients(dt_scale)
+        return Abar, coef[:, None] * complex_of(self.B_re, self.B_im)
 
     def _readout(self, h, C):
         """``c · Re(C̃ h)``: ``h (..., P) -> (..., D)``."""
         y = jnp.real(jnp.einsum("...p,dp->...d", h, C))
         return 2.0 * y if self.options.conj_sym else y
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
         check_sequence("S5", x, self.d_model)
         check_dt_scale("S5", dt_scale)
+        if dt is not None:
+            dt = check_dt("S5", dt, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
-        Abar, Bbar = self.discretized(dt_scale)
-        bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), Bbar)  # (B, L, P)
-        y = self._readout(linear_scan(Abar, bu, backend=self.options.backend), complex_of(self.C_re, self.C_im))
+        Abar, coef = self._coefficients(dt_scale, dt)  # (P,) or (B, L, P)
+        Bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), complex_of(self.B_re, self.B_im))  # (B, L, P)
+        y = self._readout(linear_scan(Abar, coef * Bu, backend=self.options.backend), complex_of(self.C_re, self.C_im))
         if self.options.bidirectional:
-            hb = linear_scan(Abar, bu, reverse=True, backend=self.options.backend)
+            if dt is not None:  # from t+1 back to t: the gap dt[:, t+1]
+                Abar, coef = next_step(Abar), next_step(coef)
+            hb = linear_scan(Abar, coef * Bu, reverse=True, backend=self.options.backend)
             y = y + self._readout(hb, complex_of(self.C2_re, self.C2_im))
         return (y + x * f32(self.D)[None, None]).astype(self.dtype)
 
@@ -166,14 +185,17 @@ class S5(nnx.Module):
         check_causal("S5", self.options.bidirectional)
         return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale=1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+    def step(self, state, x_t, *, dt_scale=1.0, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; ``dt_t (B,)``: elapsed time before this sample."""
         check_token("S5", x_t, self.d_model)
         check_dt_scale("S5", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("S5.step", dt_t, x_t.shape[:1], name="dt_t")
         check_causal("S5", self.options.bidirectional)
         check_state("S5", state, self.state_spec(x_t.shape[0]))
         x_t = x_t.astype(self.dtype).astype(jnp.float32)
-        Abar, Bbar = self.discretized(dt_scale)
-        h = Abar[None] * state + jnp.einsum("bd,pd->bp", x_t.astype(jnp.complex64), Bbar)
+        Abar, coef = self._coefficients(dt_scale, dt_t)  # (P,) or (B, P)
+        Bu = jnp.einsum("bd,pd->bp", x_t.astype(jnp.complex64), complex_of(self.B_re, self.B_im))
+        h = Abar * state + coef * Bu
         y = self._readout(h, complex_of(self.C_re, self.C_im)) + x_t * f32(self.D)[None]
         return h, y.astype(self.dtype)

@@ -9,6 +9,10 @@ Gu & Dao 2023 (Mamba, Alg. 2 / §3.5). With E = expand·D inner channels and N s
     h_t    = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) B_t                    h: (B, E, N), A = -exp(A_log) (E, N)
     y_t    = h_t C_t + D ⊙ u_t;  out = (y ⊙ silu(z)) W_out              (B, L, D)
 
+Irregular sampling: ``dt (B, L)`` (``dt_t (B,)`` in ``step``) multiplies the learned step, Δ_t = dt_t ·
+softplus(δ W_Δ + b_Δ) · dt_scale, so the decay exp(Δ_t A) covers the elapsed time; the reverse branch uses the gap
+dt[:, t+1] it crosses from t+1 to t. The short convolution still counts samples, not time.
+
 ``bidirectional=True`` adds the reverse recurrence ``h_t = exp(Δ_t A) h_{t+1} + Δ_t u_t B_t`` with its own
 output map ``C`` (second slice of the projection) and sums the two readouts.
 Constructor: ``SelectiveSSM(d_model, *, d_state=16, expand=1, d_conv=4, dt_rank=None, dt_min=0.001, dt_max=0.1,
@@ -29,6 +33,7 @@ from algornn.layers._options import (
     check_bool,
     check_causal,
     check_choice,
+    check_dt,
     check_dt_range,
     check_dt_scale,
     check_dtypes,
@@ -36,6 +41,7 @@ from algornn.layers._options import (
     check_sequence,
     check_state,
     check_token,
+    next_step,
     record_options,
     zeros_of,
 )
@@ -94,6 +100,8 @@ class SelectiveSSM(nnx.Module):
 
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ_t by ``dt_scale``
     (a positive scalar; may be traced under ``jit``). The short convolution still counts samples, not time.
+    Irregularly sampled input: ``__call__(x, dt=dt)`` with ``dt (B, L)`` the positive time before each sample in
+    grid steps (Δ_t = dt_t · the learned step), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
     """
 
     def __init__(
@@ -137,37 +145,45 @@ class SelectiveSSM(nnx.Module):
         self.D = param(jnp.ones((E,), jnp.float32), pdt)
         self.out_proj = nnx.Linear(E, d_model, **lin)
 
-    def _gates(self, u, dt_scale):
-        """From the conv output ``u (..., E)`` (dtype): ``a = exp(ΔA)``, ``Δ``, ``B_t``, ``C_t`` (float32)."""
+    def _gates(self, u, dt_scale, elapsed=None):
+        """From the conv output ``u (..., E)`` (dtype): ``a = exp(ΔA)``, ``Δ``, ``B_t``, ``C_t`` (float32), one
+        ``(a, Δ)`` per direction (the reverse one crosses the next gap with ``elapsed (B, L)``; else shared)."""
         N, R = self.options.d_state, self.rank
         dbc = self.x_proj(u)
         dt_in = self.dt_proj(dbc[..., :R]).astype(jnp.float32) + f32(self.dt_bias)
         delta = jax.nn.softplus(dt_in) * jnp.asarray(dt_scale, jnp.float32)
+        deltas = [delta] * (1 + self.options.bidirectional)
+        if elapsed is not None:  # Δ_t = dt_t · the learned step (time since the previous sample)
+            deltas[0] = elapsed[..., None] * delta
+            if self.options.bidirectional:  # the reverse recurrence goes from t+1 back to t: gap dt[:, t+1]
+                deltas[1] = next_step(elapsed)[..., None] * delta
         A = -jnp.exp(f32(self.A_log))  # (E, N)
-        a = jnp.exp(delta[..., None] * A)  # (..., E, N)
+        a = [jnp.exp(d[..., None] * A) for d in deltas]  # (..., E, N) each
         dbc = dbc.astype(jnp.float32)
         Bt = dbc[..., R : R + N]
         Cs = [dbc[..., R + (i + 1) * N : R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
-        return a, delta, Bt, Cs
+        return a, deltas, Bt, Cs
 
     def _conv(self, u):
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
         return jax.nn.silu(_causal_conv(u, w, b))
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
         check_sequence("SelectiveSSM", x, self.d_model)
         check_dt_scale("SelectiveSSM", dt_scale)
+        if dt is not None:
+            dt = check_dt("SelectiveSSM", dt, x.shape[:2])
         Bsz, L = x.shape[:2]
         E, N = self.inner, self.options.d_state
         u, z = jnp.split(self.in_proj(x.astype(self.dtype)), 2, axis=-1)
         u = self._conv(u)  # (B, L, E)
-        a, delta, Bt, Cs = self._gates(u, dt_scale)
+        a_dirs, deltas, Bt, Cs = self._gates(u, dt_scale, dt)
         u = u.astype(jnp.float32)
-        b = (delta * u)[..., None] * Bt[:, :, None, :]  # (B, L, E, N)
-        a, b = a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N)
         y = f32(self.D)[None, None] * u
         for i, C in enumerate(Cs):
+            b = (deltas[i] * u)[..., None] * Bt[:, :, None, :]  # (B, L, E, N)
+            a, b = a_dirs[i].reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N)
             h = linear_scan(a, b, reverse=i == 1, backend=self.options.backend).reshape(Bsz, L, E, N)
             y = y + jnp.einsum("blen,bln->ble", h, C)
         return self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
@@ -186,10 +202,12 @@ class SelectiveSSM(nnx.Module):
         check_causal("SelectiveSSM", self.options.bidirectional)
         return zeros_of(self.state_spec(batch_size))
 
-    def step(self, state, x_t, *, dt_scale=1.0):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+    def step(self, state, x_t, *, dt_scale=1.0, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; ``dt_t (B,)``: elapsed time before this sample."""
         check_token("SelectiveSSM", x_t, self.d_model)
         check_dt_scale("SelectiveSSM", dt_scale)
+        if dt_t is not None:
+            dt_t = check_dt("SelectiveSSM.step", dt_t, x_t.shape[:1], name="dt_t")
         check_causal("SelectiveSSM", self.options.bidirectional)
         check_state("SelectiveSSM", state, self.state_spec(x_t.shape[0]))
         buf, h = state
@@ -197,7 +215,7 @@ class SelectiveSSM(nnx.Module):
         window = jnp.concatenate([buf.astype(self.dtype), u[:, None]], axis=1)  # (B, W, E)
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
         u_c = jax.nn.silu(jnp.sum(window * w[None], axis=1) + b[None])
-        a, delta, Bt, (C,) = self._gates(u_c, dt_scale)
+        (a,), (delta,), Bt, (C,) = self._gates(u_c, dt_scale, dt_t)
         u_c = u_c.astype(jnp.float32)
         h = a * h + (delta * u_c)[..., None] * Bt[:, None, :]  # (B, E, N)
         y = jnp.einsum("ben,bn->be", h, C) + f32(self.D)[None] * u_c
