@@ -100,9 +100,12 @@ def model_from_config(config_dict: dict, spec: dict):
 
 
 def apply_model(model, batch: dict):
-    """Logits for a batch dict (``inputs``, ``lengths`` and, for pair tasks, ``inputs2``, ``lengths2``)."""
+    """Logits for a batch dict (``inputs``, ``lengths``, ``dt`` (B, L) for irregularly sampled tasks and, for
+    pair tasks, ``inputs2``, ``lengths2``)."""
     if isinstance(model, RetrievalModel):
         return model(batch["inputs"], batch.get("lengths"), batch["inputs2"], batch.get("lengths2"))
+    if batch.get("dt") is not None:
+        return model(batch["inputs"], batch.get("lengths"), dt=batch["dt"])
     return model(batch["inputs"], batch.get("lengths"))
 
 

@@ -24,7 +24,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from algornn.experiments._models import apply_model, param_groups
 
-_BATCH_KEYS = ("inputs", "labels", "lengths", "inputs2", "lengths2")
+_BATCH_KEYS = ("inputs", "labels", "lengths", "inputs2", "lengths2", "dt")
 
 # ----------------------------------------------------------------------------------------------------
 # optimizer
@@ -197,8 +197,16 @@ def check_batch(batch: dict, *, vocab_size: int | None, where: str) -> None:
     """Refuse a host batch the model would silently mis-read: ``ValueError`` naming the bad values.
 
     Token ids (``inputs``/``inputs2`` of a token task, (B, L)) must lie in ``[0, vocab_size)``; ``lengths``/
-    ``lengths2`` (B,) in ``[1, L]``. One min/max per array on the numpy batch, before it goes to the devices.
+    ``lengths2`` (B,) in ``[1, L]``; elapsed times ``dt`` (irregularly sampled tasks) must be (B, L), finite and
+    > 0. One min/max per array on the numpy batch, before it goes to the devices.
     """
+    if "dt" in batch:
+        dt, x = batch["dt"], batch["inputs"]
+        if dt.shape != x.shape[:2]:
+            raise ValueError(f"{where}: dt must have shape (B, L) = {x.shape[:2]} like inputs; got {dt.shape}")
+        if not (np.all(np.isfinite(dt)) and float(dt.min()) > 0):
+            bad = np.unique(dt[~(np.isfinite(dt) & (dt > 0))])
+            raise ValueError(f"{where}: dt holds value(s) {bad[:8].tolist()}; elapsed times must be finite and > 0")
     for x_key, n_key in (("inputs", "lengths"), ("inputs2", "lengths2")):
         if x_key not in batch:
             continue

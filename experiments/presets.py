@@ -164,6 +164,42 @@ _SYNTHETIC = {
 }
 
 
+# ----------------------------------------------------------------------------------------------------
+# irregularly sampled sequences: the same model fed the true elapsed times (default) or dt = 1
+# (``task.options.use_dt=false``); CPU-scale settings, not a published configuration
+
+_IRREGULAR = {
+    "s4d": {"d_state": 32, "dt_min": 0.01, "dt_max": 0.5},
+    "s5": {"d_state": 32, "dt_min": 0.01, "dt_max": 0.5},
+    "s4": {"d_state": 16, "dt_min": 0.01, "dt_max": 0.5},
+    "lssl": {"d_state": 16, "discretization": "zoh", "dt_min": 0.01, "dt_max": 0.5},
+    "selective_ssm": {"d_state": 16, "dt_min": 0.01, "dt_max": 0.5},
+    "lmu": {"order": 16, "theta": 32.0},
+    "hippo_rnn": {"d_state": 16, "measure": "legs"},
+}
+
+
+def _irregular(mixer: str) -> Config:
+    """``mixer`` (2 layers, width 32) on ``irregular_sine`` (16 frequency classes, 128 samples at random times)."""
+    return Config(
+        name=f"irregular_sine_{mixer}",
+        task=TaskConfig(name="irregular_sine", options={}),
+        model=ModelConfig(
+            mixer=mixer,
+            d_model=32,
+            n_layers=2,
+            mixer_options=dict(_IRREGULAR[mixer]),
+            pooling="auto",
+            norm="layer",
+            prenorm=True,
+        ),
+        optim=OptimConfig(lr=3e-3, ssm_lr=1e-3, weight_decay=0.01, warmup_steps=50, grad_clip=1.0),
+        train=TrainConfig(
+            steps=600, batch_size=32, eval_every=100, checkpoint_every=100, log_every=10, eval_batch_size=200
+        ),
+    )
+
+
 def _registry() -> dict:
     presets = {"demo": demo}
     for task in _S4_LRA:
@@ -172,6 +208,8 @@ def _registry() -> dict:
         presets[f"{task}_s5"] = lambda t=task: _s5(t)
     for name, (task, mixer, options) in _SYNTHETIC.items():
         presets[name] = lambda t=task, m=mixer, o=options: _synthetic(t, m, o)
+    for mixer in _IRREGULAR:
+        presets[f"irregular_sine_{mixer}"] = lambda m=mixer: _irregular(m)
     return presets
 
 

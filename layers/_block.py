@@ -9,7 +9,9 @@ The wiring of the S4/S5 residual blocks (docs/layers.md §SequenceBlock):
           = drop(z)                            ff="none"
 
 Shapes: x ``(B, L, D)``; ``step`` takes ``x_t (B, D)``. ``mask (B, L)`` (optional) zeroes padded positions of the
-block input, so that bidirectional mixers and the pooled output never see padding. ``dtype`` (compute) and
+block input, so that bidirectional mixers and the pooled output never see padding. ``dt (B, L)`` (optional; ``dt_t (B,)``
+in ``step``): per-step elapsed times for irregularly sampled input, passed to a continuous-time mixer (a
+discrete-time mixer raises ``ValueError``). ``dtype`` (compute) and
 ``param_dtype`` (parameters) go to the norm, the feed-forward layers and the mixer; outputs are in ``dtype``.
 """
 
@@ -23,6 +25,7 @@ from algornn.layers._options import (
     check_dtypes,
     check_float,
     check_mixer_options,
+    takes_dt,
     takes_keyword,
 )
 from algornn.layers._registry import resolve_mixer
@@ -124,22 +127,35 @@ class SequenceBlock(nnx.Module):
             z = self.ff_out(jax.nn.gelu(self.ff_in(z)))
         return self.dropout(z)
 
-    def __call__(self, x, mask=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``mask (B, L)`` of 0/1 (or bool) zeroes padded inputs."""
+    def _mix(self, z, dt, *, step_state=None):
+        """The mixer on ``z``, with the elapsed times when given (a discrete-time mixer refuses them)."""
+        if dt is not None and not takes_dt(self.mixer):
+            raise ValueError(
+                f"SequenceBlock: the mixer {type(self.mixer).__name__} is discrete-time (no step size Δ), so it "
+                f"cannot take per-step elapsed times dt; the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, "
+                f"LSSL and SelectiveSSM do"
+            )
+        if step_state is None:
+            return self.mixer(z) if dt is None else self.mixer(z, dt=dt)
+        return self.mixer.step(step_state, z) if dt is None else self.mixer.step(step_state, z, dt_t=dt)
+
+    def __call__(self, x, mask=None, dt=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``mask (B, L)`` of 0/1 (or bool) zeroes padded inputs;
+        ``dt (B, L)``: elapsed time before each sample (irregular sampling; continuous-time mixers only)."""
         x = _floating("SequenceBlock", "x", x).astype(self.dtype)
         if mask is not None:
             x = x * mask[..., None].astype(self.dtype)
         z = self.norm(x) if self.prenorm else x
-        y = x + self._feed_forward(self.mixer(z))
+        y = x + self._feed_forward(self._mix(z, dt))
         return (y if self.prenorm else self.norm(y)).astype(self.dtype)
 
     def init_state(self, batch_size: int):
         return self.mixer.init_state(batch_size)
 
-    def step(self, state, x_t):
-        """One token: ``x_t (B, D) -> (state, y_t (B, D))``."""
+    def step(self, state, x_t, dt_t=None):
+        """One token: ``x_t (B, D) -> (state, y_t (B, D))``; ``dt_t (B,)``: elapsed time before it."""
         x_t = _floating("SequenceBlock.step", "x_t", x_t).astype(self.dtype)
         z = self.norm(x_t) if self.prenorm else x_t
-        state, z = self.mixer.step(state, z)
+        state, z = self._mix(z, dt_t, step_state=state)
         y = x_t + self._feed_forward(z)
         return state, (y if self.prenorm else self.norm(y)).astype(self.dtype)

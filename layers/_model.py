@@ -18,6 +18,11 @@ Shapes: ``x`` int ``(B, L)`` or float ``(B, L, input_dim)``; logits ``(B, num_cl
 ``(B, L, num_classes)`` for ``pooling="none"``, in ``dtype``. Autoregressive use: ``init_state(B)`` and
 ``step(state, x_t) -> (state, logits_t (B, num_classes))`` with ``x_t`` int ``(B,)`` or float ``(B, input_dim)``.
 Train/eval mode (Dropout, BatchNorm) is switched by ``model.train()`` / ``model.eval()``.
+
+Irregularly sampled sequences: ``dt (B, L)`` (``__call__``, ``encode``, ``features``; ``dt_t (B,)`` in ``step``)
+holds the positive time before each sample in grid steps and goes to every block's continuous-time mixer
+(Δ_t = dt_t × its learned step); a discrete-time mixer raises ``ValueError``. Padded positions need a valid
+(positive) ``dt`` too; their inputs are zeroed as usual.
 """
 
 import jax.numpy as jnp
@@ -25,7 +30,7 @@ import numpy as np
 from flax import nnx
 
 from algornn.layers._block import SequenceBlock, make_norm
-from algornn.layers._options import check_bool, check_choice, check_dtypes, check_int, is_concrete
+from algornn.layers._options import check_bool, check_choice, check_dt, check_dtypes, check_int, is_concrete
 
 POOLINGS = ("mean", "last", "none")
 
@@ -58,7 +63,8 @@ class SequenceModel(nnx.Module):
         param_dtype: dtype the parameters are stored in (e.g. float32 with bfloat16 compute).
         rngs: ``nnx.Rngs`` for the initialisation and dropout.
 
-    ``__call__(x, lengths=None)``: see the module docstring for how lengths are inferred and what is checked.
+    ``__call__(x, lengths=None, dt=None)``: see the module docstring for how lengths are inferred, what is checked
+    and what ``dt`` (per-step elapsed times, ``(B, L)``) does.
     """
 
     def __init__(
@@ -186,30 +192,32 @@ class SequenceModel(nnx.Module):
         return self.encoder(x.astype(self.dtype))
 
     # -- sequence mode ----------------------------------------------------------------------------------
-    def features(self, x, lengths=None):
+    def features(self, x, lengths=None, dt=None):
         """Per-position features ``(B, L, d_model)`` after the last block (and final norm), and the mask
         ``(B, L)`` of valid positions (None for float features without ``lengths``)."""
         self._check_x(x, step=False)
-        h, mask, _ = self._features(x, lengths)
+        h, mask, _ = self._features(x, lengths, dt)
         return h, mask
 
-    def _features(self, x, lengths):
+    def _features(self, x, lengths, dt=None):
         length = x.shape[1]
         lengths = self._lengths(x, lengths)
+        if dt is not None:
+            dt = check_dt("SequenceModel", dt, x.shape[:2])
         mask = None
         if lengths is not None:
             mask = (jnp.arange(length)[None, :] < lengths[:, None]).astype(jnp.float32)  # (B, L)
         h = self._embed(x)
         for block in self.blocks:
-            h = block(h, mask)
+            h = block(h, mask, dt)
         if self.final_norm is not None:
             h = self.final_norm(h)
         return h, mask, lengths
 
-    def encode(self, x, lengths=None):
+    def encode(self, x, lengths=None, dt=None):
         """Pooled features ``(B, d_model)`` (``(B, L, d_model)`` for ``pooling="none"``) before the decoder."""
         self._check_x(x, step=False)
-        h, mask, lengths = self._features(x, lengths)
+        h, mask, lengths = self._features(x, lengths, dt)
         length = h.shape[1]
         if self.pooling == "none":
             return h
@@ -222,17 +230,21 @@ class SequenceModel(nnx.Module):
         last = jnp.full((h.shape[0],), length - 1) if lengths is None else lengths - 1
         return jnp.take_along_axis(h, last[:, None, None].astype(jnp.int32), axis=1)[:, 0]
 
-    def __call__(self, x, lengths=None):
-        """Logits ``(B, num_classes)`` (``(B, L, num_classes)`` for ``pooling="none"``) in ``dtype``."""
-        return self.decoder(self.encode(x, lengths))
+    def __call__(self, x, lengths=None, dt=None):
+        """Logits ``(B, num_classes)`` (``(B, L, num_classes)`` for ``pooling="none"``) in ``dtype``; ``dt (B, L)``:
+        elapsed time before each sample (irregular sampling)."""
+        return self.decoder(self.encode(x, lengths, dt))
 
     # -- recurrent mode ---------------------------------------------------------------------------------
     def init_state(self, batch_size: int):
         return tuple(block.init_state(batch_size) for block in self.blocks)
 
-    def step(self, state, x_t):
-        """One token ``x_t`` (int ``(B,)`` or float ``(B, input_dim)``) -> ``(state, logits_t (B, num_classes))``."""
+    def step(self, state, x_t, dt_t=None):
+        """One token ``x_t`` (int ``(B,)`` or float ``(B, input_dim)``) -> ``(state, logits_t (B, num_classes))``;
+        ``dt_t (B,)``: elapsed time before this token (irregular sampling)."""
         self._check_x(x_t, step=True)
+        if dt_t is not None:
+            dt_t = check_dt("SequenceModel.step", dt_t, x_t.shape[:1], name="dt_t")
         if not isinstance(state, tuple) or len(state) != len(self.blocks):
             got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
             raise ValueError(
@@ -242,7 +254,7 @@ class SequenceModel(nnx.Module):
         h = self._embed(x_t)
         new_state = []
         for block, s in zip(self.blocks, state):
-            s, h = block.step(s, h)
+            s, h = block.step(s, h, dt_t)
             new_state.append(s)
         if self.final_norm is not None:
             h = self.final_norm(h)

@@ -14,6 +14,7 @@
   smnist, psmnist    MNIST IDX files             (784, 1) real        10 classes        0.1
   copying, selective_copying, induction, mqar    tokens               per position (-1 = unscored)
   adding             generated                   (L, 2) real          regression (MSE)  1/6
+  irregular_sine     generated, random times     (L, 1) real + dt     n_classes (16)    1/16
 """
 
 from algornn.experiments.tasks._base import IGNORE_INDEX as IGNORE_INDEX

@@ -9,6 +9,8 @@ Every task holds, per split, numpy arrays with a leading example axis N:
   labels   (N,) class ids  |  (N, L) per-position class ids with ignore index -1  |  (N,) float targets
   lengths  (N,) number of non-padding positions
   inputs2, lengths2 (retrieval only): the second document.
+  dt       (N, L) float (irregularly sampled tasks only): the time before each sample, in grid steps (> 0;
+           all ones is a regular grid); the trainer passes it to the model as ``dt``.
 
 Batching rules (``Task.batches``):
   * ``batch_size`` is the GLOBAL batch; shard ``(index, count)`` gets rows
@@ -17,7 +19,7 @@ Batching rules (``Task.batches``):
   * train: a fresh permutation per epoch from ``np.random.default_rng((seed, epoch))``; the last
     incomplete batch is dropped; ``start_step`` slices the permutation, so resuming replays nothing.
   * val / test: examples in file order (``seed`` unused), all examples kept; the last batch is padded to
-    full size with rows whose ``mask`` is False (inputs 0, labels -1 / 0.0, lengths 0). Every batch, train
+    full size with rows whose ``mask`` is False (inputs 0, labels -1 / 0.0, lengths 0, dt 1). Every batch, train
     included, carries ``mask`` (B,) bool.
 """
 
@@ -149,7 +151,7 @@ class Task:
         for key, value in arrays.items():
             taken = value[rows]
             if real < size:  # eval tail: pad with masked rows
-                fill = IGNORE_INDEX if key == "labels" and value.dtype.kind == "i" else 0
+                fill = IGNORE_INDEX if key == "labels" and value.dtype.kind == "i" else 1 if key == "dt" else 0
                 pad = np.full((size - real,) + value.shape[1:], fill, value.dtype)
                 taken = np.concatenate([taken, pad], axis=0)
             out[key] = taken
@@ -167,6 +169,8 @@ class Task:
                 value = value.astype(np.int32)
             elif key == "labels":
                 value = value.astype(np.float32 if self.kind == "regression" else np.int32)
+            elif key == "dt":
+                value = value.astype(np.float32)
             out[key] = value
         out["mask"] = mask
         return out

@@ -63,7 +63,15 @@ def _builder(name: str):
 
 def _load_all():
     # Importing the task modules registers their builders.
-    from algornn.experiments.tasks import image, listops, pathfinder, retrieval, synthetic, text  # noqa: F401
+    from algornn.experiments.tasks import (  # noqa: F401
+        image,
+        irregular,
+        listops,
+        pathfinder,
+        retrieval,
+        synthetic,
+        text,
+    )
 
 
 # ---------------------------------------------------------------------- shared option helpers
