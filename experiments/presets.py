@@ -169,9 +169,9 @@ _SYNTHETIC = {
 # (``task.options.use_dt=false``); CPU-scale settings, not a published configuration
 
 _IRREGULAR = {
-    "s4d": {"d_state": 32, "dt_min": 0.01, "dt_max": 0.5},
+    "s4d": {"d_state": 8, "dt_min": 0.01, "dt_max": 0.5},  # with dt: a scan over D·N/2 channels
     "s5": {"d_state": 32, "dt_min": 0.01, "dt_max": 0.5},
-    "s4": {"d_state": 16, "dt_min": 0.01, "dt_max": 0.5},
+    "s4": {"d_state": 8, "dt_min": 0.01, "dt_max": 0.5},  # with dt: a sequential Woodbury scan
     "lssl": {"d_state": 16, "discretization": "zoh", "dt_min": 0.01, "dt_max": 0.5},
     "selective_ssm": {"d_state": 16, "dt_min": 0.01, "dt_max": 0.5},
     "lmu": {"order": 16, "theta": 32.0},

@@ -9,9 +9,9 @@ The wiring of the S4/S5 residual blocks (docs/layers.md §SequenceBlock):
           = drop(z)                            ff="none"
 
 Shapes: x ``(B, L, D)``; ``step`` takes ``x_t (B, D)``. ``mask (B, L)`` (optional) zeroes padded positions of the
-block input, so that bidirectional mixers and the pooled output never see padding. ``dt (B, L)`` (optional; ``dt_t (B,)``
-in ``step``): per-step elapsed times for irregularly sampled input, passed to a continuous-time mixer (a
-discrete-time mixer raises ``ValueError``). ``dtype`` (compute) and
+block input, so that bidirectional mixers and the pooled output never see padding. ``dt (B, L)`` (optional;
+``dt_t (B,)`` in ``step``): per-step elapsed times for irregularly sampled input, passed to a continuous-time mixer
+(a discrete-time mixer raises ``ValueError``). ``dtype`` (compute) and
 ``param_dtype`` (parameters) go to the norm, the feed-forward layers and the mixer; outputs are in ``dtype``.
 """
 

@@ -29,7 +29,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn import ssm
-from algornn.scan_kernels import dense_linear_scan
 from algornn.layers._options import (
     check_batch_size,
     check_bool,
@@ -46,6 +45,7 @@ from algornn.layers._options import (
     record_options,
     zeros_of,
 )
+from algornn.scan_kernels import dense_linear_scan
 
 
 @dataclasses.dataclass(frozen=True)

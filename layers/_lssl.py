@@ -141,9 +141,7 @@ class LSSL(nnx.Module):
 
     def discretized(self, dt_scale=1.0, elapsed=None):
         """``(Ā (D, N, N), B̄ (D, N))`` float32; ``(..., D, N, N), (..., D, N)`` for per-step ``elapsed (...)``."""
-        return ssm.discretize.dense(
-            self.options.discretization, f32(self.A), f32(self.B), self.dt(dt_scale, elapsed)
-        )
+        return ssm.discretize.dense(self.options.discretization, f32(self.A), f32(self.B), self.dt(dt_scale, elapsed))
 
     def _Cs(self):
         return [f32(self.C)] + ([f32(self.C2)] if self.options.bidirectional else [])

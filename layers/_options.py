@@ -233,7 +233,7 @@ def check_dt(owner: str, dt, shape: tuple, *, name: str = "dt"):
         bad = ~(np.isfinite(values) & (values > 0))
         if bad.any():
             where = np.argwhere(bad)[:5]
-            shown = ", ".join(f"{values[tuple(i)]!r} at {tuple(int(j) for j in i)}" for i in where)
+            shown = ", ".join(f"{float(values[tuple(i)])!r} at {tuple(int(j) for j in i)}" for i in where)
             raise ValueError(
                 f"{owner}: {name} must hold finite elapsed times > 0; got {shown}"
                 + (f" (and {int(bad.sum()) - len(where)} more)" if bad.sum() > len(where) else "")

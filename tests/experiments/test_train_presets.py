@@ -30,6 +30,7 @@ SHRINK_TASK = {
     "adding": {**_SMALL, "seq_len": 32},
     "pathfinder": {**_SMALL, "size": 32, "cache_dir": False},
     "pathx": {**_SMALL, "size": 32, "cache_dir": False},  # same code path as 128 px, 16x cheaper
+    "irregular_sine": {**_SMALL, "seq_len": 16},
 }
 
 
@@ -110,6 +111,11 @@ DEFAULT = {
     "induction_linear_attention",
     "copying_lru",
     "adding_lru",
+    # irregular sampling (batch["dt"] through the trainer); the only presets of these four mixers
+    "irregular_sine_lmu",
+    "irregular_sine_lssl",
+    "irregular_sine_hippo_rnn",
+    "irregular_sine_selective_ssm",
 }
 PRESETS = [n if n in DEFAULT else pytest.param(n, marks=pytest.mark.slow) for n in list_presets()]
 
