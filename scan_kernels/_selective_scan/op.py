@@ -62,7 +62,7 @@ def _chunk(h, A, xs):
     def step(h, x):
         u_t, d_t, b_t, c_t = x
         d = d_t.reshape(Bsz, G, Eg, 1)
-        h = jnp.exp(d * A) * h + (d * u_t.reshape(Bsz, G, Eg, 1)) * b_t[:, :, None, :]
+        h = jnp.exp(d * A[None]) * h + (d * u_t.reshape(Bsz, G, Eg, 1)) * b_t[:, :, None, :]
         y = jnp.einsum("bgen,bgn->bge", h, c_t).reshape(Bsz, G * Eg)
         return h, y
 
@@ -115,7 +115,7 @@ def _chunk_states(h, A, xs):
     def step(h, x):
         u_t, d_t, b_t = x
         d = d_t.reshape(Bsz, G, Eg, 1)
-        return jnp.exp(d * A) * h + (d * u_t.reshape(Bsz, G, Eg, 1)) * b_t[:, :, None, :], h
+        return jnp.exp(d * A[None]) * h + (d * u_t.reshape(Bsz, G, Eg, 1)) * b_t[:, :, None, :], h
 
     return lax.scan(step, h, xs)[1]
 
@@ -130,7 +130,7 @@ def _chunk_adjoint(g, dA, A, xs):
         g, dA = carry
         u_t, d_t, b_t, c_t, dy_t, h_prev = x
         d, u, dy = (v.reshape(Bsz, G, Eg) for v in (d_t, u_t, dy_t))
-        a = jnp.exp(d[..., None] * A)
+        a = jnp.exp(d[..., None] * A[None])
         ah = a * h_prev
         g = g + dy[..., None] * c_t[:, :, None, :]  # y_t = h_t C_t
         p = g * ah

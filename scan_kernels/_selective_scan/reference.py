@@ -75,7 +75,7 @@ def per_channel(x, E):
 def readout(y, u, D, z):
     """``y + D ⊙ u``, then the gate ``⊙ silu(z)`` (each optional), on ``(..., E)`` arrays."""
     if D is not None:
-        y = y + D * u
+        y = y + D.reshape((1,) * (u.ndim - 1) + D.shape) * u
     if z is not None:
         y = y * jax.nn.silu(z)
     return y
@@ -99,7 +99,7 @@ def selective_scan_step(h, u_t, delta_t, A, B_t, C_t, *, D=None, z_t=None):
         raise ValueError("h must be the previous state, an array of shape (B, E, N); got None")
     u_t, delta_t, A, B_t, C_t, D, z_t, h = check_inputs(u_t, delta_t, A, B_t, C_t, D, z_t, h, step=True)
     E = A.shape[0]
-    h = jnp.exp(delta_t[..., None] * A) * h + (delta_t * u_t)[..., None] * per_channel(B_t, E)
+    h = jnp.exp(delta_t[..., None] * A[None]) * h + (delta_t * u_t)[..., None] * per_channel(B_t, E)
     y = jnp.einsum("ben,ben->be", h, per_channel(C_t, E))
     return h, readout(y, u_t, D, z_t)
 
@@ -115,7 +115,7 @@ def selective_scan_reference(u, delta, A, B, C, *, D=None, z=None, h0=None, reve
     u, delta, A, B, C, D, z, h0 = check_inputs(u, delta, A, B, C, D, z, h0)
     Bsz, L, E = u.shape
     N = A.shape[1]
-    a = jnp.exp(delta[..., None] * A)  # (B, L, E, N)
+    a = jnp.exp(delta[..., None] * A[None, None])  # (B, L, E, N)
     b = (delta * u)[..., None] * per_channel(B, E)
     h0 = None if h0 is None else h0.reshape(Bsz, E * N)
     h = linear_scan(a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N), h0, reverse=reverse)
