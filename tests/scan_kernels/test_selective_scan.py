@@ -190,6 +190,9 @@ def test_optional_arguments_default_to_none_and_zero_state():
         args[0], args[1], args[3], args[4]
     )
     assert_close(yv[:, 0], y64, name="vmap y")
+    e = make_inputs(4, 2, 0, 4, 3)  # L = 0: no output rows, the state is h0 untouched
+    y0, h0 = _call(sk.selective_scan, e)
+    assert y0.shape == (2, 0, 4) and np.array_equal(np.asarray(h0), np.asarray(e["h0"]))
 
 
 def _temp_bytes(f, *args):
