@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
+from algornn.scan_kernels._common import backend as _backend
 from algornn.scan_kernels._selective_scan.pallas import selective_scan_pallas
 from tests._utils import assert_close
 from tests.scan_kernels.test_pallas_scan import lower_for_cuda
@@ -227,6 +228,22 @@ def test_pallas_kernel_lowers_for_cuda(G, states):
     seq, bc = S((Bsz, Lp, E), jnp.float32), S((Bsz, Lp, G, N), jnp.float32)
     text = lower_for_cuda(f, seq, seq, S((G, E // G, N), jnp.float32), bc, bc, S((Bsz, G, E // G, N), jnp.float32))
     assert text.count("__gpu$xla.gpu.triton") == 1
+
+
+def test_auto_backend_falls_back_to_xla_where_the_kernel_does_not_compile(monkeypatch):
+    """With a GPU declared, auto probes the Pallas kernel for these shapes; off a GPU the real compile fails (Pallas
+    runs only interpreted here), so auto warns and takes XLA, and an explicit "pallas" is a ValueError."""
+    monkeypatch.setattr(_backend, "on_gpu", lambda: True)
+    _backend.clear_probe_cache()
+    x = make_inputs(6, 1, 9, 4, 3)
+    try:
+        with pytest.warns(UserWarning, match="the Pallas selective_scan kernel does not compile here for .*uses XLA"):
+            y, _ = _call(sk.selective_scan, x)
+        assert_close(y, loop64(**x)[0], name="fallback")
+        with pytest.raises(ValueError, match="backend='pallas': the Pallas selective_scan kernel does not compile"):
+            _call(sk.selective_scan, x, backend="pallas")
+    finally:
+        _backend.clear_probe_cache()
 
 
 def _bad_calls():
