@@ -82,14 +82,21 @@ def _random_cotangents(seed, y, h):
     return jnp.asarray(rng.normal(size=y.shape), jnp.float32), jnp.asarray(rng.normal(size=h.shape), jnp.float32)
 
 
-def _grads(f, x, cts, **kw):
+def _outputs_and_grads(f, x, cts, **kw):
+    """``(y, h_last)`` and the gradients of ``Σ y ⊙ cts[0] + Σ h_last ⊙ cts[1]`` w.r.t. every input given, from one
+    jitted function (one compile)."""
     keys = [k for k in NAMES if x[k] is not None]
 
-    def loss(*vals):
-        y, h = _call(f, {**x, **dict(zip(keys, vals))}, **kw)
-        return jnp.sum(y * cts[0]) + jnp.sum(h * cts[1])
+    def run(*vals):
+        out, vjp = jax.vjp(lambda *v: _call(f, {**x, **dict(zip(keys, v))}, **kw), *vals)
+        return out, vjp(cts)
 
-    return dict(zip(keys, jax.jit(jax.grad(loss, argnums=tuple(range(len(keys)))))(*(x[k] for k in keys))))
+    out, grads = jax.jit(run)(*(x[k] for k in keys))
+    return out, dict(zip(keys, grads))
+
+
+def _grads(f, x, cts, **kw):
+    return _outputs_and_grads(f, x, cts, **kw)[1]
 
 
 # (backend, L, G, reverse, chunk_size): L = 1; ragged L with chunk padding, groups and reverse; one chunk
@@ -112,18 +119,16 @@ def test_more_lengths_and_backends(backend, L, G, reverse, chunk):
 def _check_forward_and_gradients(backend, L, G, reverse, chunk, E, N):
     x = make_inputs(10 + L, 2, L, E, N, G)
     f = lambda *a, **k: sk.selective_scan(*a, **k, chunk_size=chunk, backend=backend)  # noqa: E731
-    y, h = _call(f, x, reverse=reverse)
+    rng = np.random.default_rng(L)
+    cts = tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((2, L, E), (2, E, N)))
+    (y, h), fast = _outputs_and_grads(f, x, cts, reverse=reverse)
     assert y.dtype == h.dtype == jnp.float32
     y64, h64 = loop64(**x, reverse=reverse)
     assert_close(y, y64, name="y vs float64")
     assert_close(h, h64, name="h_last vs float64")
-    yr, hr = _call(jax.jit(sk.selective_scan_reference, static_argnames="reverse"), x, reverse=reverse)
+    (yr, hr), ref = _outputs_and_grads(sk.selective_scan_reference, x, cts, reverse=reverse)
     assert_close(y, yr, name="y vs reference")
     assert_close(h, hr, name="h_last vs reference")
-
-    cts = _random_cotangents(L, y, h)
-    fast = _grads(f, x, cts, reverse=reverse)
-    ref = _grads(sk.selective_scan_reference, x, cts, reverse=reverse)
     assert sorted(fast) == sorted(NAMES)
     for k in NAMES:
         assert fast[k].shape == x[k].shape and fast[k].dtype == x[k].dtype, k
@@ -169,11 +174,10 @@ def test_bfloat16_inputs_accumulate_in_float32(backend):
 def test_step_by_step_equals_full_call(G):
     x = make_inputs(9, 2, 17, 4, 3, G)
     y_full, h_full = _call(sk.selective_scan, x, chunk_size=5)
+    step = jax.jit(lambda h, u, d, b, c, z: sk.selective_scan_step(h, u, d, x["A"], b, c, D=x["D"], z_t=z))
     h, ys = x["h0"], []
     for t in range(17):
-        h, y_t = sk.selective_scan_step(
-            h, x["u"][:, t], x["delta"][:, t], x["A"], x["B"][:, t], x["C"][:, t], D=x["D"], z_t=x["z"][:, t]
-        )
+        h, y_t = step(h, *(x[k][:, t] for k in ("u", "delta", "B", "C", "z")))
         ys.append(y_t)
     assert_close(jnp.stack(ys, axis=1), y_full, name="y")
     assert_close(h, h_full, name="h")
