@@ -37,3 +37,9 @@ from algornn.scan_kernels._linear_attention import linear_attention_step as line
 from algornn.scan_kernels._rg_lru import rg_lru as rg_lru
 from algornn.scan_kernels._rg_lru import rg_lru_reference as rg_lru_reference
 from algornn.scan_kernels._rg_lru import rg_lru_step as rg_lru_step
+
+# isort: split
+# Ops built on linear_attention (they import it from this package, bound above).
+from algornn.scan_kernels._mlstm import mlstm as mlstm
+from algornn.scan_kernels._mlstm import mlstm_reference as mlstm_reference
+from algornn.scan_kernels._mlstm import mlstm_step as mlstm_step
