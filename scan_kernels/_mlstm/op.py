@@ -12,14 +12,17 @@ Chunked form in three steps, every exponent ≤ 0:
 
 1. **The stabiliser for every token, exactly, by a max-plus scan.** ``m_t = φ_t(m_{t−1})`` with
    ``φ_t(x) = max(log_f_t + x, i_t)``. Maps ``x ↦ max(a + x, b)`` are closed under composition — ``φ_1`` then
-   ``φ_2`` is ``(a_1 + a_2, max(a_2 + b_1, b_2))`` — and composition is associative, so ``lax.associative_scan``
-   over L on the ``(B, L, H)`` scalars gives the prefix maps ``(A_t, B_t)`` and ``m_t = max(A_t + m_0, B_t)``.
-   ``B_t`` is a max that includes ``i_t`` itself, so ``i_t − m_t ≤ 0`` holds exactly in floating point.
-2. **Linear attention on rescaled keys.** With ``g_t = log_f_t + m_{t−1} − m_t`` (≤ 0: ``m_t ≥ log_f_t + m_{t−1}``)
-   and ``k'_t = exp(i_t − m_t) k_t``, the stabilised states obey ``[C_t | n_t] = exp(g_t) [C_{t−1} | n_{t−1}] +
-   k'_t [v_t | 1]ᵀ``: ``linear_attention`` with the scalar log-decay ``g`` per head, values ``[v | 1]`` (V + 1
-   columns; the last column of its state is ``n``) and initial state ``[C_0 | n_0]``. It brings its chunked
-   XLA form, its Pallas kernels and its ``custom_vjp`` without per-token states.
+   ``φ_2`` is ``(a_1 + a_2, max(a_2 + b_1, b_2))`` — and composition is associative, so with the prefix maps
+   ``(A_t, B_t)`` of ``(log_f_s, i_s)_{s≤t}``, ``m_t = max(A_t + m_0, B_t)``. ``stabilisers`` composes in two
+   levels (the prefix maps inside each chunk of C tokens, all chunks at once, then the stabiliser entering each
+   chunk), sequential depth C + NC, cheap to compile and to differentiate. ``B_t`` is a max whose terms include
+   ``i_t`` itself, so ``i_t − m_t ≤ 0`` holds exactly in floating point.
+2. **Linear attention on rescaled keys.** With ``g_t = log_f_t + m_{t−1} − m_t`` (≤ 0 up to rounding, as
+   ``m_t ≥ log_f_t + m_{t−1}``) and ``k'_t = exp(i_t − m_t) k_t``, the stabilised states obey
+   ``[C_t | n_t] = exp(g_t) [C_{t−1} | n_{t−1}] + k'_t [v_t | 1]ᵀ``: ``linear_attention`` with the scalar log-decay
+   ``g`` per head, values ``[v | 1]`` (V + 1 columns; the last column of its state is ``n``) and initial state
+   ``[C_0 | n_0]``. It brings its chunked XLA form, its Pallas kernels and its ``custom_vjp`` without per-token
+   states.
 3. **The normaliser.** Linear attention returns ``[C_tᵀ q_t | n_tᵀ q_t]``; ``o_t`` divides the first V columns by
    ``max(|n_tᵀ q_t|, exp(−m_t))``.
 
