@@ -6,12 +6,18 @@
   ``h_t = A_t h_{t-1} + b_t`` with ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``.
 * ``linear_attention``, ``delta_rule`` (chunked fast-weight recurrences, docs/ops.md) and
   ``rg_lru(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, backend=None)`` (Griffin's RG-LRU on ``linear_scan``).
+* ``selective_scan(u, delta, A, B, C, *, D=None, z=None, h0=None, reverse=False, chunk_size=None, backend=None)``:
+  Mamba's ``h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) ⊗ B_t``, ``y_t = h_t C_t + D u_t`` without the
+  ``(B, L, E, N)`` states in memory (``selective_scan_step`` decodes one token).
+* ``mlstm(q, k, v, log_f, i, *, initial_state=None, chunk_size=64, backend=None)``: xLSTM's matrix memory with
+  exponential gating and the max stabiliser, on ``linear_attention``; state ``(C, n, m)``.
 * ``backend``: ``None`` (auto: Pallas on a GPU where it compiles, else XLA) | ``"reference"`` | ``"xla"`` |
   ``"pallas"``; each op has a ``*_reference`` loop. Outputs are float32 for float32/bfloat16 inputs,
   complex64 if any input is complex.
 
 Layout (docs/architecture.md §scan_kernels layout): one private folder per op (``_linear_scan/``,
-``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_rg_lru/``) and the shared pieces in ``_common/``.
+``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_rg_lru/``, ``_selective_scan/``, ``_mlstm/``) and
+the shared pieces in ``_common/``.
 Imports run one way, op → ``_common``; an op built on another op imports that op's public name from this
 package, which is why the scan core is imported first, in its own block.
 
@@ -37,3 +43,12 @@ from algornn.scan_kernels._linear_attention import linear_attention_step as line
 from algornn.scan_kernels._rg_lru import rg_lru as rg_lru
 from algornn.scan_kernels._rg_lru import rg_lru_reference as rg_lru_reference
 from algornn.scan_kernels._rg_lru import rg_lru_step as rg_lru_step
+from algornn.scan_kernels._selective_scan import selective_scan as selective_scan
+from algornn.scan_kernels._selective_scan import selective_scan_reference as selective_scan_reference
+from algornn.scan_kernels._selective_scan import selective_scan_step as selective_scan_step
+
+# isort: split
+# Ops built on linear_attention (they import it from this package, bound above).
+from algornn.scan_kernels._mlstm import mlstm as mlstm
+from algornn.scan_kernels._mlstm import mlstm_reference as mlstm_reference
+from algornn.scan_kernels._mlstm import mlstm_step as mlstm_step

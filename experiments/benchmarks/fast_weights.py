@@ -1,14 +1,17 @@
 """Benchmark the fast-weight recurrences: reference loop vs chunked XLA vs Pallas vs quadratic attention.
 
     python -m algornn.experiments.benchmarks.fast_weights [--quick] [--out PATH] [--lengths 512 4096] [--reps 3]
+        [--ops linear_attention delta_rule delta_rule_key delta_product mlstm]
 
-Shapes B=1, H=4, K=V=64, float32 (issue 4 §4). Ops: ``linear_attention`` with a scalar per-head decay
-(RetNet / Mamba-2 style) and ``delta_rule`` with a scalar decay (gated DeltaNet); methods: ``reference``
+Shapes B=1, H=4, K=V=64, float32. Ops (``OP_NOTES`` says how their inputs are drawn): ``linear_attention``
+with a scalar per-head decay (RetNet / Mamba-2 style), ``delta_rule`` with a scalar decay (gated DeltaNet)
+and with a per-key decay (``delta_rule_key``, Kimi Delta Attention style), ``delta_product`` with n = 2
+Householder steps per token, ``mlstm`` (xLSTM's matrix memory); methods: ``reference``
 (token-by-token ``lax.scan``), ``xla`` (chunked, C=64), ``pallas`` (GPU only; interpret mode on CPU is a
 correctness tool, not timed) and ``quadratic`` (the O(L²) masked form, linear attention only, skipped
 when its score matrix alone would exceed ``--max-quadratic-gb``).
 Times: best of ``--reps`` jitted calls after a warm-up, forward and forward+backward (``value_and_grad``
-of ``<o, w>`` w.r.t. q, k, v, g[, β]).
+of ``<o, w>`` w.r.t. every float input: q, k, v and the gates / β).
 FLOPs: the dense matrix-product FLOPs (2 per multiply-add) each method executes, from the formulas in
 ``flops`` (elementwise work not counted; masked triangles counted in full, as they are computed); GFLOP/s =
 FLOPs / time. Memory: XLA's compiled buffer assignment (``memory_analysis()``): ``temp`` is the scratch the
@@ -17,7 +20,7 @@ everything a recurrence keeps in between — stored states, residuals, the outpu
 ``mem`` = temp + arguments + outputs. Arguments + outputs alone are ~1/8 of per-token states at these
 shapes (fwd+bwd), so the memory target is evaluated on temp.
 Prints a table, writes JSON (device, jax version, timestamp) and checks the CPU targets:
-chunked ≥ 10× faster than the reference at L=4096; faster than quadratic from L=2048 on; temp memory at
+chunked ≥ 10× faster than the reference at L=4096 (every op); faster than quadratic from L=2048 on; temp memory at
 L=16384 below 1/10 of per-token states (L·B·H·K·V·4 bytes), forward and forward+backward.
 """
 
@@ -39,34 +42,64 @@ B, H, K, V, C = 1, 4, 64, 64, 64
 F32 = jnp.float32
 
 
-def _inputs(L, seed=0):
-    ks = jax.random.split(jax.random.PRNGKey(seed), 5)
-    q = jax.random.normal(ks[0], (B, L, H, K), F32)
-    k = jax.random.normal(ks[1], (B, L, H, K), F32)
-    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
-    v = jax.random.normal(ks[2], (B, L, H, V), F32)
+N_HOUSEHOLDER = 2  # DeltaProduct's steps per token
+OPS = ("linear_attention", "delta_rule", "delta_rule_key", "delta_product", "mlstm")
+OP_NOTES = {
+    "linear_attention": "scalar decay per head, g ~ -U(0, 1)",
+    "delta_rule": "scalar decay per head g ~ -U(0, 1); beta = sigmoid(N(0, 1)); keys L2-normalised",
+    "delta_rule_key": "per-key decay (B, L, H, K), g ~ -U(0, 1); beta and keys as delta_rule",
+    "delta_product": f"n = {N_HOUSEHOLDER} Householder steps per token; decay and beta as delta_rule",
+    "mlstm": "log_f = logsigmoid(N(3, 1)), i ~ N(0, 1); q, k, v ~ N(0, 1)",
+}
+
+
+def _unit(x):
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _inputs(op, L, seed=0):
+    """The float arguments of ``op`` at length L (all differentiated in the fwd+bwd measurement)."""
+    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
+    n = jax.random.normal
+    q = n(ks[0], (B, L, H, K), F32)
+    v = n(ks[2], (B, L, H, V), F32)
     g = -jax.random.uniform(ks[3], (B, L, H), F32)
-    beta = jax.nn.sigmoid(jax.random.normal(ks[4], (B, L, H), F32))
-    return q, k, v, g, beta
+    beta = jax.nn.sigmoid(n(ks[4], (B, L, H), F32))
+    if op == "linear_attention":
+        return q, n(ks[1], (B, L, H, K), F32), v, g
+    if op == "delta_rule":
+        return q, _unit(n(ks[1], (B, L, H, K), F32)), v, g, beta
+    if op == "delta_rule_key":
+        return q, _unit(n(ks[1], (B, L, H, K), F32)), v, -jax.random.uniform(ks[3], (B, L, H, K), F32), beta
+    if op == "delta_product":
+        kk = _unit(n(ks[1], (B, L, N_HOUSEHOLDER, H, K), F32))
+        vv = n(ks[2], (B, L, N_HOUSEHOLDER, H, V), F32)
+        return q, kk, vv, g, jax.nn.sigmoid(n(ks[4], (B, L, N_HOUSEHOLDER, H), F32))
+    if op == "mlstm":
+        log_f = jax.nn.log_sigmoid(3.0 + n(ks[3], (B, L, H), F32))
+        return q, n(ks[1], (B, L, H, K), F32), v, log_f, n(ks[5], (B, L, H), F32)
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
 
 def _fn(op, method):
-    """``f(q, k, v, g, beta) -> o`` for one (op, method)."""
+    """``f(*inputs) -> o`` for one (op, method)."""
     if op == "linear_attention":
         if method == "quadratic":
-            return lambda q, k, v, g, b: sk.linear_attention_quadratic(q, k, v, log_decay=g)[0]
-        return lambda q, k, v, g, b: sk.linear_attention(q, k, v, log_decay=g, chunk_size=C, backend=method)[0]
-    return lambda q, k, v, g, b: sk.delta_rule(q, k, v, b, log_decay=g, chunk_size=C, backend=method)[0]
+            return lambda q, k, v, g: sk.linear_attention_quadratic(q, k, v, log_decay=g)[0]
+        return lambda q, k, v, g: sk.linear_attention(q, k, v, log_decay=g, chunk_size=C, backend=method)[0]
+    if op in ("delta_rule", "delta_rule_key"):
+        return lambda q, k, v, g, b: sk.delta_rule(q, k, v, b, log_decay=g, chunk_size=C, backend=method)[0]
+    if op == "delta_product":
+        return lambda q, k, v, g, b: sk.delta_product(q, k, v, b, log_decay=g, chunk_size=C, backend=method)[0]
+    return lambda q, k, v, f, i: sk.mlstm(q, k, v, f, i, chunk_size=C, backend=method)[0]
 
 
-def _fwdbwd(f, op):
-    argnums = (0, 1, 2, 3, 4) if op == "delta_rule" else (0, 1, 2, 3)
-
-    def loss(q, k, v, g, b):
-        o = f(q, k, v, g, b)
+def _fwdbwd(f, nargs):
+    def loss(*args):
+        o = f(*args)
         return jnp.sum(o * jnp.cos(jnp.arange(o.shape[-1], dtype=F32)))
 
-    return jax.value_and_grad(loss, argnums)
+    return jax.value_and_grad(loss, tuple(range(nargs)))
 
 
 def _inverse_flops(C, block=16):
@@ -84,8 +117,9 @@ def _inverse_flops(C, block=16):
     return flops
 
 
-def _dense_fwd_flops(op, method, L):
-    """Matrix-product FLOPs of one forward pass (all heads, B=1); see the module docstring."""
+def _dense_fwd_flops(op, method, L, V=V):
+    """Matrix-product FLOPs of one forward pass (all heads, B=1) of ``linear_attention`` / ``delta_rule``
+    with value width V; see the module docstring."""
     nc = -(-L // C)
     if method == "reference":  # per token: S += k vᵀ (2KV), o = Sᵀ q (2KV); delta also Sᵀ k (2KV)
         return B * H * L * (6 if op == "delta_rule" else 4) * K * V
@@ -104,11 +138,9 @@ def _dense_fwd_flops(op, method, L):
     return B * H * nc * per_chunk
 
 
-def flops(op, method, L, mode):
-    """Dense matrix-product FLOPs of ``mode`` ("fwd" | "fwdbwd"): autodiff/vjp backward = 2× the products it
-    differentiates; the chunked custom_vjp backwards as executed (linear attention recomputes each chunk's
-    forward; the delta rule recomputes kk, W and qk, not the inverse, and applies closed-form chunk gradients)."""
-    fwd = _dense_fwd_flops(op, method, L)
+def _base_flops(op, method, L, mode, V=V):
+    """``flops`` of the two base ops (``linear_attention``, ``delta_rule``)."""
+    fwd = _dense_fwd_flops(op, method, L, V)
     if mode == "fwd":
         return fwd
     if method != "xla":
@@ -120,6 +152,27 @@ def flops(op, method, L, mode):
     # K̂ dN, U dNᵀ, dO Uᵀ, dO S⁰ᵀ, Tᵀ dU, dR S⁰ᵀ, dR Uᵀ, dqk K, dqkᵀ Q, (dkk + dkkᵀ) K
     bwd = 6 * 2 * C * C * K + 4 * 2 * C * C * V + 6 * 2 * C * K * V + 2 * C * K * K + 2 * K * K * V
     return fwd + B * H * nc * bwd
+
+
+def flops(op, method, L, mode):
+    """Dense matrix-product FLOPs of ``mode`` ("fwd" | "fwdbwd"): autodiff/vjp backward = 2× the products it
+    differentiates; the chunked custom_vjp backwards as executed (linear attention recomputes each chunk's
+    forward; the delta rule recomputes kk, W and qk, not the inverse, and applies closed-form chunk gradients).
+
+    The newer ops are counted through the base op they execute: ``delta_rule_key`` as ``delta_rule`` (its per-key
+    decays add elementwise work only: the exact ``(c, c, K)`` decays of the diagonal sub-blocks), ``delta_product``
+    as ``delta_rule`` on the ``n·L`` interleaved sub-steps (its reference loop: n updates and one read per token),
+    ``mlstm`` as ``linear_attention`` with ``V + 1`` value columns (the normaliser rides along as a column)."""
+    if op == "delta_rule_key":
+        return _base_flops("delta_rule", method, L, mode)
+    if op == "delta_product":
+        if method == "reference":
+            fwd = B * H * L * (N_HOUSEHOLDER * 4 + 2) * K * V
+            return fwd if mode == "fwd" else 3 * fwd
+        return _base_flops("delta_rule", method, N_HOUSEHOLDER * L, mode)
+    if op == "mlstm":
+        return _base_flops("linear_attention", method, L, mode, V=V + 1)
+    return _base_flops(op, method, L, mode)
 
 
 def _memory_bytes(compiled):
@@ -139,10 +192,10 @@ def _time(compiled, args, reps):
 
 
 def measure(op, method, L, reps):
-    args = _inputs(L)
+    args = _inputs(op, L)
     f = _fn(op, method)
     row = {"op": op, "method": method, "L": L}
-    for mode, fn in (("fwd", f), ("fwdbwd", _fwdbwd(f, op))):
+    for mode, fn in (("fwd", f), ("fwdbwd", _fwdbwd(f, len(args)))):
         compiled = jax.jit(fn).lower(*args).compile()
         row[f"{mode}_ms"] = _time(compiled, args, reps)
         row[f"{mode}_mem_bytes"], row[f"{mode}_temp_bytes"] = _memory_bytes(compiled)
@@ -154,7 +207,7 @@ def measure(op, method, L, reps):
 def check_targets(rows):
     get = lambda op, m, L: next((r for r in rows if r["op"] == op and r["method"] == m and r["L"] == L), None)  # noqa: E731
     out = {}
-    for op in ("linear_attention", "delta_rule"):
+    for op in OPS:
         ref, xla = get(op, "reference", 4096), get(op, "xla", 4096)
         if ref and xla:
             for m, what in (("fwdbwd", "fwd+bwd"), ("fwd", "fwd alone")):
@@ -199,6 +252,7 @@ def main(argv=None):
         "--lengths", type=int, nargs="+", default=None, help="sequence lengths (default 512 2048 4096 16384)"
     )
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (best is kept)")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to measure (default all)")
     p.add_argument("--max-quadratic-gb", type=float, default=1.5, help="skip quadratic when B·H·L²·4 bytes exceed this")
     p.add_argument("--out", default=None, help="JSON path (default ./results/fast_weights_<platform>.json)")
     a = p.parse_args(argv)
@@ -211,7 +265,7 @@ def main(argv=None):
         f"{'op':17s} {'method':10s} {'L':>6s} {'fwd ms':>10s} {'f+b ms':>10s} {'fwd GF/s':>9s} {'f+b GF/s':>9s} "
         f"{'fwd tmpMB':>10s} {'f+b tmpMB':>10s} {'f+b MB':>9s}"
     )
-    for op in ("linear_attention", "delta_rule"):
+    for op in a.ops:
         for L in lengths:
             for method in methods:
                 if method == "quadratic" and (
@@ -257,8 +311,7 @@ def main(argv=None):
             "chunk_size": C,
             "dtype": "float32",
             "reps": reps,
-            "decay": "scalar per head, g ~ -U(0, 1)",
-            "beta": "sigmoid(N(0, 1))",
+            "inputs": {op: OP_NOTES[op] for op in a.ops},
         },
         "results": rows,
         "skipped": skipped

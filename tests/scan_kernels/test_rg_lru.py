@@ -50,6 +50,7 @@ def make_inputs(seed, B, L, D, dtype=jnp.float32, with_h0=True, log_a=None):
         (63, True, True, 8.0),
         (500, False, True, 8.0),
         (500, True, False, 2.5),
+        (1000, False, True, 8.0),
     ],
 )
 def test_reference_matches_float64_loop(L, reverse, with_h0, c):
@@ -60,7 +61,9 @@ def test_reference_matches_float64_loop(L, reverse, with_h0, c):
 
 
 @pytest.mark.parametrize("backend", ["xla", "pallas"])
-@pytest.mark.parametrize("L, reverse", [(1, False), (63, True), (500, False)])
+@pytest.mark.parametrize(
+    "L, reverse", [(1, False), (63, True), (500, False), pytest.param(1000, True, marks=pytest.mark.slow)]
+)
 def test_forward_and_gradients_match_reference(backend, L, reverse):
     x, r, i, log_a, h0 = make_inputs(100 + L, 2, L, 6)
     h = sk.rg_lru(x, r, i, log_a, h0=h0, reverse=reverse, backend=backend)
