@@ -146,8 +146,9 @@ class SelectiveSSM(nnx.Module):
         self.out_proj = nnx.Linear(E, d_model, **lin)
 
     def _gates(self, u, dt_scale, elapsed=None):
-        """From the conv output ``u (..., E)`` (dtype): ``a = exp(ΔA)``, ``Δ``, ``B_t``, ``C_t`` (float32), one
-        ``(a, Δ)`` per direction (the reverse one crosses the next gap with ``elapsed (B, L)``; else shared)."""
+        """From the conv output ``u (..., E)`` (dtype): ``A = −exp(A_log) (E, N)``, ``Δ``, ``B_t``, ``C_t`` (float32),
+        one ``Δ`` per direction (the reverse one crosses the next gap with ``elapsed (B, L)``; else shared). The decay
+        ``exp(Δ A)`` is formed by the scan (never as a ``(B, L, E, N)`` array) or by ``step`` for one token."""
         N, R = self.options.d_state, self.rank
         dbc = self.x_proj(u)
         dt_in = self.dt_proj(dbc[..., :R]).astype(jnp.float32) + f32(self.dt_bias)
@@ -157,12 +158,10 @@ class SelectiveSSM(nnx.Module):
             deltas[0] = elapsed[..., None] * delta
             if self.options.bidirectional:  # the reverse recurrence goes from t+1 back to t: gap dt[:, t+1]
                 deltas[1] = next_step(elapsed)[..., None] * delta
-        A = -jnp.exp(f32(self.A_log))  # (E, N)
-        a = [jnp.exp(d[..., None] * A) for d in deltas]  # (..., E, N) each
         dbc = dbc.astype(jnp.float32)
         Bt = dbc[..., R : R + N]
         Cs = [dbc[..., R + (i + 1) * N : R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
-        return a, deltas, Bt, Cs
+        return -jnp.exp(f32(self.A_log)), deltas, Bt, Cs
 
     def _conv(self, u):
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
@@ -176,9 +175,8 @@ class SelectiveSSM(nnx.Module):
             dt = check_dt("SelectiveSSM", dt, x.shape[:2])
         u, z = jnp.split(self.in_proj(x.astype(self.dtype)), 2, axis=-1)
         u = self._conv(u)  # (B, L, E)
-        _, deltas, Bt, Cs = self._gates(u, dt_scale, dt)
+        A, deltas, Bt, Cs = self._gates(u, dt_scale, dt)
         u = u.astype(jnp.float32)
-        A = -jnp.exp(f32(self.A_log))  # (E, N); `a` is not used here (dead under jit): the scan forms exp(ΔA)
         y = f32(self.D)[None, None] * u
         for i, C in enumerate(Cs):  # never holds the (B, L, E, N) states; the reverse Δ crosses the next gap
             y = y + selective_scan(u, deltas[i], A, Bt, C, reverse=i == 1, backend=self.options.backend)[0]
@@ -211,9 +209,9 @@ class SelectiveSSM(nnx.Module):
         window = jnp.concatenate([buf.astype(self.dtype), u[:, None]], axis=1)  # (B, W, E)
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
         u_c = jax.nn.silu(jnp.sum(window * w[None], axis=1) + b[None])
-        (a,), (delta,), Bt, (C,) = self._gates(u_c, dt_scale, dt_t)
+        A, (delta,), Bt, (C,) = self._gates(u_c, dt_scale, dt_t)
         u_c = u_c.astype(jnp.float32)
-        h = a * h + (delta * u_c)[..., None] * Bt[:, None, :]  # (B, E, N)
+        h = jnp.exp(delta[..., None] * A) * h + (delta * u_c)[..., None] * Bt[:, None, :]  # (B, E, N)
         y = jnp.einsum("ben,bn->be", h, C) + f32(self.D)[None] * u_c
         y = self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
         return (window[:, 1:].astype(jnp.float32), h), y
