@@ -21,8 +21,9 @@ from algornn.scan_kernels._common.fast_weight_checks import check_beta, check_lo
 def _step(S, q_t, k_t, v_t, beta_t, g_t):
     """One step in float32: ``q_t, k_t (B, H, K)``, ``v_t (B, H, V)``, ``beta_t, g_t (B, H)``."""
     q, k, v, beta = (x.astype(jnp.float32) for x in (q_t, k_t, v_t, beta_t))
-    if g_t is not None:
-        S = jnp.exp(g_t.astype(jnp.float32))[:, :, None, None] * S
+    if g_t is not None:  # decay the rows of S first: a scalar per head, or diag(exp(g_t)) per key
+        a = jnp.exp(g_t.astype(jnp.float32))
+        S = (a[..., None] if a.ndim == 3 else a[..., None, None]) * S
     u = beta[..., None] * (v - jnp.einsum("bhk,bhkv->bhv", k, S))  # (B, H, V)
     S = S + k[..., :, None] * u[..., None, :]
     return S, jnp.einsum("bhk,bhkv->bhv", q, S)
@@ -36,7 +37,7 @@ def delta_rule_step(state, q_t, k_t, v_t, beta_t, *, log_decay=None):
     """
     B, _, H, K, V = check_qkv(q_t, k_t, v_t, time_axis=False)
     check_beta(beta_t, B, None, H)
-    check_log_decay(log_decay, B, None, H, K, per_key_ok=False)
+    check_log_decay(log_decay, B, None, H, K, per_key_ok=True)
     if state is None:
         raise ValueError("state must be given; use jnp.zeros((B, H, K, V), jnp.float32) for an empty memory")
     check_state(state, B, H, K, V, name="state")
@@ -51,7 +52,7 @@ def delta_rule_reference(q, k, v, beta, *, log_decay=None, initial_state=None):
     """
     B, L, H, K, V = check_qkv(q, k, v)
     check_beta(beta, B, L, H)
-    kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=False)
+    kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=True)
     check_state(initial_state, B, H, K, V)
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
     xs = [jnp.moveaxis(x, 1, 0) for x in (q, k, v, beta)]  # (L, B, H, ·)
