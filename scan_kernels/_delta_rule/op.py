@@ -2,25 +2,32 @@
 
 Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC = ceil(L / C).
 
-    S_t = exp(g_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,      o_t = S_tᵀ q_t
+    S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ,      o_t = S_tᵀ q_t
+
+with ``g_t`` one scalar per head (gated DeltaNet; then ``diag(exp(g_t)) = exp(g_t) I``) or one per key dimension
+(per-key decay of the rows of S, as in Kimi Delta Attention): the decay first, then the delta update.
 
 Chunk form (DeltaNet, Yang et al. 2024, §3.2 and App. B; gated DeltaNet §3): inside a chunk with
-entering state S⁰ and local cumulative log-gate γ, the per-token deltas ``u_r = β_r (v_r − exp(g_r) S_{r-1}ᵀ k_r)``
-solve a unit lower-triangular system (the UT transform), ``T = (I + A)⁻¹``:
+entering state S⁰ and local cumulative log-gate γ (per key: γ_r ∈ R^K), the per-token deltas
+``u_r = β_r (v_r − (diag(e^{g_r}) S_{r-1})ᵀ k_r)`` solve a unit lower-triangular system (the UT transform),
+``T = (I + A)⁻¹``:
 
-    Ũ = T (β ⊙ V),   W = T W_r,   W_r = β ⊙ exp(γ) ⊙ K,      A_ri = β_r exp(γ_r − γ_i) k_rᵀ k_i   (r > i)
-    U = Ũ − W S⁰ = T (β ⊙ V − W_r S⁰),     O = (Q ⊙ exp(γ)) S⁰ + P U,     P = Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i]
-    S_end = M S⁰ + Δ,   M = exp(γ_C) I − K̂ᵀ W,   Δ = K̂ᵀ Ũ,   K̂ = K ⊙ exp(γ_C − γ)
+    Ũ = T (β ⊙ V),   W = T W_r,   W_r = β ⊙ exp(γ) ⊙ K,      A_ri = β_r Σ_d k_rd k_id exp(γ_rd − γ_id)   (r > i)
+    U = Ũ − W S⁰ = T (β ⊙ V − W_r S⁰),     O = (Q ⊙ exp(γ)) S⁰ + P U,     P_ri = Σ_d q_rd k_id exp(γ_rd − γ_id) [r ≥ i]
+    S_end = M S⁰ + Δ,   M = diag(exp(γ_C)) − K̂ᵀ W,   Δ = K̂ᵀ Ũ,   K̂ = K ⊙ exp(γ_C − γ)
 
-All exponents are ≤ 0. One loop over groups of ``CHUNK_GROUP`` chunks (``for_chunk_groups``) does all a
-group needs: its chunk terms (heads as a batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its
-chunks through the scan core's ``dense_linear_scan`` (entered with the state the previous group left),
-and its outputs. ``T`` comes from ``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept
-with the entering states and U for the backward. Gradients: ``custom_vjp`` with a closed-form chunk
-backward (``chunk_grads``), groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n``
-(``Q' = Q ⊙ exp(γ) − P W``) run over the group through ``dense_linear_scan``, then each chunk's input
-gradients follow; as U = T R, the solve's cotangents are ``dR = Tᵀ dU``, ``dA = −dR Uᵀ``. Residuals
-O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
+(per head the decays factor out of the sums: ``A = β ⊙ K Kᵀ ⊙ exp(γ_r − γ_i)``, ``P = Q Kᵀ ⊙ exp(γ_r − γ_i)``).
+All exponents are ≤ 0. Per-key scores come from ``_common.key_decay`` (secondary chunking: exact decays only in
+16×16 diagonal blocks, plain matmuls of factors with exponents ≤ 0 elsewhere; no ``(C, C, K)`` tensor). One loop
+over groups of ``CHUNK_GROUP`` chunks (``for_chunk_groups``) does all a group needs: its chunk terms (heads as a
+batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its chunks through the scan core's
+``dense_linear_scan`` (entered with the state the previous group left), and its outputs. ``T`` comes from
+``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept with the entering states and U for the
+backward. Gradients: ``custom_vjp`` with a closed-form chunk backward (``chunk_grads``), groups in reverse: the
+state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) − P W``) run over the group through
+``dense_linear_scan``, then each chunk's input gradients follow; as U = T R, the solve's cotangents are
+``dR = Tᵀ dU``, ``dA = −dR Uᵀ``; per-key score cotangents go back through the same sub-chunk factors
+(``decayed_scores_vjp``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
 """
 
 from functools import partial
@@ -260,13 +267,16 @@ def _pallas_probe(q, k, v, beta, log_decay, C):
 
 
 def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):
-    """Delta rule / gated DeltaNet: ``S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = S_tᵀ q_t``.
+    """Delta rule / gated DeltaNet: ``S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ``,
+    ``o_t = S_tᵀ q_t`` — per step the rows of S decay first (``S ← diag(e^g) S``), then the delta update
+    (``u = β (v − Sᵀ k)``, ``S ← S + k uᵀ``).
 
     Args:
       q, k: ``(B, L, H, K)`` (keys usually L2-normalised by the layer); v: ``(B, L, H, V)`` —
         float32 or bfloat16 (one dtype).
       beta: ``(B, L, H)`` writing strength in (0, 2).
-      log_decay: None or ``(B, L, H)``, g ≤ 0 (gated DeltaNet).
+      log_decay: None, ``(B, L, H)`` (one g ≤ 0 per head: gated DeltaNet) or ``(B, L, H, K)`` (one per key
+        dimension, decaying the rows of S: per-key / channel-wise gates).
       initial_state: ``(B, H, K, V)``; default zeros.
       chunk_size: C for the chunked backends (a power of two for ``"pallas"``).
       backend: None (auto) | "reference" | "xla" | "pallas".
