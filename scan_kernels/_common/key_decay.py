@@ -64,13 +64,18 @@ def key_decay(gam, sub: int = SUB_CHUNK) -> KeyDecay:
     g4 = gam.reshape(lead + (nb, c, K))
     ref = g4[..., :1, :]  # γ_ρa, (..., nb, 1, K)
     fx = jnp.exp(g4 - ref)
-    before = (jnp.arange(Cp)[None, :] < c * jnp.arange(nb)[:, None])[:, :, None]  # i < ρ_a, (nb, Cp, 1)
+    before = _lift(jnp.arange(Cp)[None, :] < c * jnp.arange(nb)[:, None], len(lead), 1)  # i < ρ_a, (nb, Cp, 1)
     diff = ref - gam[..., None, :, :]  # γ_ρa − γ_i, (..., nb, Cp, K)
     ek = jnp.where(before, jnp.exp(jnp.where(before, diff, 0.0)), 0.0)  # masked before exp: no inf, no inf grad
-    incl = (jnp.arange(c)[:, None] >= jnp.arange(c)[None, :])[:, :, None]  # (c, c, 1)
+    incl = _lift(jnp.arange(c)[:, None] >= jnp.arange(c)[None, :], len(lead) + 1, 1)  # (c, c, 1)
     dg = g4[..., :, None, :] - g4[..., None, :, :]  # γ_r − γ_i, (..., nb, c, c, K)
     dd = jnp.where(incl, jnp.exp(jnp.where(incl, dg, 0.0)), 0.0)
     return KeyDecay(C, fx, ek, dd)
+
+
+def _lift(mask, n_lead: int, n_trail: int = 0):
+    """``mask`` with ``n_lead`` leading and ``n_trail`` trailing unit axes (explicit ranks, no rank promotion)."""
+    return mask.reshape((1,) * n_lead + mask.shape + (1,) * n_trail)
 
 
 def _blocks(x, dec: KeyDecay):
@@ -97,11 +102,11 @@ def decayed_scores(x, k, dec: KeyDecay, strict: bool = False):
     _, x4 = _blocks(x, dec)
     off = _mm("...ark,...aik->...ari", x4 * dec.fx, kp[..., None, :, :] * dec.ek)  # earlier sub-chunks, (.., nb, c, Cp)
     diag = _mm("...ark,...arik,...aik->...ari", x4, dec.dd, k4)  # exact inside each sub-chunk, (..., nb, c, c)
-    eye = jnp.eye(nb, dtype=diag.dtype)[:, None, :, None]  # (nb, 1, nb, 1): place block a at column block a
-    S = (off.reshape(off.shape[:-3] + (nb, c, nb, c)) + diag[..., :, :, None, :] * eye).reshape(
-        off.shape[:-3] + (nb * c, nb * c)
-    )[..., :C, :C]
-    return jnp.where(_mask(C, True), S, 0.0) if strict else S
+    lead = off.shape[:-3]
+    eye = _lift((jnp.arange(nb)[:, None] == jnp.arange(nb)[None, :])[:, None, :, None], len(lead))  # (nb, 1, nb, 1)
+    S = off.reshape(lead + (nb, c, nb, c)) + jnp.where(eye, diag[..., :, :, None, :], 0.0)  # block a at columns a
+    S = S.reshape(lead + (nb * c, nb * c))[..., :C, :C]
+    return jnp.where(_lift(_mask(C, True), len(lead)), S, 0.0) if strict else S
 
 
 def decayed_scores_vjp(dS, x, k, dec: KeyDecay, strict: bool = False):
@@ -110,7 +115,7 @@ def decayed_scores_vjp(dS, x, k, dec: KeyDecay, strict: bool = False):
     C = dec.C
     nb, c = dec.fx.shape[-3:-1]
     Cp = nb * c
-    dS = jnp.where(_mask(C, strict), dS, 0.0)
+    dS = jnp.where(_lift(_mask(C, strict), dS.ndim - 2), dS, 0.0)
     if Cp != C:
         dS = jnp.pad(dS, [(0, 0)] * (dS.ndim - 2) + [(0, Cp - C), (0, Cp - C)])
     kp, k4 = _blocks(k, dec)
