@@ -19,7 +19,7 @@ entering state S⁰ and local cumulative log-gate γ (per key: γ_r ∈ R^K), th
 (per head the decays factor out of the sums: ``A = β ⊙ K Kᵀ ⊙ exp(γ_r − γ_i)``, ``P = Q Kᵀ ⊙ exp(γ_r − γ_i)``).
 All exponents are ≤ 0. Per-key scores come from ``_common.key_decay`` (secondary chunking: exact decays only in
 16×16 diagonal blocks, plain matmuls of factors with exponents ≤ 0 elsewhere; no ``(C, C, K)`` tensor). One loop
-over groups of ``CHUNK_GROUP`` chunks (``for_chunk_groups``) does all a group needs: its chunk terms (heads as a
+over groups of ``CHUNK_GROUP`` chunks (``KEY_CHUNK_GROUP`` per key; ``for_chunk_groups``) does all a group needs: its chunk terms (heads as a
 batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its chunks through the scan core's
 ``dense_linear_scan`` (entered with the state the previous group left), and its outputs. ``T`` comes from
 ``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept with the entering states and U for the
@@ -61,6 +61,13 @@ _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 # Chunks per step of the loop over chunk groups (bounds the O(C²) temporaries). 8 keeps a group's terms in
 # cache: fwd+bwd at L=4096 (B=1, H=4, K=V=C=64) on the 2-core CPU took 79 / 77 / 97 ms with 4 / 8 / 16.
 CHUNK_GROUP = 8
+# Per-key gates add (group, H, 4, C, K) decay factors and (group, H, 4, 16, 16, K) diagonal-block decays per group:
+# 4 chunks per group keep fwd+bwd scratch at L=16384 (B=1, H=4, K=V=C=64) below 1/10 of per-token states.
+KEY_CHUNK_GROUP = 4
+
+
+def _group(g):
+    return KEY_CHUNK_GROUP if g is not None and g.ndim == 4 else CHUNK_GROUP
 
 
 def _read(x, start, n, C):
@@ -162,12 +169,12 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, _ = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=False)
+    o, final, _ = _forward(q, k, v, beta, g, s0, C, _group(g), scan_backend, keep=False)
     return o, final
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, res = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=True)
+    o, final, res = _forward(q, k, v, beta, g, s0, C, _group(g), scan_backend, keep=True)
     return (o, final), (q, k, v, beta, g) + res
 
 
@@ -237,9 +244,7 @@ def _chunked_bwd(C, scan_backend, res, cts):
         return h_in[:, :, :, 0], bufs
 
     bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta, beta if g is None else g))
-    h0, (dq, dk, dv, db, dg) = for_chunk_groups(
-        body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, CHUNK_GROUP, reverse=True
-    )
+    h0, (dq, dk, dv, db, dg) = for_chunk_groups(body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, _group(g), reverse=True)
     return dq, dk, dv, db, None if g is None else dg, jnp.moveaxis(h0, 0, -1)
 
 

@@ -190,3 +190,20 @@ def test_bad_log_decay_raises_value_error(i):
     call, match = _bad_calls()[i]
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_fwd_bwd_temp_below_tenth_of_per_token_states():
+    """Per-key gates keep forward and backward free of per-token states: at the benchmark shape (B=1, L=16384,
+    H=4, K=V=64, C=64) the scratch XLA allocates (90 MiB fwd+bwd, 24 MiB fwd on jax 0.11) is < 1/10 of per-token
+    (K, V) states (1 GiB)."""
+    B, L, H, K, V = 1, 16384, 4, 64, 64
+    S = jax.ShapeDtypeStruct
+    args = (S((B, L, H, K), F32), S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32), S((B, L, H, K), F32))
+
+    def loss(q, k, v, b, g):
+        return jnp.sum(sk.delta_rule(q, k, v, b, log_decay=g, chunk_size=64, backend="xla")[0])
+
+    temp = jax.jit(jax.grad(loss, (0, 1, 2, 3, 4))).lower(*args).compile().memory_analysis().temp_size_in_bytes
+    fwd_temp = jax.jit(loss).lower(*args).compile().memory_analysis().temp_size_in_bytes
+    assert temp < 0.1 * B * L * H * K * V * 4, temp
+    assert fwd_temp < 0.1 * B * L * H * K * V * 4, fwd_temp
