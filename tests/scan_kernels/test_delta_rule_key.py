@@ -69,7 +69,7 @@ def test_order_is_decay_then_delta():
 # and near 2; the default set stays small, the full grid is slow-marked.
 FAST_CASES = [
     (1, 1, 1, 16, 8, "mid", 1.0, 16),
-    (1, 63, 4, 8, 12, "high", 20.0, 16),
+    (1, 63, 4, 8, 12, "high", 20.0, 32),  # two 16-sub-chunks per chunk
 ]
 SLOW_CASES = [  # the Pallas grid takes SLOW_CASES[1:]
     (1, 63, 1, 16, 16, "low", 0.0, 32),
