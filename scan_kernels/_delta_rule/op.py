@@ -19,9 +19,9 @@ entering state S⁰ and local cumulative log-gate γ (per key: γ_r ∈ R^K), th
 (per head the decays factor out of the sums: ``A = β ⊙ K Kᵀ ⊙ exp(γ_r − γ_i)``, ``P = Q Kᵀ ⊙ exp(γ_r − γ_i)``).
 All exponents are ≤ 0. Per-key scores come from ``_common.key_decay`` (secondary chunking: exact decays only in
 16×16 diagonal blocks, plain matmuls of factors with exponents ≤ 0 elsewhere; no ``(C, C, K)`` tensor). One loop
-over groups of ``CHUNK_GROUP`` chunks (``KEY_CHUNK_GROUP`` per key; ``for_chunk_groups``) does all a group needs: its chunk terms (heads as a
-batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its chunks through the scan core's
-``dense_linear_scan`` (entered with the state the previous group left), and its outputs. ``T`` comes from
+over groups of ``CHUNK_GROUP`` chunks (``KEY_CHUNK_GROUP`` per key; ``for_chunk_groups``) does all a group needs:
+its chunk terms (heads as a batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its chunks through the
+scan core's ``dense_linear_scan`` (entered with the state the previous group left), and its outputs. ``T`` comes from
 ``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept with the entering states and U for the
 backward. Gradients: ``custom_vjp`` with a closed-form chunk backward (``chunk_grads``), groups in reverse: the
 state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) − P W``) run over the group through
