@@ -3,16 +3,14 @@
     python -m algornn.experiments.benchmarks.fast_weights [--quick] [--out PATH] [--lengths 512 4096] [--reps 3]
 
 Shapes B=1, H=4, K=V=64, float32 (issue 4 §4). Ops: ``linear_attention`` with a scalar per-head decay
-(RetNet / Mamba-2 style), ``delta_rule`` with a scalar decay (gated DeltaNet) and ``delta_rule_key`` with a
-per-key decay ``(B, L, H, K)`` (``--ops`` picks a subset); methods: ``reference``
+(RetNet / Mamba-2 style) and ``delta_rule`` with a scalar decay (gated DeltaNet); methods: ``reference``
 (token-by-token ``lax.scan``), ``xla`` (chunked, C=64), ``pallas`` (GPU only; interpret mode on CPU is a
 correctness tool, not timed) and ``quadratic`` (the O(L²) masked form, linear attention only, skipped
 when its score matrix alone would exceed ``--max-quadratic-gb``).
 Times: best of ``--reps`` jitted calls after a warm-up, forward and forward+backward (``value_and_grad``
 of ``<o, w>`` w.r.t. q, k, v, g[, β]).
 FLOPs: the dense matrix-product FLOPs (2 per multiply-add) each method executes, from the formulas in
-``flops`` (elementwise work not counted — for ``delta_rule_key`` the per-key decay factors and the exact
-16×16 diagonal score blocks; masked triangles counted in full, as they are computed); GFLOP/s =
+``flops`` (elementwise work not counted; masked triangles counted in full, as they are computed); GFLOP/s =
 FLOPs / time. Memory: XLA's compiled buffer assignment (``memory_analysis()``): ``temp`` is the scratch the
 program allocates beyond its arguments (inputs) and its outputs (o, or the loss and the gradients), i.e.
 everything a recurrence keeps in between — stored states, residuals, the output cotangent;
@@ -41,17 +39,13 @@ B, H, K, V, C = 1, 4, 64, 64, 64
 F32 = jnp.float32
 
 
-OPS = ("linear_attention", "delta_rule", "delta_rule_key")
-
-
-def _inputs(L, seed=0, per_key=False):
-    """``q, k, v, g, beta``; ``g`` is ``(B, L, H)`` or, with ``per_key``, ``(B, L, H, K)``, both ``-U(0, 1)``."""
+def _inputs(L, seed=0):
     ks = jax.random.split(jax.random.PRNGKey(seed), 5)
     q = jax.random.normal(ks[0], (B, L, H, K), F32)
     k = jax.random.normal(ks[1], (B, L, H, K), F32)
     k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
     v = jax.random.normal(ks[2], (B, L, H, V), F32)
-    g = -jax.random.uniform(ks[3], (B, L, H, K) if per_key else (B, L, H), F32)
+    g = -jax.random.uniform(ks[3], (B, L, H), F32)
     beta = jax.nn.sigmoid(jax.random.normal(ks[4], (B, L, H), F32))
     return q, k, v, g, beta
 
@@ -66,7 +60,7 @@ def _fn(op, method):
 
 
 def _fwdbwd(f, op):
-    argnums = (0, 1, 2, 3) if op == "linear_attention" else (0, 1, 2, 3, 4)
+    argnums = (0, 1, 2, 3, 4) if op == "delta_rule" else (0, 1, 2, 3)
 
     def loss(q, k, v, g, b):
         o = f(q, k, v, g, b)
@@ -94,7 +88,7 @@ def _dense_fwd_flops(op, method, L):
     """Matrix-product FLOPs of one forward pass (all heads, B=1); see the module docstring."""
     nc = -(-L // C)
     if method == "reference":  # per token: S += k vᵀ (2KV), o = Sᵀ q (2KV); delta also Sᵀ k (2KV)
-        return B * H * L * (4 if op == "linear_attention" else 6) * K * V
+        return B * H * L * (6 if op == "delta_rule" else 4) * K * V
     if method == "quadratic":  # Q Kᵀ and P V over the full L×L matrix
         return B * H * 2 * L * L * (K + V)
     per_chunk = {  # per chunk and head, as executed by scan_kernels/_linear_attention/ and _delta_rule/
@@ -106,9 +100,8 @@ def _dense_fwd_flops(op, method, L):
         + 2 * C * K * K
         + 3 * 2 * C * K * V
         + 2 * K * K * V,
-    }
-    per_chunk["delta_rule_key"] = per_chunk["delta_rule"]  # the per-key scores: the same matmul sizes
-    return B * H * nc * per_chunk[op]
+    }[op]
+    return B * H * nc * per_chunk
 
 
 def flops(op, method, L, mode):
@@ -146,7 +139,7 @@ def _time(compiled, args, reps):
 
 
 def measure(op, method, L, reps):
-    args = _inputs(L, per_key=op == "delta_rule_key")
+    args = _inputs(L)
     f = _fn(op, method)
     row = {"op": op, "method": method, "L": L}
     for mode, fn in (("fwd", f), ("fwdbwd", _fwdbwd(f, op))):
@@ -161,7 +154,7 @@ def measure(op, method, L, reps):
 def check_targets(rows):
     get = lambda op, m, L: next((r for r in rows if r["op"] == op and r["method"] == m and r["L"] == L), None)  # noqa: E731
     out = {}
-    for op in OPS:
+    for op in ("linear_attention", "delta_rule"):
         ref, xla = get(op, "reference", 4096), get(op, "xla", 4096)
         if ref and xla:
             for m, what in (("fwdbwd", "fwd+bwd"), ("fwd", "fwd alone")):
@@ -208,7 +201,6 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=None, help="timed repetitions per measurement (best is kept)")
     p.add_argument("--max-quadratic-gb", type=float, default=1.5, help="skip quadratic when B·H·L²·4 bytes exceed this")
     p.add_argument("--out", default=None, help="JSON path (default ./results/fast_weights_<platform>.json)")
-    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS), help="ops to measure (default all)")
     a = p.parse_args(argv)
     lengths = a.lengths or ([512, 2048] if a.quick else [512, 2048, 4096, 16384])
     reps = a.reps or (1 if a.quick else 3)
@@ -219,7 +211,7 @@ def main(argv=None):
         f"{'op':17s} {'method':10s} {'L':>6s} {'fwd ms':>10s} {'f+b ms':>10s} {'fwd GF/s':>9s} {'f+b GF/s':>9s} "
         f"{'fwd tmpMB':>10s} {'f+b tmpMB':>10s} {'f+b MB':>9s}"
     )
-    for op in a.ops:
+    for op in ("linear_attention", "delta_rule"):
         for L in lengths:
             for method in methods:
                 if method == "quadratic" and (
@@ -265,7 +257,7 @@ def main(argv=None):
             "chunk_size": C,
             "dtype": "float32",
             "reps": reps,
-            "decay": "scalar per head, g ~ -U(0, 1); per key (B, L, H, K) for delta_rule_key",
+            "decay": "scalar per head, g ~ -U(0, 1)",
             "beta": "sigmoid(N(0, 1))",
         },
         "results": rows,
