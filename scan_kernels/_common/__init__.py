@@ -7,4 +7,6 @@
 * ``pallas_config`` — how Pallas kernels lower on a GPU.
 * ``chunk_utils``, ``fast_weight_checks``, ``fast_weight_pallas`` — chunking, input checks and Pallas layout
   helpers of the chunked fast-weight ops.
+* ``key_decay`` — per-key decayed scores ``Σ_d x_rd k_id exp(γ_rd − γ_id)`` of a chunk by secondary chunking, and
+  their cotangents (per-key gates without a ``(C, C, K)`` tensor).
 """

@@ -2,25 +2,32 @@
 
 Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk · NC = ceil(L / C).
 
-    S_t = exp(g_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,      o_t = S_tᵀ q_t
+    S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ,      o_t = S_tᵀ q_t
+
+with ``g_t`` one scalar per head (gated DeltaNet; then ``diag(exp(g_t)) = exp(g_t) I``) or one per key dimension
+(per-key decay of the rows of S, as in Kimi Delta Attention): the decay first, then the delta update.
 
 Chunk form (DeltaNet, Yang et al. 2024, §3.2 and App. B; gated DeltaNet §3): inside a chunk with
-entering state S⁰ and local cumulative log-gate γ, the per-token deltas ``u_r = β_r (v_r − exp(g_r) S_{r-1}ᵀ k_r)``
-solve a unit lower-triangular system (the UT transform), ``T = (I + A)⁻¹``:
+entering state S⁰ and local cumulative log-gate γ (per key: γ_r ∈ R^K), the per-token deltas
+``u_r = β_r (v_r − (diag(e^{g_r}) S_{r-1})ᵀ k_r)`` solve a unit lower-triangular system (the UT transform),
+``T = (I + A)⁻¹``:
 
-    Ũ = T (β ⊙ V),   W = T W_r,   W_r = β ⊙ exp(γ) ⊙ K,      A_ri = β_r exp(γ_r − γ_i) k_rᵀ k_i   (r > i)
-    U = Ũ − W S⁰ = T (β ⊙ V − W_r S⁰),     O = (Q ⊙ exp(γ)) S⁰ + P U,     P = Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i]
-    S_end = M S⁰ + Δ,   M = exp(γ_C) I − K̂ᵀ W,   Δ = K̂ᵀ Ũ,   K̂ = K ⊙ exp(γ_C − γ)
+    Ũ = T (β ⊙ V),   W = T W_r,   W_r = β ⊙ exp(γ) ⊙ K,      A_ri = β_r Σ_d k_rd k_id exp(γ_rd − γ_id)   (r > i)
+    U = Ũ − W S⁰ = T (β ⊙ V − W_r S⁰),     O = (Q ⊙ exp(γ)) S⁰ + P U,     P_ri = Σ_d q_rd k_id exp(γ_rd − γ_id) [r ≥ i]
+    S_end = M S⁰ + Δ,   M = diag(exp(γ_C)) − K̂ᵀ W,   Δ = K̂ᵀ Ũ,   K̂ = K ⊙ exp(γ_C − γ)
 
-All exponents are ≤ 0. One loop over groups of ``CHUNK_GROUP`` chunks (``for_chunk_groups``) does all a
-group needs: its chunk terms (heads as a batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its
-chunks through the scan core's ``dense_linear_scan`` (entered with the state the previous group left),
-and its outputs. ``T`` comes from ``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept
-with the entering states and U for the backward. Gradients: ``custom_vjp`` with a closed-form chunk
-backward (``chunk_grads``), groups in reverse: the state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n``
-(``Q' = Q ⊙ exp(γ) − P W``) run over the group through ``dense_linear_scan``, then each chunk's input
-gradients follow; as U = T R, the solve's cotangents are ``dR = Tᵀ dU``, ``dA = −dR Uᵀ``. Residuals
-O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
+(per head the decays factor out of the sums: ``A = β ⊙ K Kᵀ ⊙ exp(γ_r − γ_i)``, ``P = Q Kᵀ ⊙ exp(γ_r − γ_i)``).
+All exponents are ≤ 0. Per-key scores come from ``_common.key_decay`` (secondary chunking: exact decays only in
+16×16 diagonal blocks, plain matmuls of factors with exponents ≤ 0 elsewhere; no ``(C, C, K)`` tensor). One loop
+over groups of ``CHUNK_GROUP`` chunks (``KEY_CHUNK_GROUP`` per key; ``for_chunk_groups``) does all a group needs:
+its chunk terms (heads as a batch dim), the recurrence ``S_n = M_n S_{n-1} + Δ_n`` over its chunks through the
+scan core's ``dense_linear_scan`` (entered with the state the previous group left), and its outputs. ``T`` comes from
+``unit_lower_inverse`` (batched matmuls), once per chunk, and is kept with the entering states and U for the
+backward. Gradients: ``custom_vjp`` with a closed-form chunk backward (``chunk_grads``), groups in reverse: the
+state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) − P W``) run over the group through
+``dense_linear_scan``, then each chunk's input gradients follow; as U = T R, the solve's cotangents are
+``dR = Tᵀ dU``, ``dA = −dR Uᵀ``; per-key score cotangents go back through the same sub-chunk factors
+(``decayed_scores_vjp``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
 """
 
 from functools import partial
@@ -46,6 +53,7 @@ from algornn.scan_kernels._common.fast_weight_checks import (
     check_qkv,
     check_state,
 )
+from algornn.scan_kernels._common.key_decay import decayed_scores, decayed_scores_vjp, key_decay
 from algornn.scan_kernels._delta_rule.chunk_states import scan_state_columns_dense
 from algornn.scan_kernels._delta_rule.reference import delta_rule_reference
 
@@ -53,6 +61,13 @@ _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
 # Chunks per step of the loop over chunk groups (bounds the O(C²) temporaries). 8 keeps a group's terms in
 # cache: fwd+bwd at L=4096 (B=1, H=4, K=V=C=64) on the 2-core CPU took 79 / 77 / 97 ms with 4 / 8 / 16.
 CHUNK_GROUP = 8
+# Per-key gates add (group, H, 4, C, K) decay factors and (group, H, 4, 16, 16, K) diagonal-block decays per group:
+# 4 chunks per group keep fwd+bwd scratch at L=16384 (B=1, H=4, K=V=C=64) below 1/10 of per-token states.
+KEY_CHUNK_GROUP = 4
+
+
+def _group(g):
+    return KEY_CHUNK_GROUP if g is not None and g.ndim == 4 else CHUNK_GROUP
 
 
 def _read(x, start, n, C):
@@ -66,34 +81,55 @@ def _write(buf, y, start):
 
 
 def _inputs(q, k, v, beta, g, start, n, C):
-    """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ (B, n, H, C)``
-    (zeros without gates)."""
+    """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ``:
+    ``(B, n, H, C)`` (zeros without gates) or, per key, ``(B, n, H, C, K)``."""
     Q, K, V, b = (_read(x, start, n, C) for x in (q, k, v, beta))
-    gam = jnp.zeros_like(b) if g is None else jnp.cumsum(_read(g, start, n, C), axis=-1)
+    if g is None:
+        return Q, K, V, b, jnp.zeros_like(b)
+    gam = jnp.cumsum(_read(g, start, n, C), axis=3)  # over the chunk's C positions
     return Q, K, V, b, gam
+
+
+def _per_key(gam):
+    return gam.ndim == 5
 
 
 def chunk_terms(K, b, gam, T=None):
     """The terms of a chunk's UT system, heads first ``(B, n, H, C, ·)``: decays, ``A = β_r Bm``, ``T = (I + A)⁻¹``
-    (computed unless given), ``W``, ``K̂``."""
-    incl, strict = causal_masks(K.shape[-2])
-    D = segment_decay(gam, incl)  # exp(γ_r − γ_i), r ≥ i
-    e = jnp.exp(gam)
-    Bm = _mm("bnhik,bnhjk->bnhij", K, K) * jnp.where(strict, D, 0.0)
+    (computed unless given), ``W``, ``K̂``. ``e = exp(γ)`` and ``Kd = exp(γ_C − γ)`` are kept broadcastable
+    to ``(B, n, H, C, K)`` (a trailing 1 for per-head gates); per-key gates keep the sub-chunk decay factors
+    ``dec`` for the scores instead of the ``(C, C)`` decay matrix ``D``."""
+    if _per_key(gam):  # A_ri = β_r Σ_d k_rd k_id exp(γ_rd − γ_id): secondary chunking, no (C, C, K) tensor
+        dec = key_decay(gam)
+        Bm = decayed_scores(K, K, dec, strict=True)
+        e, Kd = jnp.exp(gam), jnp.exp(gam[..., -1:, :] - gam)
+        terms = dict(dec=dec, eC=e[..., -1, :])
+    else:
+        incl, strict = causal_masks(K.shape[-2])
+        D = segment_decay(gam, incl)  # exp(γ_r − γ_i), r ≥ i
+        Bm = _mm("bnhik,bnhjk->bnhij", K, K) * jnp.where(strict, D, 0.0)
+        e, Kd = jnp.exp(gam)[..., None], jnp.exp(gam[..., -1:] - gam)[..., None]
+        terms = dict(D=D, eC=e[..., -1, 0])
     A = b[..., None] * Bm
     T = unit_lower_inverse(A) if T is None else T
-    Wr = (b * e)[..., None] * K
-    Kd = jnp.exp(gam[..., -1:] - gam)  # exp(γ_C − γ)
-    return dict(
-        D=D, e=e, eC=e[..., -1], Bm=Bm, A=A, T=T, Wr=Wr, W=_mm("bnhij,bnhjk->bnhik", T, Wr), Kd=Kd, Kh=K * Kd[..., None]
-    )
+    Wr = b[..., None] * e * K
+    return terms | dict(e=e, Bm=Bm, A=A, T=T, Wr=Wr, W=_mm("bnhij,bnhjk->bnhik", T, Wr), Kd=Kd, Kh=K * Kd)
+
+
+def _scores(Q, K, c):
+    """``P = Q Kᵀ ⊙ exp(γ_r − γ_i) ⊙ [r ≥ i]`` (per key: ``P_ri = Σ_d q_rd k_id exp(γ_rd − γ_id)``)."""
+    if "dec" in c:
+        return decayed_scores(Q, K, c["dec"])
+    return _mm("bnhik,bnhjk->bnhij", Q, K) * c["D"]
 
 
 def _transition(c, transpose):
-    """``M = exp(γ_C) I − K̂ᵀ W`` (or ``Mᵀ``) ``(B, H, n, K, K)`` — the layout of ``scan_state_columns_dense``."""
+    """``M = diag(exp(γ_C)) − K̂ᵀ W`` (or ``Mᵀ``) ``(B, H, n, K, K)`` — the layout of ``scan_state_columns_dense``;
+    ``exp(γ_C)`` is one scalar per head or one per key."""
     K = c["Kh"].shape[-1]
     spec = "bnhck,bnhcj->bhnjk" if transpose else "bnhck,bnhcj->bhnkj"
-    eC = jnp.swapaxes(c["eC"], 1, 2)[..., None, None]  # (B, H, n, 1, 1)
+    eC = jnp.swapaxes(c["eC"], 1, 2)  # (B, H, n) or (B, H, n, K)
+    eC = eC[..., None] if eC.ndim == 4 else eC[..., None, None]  # diagonal: symmetric, the same for Mᵀ
     return eC * jnp.eye(K, dtype=jnp.float32)[None, None, None] - _mm(spec, c["Kh"], c["W"])
 
 
@@ -120,8 +156,8 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
         s_leave = scan_state_columns_dense(_transition(c, False), delta, s_cols, scan_backend)  # (V, B, H, n, K)
         S0 = _entering(s_cols, s_leave[:, :, :, :-1])
         U = Ut - _mm("bnhck,bnhvk->bnhcv", c["W"], S0)
-        P = _mm("bnhik,bnhjk->bnhij", Q, Kc) * c["D"]
-        o = _mm("bnhck,bnhvk->bnhcv", Q * c["e"][..., None], S0) + _mm("bnhij,bnhjv->bnhiv", P, U)
+        P = _scores(Q, Kc, c)
+        o = _mm("bnhck,bnhvk->bnhcv", Q * c["e"], S0) + _mm("bnhij,bnhjv->bnhiv", P, U)
         if keep:
             res = tuple(lax.dynamic_update_slice_in_dim(r, x, start, 1) for r, x in zip(res, (S0, c["T"], U)))
         return s_leave[:, :, :, -1], _write(o_buf, o, start), res
@@ -133,19 +169,19 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, _ = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=False)
+    o, final, _ = _forward(q, k, v, beta, g, s0, C, _group(g), scan_backend, keep=False)
     return o, final
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, res = _forward(q, k, v, beta, g, s0, C, CHUNK_GROUP, scan_backend, keep=True)
+    o, final, res = _forward(q, k, v, beta, g, s0, C, _group(g), scan_backend, keep=True)
     return (o, final), (q, k, v, beta, g) + res
 
 
 def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
     """Input gradients of chunks' ``(O, S_end)`` at fixed entering states ``S0`` (transposed, ``(B, n, H, V, K)``),
     given the output cotangent ``dO``, ``Pᵀ dO`` and the leaving states' cotangents ``dN`` (as S0); returns
-    ``dQ, dK, dV, dβ, dγ``.
+    ``dQ, dK, dV, dβ, dγ`` (``dγ`` shaped as γ: per head or per key).
 
     ``U = T R`` with ``R = β ⊙ V − W_r S⁰`` (``W_r = β ⊙ exp(γ) ⊙ K``), so with ``dR = Tᵀ dU``:
     ``d(β ⊙ V) = dR``, ``dW_r = −dR S⁰ᵀ`` and ``dA = −dR Uᵀ`` (strict lower part).
@@ -159,20 +195,27 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
     dR = _mm("bnhji,bnhjv->bnhiv", c["T"], dU)
     dWr = -_mm("bnhcv,bnhvk->bnhck", dR, S0)
     dA = -jnp.where(strict, _mm("bnhiv,bnhjv->bnhij", dR, U), 0.0)
-    dqk = dP * c["D"]
-    dkk = b[..., None] * dA * c["D"]  # dA is zero off the strict lower triangle
-    dQ = e[..., None] * dQd + _mm("bnhij,bnhjk->bnhik", dqk, K)
-    dK = (
-        _mm("bnhij,bnhik->bnhjk", dqk, Q)
-        + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
-        + (b * e)[..., None] * dWr
-        + c["Kd"][..., None] * dKh
-    )
-    db = jnp.sum(dR * V, -1) + e * jnp.sum(dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
-    E = dP * P + dA * c["A"]  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
-    F = jnp.sum(dKh * Kh, -1)
-    dgam = jnp.sum(E, -1) - jnp.sum(E, -2) + e * jnp.sum(dQd * Q, -1) + jnp.sum(dWr * c["Wr"], -1) - F
-    dgam = dgam.at[..., -1].add(jnp.sum(F, -1) + c["eC"] * jnp.sum(S0 * dN, (-2, -1)))
+    db = jnp.sum(dR * V, -1) + jnp.sum(e * dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
+    dQ = e * dQd
+    dK = b[..., None] * e * dWr + c["Kd"] * dKh
+    G = e * dQd * Q + dWr * c["Wr"] - dKh * Kh  # ∂/∂γ of the terms in e^γ and e^{γ_C − γ}, per (position, key)
+    F = jnp.sum(dKh * Kh, -2)  # the γ_C side of K̂, (B, n, H, K)
+    SdN = jnp.sum(S0 * dN, -2)  # (B, n, H, K): the γ_C side of diag(e^{γ_C}) S⁰
+    if "dec" in c:  # per-key scores: cotangents through the same sub-chunk factors (P: r ≥ i; Bm: r > i)
+        dxq, dkq, dgq = decayed_scores_vjp(dP, Q, K, c["dec"])
+        dxk, dkk, dgk = decayed_scores_vjp(b[..., None] * dA, K, K, c["dec"], strict=True)
+        dQ = dQ + dxq
+        dK = dK + dkq + dxk + dkk
+        dgam = G + dgq + dgk
+        dgam = dgam.at[..., -1, :].add(F + c["eC"] * SdN)
+    else:
+        dqk = dP * c["D"]
+        dkk = b[..., None] * dA * c["D"]  # dA is zero off the strict lower triangle
+        dQ = dQ + _mm("bnhij,bnhjk->bnhik", dqk, K)
+        dK = dK + _mm("bnhij,bnhik->bnhjk", dqk, Q) + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
+        E = dP * P + dA * c["A"]  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
+        dgam = jnp.sum(E, -1) - jnp.sum(E, -2) + jnp.sum(G, -1)
+        dgam = dgam.at[..., -1].add(jnp.sum(F, -1) + c["eC"] * jnp.sum(SdN, -1))
     return dQ, dK, b[..., None] * dR, db, dgam
 
 
@@ -189,21 +232,19 @@ def _chunked_bwd(C, scan_backend, res, cts):
         Q, K, V, b, gam = _inputs(q, k, v, beta, g, start, n, C)
         S0, T, U = (lax.dynamic_slice_in_dim(r, start, n, 1) for r in (S0buf, Tbuf, Ubuf))
         c = chunk_terms(K, b, gam, T=T)
-        P = _mm("bnhik,bnhjk->bnhij", Q, K) * c["D"]
+        P = _scores(Q, K, c)
         dO = _read(do, start, n, C)
         PtdO = _mm("bnhij,bnhiv->bnhjv", P, dO)
-        loc = _mm("bnhck,bnhcv->vbhnk", Q * c["e"][..., None], dO) - _mm("bnhck,bnhcv->vbhnk", c["W"], PtdO)
+        loc = _mm("bnhck,bnhcv->vbhnk", Q * c["e"], dO) - _mm("bnhck,bnhcv->vbhnk", c["W"], PtdO)
         h_in = scan_state_columns_dense(_transition(c, True), loc, h_cols, scan_backend, reverse=True)
         dN = jnp.transpose(jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3), (1, 3, 2, 0, 4))
         dQ, dK, dV, db, dgam = chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN)
-        dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, -1), -1), -1)  # γ = cumsum(g) inside the chunk
+        dg = jnp.flip(jnp.cumsum(jnp.flip(dgam, 3), 3), 3)  # γ = cumsum(g) over the chunk's positions
         bufs = tuple(_write(buf, d, start) for buf, d in zip(bufs, (dQ, dK, dV, db, dg)))
         return h_in[:, :, :, 0], bufs
 
-    bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta, beta))
-    h0, (dq, dk, dv, db, dg) = for_chunk_groups(
-        body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, CHUNK_GROUP, reverse=True
-    )
+    bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta, beta if g is None else g))
+    h0, (dq, dk, dv, db, dg) = for_chunk_groups(body, (jnp.moveaxis(d_final, -1, 0), bufs), nc, _group(g), reverse=True)
     return dq, dk, dv, db, None if g is None else dg, jnp.moveaxis(h0, 0, -1)
 
 
@@ -231,13 +272,16 @@ def _pallas_probe(q, k, v, beta, log_decay, C):
 
 
 def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):
-    """Delta rule / gated DeltaNet: ``S_t = exp(g_t)(I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ``, ``o_t = S_tᵀ q_t``.
+    """Delta rule / gated DeltaNet: ``S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ``,
+    ``o_t = S_tᵀ q_t`` — per step the rows of S decay first (``S ← diag(e^g) S``), then the delta update
+    (``u = β (v − Sᵀ k)``, ``S ← S + k uᵀ``).
 
     Args:
       q, k: ``(B, L, H, K)`` (keys usually L2-normalised by the layer); v: ``(B, L, H, V)`` —
         float32 or bfloat16 (one dtype).
       beta: ``(B, L, H)`` writing strength in (0, 2).
-      log_decay: None or ``(B, L, H)``, g ≤ 0 (gated DeltaNet).
+      log_decay: None, ``(B, L, H)`` (one g ≤ 0 per head: gated DeltaNet) or ``(B, L, H, K)`` (one per key
+        dimension, decaying the rows of S: per-key / channel-wise gates).
       initial_state: ``(B, H, K, V)``; default zeros.
       chunk_size: C for the chunked backends (a power of two for ``"pallas"``).
       backend: None (auto) | "reference" | "xla" | "pallas".
@@ -248,7 +292,7 @@ def delta_rule(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=
     check_backend(backend)
     B, L, H, K, V = check_qkv(q, k, v)
     check_beta(beta, B, L, H)
-    kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=False)
+    kind = check_log_decay(log_decay, B, L, H, K)
     check_state(initial_state, B, H, K, V)
     C = check_chunk_size(chunk_size)
     # auto: Pallas on a GPU where it compiles for these shapes, else XLA (the rule every op shares)

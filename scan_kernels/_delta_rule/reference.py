@@ -3,13 +3,14 @@
 Shape legend: B batch · L length · H heads · K key dim · V value dim.
 
 Per head, with fast-weight state ``S ∈ R^{K×V}`` (Schlag, Irie & Schmidhuber 2021; DeltaNet, Yang et al.
-2024; gated DeltaNet, Yang, Kautz & Hatamizadeh 2025):
+2024; gated DeltaNet, Yang, Kautz & Hatamizadeh 2025; per-key gates as in Kimi Delta Attention):
 
-    S_t = exp(g_t) (I − β_t k_t k_tᵀ) S_{t-1} + β_t k_t v_tᵀ,      o_t = S_tᵀ q_t
+    S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ,      o_t = S_tᵀ q_t
 
-computed as ``S ← exp(g) S;  u = β (v − Sᵀ k);  S ← S + k uᵀ`` (the "delta" u replaces the value the
-memory currently returns for k). ``beta (B, L, H)`` in (0, 2); ``log_decay`` g ≤ 0 is None or one
-scalar per head and step ``(B, L, H)``.
+computed in this order: ``S ← diag(exp(g)) S;  u = β (v − Sᵀ k);  S ← S + k uᵀ`` (the rows of S decay first,
+then the "delta" u replaces the value the memory currently returns for k). ``beta (B, L, H)`` in (0, 2);
+``log_decay`` g ≤ 0 is None, one scalar per head and step ``(B, L, H)`` (``diag(exp(g)) = exp(g) I``) or one
+per key dimension ``(B, L, H, K)``.
 """
 
 import jax.numpy as jnp
@@ -19,10 +20,12 @@ from algornn.scan_kernels._common.fast_weight_checks import check_beta, check_lo
 
 
 def _step(S, q_t, k_t, v_t, beta_t, g_t):
-    """One step in float32: ``q_t, k_t (B, H, K)``, ``v_t (B, H, V)``, ``beta_t, g_t (B, H)``."""
+    """One step in float32: ``q_t, k_t (B, H, K)``, ``v_t (B, H, V)``, ``beta_t (B, H)``, ``g_t`` None, ``(B, H)``
+    or ``(B, H, K)``."""
     q, k, v, beta = (x.astype(jnp.float32) for x in (q_t, k_t, v_t, beta_t))
-    if g_t is not None:
-        S = jnp.exp(g_t.astype(jnp.float32))[:, :, None, None] * S
+    if g_t is not None:  # decay the rows of S first: a scalar per head, or diag(exp(g_t)) per key
+        a = jnp.exp(g_t.astype(jnp.float32))
+        S = (a[..., None] if a.ndim == 3 else a[..., None, None]) * S
     u = beta[..., None] * (v - jnp.einsum("bhk,bhkv->bhv", k, S))  # (B, H, V)
     S = S + k[..., :, None] * u[..., None, :]
     return S, jnp.einsum("bhk,bhkv->bhv", q, S)
@@ -32,11 +35,12 @@ def delta_rule_step(state, q_t, k_t, v_t, beta_t, *, log_decay=None):
     """One decoding step ``(state, q_t, k_t, v_t, beta_t) -> (state, o_t)``.
 
     ``state (B, H, K, V)`` float32, ``q_t, k_t (B, H, K)``, ``v_t (B, H, V)``, ``beta_t (B, H)``,
-    ``log_decay`` None or ``(B, H)``. ``o_t (B, H, V)`` has the dtype of ``v_t``.
+    ``log_decay`` None, ``(B, H)`` or ``(B, H, K)`` (per key). Order: ``S ← diag(e^g) S; u = β (v − Sᵀ k);
+    S ← S + k uᵀ; o = Sᵀ q``. ``o_t (B, H, V)`` has the dtype of ``v_t``.
     """
     B, _, H, K, V = check_qkv(q_t, k_t, v_t, time_axis=False)
     check_beta(beta_t, B, None, H)
-    check_log_decay(log_decay, B, None, H, K, per_key_ok=False)
+    check_log_decay(log_decay, B, None, H, K, per_key_ok=True)
     if state is None:
         raise ValueError("state must be given; use jnp.zeros((B, H, K, V), jnp.float32) for an empty memory")
     check_state(state, B, H, K, V, name="state")
@@ -47,11 +51,12 @@ def delta_rule_step(state, q_t, k_t, v_t, beta_t, *, log_decay=None):
 def delta_rule_reference(q, k, v, beta, *, log_decay=None, initial_state=None):
     """Token-by-token ``lax.scan`` in float32 — the oracle for the chunked and Pallas forms.
 
-    ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``beta (B, L, H)`` -> ``(o (B, L, H, V), final (B, H, K, V))``.
+    ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``beta (B, L, H)``, ``log_decay`` None, ``(B, L, H)`` or
+    ``(B, L, H, K)`` -> ``(o (B, L, H, V), final (B, H, K, V))``.
     """
     B, L, H, K, V = check_qkv(q, k, v)
     check_beta(beta, B, L, H)
-    kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=False)
+    kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=True)
     check_state(initial_state, B, H, K, V)
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
     xs = [jnp.moveaxis(x, 1, 0) for x in (q, k, v, beta)]  # (L, B, H, ·)

@@ -141,7 +141,7 @@ def _bad_calls():
         (lambda: f(q, k, v[:, :4], b), "v must have shape"),
         (lambda: f(q, k, v, b[:, :4]), "beta must have shape"),
         (lambda: f(q, k, v, b[..., None]), "beta must have shape"),
-        (lambda: f(q, k, v, b, log_decay=jnp.zeros((2, 5, 3, 4))), "log_decay must have shape"),
+        (lambda: f(q, k, v, b, log_decay=jnp.zeros((2, 5, 3, 5))), r"log_decay must have shape .*or \(B, L, H, K\)"),
         (lambda: f(q, k, v, b, initial_state=s0[:, :2]), "initial_state must have shape"),
         (lambda: f(q, k, v, b, chunk_size=-3), "chunk_size=-?[0-9]+ must be an integer >= 1"),
         (lambda: f(q, k, v, b, backend="gpu"), "backend='gpu' is not one of"),

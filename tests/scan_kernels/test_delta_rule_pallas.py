@@ -34,8 +34,8 @@ def test_pallas_bfloat16_inputs():
     assert_close(S, S_r, rtol=1e-5, name="state")
 
 
-@pytest.mark.parametrize("gated", [False, True])
-def test_pallas_kernels_lower_for_cuda(gated, monkeypatch):
+@pytest.mark.parametrize("gate", ["none", "scalar", "key"])
+def test_pallas_kernels_lower_for_cuda(gate, monkeypatch):
     """Lowering for CUDA (Triton) on a CPU host proves the kernel bodies use only lowerable ops."""
     import algornn.scan_kernels._delta_rule.pallas as drp
     from algornn.scan_kernels._common import pallas_config as _pallas_config
@@ -46,7 +46,7 @@ def test_pallas_kernels_lower_for_cuda(gated, monkeypatch):
     monkeypatch.setattr(drp, "pallas_call_kwargs", no_interp)
     B, L, H, K, V = 1, 100, 2, 64, 32
     S = jax.ShapeDtypeStruct
-    g = S((B, L, H), F32) if gated else None
+    g = {"none": None, "scalar": S((B, L, H), F32), "key": S((B, L, H, K), F32)}[gate]
     args = (
         S((B, L, H, K), F32),
         S((B, L, H, K), F32),

@@ -1,0 +1,152 @@
+"""Per-key decayed scores of a chunk, by secondary chunking (no (C, C, K) tensor, no overflow).
+
+Shape legend: ... leading batch dims · C chunk · K key dim · c sub-chunk · nb = ceil(C / c) sub-chunks ·
+Cp = nb·c.
+
+With per-key cumulative log-gates ``γ (..., C, K)`` inside a chunk (non-increasing: g ≤ 0), the chunked forms of
+linear attention with per-key gates and of the delta rule with per-key decay need the scores
+
+    S_ri = Σ_d x_rd k_id exp(γ_rd − γ_id)          for r ≥ i (``strict``: r > i), else 0.
+
+``exp(γ_r − γ_i)`` must not be split as ``exp(γ_r) · exp(−γ_i)``: ``exp(−γ)`` overflows (−20 per step over 64
+steps is e^1280). The exact ``(C, C, K)`` tensor of pairwise decays is safe but costs C²·K exponentials and that
+much memory. Secondary chunking (GLA, Yang et al. 2024, §4, two-level chunking) splits the chunk into
+sub-chunks of c; for r in sub-chunk a and i in an *earlier* sub-chunk, with ρ_a the first position of a,
+
+    exp(γ_r − γ_i) = exp(γ_r − γ_ρa) · exp(γ_ρa − γ_i),        both exponents ≤ 0  (i < ρ_a ≤ r)
+
+so those blocks are plain matmuls of ``X̃ = x ⊙ exp(γ − γ_ρ)`` against ``K̃_a = k ⊙ exp(γ_ρa − γ)`` masked to
+``i < ρ_a``; only the c×c diagonal blocks use exact decays ``(nb, c, c, K)``. Exponentials: C·K·(C/c + c)
+instead of C²·K (a quarter at C = 64, c = 16). Every exponent is ≤ 0: an exponential can underflow to 0
+(where the exact product is below float32 range anyway), never overflow.
+
+Gradients of ``<dS, S>`` (factored the same way; ``key_decayed_scores_vjp``):
+
+    dx_r = Σ_i dS_ri (k_i ⊙ e^{γ_r − γ_i}),   dk_i = Σ_r dS_ri (x_r ⊙ e^{γ_r − γ_i}),   dγ = x ⊙ dx − k ⊙ dk
+
+(each score is ∝ exp(γ_r − γ_i): +1 on its row's γ, −1 on its column's). ``key_decayed_scores`` wraps both in a
+``custom_vjp`` for callers that differentiate with ``jax.vjp``.
+"""
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Sub-chunk length c: C·K·(C/c + c) exponentials is smallest near c = √C; 16 keeps the diagonal blocks' matmul-free
+# work small and the off-diagonal matmuls large at C = 64.
+SUB_CHUNK = 16
+
+_mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
+
+
+class KeyDecay(NamedTuple):
+    """The factors of ``exp(γ_r − γ_i)`` of one chunk's per-key gates, shared by every score on them."""
+
+    C: int  # chunk length (before padding to Cp)
+    fx: jax.Array  # exp(γ_r − γ_ρ(r)), (..., nb, c, K)
+    ek: jax.Array  # exp(γ_ρa − γ_i) where i < ρ_a, else 0, (..., nb, Cp, K)
+    dd: jax.Array  # exp(γ_r − γ_i) where r ≥ i inside each sub-chunk, else 0, (..., nb, c, c, K)
+
+
+def key_decay(gam, sub: int = SUB_CHUNK) -> KeyDecay:
+    """Factors of the pairwise decays of cumulative per-key log-gates ``gam (..., C, K)``; C is padded to a multiple
+    of ``c = min(sub, C)`` by repeating the last γ (padded positions carry zero x and k)."""
+    C, K = gam.shape[-2:]
+    lead = gam.shape[:-2]
+    c = min(sub, C)
+    nb = -(-C // c)
+    Cp = nb * c
+    if Cp != C:
+        gam = jnp.pad(gam, [(0, 0)] * len(lead) + [(0, Cp - C), (0, 0)], mode="edge")
+    g4 = gam.reshape(lead + (nb, c, K))
+    ref = g4[..., :1, :]  # γ_ρa, (..., nb, 1, K)
+    fx = jnp.exp(g4 - ref)
+    before = _lift(jnp.arange(Cp)[None, :] < c * jnp.arange(nb)[:, None], len(lead), 1)  # i < ρ_a, (nb, Cp, 1)
+    diff = ref - gam[..., None, :, :]  # γ_ρa − γ_i, (..., nb, Cp, K)
+    ek = jnp.where(before, jnp.exp(jnp.where(before, diff, 0.0)), 0.0)  # masked before exp: no inf, no inf grad
+    incl = _lift(jnp.arange(c)[:, None] >= jnp.arange(c)[None, :], len(lead) + 1, 1)  # (c, c, 1)
+    dg = g4[..., :, None, :] - g4[..., None, :, :]  # γ_r − γ_i, (..., nb, c, c, K)
+    dd = jnp.where(incl, jnp.exp(jnp.where(incl, dg, 0.0)), 0.0)
+    return KeyDecay(C, fx, ek, dd)
+
+
+def _lift(mask, n_lead: int, n_trail: int = 0):
+    """``mask`` with ``n_lead`` leading and ``n_trail`` trailing unit axes (explicit ranks, no rank promotion)."""
+    return mask.reshape((1,) * n_lead + mask.shape + (1,) * n_trail)
+
+
+def _blocks(x, dec: KeyDecay):
+    """Zero-pad ``x (..., C, K)`` to Cp rows: ``(x (..., Cp, K), x by sub-chunk (..., nb, c, K))``."""
+    nb, c = dec.fx.shape[-3:-1]
+    pad = nb * c - x.shape[-2]
+    if pad:
+        x = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)])
+    return x, x.reshape(x.shape[:-2] + (nb, c, x.shape[-1]))
+
+
+def _mask(C: int, strict: bool):
+    i = jnp.arange(C)[:, None]
+    j = jnp.arange(C)[None, :]
+    return i > j if strict else i >= j
+
+
+def decayed_scores(x, k, dec: KeyDecay, strict: bool = False):
+    """``S_ri = Σ_d x_rd k_id exp(γ_rd − γ_id)`` on r ≥ i (r > i if ``strict``), else 0: ``x, k (..., C, K)`` ->
+    ``(..., C, C)``."""
+    C = dec.C
+    nb, c = dec.fx.shape[-3:-1]
+    kp, k4 = _blocks(k, dec)
+    _, x4 = _blocks(x, dec)
+    off = _mm("...ark,...aik->...ari", x4 * dec.fx, kp[..., None, :, :] * dec.ek)  # earlier sub-chunks, (.., nb, c, Cp)
+    diag = _mm("...ark,...arik,...aik->...ari", x4, dec.dd, k4)  # exact inside each sub-chunk, (..., nb, c, c)
+    lead = off.shape[:-3]
+    eye = _lift((jnp.arange(nb)[:, None] == jnp.arange(nb)[None, :])[:, None, :, None], len(lead))  # (nb, 1, nb, 1)
+    S = off.reshape(lead + (nb, c, nb, c)) + jnp.where(eye, diag[..., :, :, None, :], 0.0)  # block a at columns a
+    S = S.reshape(lead + (nb * c, nb * c))[..., :C, :C]
+    return jnp.where(_lift(_mask(C, True), len(lead)), S, 0.0) if strict else S
+
+
+def decayed_scores_vjp(dS, x, k, dec: KeyDecay, strict: bool = False):
+    """Cotangents of ``decayed_scores`` for ``dS (..., C, C)`` (entries outside the mask are ignored):
+    ``(dx, dk (..., C, K), dγ (..., C, K))``."""
+    C = dec.C
+    nb, c = dec.fx.shape[-3:-1]
+    Cp = nb * c
+    dS = jnp.where(_lift(_mask(C, strict), dS.ndim - 2), dS, 0.0)
+    if Cp != C:
+        dS = jnp.pad(dS, [(0, 0)] * (dS.ndim - 2) + [(0, Cp - C), (0, Cp - C)])
+    kp, k4 = _blocks(k, dec)
+    _, x4 = _blocks(x, dec)
+    d4 = dS.reshape(dS.shape[:-2] + (nb, c, Cp))  # rows by sub-chunk
+    db = jnp.moveaxis(jnp.diagonal(d4.reshape(dS.shape[:-2] + (nb, c, nb, c)), axis1=-4, axis2=-2), -1, -3)
+    dx = dec.fx * _mm("...ari,...aik->...ark", d4, kp[..., None, :, :] * dec.ek)
+    dx = dx + _mm("...ari,...arik,...aik->...ark", db, dec.dd, k4)
+    y = dec.ek * _mm("...ari,...ark->...aik", d4, x4 * dec.fx)  # (..., nb, Cp, K)
+    # Σ over the nb sub-chunks unrolled: a reduction over that non-minor axis ran ~25× slower on the CPU (jax 0.10.2)
+    dk = sum(y[..., a, :, :] for a in range(1, nb)) + y[..., 0, :, :]  # (..., Cp, K)
+    dk = dk + _mm("...ari,...arik,...ark->...aik", db, dec.dd, x4).reshape(dk.shape)
+    dx = dx.reshape(dk.shape)[..., :C, :]
+    dk = dk[..., :C, :]
+    return dx, dk, x * dx - k * dk
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def key_decayed_scores(x, k, gam, strict: bool = False, sub: int = SUB_CHUNK):
+    """``S_ri = Σ_d x_rd k_id exp(γ_rd − γ_id)`` masked to r ≥ i (r > i if ``strict``) for ``x, k, gam (..., C, K)``
+    -> ``(..., C, C)``, by secondary chunking; its ``custom_vjp`` recomputes the decay factors."""
+    return decayed_scores(x, k, key_decay(gam, sub), strict)
+
+
+def _scores_fwd(x, k, gam, strict, sub):
+    return decayed_scores(x, k, key_decay(gam, sub), strict), (x, k, gam)
+
+
+def _scores_bwd(strict, sub, res, dS):
+    x, k, gam = res
+    return decayed_scores_vjp(dS, x, k, key_decay(gam, sub), strict)
+
+
+key_decayed_scores.defvjp(_scores_fwd, _scores_bwd)
