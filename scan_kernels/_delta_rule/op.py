@@ -198,14 +198,20 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
     db = jnp.sum(dR * V, -1) + jnp.sum(e * dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
     dQ = e * dQd
     dK = b[..., None] * e * dWr + c["Kd"] * dKh
-    G = e * dQd * Q + dWr * c["Wr"] - dKh * Kh  # ∂/∂γ of the terms in e^γ and e^{γ_C − γ}, per (position, key)
-    F = jnp.sum(dKh * Kh, -2)  # the γ_C side of K̂, (B, n, H, K)
+    # Terms with a zero exponent contribute nothing to dγ; they are left out rather than added and subtracted, as
+    # their O(1) size would leave float32 rounding far above the true dγ under strong decay: the diagonal r = i of the
+    # scores (exp(γ_r − γ_r)) and the chunk's last position in K̂ (exp(γ_C − γ_C)).
+    last = jnp.arange(Kh.shape[-2]) == Kh.shape[-2] - 1
+    dKhKh = jnp.where(last[:, None], 0.0, dKh * Kh)  # ∂/∂γ_C (+) and ∂/∂γ_s (−) of K̂ = K ⊙ e^{γ_C − γ}
+    G = e * dQd * Q + dWr * c["Wr"] - dKhKh  # ∂/∂γ of the terms in e^γ and e^{γ_C − γ}, per (position, key)
+    F = jnp.sum(dKhKh, -2)  # the γ_C side of K̂, (B, n, H, K)
     SdN = jnp.sum(S0 * dN, -2)  # (B, n, H, K): the γ_C side of diag(e^{γ_C}) S⁰
     if "dec" in c:  # per-key scores: cotangents through the same sub-chunk factors (P: r ≥ i; Bm: r > i)
-        dxq, dkq, dgq = decayed_scores_vjp(dP, Q, K, c["dec"])
+        dxq, dkq, dgq = decayed_scores_vjp(dP, Q, K, c["dec"], strict=True)  # the diagonal added below
+        dPd = jnp.diagonal(dP, axis1=-2, axis2=-1)[..., None]  # (B, n, H, C, 1)
         dxk, dkk, dgk = decayed_scores_vjp(b[..., None] * dA, K, K, c["dec"], strict=True)
-        dQ = dQ + dxq
-        dK = dK + dkq + dxk + dkk
+        dQ = dQ + dxq + dPd * K
+        dK = dK + dkq + dPd * Q + dxk + dkk
         dgam = G + dgq + dgk
         dgam = dgam.at[..., -1, :].add(F + c["eC"] * SdN)
     else:
@@ -213,7 +219,7 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN):
         dkk = b[..., None] * dA * c["D"]  # dA is zero off the strict lower triangle
         dQ = dQ + _mm("bnhij,bnhjk->bnhik", dqk, K)
         dK = dK + _mm("bnhij,bnhik->bnhjk", dqk, Q) + _mm("bnhij,bnhjk->bnhik", dkk + jnp.swapaxes(dkk, -1, -2), K)
-        E = dP * P + dA * c["A"]  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
+        E = jnp.where(strict, dP * P + dA * c["A"], 0.0)  # ∂/∂γ of terms ∝ exp(γ_r − γ_i): + on rows, − on columns
         dgam = jnp.sum(E, -1) - jnp.sum(E, -2) + jnp.sum(G, -1)
         dgam = dgam.at[..., -1].add(jnp.sum(F, -1) + c["eC"] * jnp.sum(SdN, -1))
     return dQ, dK, b[..., None] * dR, db, dgam
