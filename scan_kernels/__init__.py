@@ -4,14 +4,15 @@
   ``h_t = a_t ⊙ h_{t-1} + b_t`` over ``b (B, L, D)``, ``a`` broadcastable to ``b``, ``h0 (B, D)``.
 * ``dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom")``:
   ``h_t = A_t h_{t-1} + b_t`` with ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``.
-* ``linear_attention``, ``delta_rule`` (chunked fast-weight recurrences, docs/ops.md) and
+* ``linear_attention``, ``delta_rule``, ``delta_product`` (chunked fast-weight recurrences, docs/ops.md) and
   ``rg_lru(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, backend=None)`` (Griffin's RG-LRU on ``linear_scan``).
 * ``backend``: ``None`` (auto: Pallas on a GPU where it compiles, else XLA) | ``"reference"`` | ``"xla"`` |
   ``"pallas"``; each op has a ``*_reference`` loop. Outputs are float32 for float32/bfloat16 inputs,
   complex64 if any input is complex.
 
 Layout (docs/architecture.md §scan_kernels layout): one private folder per op (``_linear_scan/``,
-``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_rg_lru/``) and the shared pieces in ``_common/``.
+``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_delta_product/``, ``_rg_lru/``) and the shared
+pieces in ``_common/``.
 Imports run one way, op → ``_common``; an op built on another op imports that op's public name from this
 package, which is why the scan core is imported first, in its own block.
 
@@ -37,3 +38,9 @@ from algornn.scan_kernels._linear_attention import linear_attention_step as line
 from algornn.scan_kernels._rg_lru import rg_lru as rg_lru
 from algornn.scan_kernels._rg_lru import rg_lru_reference as rg_lru_reference
 from algornn.scan_kernels._rg_lru import rg_lru_step as rg_lru_step
+
+# isort: split
+# Ops built on the fast-weight ops above (DeltaProduct imports delta_rule from this package, bound above).
+from algornn.scan_kernels._delta_product import delta_product as delta_product
+from algornn.scan_kernels._delta_product import delta_product_reference as delta_product_reference
+from algornn.scan_kernels._delta_product import delta_product_step as delta_product_step
