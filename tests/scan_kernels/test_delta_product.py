@@ -150,7 +150,8 @@ def test_pallas_matches_reference(case):
     strict=True,
     reason="delta_rule's chunked backward loses the log-decay gradient when every step decays by −20: its "
     "∂/∂γ terms cancel at O(1) inside a chunk (the last position's K̂ term), leaving float32 rounding of "
-    "~1e-8 against true values ~1e-9 (the reference matches a float64 finite difference)",
+    "up to ~5e-7 against true values <= 2e-8 (the reference matches a float64 finite difference; n = 1, the "
+    "plain delta_rule, shows it too)",
 )
 def test_constant_decay_minus_20_log_decay_gradient():
     _, _, _, _, (_, _, g_r) = reference_run("const20")
