@@ -17,20 +17,29 @@ F32 = jnp.float32
 
 def make_inputs(seed, B, L, n, H, K, V, beta="mid", decay=None, dtype=F32):
     """q, k (every sub-step's key L2-normalised), v, β per sub-step, log-decay per token (``decay``: None,
-    ``("uniform", s)`` for ``−s·U(0, 1)`` or ``("const", c)`` for ``c`` everywhere), initial state."""
-    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
-    q = jax.random.normal(ks[0], (B, L, H, K), F32)
-    k = jax.random.normal(ks[1], (B, L, n, H, K), F32)
-    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
-    v = jax.random.normal(ks[2], (B, L, n, H, V), F32)
-    u = jax.random.uniform(ks[3], (B, L, n, H), F32)
-    b = {"mid": 2.0 * u, "low": 1e-3 * u + 1e-4, "high": 2.0 - 1e-3 * u - 1e-4}[beta]
+    ``("uniform", s)`` for ``−s·U(0, 1)`` or ``("const", c)`` for ``c`` everywhere), initial state. Drawn by
+    NumPy: ``jax.random`` compiles a program per shape, seconds each on the CPU."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((B, L, H, K), np.float32)
+    k = rng.standard_normal((B, L, n, H, K), np.float32)
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    v = rng.standard_normal((B, L, n, H, V), np.float32)
+    u = rng.uniform(size=(B, L, n, H)).astype(np.float32)
+    b = {"mid": 2.0 * u, "low": 1e-3 * u + 1e-4, "high": 2.0 - 1e-3 * u - 1e-4}[beta].astype(np.float32)
     g = None
     if decay is not None:
         kind, x = decay
-        g = -x * jax.random.uniform(ks[4], (B, L, H), F32) if kind == "uniform" else jnp.full((B, L, H), x, F32)
-    s0 = jax.random.normal(ks[5], (B, H, K, V), F32)
-    return q.astype(dtype), k.astype(dtype), v.astype(dtype), b, g, s0
+        g = -x * rng.uniform(size=(B, L, H)) if kind == "uniform" else np.full((B, L, H), x)
+        g = jnp.asarray(g, F32)
+    s0 = rng.standard_normal((B, H, K, V), np.float32)
+    q, k, v = (jnp.asarray(x).astype(dtype) for x in (q, k, v))
+    return q, k, v, jnp.asarray(b), g, jnp.asarray(s0)
+
+
+def cotangents(seed, o_shape, s_shape):
+    """Random cotangents of the output and of the final state (NumPy-drawn, float32)."""
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.standard_normal(o_shape, np.float32)), jnp.asarray(rng.standard_normal(s_shape, np.float32))
 
 
 def numpy_loop(q, k, v, beta, g, s0):
@@ -54,7 +63,7 @@ def numpy_loop(q, k, v, beta, g, s0):
 
 @pytest.mark.parametrize(
     "n,beta,decay",
-    [(1, "mid", None), (2, "high", ("uniform", 3.0)), (3, "low", ("const", -20.0))],
+    [(2, "high", ("uniform", 3.0)), (3, "low", ("const", -20.0)), pytest.param(1, "mid", None, marks=pytest.mark.slow)],
 )
 def test_reference_matches_numpy_loop(n, beta, decay):
     q, k, v, b, g, s0 = make_inputs(0, 2, 9, n, 2, 3, 4, beta, decay)
@@ -84,11 +93,11 @@ def _call(op, **kw):
 # n = 2, 3 (n = 1 is test_n1_equals_delta_rule), H ∈ {1, 4}, K ≠ V, decays none, down to −20 and −20 at every
 # token, β near 2, mid and near 0.
 CASES = {
-    "L63": (2, 63, 3, 4, 8, 12, "high", ("uniform", 20.0), 16),
+    "L63": (2, 63, 3, 4, 8, 12, "high", ("uniform", 20.0), 32),
     "L500": (1, 500, 2, 1, 16, 32, "low", None, 64),
     "L1": (1, 1, 2, 4, 16, 8, "mid", ("uniform", 1.0), 16),
     "const20": (1, 200, 2, 2, 16, 8, "mid", ("const", -20.0), 64),
-    "L1000": (1, 1000, 3, 4, 16, 8, "mid", ("uniform", 1.0), 64),
+    "L1000": (1, 1000, 3, 4, 16, 8, "mid", ("uniform", 1.0), 64),  # 47 chunks: full groups and a shorter tail
     "L500-strong": (2, 500, 2, 2, 32, 16, "low", ("uniform", 20.0), 32),
 }
 GRAD_NAMES = ("dq", "dk", "dv", "dbeta", "dg", "dS0")
@@ -100,9 +109,7 @@ def reference_run(case):
     shared by the backends and tests)."""
     B, L, n, H, K, V, beta, decay, C = CASES[case]
     args = make_inputs(2, B, L, n, H, K, V, beta, decay)
-    kd = jax.random.split(jax.random.PRNGKey(321), 2)
-    do = jax.random.normal(kd[0], (B, L, H, V), F32)
-    dS = jax.random.normal(kd[1], (B, H, K, V), F32)
+    do, dS = cotangents(321, (B, L, H, V), (B, H, K, V))
     argnums = (0, 1, 2, 3, 5) if decay is None else (0, 1, 2, 3, 4, 5)
     return args, do, dS, argnums, run_with_grads(_call(sk.delta_product_reference), args, argnums, do, dS)
 
