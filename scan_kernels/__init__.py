@@ -4,7 +4,7 @@
   ``h_t = a_t ⊙ h_{t-1} + b_t`` over ``b (B, L, D)``, ``a`` broadcastable to ``b``, ``h0 (B, D)``.
 * ``dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom")``:
   ``h_t = A_t h_{t-1} + b_t`` with ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``.
-* ``linear_attention``, ``delta_rule`` (chunked fast-weight recurrences, docs/ops.md) and
+* ``linear_attention``, ``delta_rule``, ``delta_product`` (chunked fast-weight recurrences, docs/ops.md) and
   ``rg_lru(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, backend=None)`` (Griffin's RG-LRU on ``linear_scan``).
 * ``selective_scan(u, delta, A, B, C, *, D=None, z=None, h0=None, reverse=False, chunk_size=None, backend=None)``:
   Mamba's ``h_t = exp(Δ_t A) ⊙ h_{t-1} + (Δ_t u_t) ⊗ B_t``, ``y_t = h_t C_t + D u_t`` without the
@@ -16,8 +16,8 @@
   complex64 if any input is complex.
 
 Layout (docs/architecture.md §scan_kernels layout): one private folder per op (``_linear_scan/``,
-``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_rg_lru/``, ``_selective_scan/``, ``_mlstm/``) and
-the shared pieces in ``_common/``.
+``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_delta_product/``, ``_rg_lru/``, ``_selective_scan/``,
+``_mlstm/``) and the shared pieces in ``_common/``.
 Imports run one way, op → ``_common``; an op built on another op imports that op's public name from this
 package, which is why the scan core is imported first, in its own block.
 
@@ -48,7 +48,10 @@ from algornn.scan_kernels._selective_scan import selective_scan_reference as sel
 from algornn.scan_kernels._selective_scan import selective_scan_step as selective_scan_step
 
 # isort: split
-# Ops built on linear_attention (they import it from this package, bound above).
+# Ops built on the fast-weight ops above (they import delta_rule / linear_attention from this package, bound above).
+from algornn.scan_kernels._delta_product import delta_product as delta_product
+from algornn.scan_kernels._delta_product import delta_product_reference as delta_product_reference
+from algornn.scan_kernels._delta_product import delta_product_step as delta_product_step
 from algornn.scan_kernels._mlstm import mlstm as mlstm
 from algornn.scan_kernels._mlstm import mlstm_reference as mlstm_reference
 from algornn.scan_kernels._mlstm import mlstm_step as mlstm_step

@@ -1,0 +1,89 @@
+"""DeltaProduct (Siems et al. 2025) as a composition on the public ``delta_rule``, and the public op.
+
+Shape legend: B batch · L length · H heads · K key dim · V value dim · C chunk; ``n`` sub-steps per token.
+
+    S_{t,0} = exp(g_t) S_{t-1,n},   S_{t,j} = (I − β_{t,j} k_{t,j} k_{t,j}ᵀ) S_{t,j-1} + β_{t,j} k_{t,j} v_{t,j}ᵀ,
+    o_t = S_{t,n}ᵀ q_t
+
+A token's ``n`` sub-steps are ``n`` consecutive steps of a (gated) delta rule, whose step is
+``S_s = exp(g_s)(I − β_s k_s k_sᵀ) S_{s-1} + β_s k_s v_sᵀ`` (the scalar decay commutes with the Householder
+factor, so applying it first, as DeltaProduct does, is the same). So the chunked backends run ``delta_rule`` on
+the interleaved sequence of length ``L·n`` (step ``s = t·n + j``):
+
+* keys, values and β in ``(t, j)`` order — a free reshape of ``(B, L, n, H, ·)`` to ``(B, L·n, H, ·)``;
+* the log-decay ``g_t`` on sub-step ``j = 0`` and 0 on the others (applied once, before the token's steps);
+* the query ``q_t`` on the last sub-step ``j = n − 1`` and zero on the others, and ``o_t`` is the output of
+  that sub-step (every ``n``-th output; the others are zero and dropped).
+
+Everything of ``delta_rule`` carries over: the chunked WY/UT XLA form and the Pallas kernels, and the
+gradients by its ``custom_vjp`` without per-token states (JAX differentiates only the reshapes, the
+concatenations and the slice around it), so backward memory is O(B·L·n·H·(K+V) + (L·n/C)·B·H·K·V).
+``chunk_size`` counts sub-steps of the interleaved sequence (C/n tokens per chunk; a chunk may end inside a
+token, which is exact). The cost is that of a delta rule of length ``L·n``, plus the ``n − 1`` zero queries of
+each token (the output terms of the chunked form are computed for them too).
+
+This module is where the DeltaProduct folder calls another op: the package's public ``delta_rule``
+(docs/architecture.md §scan_kernels layout).
+"""
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from algornn.scan_kernels import delta_rule
+from algornn.scan_kernels._common.backend import check_backend
+from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size
+from algornn.scan_kernels._delta_product.reference import check_inputs, delta_product_reference
+
+
+def interleave(q, k, v, beta, log_decay):
+    """The delta-rule sequence of length ``L·n`` that runs DeltaProduct: ``q, k (B, L·n, H, K)``,
+    ``v (B, L·n, H, V)``, ``beta (B, L·n, H)``, ``log_decay`` None or ``(B, L·n, H)`` (module docstring)."""
+    B, L, n, H, K = k.shape
+    flat = lambda x: x.reshape((B, L * n) + x.shape[3:])  # noqa: E731  (t, j) -> s = t·n + j
+    q_sub = jnp.concatenate([jnp.zeros((B, L, n - 1, H, K), q.dtype), q[:, :, None]], axis=2)  # q_t on j = n − 1
+    g_sub = None
+    if log_decay is not None:  # g_t on j = 0
+        g_sub = flat(jnp.concatenate([log_decay[:, :, None], jnp.zeros((B, L, n - 1, H), log_decay.dtype)], axis=2))
+    return flat(q_sub), flat(k), flat(v), flat(beta), g_sub
+
+
+@partial(jax.jit, static_argnames=("chunk_size", "backend"))
+def delta_product_composed(q, k, v, beta, log_decay, initial_state, *, chunk_size, backend):
+    """The chunked backends on validated inputs: ``delta_rule`` on :func:`interleave`'s sequence, then every
+    ``n``-th output. Returns ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
+    B, L, n, H, _ = k.shape
+    qs, ks, vs, bs, gs = interleave(q, k, v, beta, log_decay)
+    kw = dict(log_decay=gs, initial_state=initial_state, chunk_size=chunk_size, backend=backend)
+    o, final = delta_rule(qs, ks, vs, bs, **kw)
+    return o.reshape(B, L, n, H, -1)[:, :, -1], final
+
+
+def delta_product(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):
+    """DeltaProduct: each token applies its decay, then ``n`` delta-rule steps (a product of ``n`` generalised
+    Householder transitions), then reads:
+    ``S_{t,0} = exp(g_t) S_{t-1,n}``, ``S_{t,j} = (I − β_{t,j} k_{t,j} k_{t,j}ᵀ) S_{t,j-1} + β_{t,j} k_{t,j} v_{t,j}ᵀ``,
+    ``o_t = S_{t,n}ᵀ q_t``.
+
+    Args:
+      q: ``(B, L, H, K)``; k: ``(B, L, n, H, K)`` (keys usually L2-normalised by the layer);
+        v: ``(B, L, n, H, V)`` — float32 or bfloat16 (one dtype).
+      beta: ``(B, L, n, H)`` writing strengths in (0, 2) (β > 1: negative eigenvalues; not checked).
+      log_decay: None or ``(B, L, H)``, g ≤ 0, applied once per token before its ``n`` sub-steps.
+      initial_state: ``(B, H, K, V)``; default zeros.
+      chunk_size: C for the chunked backends, counted in sub-steps of the interleaved sequence of length ``L·n``
+        (C/n tokens per chunk); a power of two for ``"pallas"``.
+      backend: None (auto: as ``delta_rule`` decides for the interleaved sequence) | ``"reference"`` (the token
+        loop :func:`delta_product_reference`) | ``"xla"`` | ``"pallas"`` (``delta_rule``'s chunked XLA form or
+        Pallas kernels on the interleaved sequence; module docstring).
+
+    Returns:
+      ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32.
+    """
+    check_backend(backend)
+    check_inputs(q, k, v, beta, log_decay, initial_state)
+    C = check_chunk_size(chunk_size)
+    if backend == "reference":
+        return delta_product_reference(q, k, v, beta, log_decay=log_decay, initial_state=initial_state)
+    return delta_product_composed(q, k, v, beta, log_decay, initial_state, chunk_size=C, backend=backend)
