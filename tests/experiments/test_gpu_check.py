@@ -40,43 +40,73 @@ def _check_outputs(out, keys, *, dry=True):
 
 
 def test_dry_run_end_to_end(tmp_path):
-    """A few items of every section through the real command (parent and worker process): all pass, one JSON
-    and one markdown summary."""
-    keys = [
-        "kernels/linear_scan.ragged.f32",
-        "scan/xla",
-        "fast_weights/delta_rule_key",
-        "selective_scan/xla",
-        "layers/s4d",
-    ]
+    """An item of each section but fast_weights (whose dry-run items compile for ~20 s each; the slow test runs
+    them, test_fast_weights_section its glue) through the real command, parent and worker process: all pass, one
+    JSON and one markdown summary."""
+    keys = ["kernels/linear_scan.ragged.f32", "scan/linear_scan", "selective_scan/xla", "layers/s4d"]
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", gc.MODULE, "--dry-run", "--out", str(out), "--only", ",".join(keys)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rec, got, md = _check_outputs(out, keys)
-    assert rec["ok"] is True
+    assert rec["ok"] is True and rec["counts"] == {"pass": 1, "ok": 3}
     k = got["kernels/linear_scan.ragged.f32"]
     assert k["status"] == "pass" and k["interpret"] is True and k["triton_calls"] == {"fwd": 0, "grad": 0}
     assert 0 < k["fwd_rel"] <= k["tolerance"] and 0 < k["grad_rel"] <= k["tolerance"]
     assert set(k["errors"]) == {"out0", "da", "db", "dh0"}
-    (row,) = got["scan/xla"]["rows"][:1]
-    assert row["variant"] == "xla" and row["copy_ms"] > 0 and row["fwd_ms"] > 0 and row["copy_GBps"] > 0
-    fw = got["fast_weights/delta_rule_key"]
-    try:  # skipped exactly when delta_rule rejects a per-key decay
-        jax.eval_shape(
-            lambda q, b, g: sk.delta_rule(q, q, q, b, log_decay=g, backend="xla"),
-            *(jax.ShapeDtypeStruct(s, jnp.float32) for s in ((1, 4, 2, 8), (1, 4, 2), (1, 4, 2, 8))),
-        )
-        assert fw["status"] == "ok" and {r["method"] for r in fw["rows"]} == {"xla", "pallas"}
-    except ValueError:
-        assert fw["status"] == "skip" and "log_decay" in fw["reason"]
+    rows = got["scan/linear_scan"]["rows"]
+    assert {r["variant"] for r in rows} >= set(gc.SCAN_VARIANTS)
+    assert all(r["copy_ms"] > 0 and r["fwd_ms"] > 0 and r["copy_GBps"] > 0 for r in rows)
     ss = got["selective_scan/xla"]["rows"][0]
     assert ss["fwd_ms"] > 0 and ss["fwdbwd_ms"] > 0 and ss["states_bytes"] == 1 * 40 * 8 * 4 * 4
     assert got["layers/s4d"]["rows"][0]["mixer"] == "s4d"
-    for title in ("## Sections", "## Kernels", "## Scan", "## Fast weights", "## Selective scan", "## Layers"):
+    for title in ("## Sections", "## Kernels", "## Scan", "## Selective scan", "## Layers"):
         assert title in md
     assert "| linear_scan.ragged.f32 | B=2 L=50 D=13 | pass |" in md
     assert "[gpu_check] kernels/linear_scan.ragged.f32: PASS" in proc.stdout
+
+
+def test_fast_weights_section(monkeypatch):
+    """The section passes its shape and dtype to the fast-weight benchmark's ``measure`` (stubbed here: timing is
+    the slow test's business) for each method, and skips with the guard's reason an op the checkout lacks."""
+    from algornn.experiments.benchmarks import fast_weights
+
+    calls = []
+
+    def fake_measure(op, method, L, reps, *, dims, dtype):
+        calls.append((op, method, L, reps, dims, jnp.dtype(dtype).name))
+        return {"op": op, "method": method, "L": L, "fwd_ms": 1.0}
+
+    monkeypatch.setattr(fast_weights, "measure", fake_measure)
+    r = gc.bench_fast_weights("delta_rule", dry=False)
+    assert r["status"] == "ok" and calls == [
+        ("delta_rule", m, 16384, 3, (2, 16, 128, 128), "bfloat16") for m in ("xla", "pallas")
+    ]
+    assert r["rows"][1] == {
+        "op": "delta_rule",
+        "method": "pallas",
+        "fwd_ms": 1.0,
+        **gc.FAST_WEIGHTS_SHAPE[False],
+        "dtype": "bfloat16",
+        "chunk_size": 64,
+    }
+    for op in fast_weights.OPS:  # every op of the benchmark's registry is measured, or skipped with a reason
+        calls.clear()
+        r = gc.bench_fast_weights(op, dry=True)
+        reason = gc._fast_weights_guard(op)
+        assert (r["status"], r.get("reason")) == (("skip", reason) if reason else ("ok", None))
+        assert len(calls) == (0 if reason else 2)
+    monkeypatch.delattr(sk, "linear_attention")
+    assert gc.bench_fast_weights("linear_attention", dry=True) == {
+        "status": "skip",
+        "reason": "algornn.scan_kernels has no linear_attention in this checkout",
+    }
+    try:  # the per-key row is skipped exactly when delta_rule rejects a per-key decay
+        q = jnp.zeros((1, 4, 2, 8))
+        sk.delta_rule(q, q, q, jnp.zeros((1, 4, 2)), log_decay=jnp.zeros((1, 4, 2, 8)), backend="xla")
+        assert gc._fast_weights_guard("delta_rule_key") is None
+    except ValueError:
+        assert "log_decay" in gc._fast_weights_guard("delta_rule_key")
 
 
 @pytest.mark.slow
@@ -225,7 +255,7 @@ def test_supervisor_past_the_deadline_runs_nothing():
 
 
 def test_worker_starts_nothing_in_a_spent_section(capsys):
-    keys = ["kernels/linear_scan.ragged.f32", "scan/xla"]
+    keys = ["kernels/linear_scan.ragged.f32", "scan/linear_scan"]
     budgets = {s: 0.0 for s in gc.SECTIONS}
     assert gc.run_worker(keys, budgets, time.time() + 60, dry=True) == 0
     events = [json.loads(x[len(gc.EVENT) :]) for x in capsys.readouterr().out.splitlines() if x.startswith(gc.EVENT)]
@@ -257,7 +287,7 @@ def test_help_and_list(capsys):
     assert "Exit status" in text and "L = 65536, D = 1536" in text and "K = V = 128" in text
     assert gc.main(["--list", "--dry-run", "--sections", "kernels,scan"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [ln.split()[0] for ln in lines] == [c.key for c in gc.KERNEL_CASES] + [f"scan/{v}" for v in gc.SCAN_VARIANTS]
+    assert [ln.split()[0] for ln in lines] == [c.key for c in gc.KERNEL_CASES] + ["scan/linear_scan"]
     for bad in (["--sections", "kernel"], ["--budget", "scan=-1"], ["--dry-run"], ["--only", "nothing", "--out", "x"]):
         with pytest.raises(SystemExit) as e:
             gc.main(bad)
