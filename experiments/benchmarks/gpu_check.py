@@ -29,7 +29,7 @@ Sections, in this order, each with a time budget (``--budget``) so the run ends 
 Every check and benchmark item runs in a worker process that this command starts and watches: an item that
 raises is recorded with its message and the rest runs; a worker that dies (a crashed kernel can take the CUDA
 context down with it) is restarted after its item is recorded as an error; a section that overruns its budget
-stops starting items (they are recorded as not run) and is killed once it is ``GRACE`` over. Results go to
+stops starting items (they are recorded as not run) and is killed at budget + max(30 s, budget / 2). Results go to
 ``DIR/gpu_check.json`` (device, JAX version, timestamp, command, per-section results and wall times) and
 ``DIR/gpu_check.md`` (the same as tables), both rewritten atomically after every item. How to run it and read
 its output: docs/backends.md §GPU check.
