@@ -1350,6 +1350,7 @@ def main(argv=None) -> int:
         "command": f"python -m {MODULE} " + " ".join(argv),
         "dry_run": args.dry_run,
         "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "jax_version": jax.__version__,
         "max_minutes": max_minutes,
         "complete": False,
         "wall_s": 0.0,
