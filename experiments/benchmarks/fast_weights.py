@@ -39,6 +39,7 @@ import algornn.scan_kernels as sk
 from algornn.experiments.benchmarks._report import output_path, write_json
 
 B, H, K, V, C = 1, 4, 64, 64, 64
+DIMS = (B, H, K, V)  # the default (B, H, K, V) of every function taking ``dims``
 F32 = jnp.float32
 
 
@@ -57,27 +58,31 @@ def _unit(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _inputs(op, L, seed=0):
-    """The float arguments of ``op`` at length L (all differentiated in the fwd+bwd measurement)."""
+def _inputs(op, L, seed=0, *, dims=DIMS, dtype=F32):
+    """The float arguments of ``op`` at length L (all differentiated in the fwd+bwd measurement).
+
+    ``dims``: ``(B, H, K, V)``; ``dtype``: of q, k, v (the gates and β stay float32)."""
+    b, h, kd, vd = dims
     ks = jax.random.split(jax.random.PRNGKey(seed), 6)
-    n = jax.random.normal
-    q = n(ks[0], (B, L, H, K), F32)
-    v = n(ks[2], (B, L, H, V), F32)
-    g = -jax.random.uniform(ks[3], (B, L, H), F32)
-    beta = jax.nn.sigmoid(n(ks[4], (B, L, H), F32))
+    n = lambda key, shape: jax.random.normal(key, shape, F32)  # noqa: E731
+    q = n(ks[0], (b, L, h, kd)).astype(dtype)
+    v = n(ks[2], (b, L, h, vd)).astype(dtype)
+    g = -jax.random.uniform(ks[3], (b, L, h), F32)
+    beta = jax.nn.sigmoid(n(ks[4], (b, L, h)))
     if op == "linear_attention":
-        return q, n(ks[1], (B, L, H, K), F32), v, g
+        return q, n(ks[1], (b, L, h, kd)).astype(dtype), v, g
     if op == "delta_rule":
-        return q, _unit(n(ks[1], (B, L, H, K), F32)), v, g, beta
+        return q, _unit(n(ks[1], (b, L, h, kd))).astype(dtype), v, g, beta
     if op == "delta_rule_key":
-        return q, _unit(n(ks[1], (B, L, H, K), F32)), v, -jax.random.uniform(ks[3], (B, L, H, K), F32), beta
+        k = _unit(n(ks[1], (b, L, h, kd))).astype(dtype)
+        return q, k, v, -jax.random.uniform(ks[3], (b, L, h, kd), F32), beta
     if op == "delta_product":
-        kk = _unit(n(ks[1], (B, L, N_HOUSEHOLDER, H, K), F32))
-        vv = n(ks[2], (B, L, N_HOUSEHOLDER, H, V), F32)
-        return q, kk, vv, g, jax.nn.sigmoid(n(ks[4], (B, L, N_HOUSEHOLDER, H), F32))
+        kk = _unit(n(ks[1], (b, L, N_HOUSEHOLDER, h, kd))).astype(dtype)
+        vv = n(ks[2], (b, L, N_HOUSEHOLDER, h, vd)).astype(dtype)
+        return q, kk, vv, g, jax.nn.sigmoid(n(ks[4], (b, L, N_HOUSEHOLDER, h)))
     if op == "mlstm":
-        log_f = jax.nn.log_sigmoid(3.0 + n(ks[3], (B, L, H), F32))
-        return q, n(ks[1], (B, L, H, K), F32), v, log_f, n(ks[5], (B, L, H), F32)
+        log_f = jax.nn.log_sigmoid(3.0 + n(ks[3], (b, L, h)))
+        return q, n(ks[1], (b, L, h, kd)).astype(dtype), v, log_f, n(ks[5], (b, L, h))
     raise ValueError(f"op must be one of {OPS}, got {op!r}")
 
 
@@ -117,9 +122,10 @@ def _inverse_flops(C, block=16):
     return flops
 
 
-def _dense_fwd_flops(op, method, L, V=V):
-    """Matrix-product FLOPs of one forward pass (all heads, B=1) of ``linear_attention`` / ``delta_rule``
-    with value width V; see the module docstring."""
+def _dense_fwd_flops(op, method, L, dims=DIMS):
+    """Matrix-product FLOPs of one forward pass (all heads and batch rows) of ``linear_attention`` /
+    ``delta_rule`` at ``dims = (B, H, K, V)``; see the module docstring."""
+    B, H, K, V = dims
     nc = -(-L // C)
     if method == "reference":  # per token: S += k vᵀ (2KV), o = Sᵀ q (2KV); delta also Sᵀ k (2KV)
         return B * H * L * (6 if op == "delta_rule" else 4) * K * V
@@ -138,9 +144,10 @@ def _dense_fwd_flops(op, method, L, V=V):
     return B * H * nc * per_chunk
 
 
-def _base_flops(op, method, L, mode, V=V):
+def _base_flops(op, method, L, mode, dims=DIMS):
     """``flops`` of the two base ops (``linear_attention``, ``delta_rule``)."""
-    fwd = _dense_fwd_flops(op, method, L, V)
+    B, H, K, V = dims
+    fwd = _dense_fwd_flops(op, method, L, dims)
     if mode == "fwd":
         return fwd
     if method != "xla":
@@ -154,7 +161,7 @@ def _base_flops(op, method, L, mode, V=V):
     return fwd + B * H * nc * bwd
 
 
-def flops(op, method, L, mode):
+def flops(op, method, L, mode, dims=DIMS):
     """Dense matrix-product FLOPs of ``mode`` ("fwd" | "fwdbwd"): autodiff/vjp backward = 2× the products it
     differentiates; the chunked custom_vjp backwards as executed (linear attention recomputes each chunk's
     forward; the delta rule recomputes kk, W and qk, not the inverse, and applies closed-form chunk gradients).
@@ -162,17 +169,19 @@ def flops(op, method, L, mode):
     The newer ops are counted through the base op they execute: ``delta_rule_key`` as ``delta_rule`` (its per-key
     decays add elementwise work only: the exact ``(c, c, K)`` decays of the diagonal sub-blocks), ``delta_product``
     as ``delta_rule`` on the ``n·L`` interleaved sub-steps (its reference loop: n updates and one read per token),
-    ``mlstm`` as ``linear_attention`` with ``V + 1`` value columns (the normaliser rides along as a column)."""
+    ``mlstm`` as ``linear_attention`` with ``V + 1`` value columns (the normaliser rides along as a column).
+    ``dims``: ``(B, H, K, V)``."""
+    B, H, K, V = dims
     if op == "delta_rule_key":
-        return _base_flops("delta_rule", method, L, mode)
+        return _base_flops("delta_rule", method, L, mode, dims)
     if op == "delta_product":
         if method == "reference":
             fwd = B * H * L * (N_HOUSEHOLDER * 4 + 2) * K * V
             return fwd if mode == "fwd" else 3 * fwd
-        return _base_flops("delta_rule", method, N_HOUSEHOLDER * L, mode)
+        return _base_flops("delta_rule", method, N_HOUSEHOLDER * L, mode, dims)
     if op == "mlstm":
-        return _base_flops("linear_attention", method, L, mode, V=V + 1)
-    return _base_flops(op, method, L, mode)
+        return _base_flops("linear_attention", method, L, mode, (B, H, K, V + 1))
+    return _base_flops(op, method, L, mode, dims)
 
 
 def _memory_bytes(compiled):
@@ -191,15 +200,17 @@ def _time(compiled, args, reps):
     return best * 1e3
 
 
-def measure(op, method, L, reps):
-    args = _inputs(op, L)
+def measure(op, method, L, reps, *, dims=DIMS, dtype=F32):
+    """One row: fwd and fwd+bwd ms, memory and FLOPs of ``op`` by ``method`` at length L, ``dims = (B, H, K, V)``,
+    q, k, v in ``dtype``."""
+    args = _inputs(op, L, dims=dims, dtype=dtype)
     f = _fn(op, method)
     row = {"op": op, "method": method, "L": L}
     for mode, fn in (("fwd", f), ("fwdbwd", _fwdbwd(f, len(args)))):
         compiled = jax.jit(fn).lower(*args).compile()
         row[f"{mode}_ms"] = _time(compiled, args, reps)
         row[f"{mode}_mem_bytes"], row[f"{mode}_temp_bytes"] = _memory_bytes(compiled)
-        row[f"{mode}_gflop"] = flops(op, method, L, mode) / 1e9
+        row[f"{mode}_gflop"] = flops(op, method, L, mode, dims) / 1e9
         row[f"{mode}_gflop_per_s"] = row[f"{mode}_gflop"] / (row[f"{mode}_ms"] / 1e3)
     return row
 
