@@ -42,7 +42,10 @@ def test_param_dtype_sets_the_storage_dtype():
     assert y.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(y)))
 
 
-@pytest.mark.parametrize("mixer,options", [("s4d", {"d_state": 8}), ("deltanet", {"num_heads": 2, "chunk_size": 8})])
+@pytest.mark.parametrize(
+    "mixer,options",
+    [("s4d", {"d_state": 8}), pytest.param("deltanet", {"num_heads": 2, "chunk_size": 8}, marks=pytest.mark.slow)],
+)
 def test_bfloat16_training_step_of_sequence_model_with_float32_parameters(mixer, options):
     def build(dtype):
         return layers.SequenceModel(

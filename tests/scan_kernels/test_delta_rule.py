@@ -13,17 +13,20 @@ F32 = jnp.float32
 
 
 def make_inputs(seed, B, L, H, K, V, beta="mid", strength=0.0, dtype=F32):
-    """q, k (L2-normalised, as DeltaNet layers feed them), v, β, log-decay ``-strength * U(0, 1)``, state."""
-    ks = jax.random.split(jax.random.PRNGKey(seed), 6)
-    q = jax.random.normal(ks[0], (B, L, H, K), F32)
-    k = jax.random.normal(ks[1], (B, L, H, K), F32)
-    k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
-    v = jax.random.normal(ks[2], (B, L, H, V), F32)
-    u = jax.random.uniform(ks[3], (B, L, H), F32)
+    """q, k (L2-normalised, as DeltaNet layers feed them), v, β, log-decay ``-strength * U(0, 1)``, state.
+
+    Drawn with NumPy: ``jax.random`` compiles a program per new shape (~2 s each on the 2-core CI machine)."""
+    rng = np.random.default_rng(seed)
+    f32 = lambda x: jnp.asarray(x, F32)  # noqa: E731
+    q = rng.normal(size=(B, L, H, K))
+    k = rng.normal(size=(B, L, H, K))
+    k = k / np.linalg.norm(k, axis=-1, keepdims=True)
+    v = rng.normal(size=(B, L, H, V))
+    u = rng.uniform(size=(B, L, H))
     b = {"mid": 2.0 * u, "low": 1e-3 * u + 1e-4, "high": 2.0 - 1e-3 * u - 1e-4}[beta]
-    g = None if strength == 0.0 else -strength * jax.random.uniform(ks[4], (B, L, H), F32)
-    s0 = jax.random.normal(ks[5], (B, H, K, V), F32)
-    return q.astype(dtype), k.astype(dtype), v.astype(dtype), b, g, s0
+    g = None if strength == 0.0 else f32(-strength * rng.uniform(size=(B, L, H)))
+    s0 = f32(rng.normal(size=(B, H, K, V)))
+    return f32(q).astype(dtype), f32(k).astype(dtype), f32(v).astype(dtype), f32(b), g, s0
 
 
 def numpy_loop(q, k, v, beta, g, s0):
@@ -68,9 +71,9 @@ def check_against_reference(backend, q, k, v, b, g, s0, C, *, rtol=1e-5, grad_rt
     def call(op, **kw):
         return lambda q, k, v, b, g, s: op(q, k, v, b, log_decay=g, initial_state=s, **kw)
 
-    kd = jax.random.split(jax.random.PRNGKey(321), 2)
-    do = jax.random.normal(kd[0], v.shape, F32)
-    dS = jax.random.normal(kd[1], s0.shape, F32)
+    rng = np.random.default_rng(321)
+    do = jnp.asarray(rng.normal(size=v.shape), F32)
+    dS = jnp.asarray(rng.normal(size=s0.shape), F32)
     argnums = (0, 1, 2, 3, 5) if g is None else (0, 1, 2, 3, 4, 5)
     args = (q, k, v, b, g, s0)
     o_r, S_r, g_r = run_with_grads(call(sk.delta_rule_reference), args, argnums, do, dS)
@@ -88,7 +91,7 @@ CASES = [
     (1, 1, 1, 16, 16, "mid", 1.0, 16),
     (2, 63, 4, 8, 12, "high", 20.0, 16),
     (1, 500, 1, 64, 64, "low", 0.0, 64),
-    (1, 1000, 4, 16, 8, "mid", 1.0, 32),
+    pytest.param(1, 1000, 4, 16, 8, "mid", 1.0, 32, marks=pytest.mark.slow),  # L = 1000 in CI: the next case
     (2, 1000, 2, 8, 8, "high", 1.0, 16),  # 63 chunks: full groups of the chunk loop and a shorter tail
 ]
 
@@ -242,7 +245,7 @@ def test_batch_and_group_shapes_compile_and_match():
 
 
 @pytest.mark.parametrize("per_key", [False, True])
-@pytest.mark.parametrize("pattern", ["all -20", "0 or -20"])
+@pytest.mark.parametrize("pattern", ["all -20", pytest.param("0 or -20", marks=pytest.mark.slow)])
 def test_log_decay_gradient_under_strong_decay(per_key, pattern):
     """Where every or every other step decays by −20 the true ∂/∂g is tiny (≤ 3e-8 where all steps do) beside O(1)
     score terms whose exponent is zero; the chunked backward must not add and subtract those (it once left 5e-7

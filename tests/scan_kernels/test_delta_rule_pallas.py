@@ -15,7 +15,7 @@ CASES = [
     (1, 1, 1, 16, 16, "high", 0.0, 16),
     (2, 63, 4, 8, 12, "mid", 20.0, 16),
     (1, 500, 1, 64, 64, "high", 1.0, 64),
-    (1, 1000, 4, 16, 8, "low", 0.0, 64),
+    pytest.param(1, 1000, 4, 16, 8, "low", 0.0, 64, marks=pytest.mark.slow),  # L = 1000 runs in the XLA twin
 ]
 
 
