@@ -11,6 +11,7 @@ import pytest
 
 import algornn.scan_kernels as sk
 from tests._utils import assert_close
+from tests.scan_kernels.test_delta_rule import decode_steps, run_with_grads
 
 F32 = jnp.float32
 
@@ -72,17 +73,6 @@ def test_reference_matches_numpy_loop(n, beta, decay):
     assert o.dtype == F32 and S.dtype == F32
     assert_close(o, o_np, name="o")
     assert_close(S, S_np, name="S")
-
-
-def run_with_grads(fn, args, argnums, do, dS):
-    """One compiled call: outputs and the gradients of ``<o, do> + <S, dS>``."""
-
-    def loss(*a):
-        o, S = fn(*a)
-        return jnp.sum(o.astype(F32) * do) + jnp.sum(S * dS), (o, S)
-
-    (_, (o, S)), grads = jax.jit(jax.value_and_grad(loss, argnums, has_aux=True))(*args)
-    return o, S, grads
 
 
 def _call(op, **kw):
@@ -177,12 +167,9 @@ def test_step_decoding_equals_full_call():
     final state (the reference backend's, against which the chunked backends are checked on these inputs)."""
     (q, k, v, b, g, s0), _, _, _, (o_full, S_full, _) = reference_run("L63")
     step = jax.jit(lambda s, q, k, v, b, g: sk.delta_product_step(s, q, k, v, b, log_decay=g))
-    state, outs = s0, []
-    for t in range(q.shape[1]):
-        state, o_t = step(state, q[:, t], k[:, t], v[:, t], b[:, t], g[:, t])
-        outs.append(o_t)
+    o_steps, state = decode_steps(step, s0, q, k, v, b, g)
     assert state.dtype == F32
-    assert_close(jnp.stack(outs, 1), o_full, name="o")
+    assert_close(o_steps, o_full, name="o")
     assert_close(state, S_full, name="state")
 
 

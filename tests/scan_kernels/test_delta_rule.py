@@ -65,6 +65,16 @@ def run_with_grads(fn, args, argnums, do, dS):
     return o, S, grads
 
 
+def decode_steps(step, state, *xs):
+    """Feed the time-major slices ``x[:, t]`` of ``xs`` to ``step(state, *x_t) -> (state, o_t)`` one token at a time;
+    returns the outputs stacked on the time axis and the last state."""
+    outs = []
+    for t in range(xs[0].shape[1]):
+        state, o_t = step(state, *(x[:, t] for x in xs))
+        outs.append(o_t)
+    return jnp.stack(outs, 1), state
+
+
 def check_against_reference(backend, q, k, v, b, g, s0, C, *, rtol=1e-5, grad_rtol=5e-5):
     """Forward, final state and the gradients of q, k, v, β, g and the initial state, random cotangents."""
 
@@ -128,11 +138,8 @@ def test_step_decoding_equals_full_call():
     q, k, v, b, g, s0 = make_inputs(6, B, L, H, K, V, "mid", 1.0)
     o_full, S_full = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, chunk_size=16, backend="xla")
     step = jax.jit(lambda s, q, k, v, b, g: sk.delta_rule_step(s, q, k, v, b, log_decay=g))
-    state, outs = s0, []
-    for t in range(L):
-        state, o_t = step(state, q[:, t], k[:, t], v[:, t], b[:, t], g[:, t])
-        outs.append(o_t)
-    assert_close(jnp.stack(outs, 1), o_full, name="o")
+    o_steps, state = decode_steps(step, s0, q, k, v, b, g)
+    assert_close(o_steps, o_full, name="o")
     assert_close(state, S_full, name="state")
 
 

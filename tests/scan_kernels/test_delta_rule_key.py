@@ -10,7 +10,7 @@ import pytest
 
 import algornn.scan_kernels as sk
 from tests._utils import assert_close
-from tests.scan_kernels.test_delta_rule import F32, check_against_reference
+from tests.scan_kernels.test_delta_rule import F32, check_against_reference, decode_steps
 
 
 def make_key_inputs(seed, B, L, H, K, V, beta="mid", strength=1.0, dtype=F32):
@@ -141,11 +141,8 @@ def test_step_decoding_equals_full_call():
     q, k, v, b, g, s0 = make_key_inputs(6, B, L, H, K, V, "mid", 1.0)
     o_full, S_full = sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, chunk_size=8, backend="xla")
     step = jax.jit(lambda s, q, k, v, b, g: sk.delta_rule_step(s, q, k, v, b, log_decay=g))
-    state, outs = s0, []
-    for t in range(L):
-        state, o_t = step(state, q[:, t], k[:, t], v[:, t], b[:, t], g[:, t])
-        outs.append(o_t)
-    assert_close(jnp.stack(outs, 1), o_full, name="o")
+    o_steps, state = decode_steps(step, s0, q, k, v, b, g)
+    assert_close(o_steps, o_full, name="o")
     assert_close(state, S_full, name="state")
 
 
