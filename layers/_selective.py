@@ -46,6 +46,7 @@ from algornn.layers._options import (
     zeros_of,
 )
 from algornn.layers._params import f32, param, ssm_param
+from algornn.layers._short_conv import causal_conv, init_conv_weight
 from algornn.scan_kernels import BACKENDS, selective_scan
 
 
@@ -71,14 +72,6 @@ class SelectiveSSMOptions:
         check_dt_range(self.dt_min, self.dt_max)
         check_bool("bidirectional", self.bidirectional)
         check_choice("backend", self.backend, (None,) + BACKENDS)
-
-
-def _causal_conv(u, w, b):
-    """Depthwise causal convolution: ``u (B, L, E)``, ``w (W, E)``, ``b (E,)``: ``y_t = Σ_j w_j u_{t-W+1+j} + b``."""
-    width, length = w.shape[0], u.shape[1]
-    padded = jnp.pad(u, ((0, 0), (width - 1, 0), (0, 0)))
-    y = sum(padded[:, j : j + length] * w[j][None, None] for j in range(width))
-    return y + b[None, None]
 
 
 class SelectiveSSM(nnx.Module):
@@ -131,9 +124,7 @@ class SelectiveSSM(nnx.Module):
         n_out = 2 if opt.bidirectional else 1
         lin = dict(use_bias=False, dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         self.in_proj = nnx.Linear(d_model, 2 * E, **lin)
-        self.conv_w = param(
-            jax.random.uniform(rngs.params(), (opt.d_conv, E), jnp.float32, -1.0, 1.0) / math.sqrt(opt.d_conv), pdt
-        )
+        self.conv_w = param(init_conv_weight(rngs.params(), opt.d_conv, E), pdt)
         self.conv_b = param(jnp.zeros((E,), jnp.float32), pdt)
         self.x_proj = nnx.Linear(E, R + (1 + n_out) * N, **lin)
         self.dt_proj = nnx.Linear(R, E, **lin)
@@ -165,7 +156,7 @@ class SelectiveSSM(nnx.Module):
 
     def _conv(self, u):
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
-        return jax.nn.silu(_causal_conv(u, w, b))
+        return jax.nn.silu(causal_conv(u, w, b))
 
     def __call__(self, x, *, dt_scale=1.0, dt=None):
         """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
