@@ -9,12 +9,12 @@ import pydoc
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
 from algornn import layers
+from tests._utils import normal
 from tests.layers._common import D_MODEL, make_mixer
 
 pytestmark = pytest.mark.loose_promotion
@@ -121,7 +121,7 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
 @pytest.mark.parametrize("name", ["lru", "linear_attention", "deltanet", "gla", "retnet"])
 def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)
-    x = jax.random.normal(jax.random.key(0), (2, 5, D_MODEL))
+    x = normal(0, (2, 5, D_MODEL))
     y = mixer(x)
     assert jnp.array_equal(mixer(x, dt_scale=1), y)  # 1 is the identity, accepted
     cls = type(mixer).__name__
