@@ -282,7 +282,7 @@ class LinearAttention(_FastWeightMixer):
         qk_norm: None or "l2" (normalise φ(q), φ(k) to unit length).
         output_gate: o ← RMSNorm(o) ⊙ silu(x W_g) before the output projection.
         normalize: divide by the normaliser φ(q_t)ᵀ z_t (Katharopoulos et al.); the state is then ``(S, z)``
-            (needs a positive feature map: "elu+1", "relu" or "dpfp").
+            (for a positive feature map such as "elu+1"; a normaliser below 1e-6 in size is clamped to ±1e-6).
         backend: op backend: None (auto), "reference", "xla", "pallas".
         dtype: compute dtype of the projections, inputs and outputs; the op accumulates its state in float32.
         param_dtype: dtype the parameters are stored in.
