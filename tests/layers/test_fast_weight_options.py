@@ -248,7 +248,9 @@ def test_dpfp_enlarges_the_state_key_size():
 # negative eigenvalues
 
 
-@pytest.mark.parametrize("name", ["deltanet", pytest.param("gated_deltanet", marks=SLOW), "delta_product"])
+@pytest.mark.parametrize(
+    "name", ["deltanet"] + [pytest.param(n, marks=SLOW) for n in ("gated_deltanet", "delta_product")]
+)
 def test_negative_eigenvalues_give_beta_above_one(name, monkeypatch):
     """With a large β bias the op receives β ≈ 2 (not ≈ 1), and the output changes accordingly."""
     seen = {}
