@@ -192,7 +192,6 @@ class DeltaProduct(_FastWeightMixer):
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        check_int("num_householder", num_householder)
         self._setup(DeltaProductOptions, locals(), n_kv=num_householder)
         self.beta_proj = self._linear(d_model, num_householder * self.heads, rngs, use_bias=True)
         if gated:
