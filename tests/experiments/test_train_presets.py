@@ -106,6 +106,8 @@ DEFAULT = {
     "pathfinder_s5",
     "pathx_s4d",
     "mqar_deltanet",
+    "mqar_gated_deltanet",
+    "mqar_delta_product",
     "mqar_linear_attention",
     "selective_copying_deltanet",
     "induction_linear_attention",

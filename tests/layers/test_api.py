@@ -28,8 +28,10 @@ OPTIONS_OF = {
     layers.HiPPORNN: layers.HiPPORNNOptions,
     layers.LSSL: layers.LSSLOptions,
     layers.LinearAttention: layers.LinearAttentionOptions,
-    layers.DeltaNet: layers.FastWeightOptions,
-    layers.RetNet: layers.FastWeightOptions,
+    layers.DeltaNet: layers.DeltaNetOptions,
+    layers.RetNet: layers.RetNetOptions,
+    layers.GatedDeltaNet: layers.GatedDeltaNetOptions,
+    layers.DeltaProduct: layers.DeltaProductOptions,
     layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
     layers.SelectiveSSM: layers.SelectiveSSMOptions,
 }
@@ -99,7 +101,10 @@ def test_mixer_options_unknown_key_names_the_mixer_and_lists_the_signature_optio
         )
     msg = str(info.value)
     assert "DeltaNet: unknown option(s) ['d_state']" in msg
-    assert "['backend', 'chunk_size', 'key_dim', 'num_heads', 'value_dim']" in msg
+    assert (
+        "['backend', 'chunk_size', 'dpfp_nu', 'feature_map', 'key_dim', 'negative_eigenvalues', 'num_heads', "
+        "'output_gate', 'qk_norm', 'short_conv', 'value_dim']" in msg
+    )
     with pytest.raises(ValueError, match="arguments of the block / model"):
         layers.SequenceBlock(D_MODEL, "s4d", mixer_options={"dtype": jnp.bfloat16}, rngs=nnx.Rngs(0))
 
@@ -118,7 +123,9 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
         assert rows[0].rstrip().endswith(first_doc_line)
 
 
-@pytest.mark.parametrize("name", ["lru", "linear_attention", "deltanet", "gla", "retnet"])
+@pytest.mark.parametrize(
+    "name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product"]
+)
 def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)
     x = normal(0, (2, 5, D_MODEL))
