@@ -34,7 +34,13 @@ import jax.numpy as jnp
 from algornn.scan_kernels import delta_rule
 from algornn.scan_kernels._common.backend import check_backend
 from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size
+from algornn.scan_kernels._common.segments import segmented
 from algornn.scan_kernels._delta_product.reference import check_inputs, delta_product_reference
+
+
+# Sub-steps per segment of the chunked backends' long-sequence path (``_common.segments``): longer sequences run
+# segment by segment, each segment's forward recomputed in the backward, so the scratch is one segment's.
+SEGMENT_STEPS = 4096
 
 
 def interleave(q, k, v, beta, log_decay):
@@ -49,15 +55,35 @@ def interleave(q, k, v, beta, log_decay):
     return flat(q_sub), flat(k), flat(v), flat(beta), g_sub
 
 
-@partial(jax.jit, static_argnames=("chunk_size", "backend"))
-def delta_product_composed(q, k, v, beta, log_decay, initial_state, *, chunk_size, backend):
-    """The chunked backends on validated inputs: ``delta_rule`` on :func:`interleave`'s sequence, then every
-    ``n``-th output. Returns ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
+def _composed(xs, initial_state, *, chunk_size, backend):
+    """``delta_rule`` on :func:`interleave`'s sequence of ``xs = (q, k, v, beta, log_decay)``, then every ``n``-th
+    output: ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
+    q, k, v, beta, log_decay = xs
     B, L, n, H, _ = k.shape
     qs, ks, vs, bs, gs = interleave(q, k, v, beta, log_decay)
     kw = dict(log_decay=gs, initial_state=initial_state, chunk_size=chunk_size, backend=backend)
     o, final = delta_rule(qs, ks, vs, bs, **kw)
     return o.reshape(B, L, n, H, -1)[:, :, -1], final
+
+
+def segment_tokens(n: int, chunk_size: int, segment_steps: int) -> int:
+    """Tokens per segment of :func:`segmented`: a whole number of ``C`` tokens (so a segment is whole chunks of the
+    interleaved sequence), as many as fit in ``segment_steps`` sub-steps, at least ``C``."""
+    return max(1, segment_steps // (n * chunk_size)) * chunk_size
+
+
+@partial(jax.jit, static_argnames=("chunk_size", "backend", "segment_steps"))
+def delta_product_composed(q, k, v, beta, log_decay, initial_state, *, chunk_size, backend, segment_steps=SEGMENT_STEPS):
+    """The chunked backends on validated inputs: :func:`_composed` in one call for up to ``segment_steps``
+    sub-steps, else segment by segment (module docstring). Returns ``o (B, L, H, V)`` in v's dtype and the final
+    state ``(B, H, K, V)`` float32."""
+    B, L, n, H, K = k.shape
+    f = partial(_composed, chunk_size=chunk_size, backend=backend)
+    S = segment_tokens(n, chunk_size, segment_steps)
+    if L <= S:
+        return f((q, k, v, beta, log_decay), initial_state)
+    s0 = jnp.zeros((B, H, K, v.shape[-1]), jnp.float32) if initial_state is None else initial_state
+    return segmented(f, S, (q, k, v, beta, log_decay), s0.astype(jnp.float32))
 
 
 def delta_product(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
+from algornn.scan_kernels._delta_product.op import delta_product_composed
 from tests._utils import assert_close
 from tests.scan_kernels.test_delta_rule import decode_steps, run_with_grads
 
@@ -141,6 +142,25 @@ def test_pallas_matches_reference(case):
     """``backend="pallas"`` runs delta_rule's Pallas kernels (interpret mode off-GPU) on the interleaved
     sequence, and its custom_vjp."""
     check_against_reference("pallas", case)
+
+
+@pytest.mark.parametrize("case,steps", [("L63", 96), ("L500", 128)])
+def test_segmented_long_sequence_path_matches_reference(case, steps):
+    """Sequences longer than ``SEGMENT_STEPS`` sub-steps run segment by segment, each segment's forward recomputed
+    in the backward; here with short segments (L63: n = 3, C = 32, segments of 32 tokens, one whole and a tail;
+    L500: n = 2, C = 64, seven whole segments of 64 tokens in the loop and a tail of 52), against the token loop:
+    forward, final state and every gradient (the initial state's included)."""
+    args, do, dS, argnums, (o_r, S_r, g_r) = reference_run(case)
+    C = CASES[case][-1]
+
+    def call(q, k, v, b, g, s):
+        return delta_product_composed(q, k, v, b, g, s, chunk_size=C, backend="xla", segment_steps=steps)
+
+    o_f, S_f, g_f = run_with_grads(call, args, argnums, do, dS)
+    assert_close(o_f, o_r, rtol=1e-5, name="o")
+    assert_close(S_f, S_r, rtol=1e-5, name="final state")
+    for name, x, y in zip((GRAD_NAMES[i] for i in argnums), g_f, g_r):
+        assert_close(x, y, rtol=5e-5, name=name)
 
 
 def test_constant_decay_minus_20_log_decay_gradient():
