@@ -22,6 +22,7 @@ from jax import lax
 
 import algornn.scan_kernels as sk
 from algornn.scan_kernels._common import backend as _backend
+from algornn.scan_kernels._mlstm.op import mlstm_chunked
 from tests._utils import assert_close
 
 F32 = jnp.float32
@@ -212,6 +213,24 @@ def test_extreme_gates_match_float64_and_stay_finite(backend):
     out, grads = op_with_grads(args, state, cts, backend=backend, chunk_size=CHUNK)
     assert float(jnp.max(out[3])) == 30.0  # the final stabiliser is the largest input gate
     check_against_oracle(out, grads, *float64_oracle(args, state, cts))
+
+
+@pytest.mark.parametrize("gates", ["moderate", "extreme"])
+def test_segmented_long_sequence_path_matches_float64(gates):
+    """Sequences longer than ``SEGMENT_TOKENS`` run segment by segment, the state ``(C, n, m)`` carried and each
+    segment's forward recomputed in the backward; here segments of one chunk (16 tokens: three in the loop and a
+    tail of 15), against the float64 loop: forward, final state and every gradient, through extreme gates too."""
+    args, state, cts = make_inputs(10, *SHAPE, gates=gates)
+
+    @jax.jit
+    def run(args, state):
+        def fn(*a):
+            return mlstm_chunked(*a, chunk_size=CHUNK, backend="xla", segment=CHUNK)
+
+        (_, out), grads = jax.value_and_grad(_loss(fn, cts), argnums=tuple(range(8)), has_aux=True)(*args, *state)
+        return out, grads
+
+    check_against_oracle(*run(args, state), *float64_oracle(args, state, cts))
 
 
 def test_default_initial_state_is_zero_with_m0_zero():
