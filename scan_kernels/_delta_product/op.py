@@ -22,6 +22,15 @@ concatenations and the slice around it), so backward memory is O(B·L·n·H·(K+
 token, which is exact). The cost is that of a delta rule of length ``L·n``, plus the ``n − 1`` zero queries of
 each token (the output terms of the chunked form are computed for them too).
 
+**Long sequences.** Those constant factors are large: the interleaved queries, outputs and output cotangent
+are ``n·L`` long, and the delta rule's residuals (entering states, ``T``, ``U``) are those of ``n·L`` sub-steps,
+each the size of an ``(n·L, 64)`` array at K = V = C = 64 — fwd+bwd scratch 0.22 of the per-token states at
+L = 16384, n = 2 in one call. Beyond ``SEGMENT_STEPS`` sub-steps the op therefore runs segment by segment
+(``_common.segments``; each segment a whole number of chunks, the state carried between them) and recomputes
+each segment's forward in the backward: the scratch is one segment's plus the whole-length output and its
+cotangent, O(B·L·H·V + SEGMENT_STEPS·B·H·(K+V+C)) — 0.069 of the per-token states at L = 16384 — for one more
+forward pass of the sequences that long. Shorter ones run in one call, as before.
+
 This module is where the DeltaProduct folder calls another op: the package's public ``delta_rule``
 (docs/architecture.md §scan_kernels layout).
 """
@@ -36,7 +45,6 @@ from algornn.scan_kernels._common.backend import check_backend
 from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size
 from algornn.scan_kernels._common.segments import segmented
 from algornn.scan_kernels._delta_product.reference import check_inputs, delta_product_reference
-
 
 # Sub-steps per segment of the chunked backends' long-sequence path (``_common.segments``): longer sequences run
 # segment by segment, each segment's forward recomputed in the backward, so the scratch is one segment's.
@@ -73,7 +81,9 @@ def segment_tokens(n: int, chunk_size: int, segment_steps: int) -> int:
 
 
 @partial(jax.jit, static_argnames=("chunk_size", "backend", "segment_steps"))
-def delta_product_composed(q, k, v, beta, log_decay, initial_state, *, chunk_size, backend, segment_steps=SEGMENT_STEPS):
+def delta_product_composed(
+    q, k, v, beta, log_decay, initial_state, *, chunk_size, backend, segment_steps=SEGMENT_STEPS
+):
     """The chunked backends on validated inputs: :func:`_composed` in one call for up to ``segment_steps``
     sub-steps, else segment by segment (module docstring). Returns ``o (B, L, H, V)`` in v's dtype and the final
     state ``(B, H, K, V)`` float32."""

@@ -41,8 +41,14 @@ from the (differentiable) max-plus scan — the factor is exactly 1 in value and
 autodiff gives the literal loop (at exact ties of the max, JAX's balanced subgradient). So cotangents of the
 final ``C``, ``n`` and ``m`` all flow, as they do through ``mlstm_reference``.
 
-Memory of the backward: linear attention's, O(B·L·H·(K+V) + NC·B·H·K·V) with NC = ceil(L / C), plus O(B·L·H·(K+V))
-for the elementwise maps and the scalar scan; no per-token ``K×V`` state.
+**Memory.** The backward of one call: linear attention's, O(B·L·H·(K+V) + NC·B·H·K·V) with NC = ceil(L / C), plus
+O(B·L·H·(K+V)) for the elementwise maps and the scalar scan; no per-token ``K×V`` state. The constant is large:
+the rescaled keys, the ``[v | 1]`` values (and the ``V + 1``-column outputs, chunk states and cotangents) come on
+top of linear attention's own scratch, 0.16 of the per-token states at L = 16384 (K = V = C = 64) in one call. So
+beyond ``SEGMENT_TOKENS`` tokens the op runs segment by segment (``_common.segments``; whole chunks, the state
+``(C, n, m)`` carried, which is exact: the stabiliser of every token is still the recurrence's ``m_t``) and
+recomputes each segment's forward in the backward: the scratch is one segment's plus the whole-length output and
+its cotangent — 0.070 of the per-token states at L = 16384 — for one more forward pass of sequences that long.
 """
 
 from functools import partial
@@ -56,7 +62,6 @@ from algornn.scan_kernels._common.backend import check_backend, probe_key, resol
 from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size
 from algornn.scan_kernels._common.segments import segmented
 from algornn.scan_kernels._mlstm.reference import F32, as_f32_state, check_inputs, mlstm_reference, zero_state
-
 
 # Tokens per segment of the chunked backends' long-sequence path (``_common.segments``): longer sequences run
 # segment by segment, each segment's forward recomputed in the backward, so the scratch is one segment's.
