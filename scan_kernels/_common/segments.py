@@ -13,8 +13,8 @@ segments; the backward walks the segments in reverse and differentiates each one
 stored entering state (its forward run again), from its output cotangent and the cotangent of the state it
 left, writing the input gradients into whole-length buffers in place. So the scratch of a forward+backward is
 one segment's scratch plus O(B·L·(inputs)) — the residuals of ``f`` for the other segments never exist — at the
-price of one more forward of ``f``. Sequential gradient checkpointing over segments (Chen et al. 2016,
-"Training Deep Nets with Sublinear Memory Cost", §3), applied to the time axis of a recurrence.
+price of one more forward of ``f``. Sequential gradient checkpointing over segments (Chen 2016, "Training Deep
+Nets with Sublinear Memory Cost", arXiv:1604.06174), applied to the time axis of a recurrence.
 
 Used by the fast-weight ops that compose on another op (``delta_product``, ``mlstm``): their compositions add
 full-length intermediates (interleaved copies, rescaled keys) beside the inner op's residuals.
