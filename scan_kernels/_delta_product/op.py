@@ -84,9 +84,9 @@ def segment_tokens(n: int, chunk_size: int, segment_steps: int) -> int:
 def delta_product_composed(
     q, k, v, beta, log_decay, initial_state, *, chunk_size, backend, segment_steps=SEGMENT_STEPS
 ):
-    """The chunked backends on validated inputs: :func:`_composed` in one call for up to ``segment_steps``
-    sub-steps, else segment by segment (module docstring). Returns ``o (B, L, H, V)`` in v's dtype and the final
-    state ``(B, H, K, V)`` float32."""
+    """The chunked backends on validated inputs: :func:`_composed` in one call when the sequence fits in one
+    segment (:func:`segment_tokens`, at most ``segment_steps`` sub-steps), else segment by segment (module
+    docstring). Returns ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
     B, L, n, H, K = k.shape
     f = partial(_composed, chunk_size=chunk_size, backend=backend)
     S = segment_tokens(n, chunk_size, segment_steps)
