@@ -7,6 +7,8 @@
 * ``pallas_config`` — how Pallas kernels lower on a GPU.
 * ``chunk_utils``, ``fast_weight_checks``, ``fast_weight_pallas`` — chunking, input checks and Pallas layout
   helpers of the chunked fast-weight ops.
+* ``segments`` — a recurrence over long sequences segment by segment, each segment's forward recomputed in the
+  backward (``segmented``: scratch of one segment, for the ops that compose on another op).
 * ``key_decay`` — per-key decayed scores ``Σ_d x_rd k_id exp(γ_rd − γ_id)`` of a chunk by secondary chunking, and
   their cotangents (per-key gates without a ``(C, C, K)`` tensor).
 """

@@ -22,6 +22,15 @@ concatenations and the slice around it), so backward memory is O(B·L·n·H·(K+
 token, which is exact). The cost is that of a delta rule of length ``L·n``, plus the ``n − 1`` zero queries of
 each token (the output terms of the chunked form are computed for them too).
 
+**Long sequences.** Those constant factors are large: the interleaved queries, outputs and output cotangent
+are ``n·L`` long, and the delta rule's residuals (entering states, ``T``, ``U``) are those of ``n·L`` sub-steps,
+each the size of an ``(n·L, 64)`` array at K = V = C = 64 — fwd+bwd scratch 0.22 of the per-token states at
+L = 16384, n = 2 in one call. Beyond ``SEGMENT_STEPS`` sub-steps the op therefore runs segment by segment
+(``_common.segments``; each segment a whole number of chunks, the state carried between them) and recomputes
+each segment's forward in the backward: the scratch is one segment's plus the whole-length output and its
+cotangent, O(B·L·H·V + SEGMENT_STEPS·B·H·(K+V+C)) — 0.069 of the per-token states at L = 16384 — for one more
+forward pass of the sequences that long. Shorter ones run in one call, as before.
+
 This module is where the DeltaProduct folder calls another op: the package's public ``delta_rule``
 (docs/architecture.md §scan_kernels layout).
 """
@@ -34,7 +43,12 @@ import jax.numpy as jnp
 from algornn.scan_kernels import delta_rule
 from algornn.scan_kernels._common.backend import check_backend
 from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size
+from algornn.scan_kernels._common.segments import segmented
 from algornn.scan_kernels._delta_product.reference import check_inputs, delta_product_reference
+
+# Sub-steps per segment of the chunked backends' long-sequence path (``_common.segments``): longer sequences run
+# segment by segment, each segment's forward recomputed in the backward, so the scratch is one segment's.
+SEGMENT_STEPS = 4096
 
 
 def interleave(q, k, v, beta, log_decay):
@@ -49,15 +63,37 @@ def interleave(q, k, v, beta, log_decay):
     return flat(q_sub), flat(k), flat(v), flat(beta), g_sub
 
 
-@partial(jax.jit, static_argnames=("chunk_size", "backend"))
-def delta_product_composed(q, k, v, beta, log_decay, initial_state, *, chunk_size, backend):
-    """The chunked backends on validated inputs: ``delta_rule`` on :func:`interleave`'s sequence, then every
-    ``n``-th output. Returns ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
+def _composed(xs, initial_state, *, chunk_size, backend):
+    """``delta_rule`` on :func:`interleave`'s sequence of ``xs = (q, k, v, beta, log_decay)``, then every ``n``-th
+    output: ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
+    q, k, v, beta, log_decay = xs
     B, L, n, H, _ = k.shape
     qs, ks, vs, bs, gs = interleave(q, k, v, beta, log_decay)
     kw = dict(log_decay=gs, initial_state=initial_state, chunk_size=chunk_size, backend=backend)
     o, final = delta_rule(qs, ks, vs, bs, **kw)
     return o.reshape(B, L, n, H, -1)[:, :, -1], final
+
+
+def segment_tokens(n: int, chunk_size: int, segment_steps: int) -> int:
+    """Tokens per segment of :func:`segmented`: a whole number of ``C`` tokens (so a segment is whole chunks of the
+    interleaved sequence), as many as fit in ``segment_steps`` sub-steps, at least ``C``."""
+    return max(1, segment_steps // (n * chunk_size)) * chunk_size
+
+
+@partial(jax.jit, static_argnames=("chunk_size", "backend", "segment_steps"))
+def delta_product_composed(
+    q, k, v, beta, log_decay, initial_state, *, chunk_size, backend, segment_steps=SEGMENT_STEPS
+):
+    """The chunked backends on validated inputs: :func:`_composed` in one call when the sequence fits in one
+    segment (:func:`segment_tokens`, at most ``segment_steps`` sub-steps), else segment by segment (module
+    docstring). Returns ``o (B, L, H, V)`` in v's dtype and the final state ``(B, H, K, V)`` float32."""
+    B, L, n, H, K = k.shape
+    f = partial(_composed, chunk_size=chunk_size, backend=backend)
+    S = segment_tokens(n, chunk_size, segment_steps)
+    if L <= S:
+        return f((q, k, v, beta, log_decay), initial_state)
+    s0 = jnp.zeros((B, H, K, v.shape[-1]), jnp.float32) if initial_state is None else initial_state
+    return segmented(f, S, (q, k, v, beta, log_decay), s0.astype(jnp.float32))
 
 
 def delta_product(q, k, v, beta, *, log_decay=None, initial_state=None, chunk_size=64, backend=None):

@@ -41,8 +41,14 @@ from the (differentiable) max-plus scan — the factor is exactly 1 in value and
 autodiff gives the literal loop (at exact ties of the max, JAX's balanced subgradient). So cotangents of the
 final ``C``, ``n`` and ``m`` all flow, as they do through ``mlstm_reference``.
 
-Memory of the backward: linear attention's, O(B·L·H·(K+V) + NC·B·H·K·V) with NC = ceil(L / C), plus O(B·L·H·(K+V))
-for the elementwise maps and the scalar scan; no per-token ``K×V`` state.
+**Memory.** The backward of one call: linear attention's, O(B·L·H·(K+V) + NC·B·H·K·V) with NC = ceil(L / C), plus
+O(B·L·H·(K+V)) for the elementwise maps and the scalar scan; no per-token ``K×V`` state. The constant is large:
+the rescaled keys, the ``[v | 1]`` values (and the ``V + 1``-column outputs, chunk states and cotangents) come on
+top of linear attention's own scratch, 0.16 of the per-token states at L = 16384 (K = V = C = 64) in one call. So
+beyond ``SEGMENT_TOKENS`` tokens the op runs segment by segment (``_common.segments``; whole chunks, the state
+``(C, n, m)`` carried, which is exact: the stabiliser of every token is still the recurrence's ``m_t``) and
+recomputes each segment's forward in the backward: the scratch is one segment's plus the whole-length output and
+its cotangent — 0.070 of the per-token states at L = 16384 — for one more forward pass of sequences that long.
 """
 
 from functools import partial
@@ -54,7 +60,12 @@ from jax import lax
 from algornn.scan_kernels import linear_attention
 from algornn.scan_kernels._common.backend import check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size
+from algornn.scan_kernels._common.segments import segmented
 from algornn.scan_kernels._mlstm.reference import F32, as_f32_state, check_inputs, mlstm_reference, zero_state
+
+# Tokens per segment of the chunked backends' long-sequence path (``_common.segments``): longer sequences run
+# segment by segment, each segment's forward recomputed in the backward, so the scratch is one segment's.
+SEGMENT_TOKENS = 4096
 
 
 def _max_plus(first, second):
@@ -93,10 +104,12 @@ def stabilisers(log_f, i, m0, C):
     return jnp.moveaxis(m, 0, 2).reshape(B, nc * C, H)[:, :L]
 
 
-@partial(jax.jit, static_argnames=("chunk_size", "backend"))
-def mlstm_chunked(q, k, v, log_f, i, C0, n0, m0, *, chunk_size, backend):
-    """Steps 1–3 of the module docstring on validated float32 inputs; ``backend`` is "xla" or "pallas"
-    (``linear_attention``'s). Returns ``o (B, L, H, V)`` float32 and ``(C, n, m)``."""
+def _composed(xs, state, *, chunk_size, backend):
+    """Steps 1–3 of the module docstring on validated float32 inputs ``xs = (q, k, v, log_f, i)`` from
+    ``state = (C0, n0, m0)``; ``backend`` is "xla" or "pallas" (``linear_attention``'s). Returns
+    ``o (B, L, H, V)`` float32 and ``(C, n, m)``."""
+    q, k, v, log_f, i = xs
+    C0, n0, m0 = state
     V = v.shape[-1]
     m = stabilisers(log_f, i, m0, min(chunk_size, log_f.shape[1]))  # (B, L, H)
     m_sg = lax.stop_gradient(m)
@@ -110,6 +123,23 @@ def mlstm_chunked(q, k, v, log_f, i, C0, n0, m0, *, chunk_size, backend):
     m_last = m[:, -1]
     rescale = jnp.exp(m_sg[:, -1] - m_last)  # 1 in value; carries ∂(C_L, n_L)/∂m_L = −(C_L, n_L)
     return o, (s[..., :V] * rescale[..., None, None], s[..., V] * rescale[..., None], m_last)
+
+
+def segment_tokens(chunk_size: int, segment: int) -> int:
+    """Tokens per segment of the long-sequence path: whole chunks, as many as fit in ``segment``, at least one."""
+    return max(1, segment // chunk_size) * chunk_size
+
+
+@partial(jax.jit, static_argnames=("chunk_size", "backend", "segment"))
+def mlstm_chunked(q, k, v, log_f, i, C0, n0, m0, *, chunk_size, backend, segment=SEGMENT_TOKENS):
+    """The chunked backends on validated float32 inputs: steps 1–3 (:func:`_composed`) in one call for up to
+    ``segment`` tokens, else segment by segment with each segment's forward recomputed in the backward (module
+    docstring, §Memory). Returns ``o (B, L, H, V)`` float32 and ``(C, n, m)``."""
+    f = partial(_composed, chunk_size=chunk_size, backend=backend)
+    S = segment_tokens(chunk_size, segment)
+    if q.shape[1] <= S:
+        return f((q, k, v, log_f, i), (C0, n0, m0))
+    return segmented(f, S, (q, k, v, log_f, i), (C0, n0, m0))
 
 
 def _pallas_probe(B, L, H, K, V, C):
