@@ -22,6 +22,7 @@ SMALL_OPTIONS = {
     "gla": {"num_heads": 2, "chunk_size": 16, "gate_rank": 4},
     "retnet": {"num_heads": 2, "chunk_size": 16},
     "selective_ssm": {"d_state": 4},
+    "mlstm": {"num_heads": 2, "chunk_size": 16},
 }
 
 

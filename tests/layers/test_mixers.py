@@ -36,6 +36,7 @@ def test_registry_names_are_the_contract():
         "gla",
         "retnet",
         "selective_ssm",
+        "mlstm",
     }
 
 
