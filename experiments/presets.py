@@ -156,6 +156,7 @@ def _synthetic(task: str, mixer: str, mixer_options: dict, d_model: int = 64, n_
 
 _SYNTHETIC = {
     "mqar_deltanet": ("mqar", "deltanet", {}),
+    "mqar_mlstm": ("mqar", "mlstm", {}),
     "mqar_linear_attention": ("mqar", "linear_attention", {}),
     "selective_copying_deltanet": ("selective_copying", "deltanet", {}),
     "induction_linear_attention": ("induction", "linear_attention", {}),

@@ -106,6 +106,7 @@ DEFAULT = {
     "pathfinder_s5",
     "pathx_s4d",
     "mqar_deltanet",
+    "mqar_mlstm",
     "mqar_linear_attention",
     "selective_copying_deltanet",
     "induction_linear_attention",
