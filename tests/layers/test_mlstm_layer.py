@@ -202,9 +202,11 @@ def test_dt_scale_other_than_one_is_refused():
         mixer.step(mixer.init_state(1), x[:, 0], dt_scale=0.5)
 
 
+@pytest.mark.slow
 def test_one_training_step_in_sequence_model_on_a_synthetic_task():
     """Label = first token mod 3 (the answer must be carried along the sequence); three Adam steps lower the loss
-    and move every parameter array."""
+    and move every parameter array. (Default twin: the one-training-step test of the ``mqar_mlstm`` preset in
+    tests/experiments/test_train_presets.py, MLSTM in SequenceModel on MQAR; this one costs ~12 s of compile.)"""
     rng = np.random.default_rng(0)
     model = layers.SequenceModel(
         d_model=8,
