@@ -158,6 +158,7 @@ _SYNTHETIC = {
     "mqar_deltanet": ("mqar", "deltanet", {}),
     "mqar_gated_deltanet": ("mqar", "gated_deltanet", {}),  # short conv 4, L2 q/k, gated RMSNorm output
     "mqar_delta_product": ("mqar", "delta_product", {"num_householder": 2}),
+    "mqar_mlstm": ("mqar", "mlstm", {}),
     "mqar_linear_attention": ("mqar", "linear_attention", {}),
     "selective_copying_deltanet": ("selective_copying", "deltanet", {}),
     "induction_linear_attention": ("induction", "linear_attention", {}),

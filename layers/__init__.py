@@ -13,8 +13,9 @@ float32/complex64 whatever ``dtype`` (complex bfloat16 does not exist; the recur
 
 ``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and
 SelectiveSSM (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's ``step`` takes
-``dt_scale=None`` to reuse the system cached by ``init_state``). LRU and the fast-weight mixers (LinearAttention,
-DeltaNet, GatedLinearAttention, RetNet, GatedDeltaNet, DeltaProduct) are discrete-time: ``dt_scale`` must be 1.
+``dt_scale=None`` to reuse the system cached by ``init_state``). LRU, MLSTM and the fast-weight mixers
+(LinearAttention, DeltaNet, GatedLinearAttention, RetNet, GatedDeltaNet, DeltaProduct) are discrete-time:
+``dt_scale`` must be 1.
 The fast-weight mixers share the options ``short_conv``, ``feature_map`` / ``dpfp_nu``, ``qk_norm`` and
 ``output_gate`` (and ``negative_eigenvalues`` on the delta-rule ones); see ``layers/_fast_weight.py``.
 ``bidirectional`` is a constructor option of S4, S4D, S5, LRU, LSSL and SelectiveSSM.
@@ -43,6 +44,8 @@ from algornn.layers._lru import LRU as LRU
 from algornn.layers._lru import LRUOptions as LRUOptions
 from algornn.layers._lssl import LSSL as LSSL
 from algornn.layers._lssl import LSSLOptions as LSSLOptions
+from algornn.layers._mlstm import MLSTM as MLSTM
+from algornn.layers._mlstm import MLSTMOptions as MLSTMOptions
 from algornn.layers._model import SequenceModel as SequenceModel
 from algornn.layers._params import is_ssm_param as is_ssm_param
 from algornn.layers._params import ssm_param as ssm_param

@@ -6,6 +6,7 @@ from algornn.layers._hippo_rnn import HiPPORNN
 from algornn.layers._lmu import LMU
 from algornn.layers._lru import LRU
 from algornn.layers._lssl import LSSL
+from algornn.layers._mlstm import MLSTM
 from algornn.layers._s4 import S4
 from algornn.layers._s4d import S4D
 from algornn.layers._s5 import S5
@@ -26,6 +27,7 @@ MIXERS = {
     "gated_deltanet": GatedDeltaNet,
     "delta_product": DeltaProduct,
     "selective_ssm": SelectiveSSM,
+    "mlstm": MLSTM,
 }
 
 

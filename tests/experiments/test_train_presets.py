@@ -108,6 +108,7 @@ DEFAULT = {
     "mqar_deltanet",
     "mqar_gated_deltanet",
     "mqar_delta_product",
+    "mqar_mlstm",
     "mqar_linear_attention",
     "selective_copying_deltanet",
     "induction_linear_attention",

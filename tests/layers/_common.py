@@ -24,6 +24,7 @@ SMALL_OPTIONS = {
     "gated_deltanet": {"num_heads": 2, "chunk_size": 16},
     "delta_product": {"num_heads": 2, "chunk_size": 16},
     "selective_ssm": {"d_state": 4},
+    "mlstm": {"num_heads": 2, "chunk_size": 16},
 }
 
 

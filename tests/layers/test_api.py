@@ -34,6 +34,7 @@ OPTIONS_OF = {
     layers.DeltaProduct: layers.DeltaProductOptions,
     layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
     layers.SelectiveSSM: layers.SelectiveSSMOptions,
+    layers.MLSTM: layers.MLSTMOptions,
 }
 
 
@@ -124,7 +125,7 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product"]
+    "name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "mlstm"]
 )
 def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)

@@ -38,6 +38,7 @@ def test_registry_names_are_the_contract():
         "selective_ssm",
         "gated_deltanet",
         "delta_product",
+        "mlstm",
     }
 
 
