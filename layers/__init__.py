@@ -11,10 +11,10 @@ dtype raises ``ValueError``). ``python -m algornn.layers`` lists the mixers.
 ``param_dtype`` is the storage dtype of the parameters. Discretisation, kernels, FFT convolutions and scans run in
 float32/complex64 whatever ``dtype`` (complex bfloat16 does not exist; the recurrences accumulate in float32).
 
-``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and
-SelectiveSSM (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's ``step`` takes
+``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL,
+SelectiveSSM and Mamba2 (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's ``step`` takes
 ``dt_scale=None`` to reuse the system cached by ``init_state``). LRU and the fast-weight mixers (LinearAttention,
-DeltaNet, GatedLinearAttention, RetNet) are discrete-time: ``dt_scale`` must be 1.
+DeltaNet, GatedLinearAttention, RetNet) and Hawk are discrete-time: ``dt_scale`` must be 1.
 ``bidirectional`` is a constructor option of S4, S4D, S5, LRU, LSSL and SelectiveSSM.
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
@@ -27,6 +27,8 @@ from algornn.layers._fast_weight import GatedLinearAttentionOptions as GatedLine
 from algornn.layers._fast_weight import LinearAttention as LinearAttention
 from algornn.layers._fast_weight import LinearAttentionOptions as LinearAttentionOptions
 from algornn.layers._fast_weight import RetNet as RetNet
+from algornn.layers._hawk import Hawk as Hawk
+from algornn.layers._hawk import HawkOptions as HawkOptions
 from algornn.layers._hippo_rnn import HiPPORNN as HiPPORNN
 from algornn.layers._hippo_rnn import HiPPORNNOptions as HiPPORNNOptions
 from algornn.layers._lmu import LMU as LMU
@@ -35,6 +37,8 @@ from algornn.layers._lru import LRU as LRU
 from algornn.layers._lru import LRUOptions as LRUOptions
 from algornn.layers._lssl import LSSL as LSSL
 from algornn.layers._lssl import LSSLOptions as LSSLOptions
+from algornn.layers._mamba2 import Mamba2 as Mamba2
+from algornn.layers._mamba2 import Mamba2Options as Mamba2Options
 from algornn.layers._model import SequenceModel as SequenceModel
 from algornn.layers._params import is_ssm_param as is_ssm_param
 from algornn.layers._params import ssm_param as ssm_param

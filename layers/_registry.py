@@ -1,10 +1,12 @@
 """``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
 
 from algornn.layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
+from algornn.layers._hawk import Hawk
 from algornn.layers._hippo_rnn import HiPPORNN
 from algornn.layers._lmu import LMU
 from algornn.layers._lru import LRU
 from algornn.layers._lssl import LSSL
+from algornn.layers._mamba2 import Mamba2
 from algornn.layers._s4 import S4
 from algornn.layers._s4d import S4D
 from algornn.layers._s5 import S5
@@ -23,6 +25,8 @@ MIXERS = {
     "gla": GatedLinearAttention,
     "retnet": RetNet,
     "selective_ssm": SelectiveSSM,
+    "mamba2": Mamba2,
+    "hawk": Hawk,
 }
 
 

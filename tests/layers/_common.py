@@ -22,6 +22,8 @@ SMALL_OPTIONS = {
     "gla": {"num_heads": 2, "chunk_size": 16, "gate_rank": 4},
     "retnet": {"num_heads": 2, "chunk_size": 16},
     "selective_ssm": {"d_state": 4},
+    "mamba2": {"d_state": 4, "head_dim": 4, "chunk_size": 16},
+    "hawk": {"expand": 1.5, "gate_blocks": 2},
 }
 
 

@@ -32,6 +32,8 @@ OPTIONS_OF = {
     layers.RetNet: layers.FastWeightOptions,
     layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
     layers.SelectiveSSM: layers.SelectiveSSMOptions,
+    layers.Mamba2: layers.Mamba2Options,
+    layers.Hawk: layers.HawkOptions,
 }
 
 
@@ -118,7 +120,7 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
         assert rows[0].rstrip().endswith(first_doc_line)
 
 
-@pytest.mark.parametrize("name", ["lru", "linear_attention", "deltanet", "gla", "retnet"])
+@pytest.mark.parametrize("name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "hawk"])
 def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)
     x = jax.random.normal(jax.random.key(0), (2, 5, D_MODEL))

@@ -36,6 +36,8 @@ def test_registry_names_are_the_contract():
         "gla",
         "retnet",
         "selective_ssm",
+        "mamba2",
+        "hawk",
     }
 
 
