@@ -12,9 +12,9 @@ dtype raises ``ValueError``). ``python -m algornn.layers`` lists the mixers.
 float32/complex64 whatever ``dtype`` (complex bfloat16 does not exist; the recurrences accumulate in float32).
 
 ``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL,
-SelectiveSSM and Mamba2 (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's ``step`` takes
-``dt_scale=None`` to reuse the system cached by ``init_state``). LRU and the fast-weight mixers (LinearAttention,
-DeltaNet, GatedLinearAttention, RetNet) and Hawk are discrete-time: ``dt_scale`` must be 1.
+SelectiveSSM and Mamba2 (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's
+``step`` takes ``dt_scale=None`` to reuse the system cached by ``init_state``). LRU, Hawk and the fast-weight mixers
+(LinearAttention, DeltaNet, GatedLinearAttention, RetNet) are discrete-time: ``dt_scale`` must be 1.
 ``bidirectional`` is a constructor option of S4, S4D, S5, LRU, LSSL and SelectiveSSM.
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """

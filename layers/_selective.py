@@ -102,7 +102,8 @@ class SelectiveSSM(nnx.Module):
         bidirectional: add the reverse recurrence with its own C_t (no ``step`` then).
         negative_eigenvalues: decays ``2 exp(Δ A) − 1 ∈ (−1, 1)`` (Grazzi et al.), on ``linear_scan`` over a
             materialised ``(B, L, E·N)`` decay.
-        backend: ``selective_scan`` backend (``linear_scan``'s with negative_eigenvalues): None (auto), "reference", "xla", "pallas".
+        backend: ``selective_scan`` backend (``linear_scan``'s with negative_eigenvalues): None (auto),
+            "reference", "xla", "pallas".
         dtype: compute dtype of the projections, convolution, inputs and outputs; Δ, exp(ΔA) and the scan run in
             float32.
         param_dtype: dtype the parameters are stored in.
