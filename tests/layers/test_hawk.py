@@ -66,6 +66,7 @@ def hawk_loop(m, x):
 def test_call_matches_a_float64_loop_of_the_recurrent_block():
     m = _make(seed=1, c=6.0, d_conv=3)
     x = _x(2, 40, seed=2)
+    assert m.a_w.shape == (3, 4, 4)  # 3 diagonal blocks of the 12 channels
     assert_close(run_call(m, x), hawk_loop(m, x), rtol=2e-5, name="Hawk vs loop")
     # Λ initialised so that σ(Λ)^c is uniform in [0.9, 0.999] (§2.4)
     ac = _sigmoid(_np(m.Lambda)) ** m.options.c
@@ -73,11 +74,10 @@ def test_call_matches_a_float64_loop_of_the_recurrent_block():
 
 
 def test_width_gate_blocks_and_state_shapes():
-    m = layers.Hawk(D, rngs=nnx.Rngs(0))
+    m = nnx.eval_shape(lambda: layers.Hawk(D, rngs=nnx.Rngs(0)))  # shapes only: no eager initialisation
     assert m.width == 11 and m.a_w.shape == (1, 11, 11)  # round(4/3 · 8), dense gates
     assert m.options == layers.HawkOptions()
     assert jax.tree.map(lambda s: s.shape, m.state_spec(2)) == ((2, 3, 11), (2, 11))
-    assert _make().a_w.shape == (3, 4, 4)
 
 
 @pytest.mark.parametrize(

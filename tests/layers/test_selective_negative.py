@@ -65,7 +65,7 @@ def selective_loop(m, x):
     return (y * _silu(z)) @ _np(m.out_proj.kernel), a
 
 
-@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("bidirectional", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_call_matches_a_float64_loop_with_negative_decays(bidirectional):
     m = _make(seed=1, negative_eigenvalues=True, bidirectional=bidirectional)
     x = _x(2, 30, seed=2)
@@ -91,6 +91,7 @@ def test_default_is_unchanged_and_the_option_matters():
         _make(negative_eigenvalues="yes")
 
 
+@pytest.mark.slow
 def test_every_parameter_gets_a_gradient_with_negative_eigenvalues():
     m = _make(seed=7, negative_eigenvalues=True)
     x = _x(2, 17, seed=8)
