@@ -14,19 +14,29 @@ float32/complex64 whatever ``dtype`` (complex bfloat16 does not exist; the recur
 ``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL,
 SelectiveSSM and Mamba2 (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's
 ``step`` takes ``dt_scale=None`` to reuse the system cached by ``init_state``). LRU, Hawk and the fast-weight mixers
-(LinearAttention, DeltaNet, GatedLinearAttention, RetNet) are discrete-time: ``dt_scale`` must be 1.
+(LinearAttention, DeltaNet, GatedLinearAttention, RetNet, GatedDeltaNet, DeltaProduct) are discrete-time:
+``dt_scale`` must be 1.
+The fast-weight mixers share the options ``short_conv``, ``feature_map`` / ``dpfp_nu``, ``qk_norm`` and
+``output_gate`` (and ``negative_eigenvalues`` on the delta-rule ones, SelectiveSSM and Mamba2); see
+``layers/_fast_weight.py``.
 ``bidirectional`` is a constructor option of S4, S4D, S5, LRU, LSSL and SelectiveSSM.
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
 from algornn.layers._block import SequenceBlock as SequenceBlock
 from algornn.layers._fast_weight import DeltaNet as DeltaNet
+from algornn.layers._fast_weight import DeltaNetOptions as DeltaNetOptions
 from algornn.layers._fast_weight import FastWeightOptions as FastWeightOptions
 from algornn.layers._fast_weight import GatedLinearAttention as GatedLinearAttention
 from algornn.layers._fast_weight import GatedLinearAttentionOptions as GatedLinearAttentionOptions
 from algornn.layers._fast_weight import LinearAttention as LinearAttention
 from algornn.layers._fast_weight import LinearAttentionOptions as LinearAttentionOptions
 from algornn.layers._fast_weight import RetNet as RetNet
+from algornn.layers._fast_weight import RetNetOptions as RetNetOptions
+from algornn.layers._gated_delta import DeltaProduct as DeltaProduct
+from algornn.layers._gated_delta import DeltaProductOptions as DeltaProductOptions
+from algornn.layers._gated_delta import GatedDeltaNet as GatedDeltaNet
+from algornn.layers._gated_delta import GatedDeltaNetOptions as GatedDeltaNetOptions
 from algornn.layers._hawk import Hawk as Hawk
 from algornn.layers._hawk import HawkOptions as HawkOptions
 from algornn.layers._hippo_rnn import HiPPORNN as HiPPORNN

@@ -1,6 +1,7 @@
 """``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
 
 from algornn.layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
+from algornn.layers._gated_delta import DeltaProduct, GatedDeltaNet
 from algornn.layers._hawk import Hawk
 from algornn.layers._hippo_rnn import HiPPORNN
 from algornn.layers._lmu import LMU
@@ -24,6 +25,8 @@ MIXERS = {
     "deltanet": DeltaNet,
     "gla": GatedLinearAttention,
     "retnet": RetNet,
+    "gated_deltanet": GatedDeltaNet,
+    "delta_product": DeltaProduct,
     "selective_ssm": SelectiveSSM,
     "mamba2": Mamba2,
     "hawk": Hawk,

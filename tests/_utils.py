@@ -52,3 +52,17 @@ def assert_close(actual, expected, *, dtype=None, rtol=None, floor: float = 1e-6
     if not err <= rtol:
         raise AssertionError(f"{name}: relative RMS error {err:.3e} > tolerance {rtol:.1e} (shape {a.shape})")
     return err
+
+
+def normal(seed, shape, dtype="float32"):
+    """Standard-normal test input drawn with NumPy (``jax.random`` compiles a program per new shape, ~2 s each)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def randint(seed, shape, low, high):
+    """Integers in ``[low, high)`` drawn with NumPy, as an int32 JAX array (see ``normal``)."""
+    import jax.numpy as jnp
+
+    return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)

@@ -108,6 +108,8 @@ DEFAULT = {
     "pathfinder_s5",
     "pathx_s4d",
     "mqar_deltanet",
+    "mqar_gated_deltanet",
+    "mqar_delta_product",
     "mqar_linear_attention",
     "mqar_mamba2",
     "mqar_hawk",

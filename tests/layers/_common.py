@@ -21,6 +21,8 @@ SMALL_OPTIONS = {
     "deltanet": {"num_heads": 2, "chunk_size": 16},
     "gla": {"num_heads": 2, "chunk_size": 16, "gate_rank": 4},
     "retnet": {"num_heads": 2, "chunk_size": 16},
+    "gated_deltanet": {"num_heads": 2, "chunk_size": 16},
+    "delta_product": {"num_heads": 2, "chunk_size": 16},
     "selective_ssm": {"d_state": 4},
     "mamba2": {"d_state": 4, "head_dim": 4, "chunk_size": 16},
     "hawk": {"expand": 1.5, "gate_blocks": 2},

@@ -9,12 +9,12 @@ import pydoc
 import subprocess
 import sys
 
-import jax
 import jax.numpy as jnp
 import pytest
 from flax import nnx
 
 from algornn import layers
+from tests._utils import normal
 from tests.layers._common import D_MODEL, make_mixer
 
 pytestmark = pytest.mark.loose_promotion
@@ -28,8 +28,10 @@ OPTIONS_OF = {
     layers.HiPPORNN: layers.HiPPORNNOptions,
     layers.LSSL: layers.LSSLOptions,
     layers.LinearAttention: layers.LinearAttentionOptions,
-    layers.DeltaNet: layers.FastWeightOptions,
-    layers.RetNet: layers.FastWeightOptions,
+    layers.DeltaNet: layers.DeltaNetOptions,
+    layers.RetNet: layers.RetNetOptions,
+    layers.GatedDeltaNet: layers.GatedDeltaNetOptions,
+    layers.DeltaProduct: layers.DeltaProductOptions,
     layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
     layers.SelectiveSSM: layers.SelectiveSSMOptions,
     layers.Mamba2: layers.Mamba2Options,
@@ -101,7 +103,10 @@ def test_mixer_options_unknown_key_names_the_mixer_and_lists_the_signature_optio
         )
     msg = str(info.value)
     assert "DeltaNet: unknown option(s) ['d_state']" in msg
-    assert "['backend', 'chunk_size', 'key_dim', 'num_heads', 'value_dim']" in msg
+    assert (
+        "['backend', 'chunk_size', 'dpfp_nu', 'feature_map', 'key_dim', 'negative_eigenvalues', 'num_heads', "
+        "'output_gate', 'qk_norm', 'short_conv', 'value_dim']" in msg
+    )
     with pytest.raises(ValueError, match="arguments of the block / model"):
         layers.SequenceBlock(D_MODEL, "s4d", mixer_options={"dtype": jnp.bfloat16}, rngs=nnx.Rngs(0))
 
@@ -120,10 +125,12 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
         assert rows[0].rstrip().endswith(first_doc_line)
 
 
-@pytest.mark.parametrize("name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "hawk"])
+@pytest.mark.parametrize(
+    "name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "hawk"]
+)
 def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)
-    x = jax.random.normal(jax.random.key(0), (2, 5, D_MODEL))
+    x = normal(0, (2, 5, D_MODEL))
     y = mixer(x)
     assert jnp.array_equal(mixer(x, dt_scale=1), y)  # 1 is the identity, accepted
     cls = type(mixer).__name__

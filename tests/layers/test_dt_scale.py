@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from algornn import layers, ssm
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, rel_rms_error
 from tests.layers._common import run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
@@ -27,7 +27,7 @@ CONTINUOUS = {
 
 
 def _x(seed=0, B=2):
-    return jax.random.normal(jax.random.key(seed), (B, L, D), jnp.float32)
+    return normal(seed, (B, L, D))
 
 
 def _np(p):

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from algornn import layers
-from tests._utils import assert_close, rel_rms_error, tolerance
+from tests._utils import assert_close, normal, randint, rel_rms_error, tolerance
 from tests.layers._common import D_MODEL, make_mixer, run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
@@ -26,7 +26,7 @@ def test_bfloat16_compute_is_close_to_float32_compute_with_the_same_parameters(n
     f32 = make_mixer(name, seed=3)
     bf = make_mixer(name, seed=3, dtype=BF16)
     assert _param_dtypes(bf) == {"float32"}
-    x = jax.random.normal(jax.random.key(1), (2, 48, D_MODEL), jnp.float32)
+    x = normal(1, (2, 48, D_MODEL))
     y32, ybf = run_call(f32, x), run_call(bf, x)
     assert y32.dtype == jnp.float32 and ybf.dtype == BF16
     assert_close(ybf.astype(jnp.float32), y32, rtol=tolerance("bfloat16"), name=f"{name} bf16 call")
@@ -61,7 +61,7 @@ def test_bfloat16_training_step_of_sequence_model_with_float32_parameters(mixer,
         )
 
     model, ref = build(BF16), build(jnp.float32)
-    x = jax.random.randint(jax.random.key(0), (4, 24), 1, 11)
+    x = randint(0, (4, 24), 1, 11)
     y = jnp.array([0, 1, 2, 1])
     assert model(x).dtype == BF16 and _param_dtypes(model) == {"float32"}
 

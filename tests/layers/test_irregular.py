@@ -17,7 +17,7 @@ import scipy.linalg
 from flax import nnx
 
 from algornn import layers, ssm
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, rel_rms_error
 
 pytestmark = pytest.mark.loose_promotion
 
@@ -44,7 +44,7 @@ def _mixers(names, default=DEFAULT):
 
 
 def _x(seed=0):
-    return jax.random.normal(jax.random.key(seed), (BATCH, L, D), jnp.float32)
+    return normal(seed, (BATCH, L, D))
 
 
 def _dt(seed=1, shape=(BATCH, L)):
@@ -318,7 +318,7 @@ def _loop_lssl(m, x, dt):
 
 
 def _grads(fn, m, x, dt):
-    w = jax.random.normal(jax.random.key(99), x.shape)
+    w = normal(99, x.shape)
     return nnx.grad(lambda mm: jnp.sum(w * fn(mm, x, dt)))(m)
 
 
@@ -414,7 +414,7 @@ def test_sequence_model_passes_dt_to_every_block_and_checks_it():
         pooling="none",
         rngs=nnx.Rngs(0),
     )
-    x = jax.random.normal(jax.random.key(0), (BATCH, 6, 2))
+    x = normal(0, (BATCH, 6, 2))
     dt = _dt(40, (BATCH, 6))
     assert_close(model(x, dt=jnp.full((BATCH, 6), 2.0)), _model_with_scale(model, x, 2.0), rtol=1e-5, name="dt=2")
     with pytest.raises(ValueError, match=r"SequenceModel: dt must hold finite elapsed times > 0"):
@@ -435,7 +435,7 @@ def test_sequence_model_step_with_dt_t_equals_the_call():
         pooling="none",
         rngs=nnx.Rngs(1),
     )
-    x = jax.random.normal(jax.random.key(2), (BATCH, 6, 2))
+    x = normal(2, (BATCH, 6, 2))
     dt = _dt(41, (BATCH, 6))
     state, steps = model.init_state(BATCH), []
     for t in range(6):

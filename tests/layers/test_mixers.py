@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from algornn import layers
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, rel_rms_error
 from tests.layers._common import D_MODEL, available_mixers, make_mixer, run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
@@ -19,7 +19,7 @@ MIXERS = available_mixers()
 
 
 def _x(B, L, seed=0, d=D_MODEL):
-    return jax.random.normal(jax.random.key(seed), (B, L, d), jnp.float32)
+    return normal(seed, (B, L, d))
 
 
 def test_registry_names_are_the_contract():
@@ -36,6 +36,8 @@ def test_registry_names_are_the_contract():
         "gla",
         "retnet",
         "selective_ssm",
+        "gated_deltanet",
+        "delta_product",
         "mamba2",
         "hawk",
     }
@@ -61,7 +63,7 @@ def test_call_equals_step(name):
 def test_every_parameter_gets_a_finite_nonzero_gradient(name):
     mixer = make_mixer(name, seed=1)
     x = _x(2, 37, seed=1)
-    w = jax.random.normal(jax.random.key(7), x.shape, jnp.float32)
+    w = normal(7, x.shape)
 
     def loss(m):
         return jnp.sum(m(x) * w)
@@ -87,7 +89,7 @@ def test_in_sequence_model_and_jit(name):
         pooling="none",
         rngs=nnx.Rngs(0),
     )
-    x = jax.random.normal(jax.random.key(3), (2, 21, 3), jnp.float32)
+    x = normal(3, (2, 21, 3))
     logits = nnx.jit(lambda m, x: m(x))(model, x)
     assert logits.shape == (2, 21, 3) and np.all(np.isfinite(np.asarray(logits)))
     # autoregressive: step through the model == the per-position logits

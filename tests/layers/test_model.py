@@ -9,7 +9,7 @@ from flax import linen, nnx
 from flax.nnx import bridge
 
 from algornn import layers
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, randint, rel_rms_error
 
 pytestmark = pytest.mark.loose_promotion
 
@@ -27,7 +27,7 @@ def _model(**kw):
 
 
 def _tokens(B=3, L=19, seed=0):
-    return jax.random.randint(jax.random.key(seed), (B, L), 1, 11)
+    return randint(seed, (B, L), 1, 11)
 
 
 def test_mean_and_last_pooling_with_lengths_match_unpadded_sequences():
@@ -76,7 +76,7 @@ def test_float_inputs_postnorm_batchnorm_and_mlp():
         dropout=0.1,
         rngs=nnx.Rngs(1),
     )
-    x = jax.random.normal(jax.random.key(0), (4, 13, 5))
+    x = normal(0, (4, 13, 5))
     model.train()
     y_train_1 = _call(model, x)
     y_train_2 = _call(model, x)
@@ -109,7 +109,7 @@ def test_bad_arguments_raise_value_error():
 
 def test_block_with_mixer_class_and_mask():
     block = layers.SequenceBlock(8, layers.LRU, mixer_options={"d_state": 4, "bidirectional": True}, rngs=nnx.Rngs(0))
-    x = jax.random.normal(jax.random.key(0), (2, 10, 8))
+    x = normal(0, (2, 10, 8))
     mask = jnp.array([[1.0] * 6 + [0.0] * 4, [1.0] * 10])
     run = nnx.jit(lambda b, x, mask=None: b(x, mask))
     y = run(block, x, mask)
@@ -153,7 +153,7 @@ def test_ssm_labels_drive_optax_multi_transform():
 @pytest.mark.parametrize("cls,opts,ssm_name", [(layers.LRU, OPTS, "nu_log"), (layers.S4D, {"d_state": 4}, "Lambda_re")])
 def test_linen_bridge_keeps_all_parameters_in_params(cls, opts, ssm_name):
     to_linen = bridge.ToLinen(cls, args=(8,), kwargs=opts)
-    x = jax.random.normal(jax.random.key(0), (2, 9, 8))
+    x = normal(0, (2, 9, 8))
     variables = jax.jit(to_linen.init)(jax.random.key(1), x)
     assert set(variables) == {"params"}
     names = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(variables["params"])}
@@ -239,7 +239,7 @@ def test_ssm_param_labels_label_a_to_linen_tree_and_drive_multi_transform():
             return linen.Dense(2)(bridge.ToLinen(layers.S4D, args=(8,), kwargs={"d_state": 4})(x))
 
     net = Head()
-    x = jax.random.normal(jax.random.key(0), (2, 9, 8))
+    x = normal(0, (2, 9, 8))
     params = jax.jit(net.init)(jax.random.key(1), x)["params"]
     labels = layers.ssm_param_labels(params)
     flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(labels)}

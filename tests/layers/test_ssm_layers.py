@@ -10,7 +10,7 @@ import scipy.signal
 from flax import nnx
 
 from algornn import layers
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, rel_rms_error
 from tests.layers._common import run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
@@ -23,7 +23,7 @@ def _np(p):
 
 
 def _x(B, L, d=D, seed=0):
-    return jax.random.normal(jax.random.key(seed), (B, L, d), jnp.float32)
+    return normal(seed, (B, L, d))
 
 
 # -- kernels against float64 repeated products ---------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_conv_equals_scan_forward_and_gradients(cls, opts, bidirectional):
     conv = cls(D, rngs=nnx.Rngs(3), mode="conv", bidirectional=bidirectional, **opts)
     scan = cls(D, rngs=nnx.Rngs(3), mode="scan", bidirectional=bidirectional, **opts)
     x = _x(2, 67, seed=4)
-    w = jax.random.normal(jax.random.key(5), x.shape)
+    w = normal(5, x.shape)
     assert_close(run_call(scan, x), run_call(conv, x), rtol=1e-5, name="conv vs scan")
     grad = nnx.jit(nnx.grad(lambda m, x: jnp.sum(m(x) * w), argnums=(0, 1)))
     (gc, gxc), (gs, gxs) = grad(conv, x), grad(scan, x)
