@@ -159,6 +159,8 @@ _SYNTHETIC = {
     "mqar_gated_deltanet": ("mqar", "gated_deltanet", {}),  # short conv 4, L2 q/k, gated RMSNorm output
     "mqar_delta_product": ("mqar", "delta_product", {"num_householder": 2}),
     "mqar_mlstm": ("mqar", "mlstm", {}),
+    "mqar_mamba2": ("mqar", "mamba2", {"d_state": 64, "head_dim": 32}),  # E = 128: 4 heads of 32
+    "mqar_hawk": ("mqar", "hawk", {}),
     "mqar_linear_attention": ("mqar", "linear_attention", {}),
     "selective_copying_deltanet": ("selective_copying", "deltanet", {}),
     "induction_linear_attention": ("induction", "linear_attention", {}),

@@ -11,13 +11,14 @@ dtype raises ``ValueError``). ``python -m algornn.layers`` lists the mixers.
 ``param_dtype`` is the storage dtype of the parameters. Discretisation, kernels, FFT convolutions and scans run in
 float32/complex64 whatever ``dtype`` (complex bfloat16 does not exist; the recurrences accumulate in float32).
 
-``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and
-SelectiveSSM (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's ``step`` takes
-``dt_scale=None`` to reuse the system cached by ``init_state``). LRU, MLSTM and the fast-weight mixers
-(LinearAttention, DeltaNet, GatedLinearAttention, RetNet, GatedDeltaNet, DeltaProduct) are discrete-time:
-``dt_scale`` must be 1.
+``dt_scale`` multiplies the step size Δ of the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL,
+SelectiveSSM and Mamba2 (a sampling-rate change; a positive scalar, which may be traced under ``jit``; LSSL's
+``step`` takes ``dt_scale=None`` to reuse the system cached by ``init_state``). LRU, Hawk, MLSTM and the
+fast-weight mixers (LinearAttention, DeltaNet, GatedLinearAttention, RetNet, GatedDeltaNet, DeltaProduct) are
+discrete-time: ``dt_scale`` must be 1.
 The fast-weight mixers share the options ``short_conv``, ``feature_map`` / ``dpfp_nu``, ``qk_norm`` and
-``output_gate`` (and ``negative_eigenvalues`` on the delta-rule ones); see ``layers/_fast_weight.py``.
+``output_gate`` (and ``negative_eigenvalues`` on the delta-rule ones, SelectiveSSM and Mamba2); see
+``layers/_fast_weight.py``.
 ``bidirectional`` is a constructor option of S4, S4D, S5, LRU, LSSL and SelectiveSSM.
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
@@ -36,6 +37,8 @@ from algornn.layers._gated_delta import DeltaProduct as DeltaProduct
 from algornn.layers._gated_delta import DeltaProductOptions as DeltaProductOptions
 from algornn.layers._gated_delta import GatedDeltaNet as GatedDeltaNet
 from algornn.layers._gated_delta import GatedDeltaNetOptions as GatedDeltaNetOptions
+from algornn.layers._hawk import Hawk as Hawk
+from algornn.layers._hawk import HawkOptions as HawkOptions
 from algornn.layers._hippo_rnn import HiPPORNN as HiPPORNN
 from algornn.layers._hippo_rnn import HiPPORNNOptions as HiPPORNNOptions
 from algornn.layers._lmu import LMU as LMU
@@ -44,6 +47,8 @@ from algornn.layers._lru import LRU as LRU
 from algornn.layers._lru import LRUOptions as LRUOptions
 from algornn.layers._lssl import LSSL as LSSL
 from algornn.layers._lssl import LSSLOptions as LSSLOptions
+from algornn.layers._mamba2 import Mamba2 as Mamba2
+from algornn.layers._mamba2 import Mamba2Options as Mamba2Options
 from algornn.layers._mlstm import MLSTM as MLSTM
 from algornn.layers._mlstm import MLSTMOptions as MLSTMOptions
 from algornn.layers._model import SequenceModel as SequenceModel

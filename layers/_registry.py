@@ -2,10 +2,12 @@
 
 from algornn.layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
 from algornn.layers._gated_delta import DeltaProduct, GatedDeltaNet
+from algornn.layers._hawk import Hawk
 from algornn.layers._hippo_rnn import HiPPORNN
 from algornn.layers._lmu import LMU
 from algornn.layers._lru import LRU
 from algornn.layers._lssl import LSSL
+from algornn.layers._mamba2 import Mamba2
 from algornn.layers._mlstm import MLSTM
 from algornn.layers._s4 import S4
 from algornn.layers._s4d import S4D
@@ -28,6 +30,8 @@ MIXERS = {
     "delta_product": DeltaProduct,
     "selective_ssm": SelectiveSSM,
     "mlstm": MLSTM,
+    "mamba2": Mamba2,
+    "hawk": Hawk,
 }
 
 

@@ -13,11 +13,18 @@ Irregular sampling: ``dt (B, L)`` (``dt_t (B,)`` in ``step``) multiplies the lea
 softplus(δ W_Δ + b_Δ) · dt_scale, so the decay exp(Δ_t A) covers the elapsed time; the reverse branch uses the gap
 dt[:, t+1] it crosses from t+1 to t. The short convolution still counts samples, not time.
 
+``negative_eigenvalues=True`` (Grazzi et al. 2025, §4) maps each decay to ``ā_t = 2 exp(Δ_t A) − 1 ∈ (−1, 1)``, so the
+state can flip sign (what parity tracking needs). ``selective_scan`` forms ``exp(Δ_t A)`` itself and cannot take a
+signed decay — nor can the sign be folded into B_t / C_t: its running product σ_t ∈ {±1} differs per (e, n) while
+B_t, C_t are shared over e — so this option materialises ``ā (B, L, E·N)`` and runs ``linear_scan`` on it
+(memory O(B·L·E·N), as a plain scan; the default path never forms it). With ``dt`` the decay is still
+``2 exp(dt_t Δ_t A) − 1``: no longer the composition of shorter gaps.
+
 ``bidirectional=True`` adds the reverse recurrence ``h_t = exp(Δ_t A) h_{t+1} + Δ_t u_t B_t`` with its own
 output map ``C`` (second slice of the projection) and sums the two readouts.
 Constructor: ``SelectiveSSM(d_model, *, d_state=16, expand=1, d_conv=4, dt_rank=None, dt_min=0.001, dt_max=0.1,
-bidirectional=False, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
-option in the class).
+bidirectional=False, negative_eigenvalues=False, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)``
+(one docstring line per option in the class).
 Shape legend: B batch · L length · D d_model · E inner width · N state size · R rank of the Δ projection.
 """
 
@@ -47,7 +54,13 @@ from algornn.layers._options import (
 )
 from algornn.layers._params import f32, param, ssm_param
 from algornn.layers._short_conv import causal_conv, init_conv_weight
-from algornn.scan_kernels import BACKENDS, selective_scan
+from algornn.scan_kernels import BACKENDS, linear_scan, selective_scan
+
+
+def signed_decay(delta, A):
+    """``2 exp(Δ A) − 1 ∈ (−1, 1]`` (Grazzi et al. 2025, §4), ``delta (..., E)``, ``A (E, N)`` -> ``(..., E, N)``;
+    written ``expm1(log 2 + Δ A)`` for full relative accuracy where it crosses zero."""
+    return jnp.expm1(math.log(2.0) + delta[..., None] * A)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +74,7 @@ class SelectiveSSMOptions:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     bidirectional: bool = False
+    negative_eigenvalues: bool = False
     backend: str | None = None
 
     def __post_init__(self):
@@ -71,6 +85,7 @@ class SelectiveSSMOptions:
             check_int("dt_rank", self.dt_rank)
         check_dt_range(self.dt_min, self.dt_max)
         check_bool("bidirectional", self.bidirectional)
+        check_bool("negative_eigenvalues", self.negative_eigenvalues)
         check_choice("backend", self.backend, (None,) + BACKENDS)
 
 
@@ -85,7 +100,10 @@ class SelectiveSSM(nnx.Module):
         dt_rank: rank R of the Δ projection (None: ceil(D / 16)).
         dt_min, dt_max: range of the log-uniform initial Δ (through the softplus bias).
         bidirectional: add the reverse recurrence with its own C_t (no ``step`` then).
-        backend: ``selective_scan`` backend: None (auto), "reference", "xla", "pallas".
+        negative_eigenvalues: decays ``2 exp(Δ A) − 1 ∈ (−1, 1)`` (Grazzi et al.), on ``linear_scan`` over a
+            materialised ``(B, L, E·N)`` decay.
+        backend: ``selective_scan`` backend (``linear_scan``'s with negative_eigenvalues): None (auto),
+            "reference", "xla", "pallas".
         dtype: compute dtype of the projections, convolution, inputs and outputs; Δ, exp(ΔA) and the scan run in
             float32.
         param_dtype: dtype the parameters are stored in.
@@ -108,6 +126,7 @@ class SelectiveSSM(nnx.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         bidirectional: bool = False,
+        negative_eigenvalues: bool = False,
         backend: str | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
@@ -154,6 +173,15 @@ class SelectiveSSM(nnx.Module):
         Cs = [dbc[..., R + (i + 1) * N : R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
         return -jnp.exp(f32(self.A_log)), deltas, Bt, Cs
 
+    def _signed_scan(self, u, delta, A, Bt, C, reverse):
+        """``h_t = (2 exp(Δ_t A) − 1) ⊙ h_{t−1} + (Δ_t u_t) B_t`` on ``linear_scan``; ``y_t = h_t C_t`` (B, L, E)."""
+        B, L, E = u.shape
+        N = A.shape[-1]
+        a = signed_decay(delta, A).reshape(B, L, E * N)
+        b = ((delta * u)[..., None] * Bt[:, :, None, :]).reshape(B, L, E * N)
+        h = linear_scan(a, b, reverse=reverse, backend=self.options.backend).reshape(B, L, E, N)
+        return jnp.einsum("blen,bln->ble", h, C)
+
     def _conv(self, u):
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
         return jax.nn.silu(causal_conv(u, w, b))
@@ -170,7 +198,10 @@ class SelectiveSSM(nnx.Module):
         u = u.astype(jnp.float32)
         y = f32(self.D)[None, None] * u
         for i, C in enumerate(Cs):  # never holds the (B, L, E, N) states; the reverse Δ crosses the next gap
-            y = y + selective_scan(u, deltas[i], A, Bt, C, reverse=i == 1, backend=self.options.backend)[0]
+            if self.options.negative_eigenvalues:
+                y = y + self._signed_scan(u, deltas[i], A, Bt, C, reverse=i == 1)
+            else:
+                y = y + selective_scan(u, deltas[i], A, Bt, C, reverse=i == 1, backend=self.options.backend)[0]
         return self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
@@ -202,7 +233,8 @@ class SelectiveSSM(nnx.Module):
         u_c = jax.nn.silu(jnp.sum(window * w[None], axis=1) + b[None])
         A, (delta,), Bt, (C,) = self._gates(u_c, dt_scale, dt_t)
         u_c = u_c.astype(jnp.float32)
-        h = jnp.exp(delta[..., None] * A) * h + (delta * u_c)[..., None] * Bt[:, None, :]  # (B, E, N)
+        decay = signed_decay(delta, A) if self.options.negative_eigenvalues else jnp.exp(delta[..., None] * A)
+        h = decay * h + (delta * u_c)[..., None] * Bt[:, None, :]  # (B, E, N)
         y = jnp.einsum("ben,bn->be", h, C) + f32(self.D)[None] * u_c
         y = self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
         return (window[:, 1:].astype(jnp.float32), h), y

@@ -90,6 +90,8 @@ def shrink(name, tmp_path):
     mixer_options = config.model.mixer_options
     if "d_state" in mixer_options:
         overrides.append(f"model.mixer_options.d_state={2 * mixer_options.get('blocks', 2)}")
+    if "head_dim" in mixer_options:  # Mamba2: the head size must divide the shrunken inner width
+        overrides.append("model.mixer_options.head_dim=4")
     return apply_overrides(config, overrides)
 
 
@@ -110,6 +112,8 @@ DEFAULT = {
     "mqar_delta_product",
     "mqar_mlstm",
     "mqar_linear_attention",
+    "mqar_mamba2",
+    "mqar_hawk",
     "selective_copying_deltanet",
     "induction_linear_attention",
     "copying_lru",

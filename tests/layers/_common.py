@@ -25,6 +25,8 @@ SMALL_OPTIONS = {
     "delta_product": {"num_heads": 2, "chunk_size": 16},
     "selective_ssm": {"d_state": 4},
     "mlstm": {"num_heads": 2, "chunk_size": 16},
+    "mamba2": {"d_state": 4, "head_dim": 4, "chunk_size": 16},
+    "hawk": {"expand": 1.5, "gate_blocks": 2},
 }
 
 

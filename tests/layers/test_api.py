@@ -35,6 +35,8 @@ OPTIONS_OF = {
     layers.GatedLinearAttention: layers.GatedLinearAttentionOptions,
     layers.SelectiveSSM: layers.SelectiveSSMOptions,
     layers.MLSTM: layers.MLSTMOptions,
+    layers.Mamba2: layers.Mamba2Options,
+    layers.Hawk: layers.HawkOptions,
 }
 
 
@@ -63,7 +65,7 @@ def test_options_are_keywords_with_the_record_defaults_and_one_docstring_line_ea
         ]
         assert lines, f"{cls.__name__} docstring has no line for option {name!r}"
     text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
-    assert "d_state" in text or "num_heads" in text
+    assert all(name in text for name in options), "help() does not list every option"
 
 
 def test_built_layer_keeps_its_validated_options_record():
@@ -125,7 +127,7 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "mlstm"]
+    "name", ["lru", "linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "hawk", "mlstm"]
 )
 def test_discrete_time_mixers_refuse_dt_scale_other_than_one(name):
     mixer = make_mixer(name)

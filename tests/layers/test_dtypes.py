@@ -21,7 +21,9 @@ def _param_dtypes(model):
     return {np.dtype(v.dtype).name for v in jax.tree.leaves(nnx.state(model, nnx.Param))}
 
 
-@pytest.mark.parametrize("name", ["s4d", "s5", "lssl", "lmu", "deltanet", "gla", "selective_ssm", "mlstm"])
+@pytest.mark.parametrize(
+    "name", ["s4d", "s5", "lssl", "lmu", "deltanet", "gla", "selective_ssm", "mamba2", "hawk", "mlstm"]
+)
 def test_bfloat16_compute_is_close_to_float32_compute_with_the_same_parameters(name):
     f32 = make_mixer(name, seed=3)
     bf = make_mixer(name, seed=3, dtype=BF16)

@@ -39,6 +39,8 @@ def test_registry_names_are_the_contract():
         "gated_deltanet",
         "delta_product",
         "mlstm",
+        "mamba2",
+        "hawk",
     }
 
 
