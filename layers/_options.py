@@ -137,8 +137,8 @@ def check_discrete_dt_scale(owner: str, dt_scale, why: str) -> None:
         shown = "a traced value" if not is_concrete(dt_scale) else repr(dt_scale)
         raise ValueError(
             f"{owner}: dt_scale={shown} is not supported: {why}, so it has no step size Δ to scale; "
-            f"dt_scale must be 1. The continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL and "
-            f"SelectiveSSM take dt_scale"
+            f"dt_scale must be 1. The continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, LSSL, "
+            f"SelectiveSSM and Mamba2 take dt_scale"
         )
 
 
