@@ -15,7 +15,9 @@ For every mixer in ``layers.MIXERS`` (default options except the sizes below), i
   generated token) at L/4 and L. ``speedup`` = call(L) / step. Target: step flat in L and >= 50x cheaper.
 
 Sizes (issue 5): B=8, L=4096, D=256, N=64 for the SSMs (SelectiveSSM: N=16, Mamba's default, since its
-(B, L, D, N) scan inputs at N=64 need ~1 GB each), 4 heads for the attention family. ``--quick``: B=2, L=1024,
+(B, L, D, N) scan inputs at N=64 need ~1 GB each), 4 heads for the attention family (GatedDeltaNet, DeltaProduct
+and MLSTM included; MLSTM's heads are over its E = 2·D up-projection), Mamba2 at its defaults (E = 2·D, heads of
+64, N per head), Hawk at its defaults (RG-LRU width 4/3·D). ``--quick``: B=2, L=1024,
 D=64, N=16, 2 heads. Timings on a shared CPU are noisy: compare rows of one run, not across runs.
 Writes JSON (default ``./results/layers_<platform>.json`` in the working directory).
 """
@@ -34,7 +36,7 @@ from algornn import layers
 from algornn.experiments.benchmarks._report import output_path, write_json
 
 SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
-HEADS_NAMES = ("linear_attention", "deltanet", "gla", "retnet")
+HEADS_NAMES = ("linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "mlstm")
 
 
 def mixer_options(name: str, n: int, heads: int) -> dict:
@@ -46,6 +48,10 @@ def mixer_options(name: str, n: int, heads: int) -> dict:
         return {"d_state": min(n, 16)}
     if name in HEADS_NAMES:
         return {"num_heads": heads}
+    if name == "mamba2":  # E = 2·D inner channels in heads of 64 (Mamba-2's defaults), N states per head
+        return {"d_state": n}
+    if name == "hawk":
+        return {}
     raise ValueError(f"no benchmark options for mixer {name!r}")
 
 
