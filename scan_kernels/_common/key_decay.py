@@ -1,7 +1,7 @@
 """Per-key decayed scores of a chunk, by secondary chunking (no (C, C, K) tensor, no overflow).
 
 Shape legend: ... leading batch dims · C chunk · K key dim · c sub-chunk · nb = ceil(C / c) sub-chunks ·
-Cp = nb·c.
+Cp = nb·c · m score rows sharing the columns.
 
 With per-key cumulative log-gates ``γ (..., C, K)`` inside a chunk (non-increasing: g ≤ 0), the chunked forms of
 linear attention with per-key gates and of the delta rule with per-key decay need the scores
@@ -11,21 +11,24 @@ linear attention with per-key gates and of the delta rule with per-key decay nee
 ``exp(γ_r − γ_i)`` must not be split as ``exp(γ_r) · exp(−γ_i)``: ``exp(−γ)`` overflows (−20 per step over 64
 steps is e^1280). The exact ``(C, C, K)`` tensor of pairwise decays is safe but costs C²·K exponentials and that
 much memory. Secondary chunking (GLA, Yang et al. 2024, §4, two-level chunking) splits the chunk into
-sub-chunks of c; for r in sub-chunk a and i in an *earlier* sub-chunk, with ρ_a the first position of a,
+sub-chunks of c; for r in sub-chunk a and i in an *earlier* sub-chunk b, with ρ_a the first position of a and
+ε_b the last of b (i ≤ ε_b < ρ_a ≤ r),
 
-    exp(γ_r − γ_i) = exp(γ_r − γ_ρa) · exp(γ_ρa − γ_i),        both exponents ≤ 0  (i < ρ_a ≤ r)
+    exp(γ_r − γ_i) = exp(γ_r − γ_ρa) · exp(γ_ρa − γ_εb) · exp(γ_εb − γ_i),        every exponent ≤ 0
 
-so those blocks are plain matmuls of ``X̃ = x ⊙ exp(γ − γ_ρ)`` against ``K̃_a = k ⊙ exp(γ_ρa − γ)`` masked to
-``i < ρ_a``; only the c×c diagonal blocks use exact decays ``(nb, c, c, K)``. Exponentials: C·K·(C/c + c)
-instead of C²·K (a quarter at C = 64, c = 16). Every exponent is ≤ 0: an exponential can underflow to 0
-(where the exact product is below float32 range anyway), never overflow.
+so those blocks are plain matmuls of ``X̃ = x ⊙ exp(γ − γ_ρ)`` against ``K̃_a = k ⊙ ek_a``,
+``ek_a,i = exp(γ_ρa − γ_εb) · exp(γ_εb − γ_i)`` masked to ``i < ρ_a``; only the c×c diagonal blocks use exact
+decays ``(nb, c, c, K)``. Exponentials: C·K·(2 + c) + nb²·K instead of C²·K. Every exponent is ≤ 0 and every
+factor is at least the decay it is part of: an exponential can underflow to 0 only where the exact decay is below
+float32 range anyway, never overflow.
 
-Gradients of ``<dS, S>`` (factored the same way; ``key_decayed_scores_vjp``):
+Gradients of ``<dS, S>`` (factored the same way; ``decayed_scores_vjp``):
 
     dx_r = Σ_i dS_ri (k_i ⊙ e^{γ_r − γ_i}),   dk_i = Σ_r dS_ri (x_r ⊙ e^{γ_r − γ_i}),   dγ = x ⊙ dx − k ⊙ dk
 
 (each score is ∝ exp(γ_r − γ_i): +1 on its row's γ, −1 on its column's). ``key_decayed_scores`` wraps both in a
-``custom_vjp`` for callers that differentiate with ``jax.vjp``.
+``custom_vjp`` (keeping the decay factors as residuals) for callers that differentiate with ``jax.vjp``, as linear
+attention's per-key gates do.
 """
 
 from functools import partial
@@ -35,8 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Sub-chunk length c: C·K·(C/c + c) exponentials is smallest near c = √C; 16 keeps the diagonal blocks' matmul-free
-# work small and the off-diagonal matmuls large at C = 64.
+# Sub-chunk length c: exact decays cost C·c·K exponentials and the decayed keys nb·C·K products; on the 2-core CPU
+# the per-key delta rule at C = 64 ran fastest with 16 (8 and 32 slower).
 SUB_CHUNK = 16
 
 _mm = partial(jnp.einsum, precision=lax.Precision.HIGHEST)
@@ -47,7 +50,7 @@ class KeyDecay(NamedTuple):
 
     C: int  # chunk length (before padding to Cp)
     fx: jax.Array  # exp(γ_r − γ_ρ(r)), (..., nb, c, K)
-    ek: jax.Array  # exp(γ_ρa − γ_i) where i < ρ_a, else 0, (..., nb, Cp, K)
+    ek: jax.Array  # exp(γ_ρa − γ_εb) · exp(γ_εb − γ_i) (i in sub-chunk b < a), else 0, (..., nb, Cp, K)
     dd: jax.Array  # exp(γ_r − γ_i) where r ≥ i inside each sub-chunk, else 0, (..., nb, c, c, K)
 
 
@@ -62,11 +65,13 @@ def key_decay(gam, sub: int = SUB_CHUNK) -> KeyDecay:
     if Cp != C:
         gam = jnp.pad(gam, [(0, 0)] * len(lead) + [(0, Cp - C), (0, 0)], mode="edge")
     g4 = gam.reshape(lead + (nb, c, K))
-    ref = g4[..., :1, :]  # γ_ρa, (..., nb, 1, K)
-    fx = jnp.exp(g4 - ref)
-    before = _lift(jnp.arange(Cp)[None, :] < c * jnp.arange(nb)[:, None], len(lead), 1)  # i < ρ_a, (nb, Cp, 1)
-    diff = ref - gam[..., None, :, :]  # γ_ρa − γ_i, (..., nb, Cp, K)
-    ek = jnp.where(before, jnp.exp(jnp.where(before, diff, 0.0)), 0.0)  # masked before exp: no inf, no inf grad
+    first, last = g4[..., :1, :], g4[..., -1:, :]  # γ_ρa, γ_εb (..., nb, 1, K)
+    fx = jnp.exp(g4 - first)
+    fk = jnp.exp(last - g4)  # exp(γ_εb − γ_i), (..., nb, c, K)
+    before = _lift(jnp.arange(nb)[:, None] > jnp.arange(nb)[None, :], len(lead), 1)  # b < a, (nb, nb, 1)
+    span = first - jnp.swapaxes(last, -3, -2)  # γ_ρa − γ_εb, (..., nb, nb, K)
+    mid = jnp.where(before, jnp.exp(jnp.where(before, span, 0.0)), 0.0)  # masked before exp: no inf, no inf grad
+    ek = (mid[..., :, :, None, :] * fk[..., None, :, :, :]).reshape(lead + (nb, Cp, K))
     incl = _lift(jnp.arange(c)[:, None] >= jnp.arange(c)[None, :], len(lead) + 1, 1)  # (c, c, 1)
     dg = g4[..., :, None, :] - g4[..., None, :, :]  # γ_r − γ_i, (..., nb, c, c, K)
     dd = jnp.where(incl, jnp.exp(jnp.where(incl, dg, 0.0)), 0.0)
@@ -136,17 +141,18 @@ def decayed_scores_vjp(dS, x, k, dec: KeyDecay, strict: bool = False):
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def key_decayed_scores(x, k, gam, strict: bool = False, sub: int = SUB_CHUNK):
     """``S_ri = Σ_d x_rd k_id exp(γ_rd − γ_id)`` masked to r ≥ i (r > i if ``strict``) for ``x, k, gam (..., C, K)``
-    -> ``(..., C, C)``, by secondary chunking; its ``custom_vjp`` recomputes the decay factors."""
+    -> ``(..., C, C)``, by secondary chunking; its ``custom_vjp`` keeps the decay factors."""
     return decayed_scores(x, k, key_decay(gam, sub), strict)
 
 
 def _scores_fwd(x, k, gam, strict, sub):
-    return decayed_scores(x, k, key_decay(gam, sub), strict), (x, k, gam)
+    dec = key_decay(gam, sub)
+    return decayed_scores(x, k, dec, strict), (x, k, dec.fx, dec.ek, dec.dd)
 
 
 def _scores_bwd(strict, sub, res, dS):
-    x, k, gam = res
-    return decayed_scores_vjp(dS, x, k, key_decay(gam, sub), strict)
+    x, k, fx, ek, dd = res
+    return decayed_scores_vjp(dS, x, k, KeyDecay(x.shape[-2], fx, ek, dd), strict)
 
 
 key_decayed_scores.defvjp(_scores_fwd, _scores_bwd)
