@@ -28,6 +28,10 @@ state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) �
 ``dense_linear_scan``, then each chunk's input gradients follow; as U = T R, the solve's cotangents are
 ``dR = Tᵀ dU``, ``dA = −dR Uᵀ``; per-key score cotangents go back through the same sub-chunk factors
 (``decayed_scores_vjp``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
+
+Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one ``lax.scan`` over steps of
+``FORWARD_STEP`` tokens in sub-chunks of ``FORWARD_CHUNK``, heads-first ``(B·H, C, ·)``, the chunks of a step in
+order as ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (M is never formed), storing nothing.
 """
 
 from functools import partial
@@ -40,6 +44,7 @@ from algornn.scan_kernels._common.backend import abstract, check_backend, probe_
 from algornn.scan_kernels._common.chunk_utils import (
     causal_masks,
     for_chunk_groups,
+    num_chunks,
     pad_tokens,
     read_chunks,
     segment_decay,
@@ -64,6 +69,12 @@ CHUNK_GROUP = 8
 # Per-key gates add (group, H, 4, C, K) decay factors and (group, H, 4, 16, 16, K) diagonal-block decays per group:
 # 4 chunks per group keep fwd+bwd scratch at L=16384 (B=1, H=4, K=V=C=64) below 1/10 of per-token states.
 KEY_CHUNK_GROUP = 4
+# The forward without differentiation (``_forward_only``) works on chunks of at most FORWARD_CHUNK tokens,
+# FORWARD_STEP tokens per loop step. At B=1, H=4, K=V=64, L=4096 (float32, 2-core CPU) steps of 4 chunks of 32 ran
+# 1.6-1.8x faster than the group loop of ``_forward`` at C=64, and as fast as 8 chunks of 16; C=32 has the fewest
+# products per token (the C² terms cost ∝ C per token, the state terms a constant 6KV).
+FORWARD_CHUNK = 32
+FORWARD_STEP = 128
 
 
 def _group(g):
@@ -167,10 +178,62 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
 
+def _steps_layout(x, ns, G, C):
+    """``(B, ns·G·C, H, *F)`` -> ``(ns, G, B·H, C, *F)``: loop steps, chunks of a step, heads as one batch axis."""
+    B, _, H = x.shape[:3]
+    x = x.reshape((B, ns, G, C, H) + x.shape[3:])
+    x = jnp.transpose(x, (1, 2, 0, 4, 3) + tuple(range(5, x.ndim)))
+    return x.reshape((ns, G, B * H, C) + x.shape[5:])
+
+
+def _forward_step(S, xs):
+    """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` entering the step; ``xs`` the step's
+    ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)``, ``β (G, B·H, C)`` and log-gates ``(G, B·H, C[, K])`` (or None).
+    The chunk terms (``chunk_terms``, one leading batch axis of 1) are batched over the G chunks; between them
+    the chunks run in order, ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (two
+    ``(C, K)·(K, V)`` products per chunk: the transition ``M`` is never formed, saving its ``K×K`` product and the
+    ``K²V`` product ``M S``). Returns the leaving state and ``O (G, B·H, C, V)``."""
+    Q, K, V, b, g = (None if x is None else x[None] for x in xs)  # (1, G, B·H, C, ·)
+    gam = jnp.zeros_like(b) if g is None else jnp.cumsum(g, axis=3)
+    c = chunk_terms(K, b, gam)
+    Ut = _mm("bnhij,bnhjv->nhiv", c["T"], b[..., None] * V)  # Ũ = T (β ⊙ V)
+    W, Kh = c["W"][0], c["Kh"][0]
+    eC = c["eC"][0]  # (G, B·H) or, per key, (G, B·H, K)
+    eC = eC[..., None, None] if eC.ndim == 2 else eC[..., None]
+    entering, Us = [], []
+    for n in range(Ut.shape[0]):
+        entering.append(S)
+        Us.append(Ut[n] - _mm("hck,hkv->hcv", W[n], S))
+        S = eC[n] * S + _mm("hck,hcv->hkv", Kh[n], Us[n])
+    S0, U = jnp.stack(entering)[None], jnp.stack(Us)[None]  # (1, G, B·H, ·, V)
+    o = _mm("bnhck,bnhkv->bnhcv", Q * c["e"], S0) + _mm("bnhij,bnhjv->bnhiv", _scores(Q, K, c), U)
+    return S, o[0]
+
+
+@partial(jax.jit, static_argnames=("C",))
+def _forward_only(q, k, v, beta, g, s0, C):
+    """Forward without residuals (the ``custom_vjp`` primal: no differentiation) on padded float32 inputs
+    ``(B, Lp, H, ·)``: ``o (B, Lp, H, V)`` and the final state ``(B, H, K, V)``.
+
+    One ``lax.scan`` over steps of ``G`` chunks of ``min(C, FORWARD_CHUNK)`` tokens in the heads-first layout
+    ``(B·H, C, ·)`` (one transposed copy of the inputs and the output, none per step), each step computing its
+    chunks' terms, their outputs and the state it passes on; nothing is stored for a backward pass.
+    """
+    B, Lp, H, K = q.shape
+    V = v.shape[-1]
+    Cf = min(C, FORWARD_CHUNK)
+    G = max(1, min(FORWARD_STEP // Cf, -(-Lp // Cf)))
+    ns = num_chunks(Lp, Cf * G)
+    xs = tuple(None if x is None else _steps_layout(pad_tokens(x, Cf * G), ns, G, Cf) for x in (q, k, v, beta, g))
+    S, o = lax.scan(_forward_step, s0.reshape(B * H, K, V), xs)
+    o = jnp.transpose(o.reshape(ns, G, B, H, Cf, V), (2, 0, 1, 4, 3, 5)).reshape(B, ns * G * Cf, H, V)
+    return o[:, :Lp], S.reshape(B, H, K, V)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, _ = _forward(q, k, v, beta, g, s0, C, _group(g), scan_backend, keep=False)
-    return o, final
+    # no differentiation: the residual-free one-pass forward (``_chunked_fwd`` keeps S⁰, T and U instead)
+    return _forward_only(q, k, v, beta, g, s0, C)
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
