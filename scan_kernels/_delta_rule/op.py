@@ -29,7 +29,7 @@ state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) �
 ``dR = Tᵀ dU``, ``dA = −dR Uᵀ``; per-key score cotangents go back through the same sub-chunk factors
 (``decayed_scores_vjp``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
 
-Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one ``lax.scan`` over steps of
+Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one loop over steps of
 ``FORWARD_STEP`` tokens in sub-chunks of ``FORWARD_CHUNK``, heads-first ``(B·H, C, ·)``, the chunks of a step in
 order as ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (M is never formed), storing nothing.
 """
@@ -44,12 +44,13 @@ from algornn.scan_kernels._common.backend import abstract, check_backend, probe_
 from algornn.scan_kernels._common.chunk_utils import (
     causal_masks,
     for_chunk_groups,
-    num_chunks,
     pad_tokens,
     read_chunks,
+    read_chunks_heads_first,
     segment_decay,
     unit_lower_inverse,
     write_chunks,
+    write_chunks_heads_first,
 )
 from algornn.scan_kernels._common.fast_weight_checks import (
     check_beta,
@@ -178,14 +179,6 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
 
-def _steps_layout(x, ns, G, C):
-    """``(B, ns·G·C, H, *F)`` -> ``(ns, G, B·H, C, *F)``: loop steps, chunks of a step, heads as one batch axis."""
-    B, _, H = x.shape[:3]
-    x = x.reshape((B, ns, G, C, H) + x.shape[3:])
-    x = jnp.transpose(x, (1, 2, 0, 4, 3) + tuple(range(5, x.ndim)))
-    return x.reshape((ns, G, B * H, C) + x.shape[5:])
-
-
 def _forward_step(S, xs):
     """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` entering the step; ``xs`` the step's
     ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)``, ``β (G, B·H, C)`` and log-gates ``(G, B·H, C[, K])`` (or None).
@@ -215,19 +208,22 @@ def _forward_only(q, k, v, beta, g, s0, C):
     """Forward without residuals (the ``custom_vjp`` primal: no differentiation) on padded float32 inputs
     ``(B, Lp, H, ·)``: ``o (B, Lp, H, V)`` and the final state ``(B, H, K, V)``.
 
-    One ``lax.scan`` over steps of ``G`` chunks of ``min(C, FORWARD_CHUNK)`` tokens in the heads-first layout
-    ``(B·H, C, ·)`` (one transposed copy of the inputs and the output, none per step), each step computing its
-    chunks' terms, their outputs and the state it passes on; nothing is stored for a backward pass.
+    One pass over steps of ``FORWARD_STEP // Cf`` chunks of ``Cf = min(C, FORWARD_CHUNK)`` tokens
+    (``for_chunk_groups``), each step reading its slices heads-first ``(B·H, Cf, ·)``, computing its chunks' terms,
+    outputs and the state it passes on, and writing its outputs in place; nothing is stored for a backward pass.
     """
     B, Lp, H, K = q.shape
-    V = v.shape[-1]
     Cf = min(C, FORWARD_CHUNK)
-    G = max(1, min(FORWARD_STEP // Cf, -(-Lp // Cf)))
-    ns = num_chunks(Lp, Cf * G)
-    xs = tuple(None if x is None else _steps_layout(pad_tokens(x, Cf * G), ns, G, Cf) for x in (q, k, v, beta, g))
-    S, o = lax.scan(_forward_step, s0.reshape(B * H, K, V), xs)
-    o = jnp.transpose(o.reshape(ns, G, B, H, Cf, V), (2, 0, 1, 4, 3, 5)).reshape(B, ns * G * Cf, H, V)
-    return o[:, :Lp], S.reshape(B, H, K, V)
+    xs = tuple(None if x is None else pad_tokens(x, Cf) for x in (q, k, v, beta, g))  # a copy only if Cf ∤ Lp
+
+    def body(start, n, carry):
+        S, o = carry
+        S, o_n = _forward_step(S, tuple(None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in xs))
+        return S, write_chunks_heads_first(o, o_n, start)
+
+    carry = (s0.reshape(B * H, K, v.shape[-1]), jnp.zeros(xs[2].shape, jnp.float32))
+    S, o = for_chunk_groups(body, carry, xs[0].shape[1] // Cf, max(1, FORWARD_STEP // Cf))
+    return o[:, :Lp], S.reshape(s0.shape)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))

@@ -18,7 +18,7 @@ intra-chunk terms recomputed) from its entering state and its leaving state's co
 O(B·L·H·(K+V) + NC·B·H·K·V + group·C²) — no per-token K×V state is ever formed (tested with
 ``memory_analysis``).
 
-Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one ``lax.scan`` over steps of
+Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one loop over steps of
 ``FORWARD_STEP`` tokens in sub-chunks of ``FORWARD_CHUNK``, heads-first ``(B·H, C, ·)``, each step computing its
 chunks' outputs and passing its state on — no chunk states are stored and nothing is read twice.
 """
@@ -36,11 +36,12 @@ from algornn.scan_kernels._common.chunk_utils import (
     for_chunk_groups,
     key_segment_decay,
     leaving_cotangents,
-    num_chunks,
     pad_tokens,
     read_chunks,
+    read_chunks_heads_first,
     segment_decay,
     write_chunks,
+    write_chunks_heads_first,
     write_states,
 )
 from algornn.scan_kernels._common.fast_weight_checks import check_chunk_size, check_log_decay, check_qkv, check_state
@@ -137,14 +138,6 @@ def _forward(q, k, v, g, s0, kind, C, group, scan_backend):
     return for_chunk_groups(output, jnp.zeros(v.shape, jnp.float32), nc, group), s_end, decay
 
 
-def _steps_layout(x, ns, G, C):
-    """``(B, ns·G·C, H, *F)`` -> ``(ns, G, B·H, C, *F)``: loop steps, chunks of a step, heads as one batch axis."""
-    B, _, H = x.shape[:3]
-    x = x.reshape((B, ns, G, C, H) + x.shape[3:])
-    x = jnp.transpose(x, (1, 2, 0, 4, 3) + tuple(range(5, x.ndim)))
-    return x.reshape((ns, G, B * H, C) + x.shape[5:])
-
-
 def _forward_step(S, xs, kind, incl):
     """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` the state entering the step, ``xs`` the
     step's ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)`` and log-gates ``(G, B·H, C[, K])`` (None without gates).
@@ -176,22 +169,25 @@ def _forward_only(q, k, v, g, s0, kind, C):
     """Forward without residuals (the ``custom_vjp`` primal: no differentiation) on padded float32 inputs
     ``(B, Lp, H, ·)``: ``o (B, Lp, H, V)`` and the final state ``(B, H, K, V)``.
 
-    One pass: a ``lax.scan`` over steps of ``G`` chunks of ``min(C, FORWARD_CHUNK)`` tokens each, in the
-    heads-first layout ``(B·H, C, ·)``, each step computing its chunks' outputs and the state it passes on — no
-    separate state pass, no stored chunk states, and a step's temporaries stay in cache (the same arithmetic
-    as ``_forward``, regrouped; see ``FORWARD_CHUNK``).
+    One pass over steps of ``FORWARD_STEP // Cf`` chunks of ``Cf = min(C, FORWARD_CHUNK)`` tokens
+    (``for_chunk_groups``), each step reading its slices heads-first ``(B·H, Cf, ·)``, computing its chunks'
+    outputs and the state it passes on, and writing its outputs in place — no separate state pass, no stored chunk
+    states, no transposed copy of a whole input, and a step's temporaries stay in cache.
     """
     B, Lp, H, K = q.shape
-    V = v.shape[-1]
     Cf = min(C, FORWARD_CHUNK)
-    G = max(1, min(FORWARD_STEP // Cf, -(-Lp // Cf)))
-    Ls = num_chunks(Lp, Cf * G) * Cf * G
-    ns = Ls // (Cf * G)
-    xs = tuple(None if x is None else _steps_layout(pad_tokens(x, Cf * G), ns, G, Cf) for x in (q, k, v, g))
+    q, k, v, g = (None if x is None else pad_tokens(x, Cf) for x in (q, k, v, g))  # a copy only if Cf ∤ Lp
     incl, _ = causal_masks(Cf)
-    S, o = lax.scan(lambda S, x: _forward_step(S, x, kind, incl), s0.reshape(B * H, K, V), xs)
-    o = jnp.transpose(o.reshape(ns, G, B, H, Cf, V), (2, 0, 1, 4, 3, 5)).reshape(B, Ls, H, V)
-    return o[:, :Lp], S.reshape(B, H, K, V)
+
+    def body(start, n, carry):
+        S, o = carry
+        xs = tuple(None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in (q, k, v, g))
+        S, o_n = _forward_step(S, xs, kind, incl)
+        return S, write_chunks_heads_first(o, o_n, start)
+
+    carry = (s0.reshape(B * H, K, v.shape[-1]), jnp.zeros(v.shape, jnp.float32))
+    S, o = for_chunk_groups(body, carry, q.shape[1] // Cf, max(1, FORWARD_STEP // Cf))
+    return o[:, :Lp], S.reshape(s0.shape)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
