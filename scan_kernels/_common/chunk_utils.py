@@ -108,6 +108,23 @@ def write_chunks(buf, y, start):
     return lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), start * C, axis=1)
 
 
+def read_chunks_heads_first(x, start, n: int, C: int):
+    """Chunks ``[start, start + n)`` of ``(B, NC·C, H, *F)`` as ``(n, B·H, C, *F)``: a slice, transposed in cache
+    (heads and batch rows become one leading batch axis of the chunk matmuls)."""
+    y = read_chunks(x, start, n, C)  # (B, n, C, H, *F)
+    B, H = y.shape[0], y.shape[3]
+    y = jnp.transpose(y, (1, 0, 3, 2) + tuple(range(4, y.ndim)))
+    return y.reshape((n, B * H, C) + y.shape[4:])
+
+
+def write_chunks_heads_first(buf, y, start):
+    """Write ``y (n, B·H, C, *F)`` into the token buffer ``buf (B, NC·C, H, *F)`` at chunk ``start`` (in place)."""
+    B, H = buf.shape[0], buf.shape[2]
+    n, _, C = y.shape[:3]
+    y = y.reshape((n, B, H, C) + y.shape[3:])
+    return write_chunks(buf, jnp.transpose(y, (1, 0, 3, 2) + tuple(range(4, y.ndim))), start)
+
+
 def write_states(buf, y, start):
     return lax.dynamic_update_slice_in_dim(buf, y.astype(buf.dtype), start, axis=2)
 

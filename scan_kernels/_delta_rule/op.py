@@ -28,6 +28,10 @@ state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) �
 ``dense_linear_scan``, then each chunk's input gradients follow; as U = T R, the solve's cotangents are
 ``dR = Tᵀ dU``, ``dA = −dR Uᵀ``; per-key score cotangents go back through the same sub-chunk factors
 (``decayed_scores_vjp``). Residuals O(B·L·H·(K+V) + NC·B·H·(K·V + C²)); no per-token state is formed.
+
+Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one loop over steps of
+``FORWARD_STEP`` tokens in sub-chunks of ``FORWARD_CHUNK``, heads-first ``(B·H, C, ·)``, the chunks of a step in
+order as ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (M is never formed), storing nothing.
 """
 
 from functools import partial
@@ -42,9 +46,11 @@ from algornn.scan_kernels._common.chunk_utils import (
     for_chunk_groups,
     pad_tokens,
     read_chunks,
+    read_chunks_heads_first,
     segment_decay,
     unit_lower_inverse,
     write_chunks,
+    write_chunks_heads_first,
 )
 from algornn.scan_kernels._common.fast_weight_checks import (
     check_beta,
@@ -64,6 +70,12 @@ CHUNK_GROUP = 8
 # Per-key gates add (group, H, 4, C, K) decay factors and (group, H, 4, 16, 16, K) diagonal-block decays per group:
 # 4 chunks per group keep fwd+bwd scratch at L=16384 (B=1, H=4, K=V=C=64) below 1/10 of per-token states.
 KEY_CHUNK_GROUP = 4
+# The forward without differentiation (``_forward_only``) works on chunks of at most FORWARD_CHUNK tokens,
+# FORWARD_STEP tokens per loop step. At B=1, H=4, K=V=64, L=4096 (float32, 2-core CPU) steps of 4 chunks of 32 ran
+# 1.6-1.8x faster than the group loop of ``_forward`` at C=64, and as fast as 8 chunks of 16; C=32 has the fewest
+# products per token (the C² terms cost ∝ C per token, the state terms a constant 6KV).
+FORWARD_CHUNK = 32
+FORWARD_STEP = 128
 
 
 def _group(g):
@@ -167,10 +179,57 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep):
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
 
+def _forward_step(S, xs):
+    """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` entering the step; ``xs`` the step's
+    ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)``, ``β (G, B·H, C)`` and log-gates ``(G, B·H, C[, K])`` (or None).
+    The chunk terms (``chunk_terms``, one leading batch axis of 1) are batched over the G chunks; between them
+    the chunks run in order, ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (two
+    ``(C, K)·(K, V)`` products per chunk: the transition ``M`` is never formed, saving its ``K×K`` product and the
+    ``K²V`` product ``M S``). Returns the leaving state and ``O (G, B·H, C, V)``."""
+    Q, K, V, b, g = (None if x is None else x[None] for x in xs)  # (1, G, B·H, C, ·)
+    gam = jnp.zeros_like(b) if g is None else jnp.cumsum(g, axis=3)
+    c = chunk_terms(K, b, gam)
+    Ut = _mm("bnhij,bnhjv->nhiv", c["T"], b[..., None] * V)  # Ũ = T (β ⊙ V)
+    W, Kh = c["W"][0], c["Kh"][0]
+    eC = c["eC"][0]  # (G, B·H) or, per key, (G, B·H, K)
+    eC = eC[..., None, None] if eC.ndim == 2 else eC[..., None]
+    entering, Us = [], []
+    for n in range(Ut.shape[0]):
+        entering.append(S)
+        Us.append(Ut[n] - _mm("hck,hkv->hcv", W[n], S))
+        S = eC[n] * S + _mm("hck,hcv->hkv", Kh[n], Us[n])
+    S0, U = jnp.stack(entering)[None], jnp.stack(Us)[None]  # (1, G, B·H, ·, V)
+    o = _mm("bnhck,bnhkv->bnhcv", Q * c["e"], S0) + _mm("bnhij,bnhjv->bnhiv", _scores(Q, K, c), U)
+    return S, o[0]
+
+
+@partial(jax.jit, static_argnames=("C",))
+def _forward_only(q, k, v, beta, g, s0, C):
+    """Forward without residuals (the ``custom_vjp`` primal: no differentiation) on padded float32 inputs
+    ``(B, Lp, H, ·)``: ``o (B, Lp, H, V)`` and the final state ``(B, H, K, V)``.
+
+    One pass over steps of ``FORWARD_STEP // Cf`` chunks of ``Cf = min(C, FORWARD_CHUNK)`` tokens
+    (``for_chunk_groups``), each step reading its slices heads-first ``(B·H, Cf, ·)``, computing its chunks' terms,
+    outputs and the state it passes on, and writing its outputs in place; nothing is stored for a backward pass.
+    """
+    B, Lp, H, K = q.shape
+    Cf = min(C, FORWARD_CHUNK)
+    xs = tuple(None if x is None else pad_tokens(x, Cf) for x in (q, k, v, beta, g))  # a copy only if Cf ∤ Lp
+
+    def body(start, n, carry):
+        S, o = carry
+        S, o_n = _forward_step(S, tuple(None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in xs))
+        return S, write_chunks_heads_first(o, o_n, start)
+
+    carry = (s0.reshape(B * H, K, v.shape[-1]), jnp.zeros(xs[2].shape, jnp.float32))
+    S, o = for_chunk_groups(body, carry, xs[0].shape[1] // Cf, max(1, FORWARD_STEP // Cf))
+    return o[:, :Lp], S.reshape(s0.shape)
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(6, 7))
 def _chunked(q, k, v, beta, g, s0, C, scan_backend):
-    o, final, _ = _forward(q, k, v, beta, g, s0, C, _group(g), scan_backend, keep=False)
-    return o, final
+    # no differentiation: the residual-free one-pass forward (``_chunked_fwd`` keeps S⁰, T and U instead)
+    return _forward_only(q, k, v, beta, g, s0, C)
 
 
 def _chunked_fwd(q, k, v, beta, g, s0, C, scan_backend):
