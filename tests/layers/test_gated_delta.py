@@ -48,7 +48,7 @@ def test_call_equals_step_at_length_300_with_options(name, options):
     assert rel_rms_error(y, jnp.zeros_like(y)) > 0.1
 
 
-@pytest.mark.parametrize("name", ["gated_deltanet", pytest.param("delta_product", marks=SLOW)])
+@pytest.mark.parametrize("name", ["gated_deltanet", "delta_product"])
 def test_bfloat16_compute_is_close_to_float32(name):
     """bfloat16 projections, conv, norms and gates with float32 parameters (op on its cheap-to-compile reference
     backend; the chunked backends' bfloat16 inputs are tested in tests/scan_kernels)."""

@@ -96,6 +96,7 @@ def test_bad_options_raise_value_error_naming_the_option(bad, match):
         layers.Hawk(D, rngs=nnx.Rngs(0), **{**TINY, **bad})
 
 
+@pytest.mark.slow  # one training step of the mixer runs by default in test_train_presets (its mqar preset)
 def test_a_few_training_steps_in_a_sequence_model_reduce_the_loss():
     losses, moved = train_steps("hawk", TINY)
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses

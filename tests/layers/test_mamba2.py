@@ -171,6 +171,7 @@ def test_bad_dt_raises():
         m.step(m.init_state(2), _x(2, 1)[:, 0], dt_t=jnp.array([1.0, -1.0]))
 
 
+@pytest.mark.slow  # one training step of the mixer runs by default in test_train_presets (its mqar preset)
 def test_a_few_training_steps_in_a_sequence_model_reduce_the_loss():
     losses, moved = train_steps("mamba2", {**TINY, "negative_eigenvalues": True})
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
