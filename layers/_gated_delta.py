@@ -17,7 +17,6 @@ Shape legend: B batch · L length · D d_model · H heads · K key dim · V valu
 """
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +24,7 @@ from flax import nnx
 
 from algornn.layers._fast_weight import DeltaNetOptions, _FastWeightMixer, beta_of
 from algornn.layers._options import check_bool, check_int
-from algornn.layers._params import ssm_param
+from algornn.layers._params import dt_bias_param, ssm_param
 from algornn.scan_kernels import delta_product, delta_product_step, delta_rule, delta_rule_step
 
 # Mamba-2's initialisation: Δ log-uniform in [1e-3, 1e-1] (through the bias b_Δ = softplus⁻¹(Δ)), A ~ U(1, 16)
@@ -63,10 +62,9 @@ class DeltaProductOptions(DeltaNetOptions):
 def _init_decay(layer, d_model: int, size: int, rngs) -> None:
     """The Mamba-2 decay parameters of ``size`` gates: ``dt_proj (D -> size)``, ``dt_bias``, ``A_log (size,)``."""
     layer.dt_proj = layer._linear(d_model, size, rngs)
-    u = jax.random.uniform(rngs.params(), (size,), jnp.float32)
-    dt = jnp.exp(math.log(DT_MIN) + u * (math.log(DT_MAX) - math.log(DT_MIN)))
-    layer.dt_bias = ssm_param(dt + jnp.log(-jnp.expm1(-dt)))  # softplus⁻¹(Δ₀)
-    layer.A_log = ssm_param(jnp.log(jax.random.uniform(rngs.params(), (size,), jnp.float32, A_MIN, A_MAX)))
+    layer.dt_bias = dt_bias_param(rngs.params(), size, DT_MIN, DT_MAX, layer.param_dtype)
+    A = jax.random.uniform(rngs.params(), (size,), jnp.float32, A_MIN, A_MAX)
+    layer.A_log = ssm_param(jnp.log(A), layer.param_dtype)
 
 
 def _log_decay(layer, x, shape):

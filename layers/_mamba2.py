@@ -47,7 +47,7 @@ from algornn.layers._options import (
     record_options,
     zeros_of,
 )
-from algornn.layers._params import f32, param, ssm_param
+from algornn.layers._params import dt_bias_param, f32, param, ssm_param
 from algornn.layers._short_conv import ShortConv
 from algornn.scan_kernels import BACKENDS, linear_attention, linear_attention_step
 
@@ -151,9 +151,7 @@ class Mamba2(nnx.Module):
         self.in_proj = nnx.Linear(d_model, 2 * E + 2 * N + H, **lin)  # [z, x, B, C, δ]
         self.conv = ShortConv(E + 2 * N, opt.d_conv, activation="silu", dtype=self.dtype, param_dtype=pdt, rngs=rngs)
         # Δ bias: softplus^{-1} of a log-uniform Δ in [dt_min, dt_max]; A = exp(A_log) ~ U[1, 16] per head (§7 init).
-        log_dt = jax.random.uniform(rngs.params(), (H,), jnp.float32, math.log(opt.dt_min), math.log(opt.dt_max))
-        dt = jnp.exp(log_dt)
-        self.dt_bias = ssm_param(dt + jnp.log(-jnp.expm1(-dt)), pdt)
+        self.dt_bias = dt_bias_param(rngs.params(), H, opt.dt_min, opt.dt_max, pdt)
         self.A_log = ssm_param(jnp.log(jax.random.uniform(rngs.params(), (H,), jnp.float32, 1.0, 16.0)), pdt)
         self.D = param(jnp.ones((H,), jnp.float32), pdt)
         self.norm = nnx.RMSNorm(E, epsilon=NORM_EPS, dtype=self.dtype, param_dtype=pdt, rngs=rngs)

@@ -8,6 +8,7 @@ weight decay through ``ssm_param_labels``. Complex quantities are stored as pair
 Parameters are stored in the layer's ``param_dtype``; the SSM math reads them as float32 (``f32``).
 """
 
+import math
 from collections.abc import Mapping
 
 import jax
@@ -115,3 +116,11 @@ def complex_of(re, im):
 def normal(key, shape, std) -> jax.Array:
     """Gaussian init with standard deviation ``std`` (float32)."""
     return std * jax.random.normal(key, shape, jnp.float32)
+
+
+def dt_bias_param(key, size: int, dt_min: float, dt_max: float, dtype=jnp.float32) -> nnx.Param:
+    """The bias ``b_Δ (size,)`` of a softplus step size, ``Δ = softplus(· + b_Δ)``, initialised so that Δ starts
+    log-uniform in ``[dt_min, dt_max]`` (Mamba's init, Gu & Dao 2023 §3.6): ``b_Δ = softplus⁻¹(Δ₀)
+    = Δ₀ + log(−expm1(−Δ₀))``; an ``ssm``-tagged parameter stored in ``dtype``."""
+    dt = jnp.exp(jax.random.uniform(key, (size,), jnp.float32, math.log(dt_min), math.log(dt_max)))
+    return ssm_param(dt + jnp.log(-jnp.expm1(-dt)), dtype)

@@ -52,7 +52,7 @@ from algornn.layers._options import (
     record_options,
     zeros_of,
 )
-from algornn.layers._params import f32, param, ssm_param
+from algornn.layers._params import dt_bias_param, f32, param, ssm_param
 from algornn.layers._short_conv import causal_conv, init_conv_weight
 from algornn.scan_kernels import BACKENDS, linear_scan, selective_scan
 
@@ -148,9 +148,7 @@ class SelectiveSSM(nnx.Module):
         self.x_proj = nnx.Linear(E, R + (1 + n_out) * N, **lin)
         self.dt_proj = nnx.Linear(R, E, **lin)
         # Δ bias: softplus^{-1} of a log-uniform Δ in [dt_min, dt_max]; A: S4D-Real -(n+1) (Mamba's init).
-        log_dt = jax.random.uniform(rngs.params(), (E,), jnp.float32, math.log(opt.dt_min), math.log(opt.dt_max))
-        dt = jnp.exp(log_dt)
-        self.dt_bias = ssm_param(dt + jnp.log(-jnp.expm1(-dt)), pdt)
+        self.dt_bias = dt_bias_param(rngs.params(), E, opt.dt_min, opt.dt_max, pdt)
         self.A_log = ssm_param(jnp.broadcast_to(jnp.log(jnp.arange(1, N + 1, dtype=jnp.float32))[None], (E, N)), pdt)
         self.D = param(jnp.ones((E,), jnp.float32), pdt)
         self.out_proj = nnx.Linear(E, d_model, **lin)
