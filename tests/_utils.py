@@ -66,3 +66,13 @@ def randint(seed, shape, low, high):
     import jax.numpy as jnp
 
     return jnp.asarray(np.random.default_rng(seed).integers(low, high, shape), jnp.int32)
+
+
+def param64(p):
+    """A parameter (``nnx.Param`` or array) as a float64 NumPy array, for the NumPy reference forms."""
+    return np.asarray(p[...], np.float64)
+
+
+def silu64(v):
+    """``v σ(v)`` in NumPy."""
+    return v / (1.0 + np.exp(-v))

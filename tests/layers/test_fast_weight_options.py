@@ -13,14 +13,14 @@ from flax import nnx
 
 from algornn import layers
 from algornn.layers._feature_maps import apply_feature_map, dpfp, feature_size
-from tests._utils import assert_close
+from tests._utils import assert_close, normal
 from tests.layers._common import D_MODEL, make_mixer, run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
 
 
 def _x(B, L, seed=0, d=D_MODEL):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((B, L, d)), jnp.float32)
+    return normal(seed, (B, L, d))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -8,10 +8,9 @@ test_fast_weight_options.py; one training step of each new mixer in its MQAR pre
 """
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 
-from tests._utils import assert_close, rel_rms_error, tolerance
+from tests._utils import assert_close, normal, rel_rms_error, tolerance
 from tests.layers._common import D_MODEL, make_mixer, run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
@@ -20,7 +19,7 @@ SLOW = pytest.mark.slow
 
 
 def _x(B, L, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((B, L, D_MODEL)), jnp.float32)
+    return normal(seed, (B, L, D_MODEL))
 
 
 LONG = [

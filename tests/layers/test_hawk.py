@@ -6,14 +6,13 @@ tests, which cover ``hawk`` through ``SMALL_OPTIONS``.)
 """
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.special
 from flax import nnx
 
 from algornn import layers
-from tests._utils import assert_close
+from tests._utils import assert_close, normal, param64
 from tests.layers._common import run_call
 from tests.layers._train_check import train_steps
 
@@ -23,16 +22,12 @@ D = 8
 TINY = {"expand": 1.5, "gate_blocks": 3}  # W = 12 recurrence channels, 3 gate blocks of 4
 
 
-def _np(p):
-    return np.asarray(p[...], np.float64)
-
-
 def _sigmoid(v):
     return 1.0 / (1.0 + np.exp(-v))
 
 
 def _x(B, L, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((B, L, D)), jnp.float32)
+    return normal(seed, (B, L, D))
 
 
 def _make(seed=0, **over):
@@ -44,23 +39,23 @@ def hawk_loop(m, x):
     x = np.asarray(x, np.float64)
     Bsz, L, _ = x.shape
     W, G, c = m.width, m.options.gate_blocks, m.options.c
-    g = x @ _np(m.gate_proj.kernel) + _np(m.gate_proj.bias)
+    g = x @ param64(m.gate_proj.kernel) + param64(m.gate_proj.bias)
     g = 0.5 * g * (1.0 + scipy.special.erf(g / np.sqrt(2.0)))  # exact GeLU
-    u = x @ _np(m.in_proj.kernel) + _np(m.in_proj.bias)
-    w, b = _np(m.conv.conv_w), _np(m.conv.conv_b)
+    u = x @ param64(m.in_proj.kernel) + param64(m.in_proj.bias)
+    w, b = param64(m.conv.conv_w), param64(m.conv.conv_b)
     pad = np.concatenate([np.zeros((Bsz, w.shape[0] - 1, W)), u], axis=1)
     u = sum(w[j] * pad[:, j : j + L] for j in range(w.shape[0])) + b  # no activation
     blocks = u.reshape(Bsz, L, G, W // G)
-    r = np.einsum("blgi,gij->blgj", blocks, _np(m.a_w)).reshape(Bsz, L, W) + _np(m.a_b)
-    i = np.einsum("blgi,gij->blgj", blocks, _np(m.x_w)).reshape(Bsz, L, W) + _np(m.x_b)
-    a_base = _sigmoid(_np(m.Lambda))
+    r = np.einsum("blgi,gij->blgj", blocks, param64(m.a_w)).reshape(Bsz, L, W) + param64(m.a_b)
+    i = np.einsum("blgi,gij->blgj", blocks, param64(m.x_w)).reshape(Bsz, L, W) + param64(m.x_b)
+    a_base = _sigmoid(param64(m.Lambda))
     h, hs = np.zeros((Bsz, W)), []
     for t in range(L):  # a_t = a^{c σ(r_t)};  h_t = a_t h_{t-1} + √(1 − a_t²) σ(i_t) u_t
         a = a_base ** (c * _sigmoid(r[:, t]))
         h = a * h + np.sqrt(1.0 - a * a) * _sigmoid(i[:, t]) * u[:, t]
         hs.append(h)
     y = g * np.stack(hs, axis=1)
-    return y @ _np(m.out_proj.kernel) + _np(m.out_proj.bias)
+    return y @ param64(m.out_proj.kernel) + param64(m.out_proj.bias)
 
 
 def test_call_matches_a_float64_loop_of_the_recurrent_block():
@@ -69,7 +64,7 @@ def test_call_matches_a_float64_loop_of_the_recurrent_block():
     assert m.a_w.shape == (3, 4, 4)  # 3 diagonal blocks of the 12 channels
     assert_close(run_call(m, x), hawk_loop(m, x), rtol=2e-5, name="Hawk vs loop")
     # Λ initialised so that σ(Λ)^c is uniform in [0.9, 0.999] (§2.4)
-    ac = _sigmoid(_np(m.Lambda)) ** m.options.c
+    ac = _sigmoid(param64(m.Lambda)) ** m.options.c
     assert np.all((ac >= 0.9 - 1e-6) & (ac <= 0.999 + 1e-6)) and ac.max() - ac.min() > 0.03, ac
 
 

@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from algornn import layers
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, param64, rel_rms_error, silu64
 from tests.layers._common import run_call
 from tests.layers._train_check import train_steps
 
@@ -24,16 +24,8 @@ TINY = {"d_state": 4, "head_dim": 4, "chunk_size": 8}  # E = 16, H = 4 heads, 5 
 FAST = {"dt_min": 0.1, "dt_max": 1.0}  # Δ·exp(A_log) often > log 2: signed decays are mostly negative
 
 
-def _np(p):
-    return np.asarray(p[...], np.float64)
-
-
-def _silu(v):
-    return v / (1.0 + np.exp(-v))
-
-
 def _x(B, L, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((B, L, D)), jnp.float32)
+    return normal(seed, (B, L, D))
 
 
 def _make(seed=0, **over):
@@ -45,26 +37,26 @@ def mamba2_loop(m, x, *, dt=None, dt_scale=1.0):
     x = np.asarray(x, np.float64)
     Bsz, L, _ = x.shape
     E, N, H, P = m.inner, m.options.d_state, m.heads, m.options.head_dim
-    zxbcdt = x @ _np(m.in_proj.kernel)
+    zxbcdt = x @ param64(m.in_proj.kernel)
     z, xbc, dt_in = zxbcdt[..., :E], zxbcdt[..., E : 2 * E + 2 * N], zxbcdt[..., 2 * E + 2 * N :]
-    w, b = _np(m.conv.conv_w), _np(m.conv.conv_b)
+    w, b = param64(m.conv.conv_w), param64(m.conv.conv_b)
     W = w.shape[0]
     pad = np.concatenate([np.zeros((Bsz, W - 1, xbc.shape[-1])), xbc], axis=1)
-    xbc = _silu(sum(w[j] * pad[:, j : j + L] for j in range(W)) + b)
+    xbc = silu64(sum(w[j] * pad[:, j : j + L] for j in range(W)) + b)
     xs, Bt, Ct = xbc[..., :E].reshape(Bsz, L, H, P), xbc[..., E : E + N], xbc[..., E + N :]
-    delta = np.logaddexp(0.0, dt_in + _np(m.dt_bias)) * dt_scale  # softplus
+    delta = np.logaddexp(0.0, dt_in + param64(m.dt_bias)) * dt_scale  # softplus
     if dt is not None:
         delta = delta * np.asarray(dt, np.float64)[..., None]
-    a = np.exp(-delta * np.exp(_np(m.A_log)))
+    a = np.exp(-delta * np.exp(param64(m.A_log)))
     if m.options.negative_eigenvalues:
         a = 2.0 * a - 1.0
     S, ys = np.zeros((Bsz, H, N, P)), []
     for t in range(L):  # S_t = a_t S_{t-1} + B_t (Δ_t x_t)ᵀ;  y_t = S_tᵀ C_t + D x_t
         S = a[:, t, :, None, None] * S + Bt[:, t, None, :, None] * (delta[:, t, :, None] * xs[:, t])[:, :, None, :]
-        ys.append(np.einsum("bhnp,bn->bhp", S, Ct[:, t]) + _np(m.D)[:, None] * xs[:, t])
-    y = np.stack(ys, axis=1).reshape(Bsz, L, E) * _silu(z)
-    y = y / np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + m.norm.epsilon) * _np(m.norm.scale)
-    return y @ _np(m.out_proj.kernel), a
+        ys.append(np.einsum("bhnp,bn->bhp", S, Ct[:, t]) + param64(m.D)[:, None] * xs[:, t])
+    y = np.stack(ys, axis=1).reshape(Bsz, L, E) * silu64(z)
+    y = y / np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + m.norm.epsilon) * param64(m.norm.scale)
+    return y @ param64(m.out_proj.kernel), a
 
 
 @pytest.mark.parametrize("negative", [False, True])
@@ -73,7 +65,7 @@ def test_call_matches_a_float64_loop_of_the_ssd_recurrence(negative):
     x = _x(2, 40, seed=2)
     ref, a = mamba2_loop(m, x)
     # Mamba-2's initialisation: exp(A_log) ~ U[1, 16], Δ = softplus(b_Δ) log-uniform in [dt_min, dt_max]
-    A, delta0 = np.exp(_np(m.A_log)), np.logaddexp(0.0, _np(m.dt_bias))
+    A, delta0 = np.exp(param64(m.A_log)), np.logaddexp(0.0, param64(m.dt_bias))
     assert np.all((A >= 1) & (A <= 16)) and np.all((delta0 >= 0.1 * 0.999) & (delta0 <= 1.0 * 1.001))
     if negative:  # signed decays really occur, of both signs, and flip the state
         assert 0.2 < np.mean(a < 0) < 0.95 and a.min() > -1 and a.max() < 1, np.mean(a < 0)

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from algornn import layers
-from tests._utils import assert_close, rel_rms_error
+from tests._utils import assert_close, normal, param64, rel_rms_error, silu64
 from tests.layers._common import run_call, run_steps
 
 pytestmark = pytest.mark.loose_promotion
@@ -18,16 +18,8 @@ D = 4
 OPTS = {"d_state": 3, "expand": 2, "dt_min": 0.1, "dt_max": 1.0}  # Δ·(n+1) often > log 2: negative decays
 
 
-def _np(p):
-    return np.asarray(p[...], np.float64)
-
-
-def _silu(v):
-    return v / (1.0 + np.exp(-v))
-
-
 def _x(B, L, seed=0):
-    return jnp.asarray(np.random.default_rng(seed).standard_normal((B, L, D)), jnp.float32)
+    return normal(seed, (B, L, D))
 
 
 def _make(seed=0, **over):
@@ -41,19 +33,19 @@ def selective_loop(m, x):
     x = np.asarray(x, np.float64)
     Bsz, L, _ = x.shape
     E, N, R = m.inner, m.options.d_state, m.rank
-    uz = x @ _np(m.in_proj.kernel)
+    uz = x @ param64(m.in_proj.kernel)
     u, z = uz[..., :E], uz[..., E:]
-    w, b = _np(m.conv_w), _np(m.conv_b)
+    w, b = param64(m.conv_w), param64(m.conv_b)
     pad = np.concatenate([np.zeros((Bsz, w.shape[0] - 1, E)), u], axis=1)
-    u = _silu(sum(w[j] * pad[:, j : j + L] for j in range(w.shape[0])) + b)
-    dbc = u @ _np(m.x_proj.kernel)
-    delta = np.logaddexp(0.0, dbc[..., :R] @ _np(m.dt_proj.kernel) + _np(m.dt_bias))  # (B, L, E)
+    u = silu64(sum(w[j] * pad[:, j : j + L] for j in range(w.shape[0])) + b)
+    dbc = u @ param64(m.x_proj.kernel)
+    delta = np.logaddexp(0.0, dbc[..., :R] @ param64(m.dt_proj.kernel) + param64(m.dt_bias))  # (B, L, E)
     Bt = dbc[..., R : R + N]
-    A = -np.exp(_np(m.A_log))  # (E, N)
+    A = -np.exp(param64(m.A_log))  # (E, N)
     a = np.exp(delta[..., None] * A)  # (B, L, E, N)
     if m.options.negative_eigenvalues:
         a = 2.0 * a - 1.0
-    y = _np(m.D) * u
+    y = param64(m.D) * u
     n_dir = 1 + m.options.bidirectional
     for d in range(n_dir):
         C = dbc[..., R + (d + 1) * N : R + (d + 2) * N]
@@ -62,7 +54,7 @@ def selective_loop(m, x):
         for t in order:  # h_t = ā_t h_{t∓1} + Δ_t u_t B_t;  y_t += h_t C_t
             h = a[:, t] * h + (delta[:, t] * u[:, t])[..., None] * Bt[:, t, None, :]
             y[:, t] += np.einsum("ben,bn->be", h, C[:, t])
-    return (y * _silu(z)) @ _np(m.out_proj.kernel), a
+    return (y * silu64(z)) @ param64(m.out_proj.kernel), a
 
 
 @pytest.mark.parametrize("bidirectional", [False, pytest.param(True, marks=pytest.mark.slow)])
