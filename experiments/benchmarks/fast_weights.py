@@ -40,10 +40,11 @@ import jax.numpy as jnp
 import algornn.scan_kernels as sk
 from algornn.experiments.benchmarks._report import output_path, write_json
 
+# the chunked forward without differentiation regroups the chunks: sub-chunks of FORWARD_CHUNK tokens,
+# FORWARD_STEP tokens per loop step (its FLOP count follows that grouping)
+from algornn.scan_kernels._common.chunk_utils import FORWARD_CHUNK, FORWARD_STEP
+
 B, H, K, V, C = 1, 4, 64, 64, 64
-# the chunked forward without differentiation regroups the chunks (scan_kernels/_linear_attention/op.py and
-# _delta_rule/op.py use the same values): sub-chunks of FORWARD_CHUNK tokens, FORWARD_STEP tokens per loop step
-FORWARD_CHUNK, FORWARD_STEP = 32, 128
 DIMS = (B, H, K, V)  # the default (B, H, K, V) of every function taking ``dims``
 F32 = jnp.float32
 

@@ -17,6 +17,14 @@ Shape legend: B batch · L length · H heads · K key dim · V value dim · C ch
 import jax.numpy as jnp
 from jax import lax
 
+# The forward without differentiation (``_forward_only`` of linear_attention and delta_rule) works on chunks of at
+# most FORWARD_CHUNK tokens, FORWARD_STEP tokens per loop step. At B=1, H=4, K=V=64, L=4096 (float32, 2-core CPU)
+# steps of 4 chunks of 32 ran 1.6-2.1x faster than the two-pass residual-saving forward at C=64, and 1.4x faster
+# than steps of 2 chunks of 64: C=32 has the fewest products per token (the C² terms cost ∝ C per token, the state
+# terms a constant 4KV (linear attention) or 6KV (delta rule)), and several chunks per step batch the matmuls.
+FORWARD_CHUNK = 32
+FORWARD_STEP = 128
+
 
 def num_chunks(L: int, C: int) -> int:
     return -(-L // C)
@@ -37,13 +45,6 @@ def segment_decay(gam, mask):
     """
     diff = gam[..., :, None] - gam[..., None, :]
     return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
-
-
-def key_segment_decay(gam, mask):
-    """Per-key version: ``gam (..., C, K)`` -> ``exp(γ_ik − γ_jk)`` masked, shape ``(..., C, C, K)``."""
-    diff = gam[..., :, None, :] - gam[..., None, :, :]
-    m = mask[:, :, None]
-    return jnp.where(m, jnp.exp(jnp.where(m, diff, 0.0)), 0.0)
 
 
 def unit_lower_inverse(A, block: int = 16):

@@ -42,6 +42,8 @@ from jax import lax
 
 from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._common.chunk_utils import (
+    FORWARD_CHUNK,
+    FORWARD_STEP,
     causal_masks,
     for_chunk_groups,
     pad_tokens,
@@ -70,12 +72,6 @@ CHUNK_GROUP = 8
 # Per-key gates add (group, H, 4, C, K) decay factors and (group, H, 4, 16, 16, K) diagonal-block decays per group:
 # 4 chunks per group keep fwd+bwd scratch at L=16384 (B=1, H=4, K=V=C=64) below 1/10 of per-token states.
 KEY_CHUNK_GROUP = 4
-# The forward without differentiation (``_forward_only``) works on chunks of at most FORWARD_CHUNK tokens,
-# FORWARD_STEP tokens per loop step. At B=1, H=4, K=V=64, L=4096 (float32, 2-core CPU) steps of 4 chunks of 32 ran
-# 1.6-1.8x faster than the group loop of ``_forward`` at C=64, and as fast as 8 chunks of 16; C=32 has the fewest
-# products per token (the C² terms cost ∝ C per token, the state terms a constant 6KV).
-FORWARD_CHUNK = 32
-FORWARD_STEP = 128
 
 
 def _group(g):

@@ -31,6 +31,8 @@ from jax import lax
 
 from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
 from algornn.scan_kernels._common.chunk_utils import (
+    FORWARD_CHUNK,
+    FORWARD_STEP,
     causal_masks,
     entering_states,
     for_chunk_groups,
@@ -57,12 +59,6 @@ KEY_GATE_CHUNK_GROUP = 2
 # Sub-chunk of the per-key scores (``_common.key_decay``): GLA fwd+bwd (B = 2, L = 4096, H = 4, K = V = C = 64,
 # one CPU thread) took ~6% less time with 8 than with 16 (four alternating runs; noisy, shared machine).
 KEY_SUB_CHUNK = 8
-# The forward without differentiation (``_forward_only``) works on chunks of at most FORWARD_CHUNK tokens, FORWARD_STEP
-# tokens per loop step. At B=1, H=4, K=V=64, L=4096 (float32, 2-core CPU under load) steps of 4 chunks of 32 ran
-# 1.7-2.1x faster than the two-pass ``_forward`` at C=64 and 1.4x faster than steps of 2 chunks of 64: the (C, C)
-# part costs 2C(K+V) per token against 4KV for the state terms, and several chunks per step batch the matmuls.
-FORWARD_CHUNK = 32
-FORWARD_STEP = 128
 
 
 def _gates(g, kind):
