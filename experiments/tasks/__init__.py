@@ -13,6 +13,9 @@
   image, scifar      cifar-10-batches-py/        (1024, 1 | 3) real   10 classes        0.1
   smnist, psmnist    MNIST IDX files             (784, 1) real        10 classes        0.1
   copying, selective_copying, induction, mqar    tokens               per position (-1 = unscored)
+  presence           generated                   tokens, n_symbols+1  2 classes         0.5
+  retrieval_capacity generated (Schlag 2021)     tokens               per position      1/n_values
+  parity, modular_arithmetic  generated, test rows longer  tokens     per position (last real token)
   adding             generated                   (L, 2) real          regression (MSE)  1/6
   irregular_sine     generated, random times     (L, 1) real + dt     n_classes (16)    1/16
 """

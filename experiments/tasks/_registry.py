@@ -68,7 +68,9 @@ def _load_all():
         irregular,
         listops,
         pathfinder,
+        recall,
         retrieval,
+        state_tracking,
         synthetic,
         text,
     )
