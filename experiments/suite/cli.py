@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scale",
         default="cpu",
         choices=("cpu", "paper", "smoke"),
+        metavar="{cpu,paper}",
         help="cpu (default: <= 30 min per suite on 2 CPU cores) or paper (the papers' sizes, for a GPU)",
     )
     run.add_argument(
@@ -57,7 +58,13 @@ def _parser() -> argparse.ArgumentParser:
         description="List the suites with their number of runs at each scale.",
     )
     lst.add_argument("--runs", default=None, metavar="NAME", help="also list the run names of this suite")
-    lst.add_argument("--scale", default="cpu", choices=("cpu", "paper", "smoke"), help="with --runs: the scale")
+    lst.add_argument(
+        "--scale",
+        default="cpu",
+        choices=("cpu", "paper", "smoke"),
+        metavar="{cpu,paper}",
+        help="with --runs: the scale",
+    )
     return parser
 
 

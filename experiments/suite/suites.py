@@ -446,7 +446,10 @@ SUITES = {
             x="label",
             references=(
                 Reference(_GRAZZI, "parity with length generalisation only with negative eigenvalues"),
-                Reference(_GRAZZI, "modular arithmetic without brackets: negative eigenvalues help, far from solved"),
+                Reference(
+                    _GRAZZI,
+                    "modular arithmetic without brackets: negative eigenvalues improve the length generalisation",
+                ),
             ),
         ),
     )
