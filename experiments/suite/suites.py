@@ -109,8 +109,10 @@ def mqar(scale: str) -> list:
     """Multi-query associative recall as Zoology (Arora et al. 2023, Fig. 2): 2 layers, accuracy on the query
     positions, best learning rate per (mixer, L, width) cell.
 
-    paper: vocabulary 8192 (4095 keys, 4095 values), (L, pairs) ∈ {(64, 4), (128, 8), (256, 16)}, width
-    ∈ {64, 128}, lr ∈ logspace(−4, −2, 4), 100 000 training examples, 64 epochs-equivalent steps.
+    Both scales use Zoology's layout (queries at even offsets with power-law gaps, random filler, distinct
+    values). paper: vocabulary 8192 (4096 keys, 4096 values), (L, pairs) ∈ {(64, 4), (128, 8), (256, 16)}, width
+    ∈ {64, 128}, lr ∈ logspace(−4, −2, 4), 100 000 training examples,
+    12 500 steps of batch 64 (8 of Zoology's 64 epochs).
     cpu: vocabulary 256 (127 keys, 127 values), (L, pairs) ∈ {(64, 4), (128, 8)}, width ∈ {32, 64}, lr ∈
     {1e-3, 1e-2} (the two ends of Zoology's upper range), 150 steps of batch 32 on 4 000 examples, without
     gated_deltanet.
@@ -125,7 +127,8 @@ def mqar(scale: str) -> list:
         cells, widths, lrs, mixers, steps = [(64, 4), (128, 8), (256, 16)], [64, 128], _lrs(-4, -2, 4), MQAR_MIXERS, 0
         batch, vocab, data = 64, 8192, dict(n_train=100000, n_val=3000, n_test=3000)
         steps = 64 * 100000 // batch // 8  # 8 of Zoology's 64 epochs: sized for one GPU day over the grid
-    half = (vocab - 2) // 2
+    half = vocab // 2 if scale == "paper" else (vocab - 2) // 2  # paper: Zoology's two halves of 8192 ids
+    layout = dict(placement="zoology", filler="random", distinct_values=True)  # Zoology's query layout
     return [
         Run(
             suite="mqar",
@@ -138,7 +141,7 @@ def mqar(scale: str) -> list:
             steps=steps,
             batch_size=batch,
             n_layers=1 if scale == "smoke" else 2,
-            task_options=dict(seq_len=length, n_pairs=pairs, n_keys=half, n_values=half, **data),
+            task_options=dict(seq_len=length, n_pairs=pairs, n_keys=half, n_values=half, **layout, **data),
             cell={"seq_len": length, "pairs": pairs},
             warmup_steps=0 if scale == "smoke" else steps // 10,
         )
