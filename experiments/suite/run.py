@@ -1,0 +1,158 @@
+"""Run a suite: every ``Run`` of the grid as an ordinary ``train_and_evaluate`` run in ``ROOT/<run name>``.
+
+Resumable: a run whose ``results.json`` (and, when it has extra evaluations, ``extras.json``) exists is skipped;
+an interrupted one resumes from its last checkpoint (``train_and_evaluate``'s own resume). The suite root also
+holds ``suite.json`` (the grid as run) and ``.jax_cache/``, JAX's persistent compilation cache: runs of the
+same model shapes (the learning rates of one cell, a rerun of the suite) reuse compiled programs from it.
+
+Progress: a tqdm bar over the runs and one line per run: name, validation / test accuracy, extras, wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from algornn.experiments.suite.spec import Run
+from algornn.experiments.suite.suites import get_suite
+
+RESULTS = "results.json"
+EXTRAS = "extras.json"
+RUN_SPEC = "run.json"
+
+
+def default_root(name: str) -> str:
+    return os.path.join("runs", f"suite_{name}")
+
+
+def is_finished(run: Run, workdir: str) -> bool:
+    """The final metrics files of ``run`` are in ``workdir``."""
+    if not os.path.isfile(os.path.join(workdir, RESULTS)):
+        return False
+    return not run.has_extras or os.path.isfile(os.path.join(workdir, EXTRAS))
+
+
+def enable_compilation_cache(root: str) -> str:
+    """Point JAX's persistent compilation cache at ``root/.jax_cache`` (every compiled program is kept)."""
+    import jax
+
+    path = os.path.abspath(os.path.join(root, ".jax_cache"))
+    os.makedirs(path, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def run_extras(run: Run, workdir: str) -> dict:
+    """The extra evaluations of ``run`` from its best checkpoint, written to ``workdir/extras.json``."""
+    from algornn.experiments.evaluate import evaluate_checkpoint
+
+    extras = {}
+    t0 = time.time()
+    if run.extra_lengths:
+        by_length = {}
+        for length in run.extra_lengths:
+            options = {"seq_len": int(length)}
+            if run.extra_n_test:
+                options["n_test"] = int(run.extra_n_test)
+            metrics = evaluate_checkpoint(workdir, split="test", task_options=options)
+            by_length[str(length)] = metrics["accuracy"]
+        extras["accuracy_by_length"] = by_length
+    if run.extra_test:
+        metrics = evaluate_checkpoint(workdir, split="test")
+        extras["test_accuracy"] = metrics["accuracy"]
+        extras["test_count"] = metrics["count"]
+    extras["wall_time_s"] = time.time() - t0
+    with open(os.path.join(workdir, EXTRAS), "w") as f:
+        json.dump(extras, f, indent=2)
+    return extras
+
+
+def _summary(run: Run, results: dict, extras: dict | None, wall: float, status: str) -> str:
+    val = results.get("final_val", {}).get("accuracy")
+    test = results.get("test_from_best_checkpoint", {}).get("accuracy")
+    parts = [f"{run.name}:", status]
+    if val is not None:
+        parts.append(f"val {val:.3f}")
+    if test is not None:
+        parts.append(f"test {test:.3f}")
+    if extras and "accuracy_by_length" in extras:
+        parts.append("by length " + " ".join(f"{k}:{v:.2f}" for k, v in extras["accuracy_by_length"].items()))
+    if extras and "test_accuracy" in extras:
+        parts.append(f"test (lengths never trained) {extras['test_accuracy']:.3f}")
+    parts.append(f"{wall:.1f} s")
+    return " ".join(parts)
+
+
+def run_suite(
+    name: str,
+    *,
+    scale: str = "cpu",
+    only: str | None = None,
+    root: str | None = None,
+    progress: bool = True,
+    compilation_cache: bool = True,
+    suite=None,
+) -> list:
+    """Train every run of suite ``name`` at ``scale`` (those matching ``only``) under ``root``.
+
+    Returns one record per run: ``{"name", "workdir", "status" ("trained" | "skipped"), "wall_time_s"}``.
+    ``suite``: a ``Suite`` object to run instead of the registered one of that name (tests).
+    """
+    from algornn.experiments.trainer import train_and_evaluate
+
+    suite = get_suite(name) if suite is None else suite
+    runs = suite.grid(scale, only)
+    if not runs:
+        raise ValueError(f"suite {name!r} at scale {scale!r} has no run matching only={only!r}")
+    root = os.path.abspath(root or default_root(name))
+    os.makedirs(root, exist_ok=True)
+    if compilation_cache:
+        enable_compilation_cache(root)
+    with open(os.path.join(root, "suite.json"), "w") as f:
+        json.dump({"suite": name, "scale": scale, "only": only, "runs": [r.to_dict() for r in runs]}, f, indent=2)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(runs), desc=f"suite {name}", unit="run", disable=not progress, file=sys.stderr)
+    records = []
+    t_suite = time.time()
+    try:
+        for i, run in enumerate(runs):
+            workdir = os.path.join(root, run.name)
+            t0 = time.time()
+            if is_finished(run, workdir):
+                with open(os.path.join(workdir, RESULTS)) as f:
+                    results = json.load(f)
+                extras = _read_json(os.path.join(workdir, EXTRAS))
+                status = "skipped (finished)"
+            else:
+                os.makedirs(workdir, exist_ok=True)
+                with open(os.path.join(workdir, RUN_SPEC), "w") as f:
+                    json.dump(run.to_dict(), f, indent=2)
+                results = train_and_evaluate(run.config(), workdir)
+                extras = run_extras(run, workdir) if run.has_extras else None
+                status = "trained"
+            wall = time.time() - t0
+            records.append({"name": run.name, "workdir": workdir, "status": status.split()[0], "wall_time_s": wall})
+            bar.write(f"[{i + 1}/{len(runs)}] " + _summary(run, results, extras, wall, status))
+            bar.update(1)
+    finally:
+        bar.close()
+    trained = sum(r["status"] == "trained" for r in records)
+    print(
+        f"suite {name} ({scale}): {trained} run(s) trained, {len(records) - trained} skipped, "
+        f"{time.time() - t_suite:.0f} s wall; results under {root}; "
+        f"write the report with: algornn-suite report {name} --root {root}"
+    )
+    return records
+
+
+def _read_json(path: str):
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,465 @@
+"""The six capability suites of issue 16: their grids per scale and the published numbers beside them.
+
+Each ``_name(scale)`` returns the list of ``Run`` of that suite; the docstring states the protocol, the paper
+it follows and what ``--scale cpu`` changes (docs/experiments.md §Capability suites repeats it). ``"paper"``
+holds the papers' sizes (for a GPU); ``"smoke"`` is one tiny one-step run per suite for the tests.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from algornn.experiments.suite.spec import Reference, Run, Suite
+
+SMOKE = dict(d_model=8, steps=1, batch_size=4, n_layers=1)
+_SMOKE_DATA = dict(n_train=8, n_val=4, n_test=4)
+
+
+# smoke scale: state sizes and heads that fit a width of 8
+_SMOKE_OPTIONS = {
+    "s4d": {"d_state": 4},
+    "deltanet": {"num_heads": 2, "chunk_size": 16},
+    "linear_attention": {"num_heads": 2, "chunk_size": 16},
+    "selective_ssm": {"d_state": 4},
+    "mamba2": {"d_state": 4, "head_dim": 4, "chunk_size": 16},
+}
+
+
+def _options(scale: str, mixer: str, options: dict | None = None) -> dict:
+    """``options`` (a variant's own) over, at smoke scale, the small sizes of ``_SMOKE_OPTIONS``."""
+    base = dict(_SMOKE_OPTIONS.get(mixer, {})) if scale == "smoke" else {}
+    return {**base, **(options or {})}
+
+
+def _lrs(lo_exp: float, hi_exp: float, n: int) -> list:
+    """``n`` learning rates log-spaced over [10^lo, 10^hi] (Zoology's ``np.logspace(-4, -2, 4)``)."""
+    return [float(f"{v:.3g}") for v in np.logspace(lo_exp, hi_exp, n)]
+
+
+# ------------------------------------------------------------------------------------------------ memory
+MEMORY_MIXERS = (
+    "s4",
+    "s4d",
+    "s5",
+    "lru",
+    "lmu",
+    "hippo_rnn",
+    "lssl",
+    "linear_attention",
+    "deltanet",
+    "gla",
+    "retnet",
+    "gated_deltanet",
+    "delta_product",
+    "selective_ssm",
+    "mlstm",
+    "mamba2",
+    "hawk",
+)
+
+
+def memory(scale: str) -> list:
+    """Long-range presence (issue 16): label = whether symbol 1 occurs in the first 10 of L random tokens,
+    read out at the last position; every mixer with its default options, best of 3 learning rates.
+
+    paper: L ∈ {512, 2048}, width 64, 2 layers, batch 32, 1000 steps, lr ∈ {1e-3, 3e-3, 1e-2}, 10 000 training
+    examples. cpu: L = 512 only, width 32, 120 steps of batch 16 (the issue's probe ran 200 of batch 32), 2 000
+    training examples, 200 validation / test examples, the same 3 learning rates.
+    """
+    if scale == "smoke":
+        lengths, lrs, mixers, d, steps, batch, data = [16], [3e-3], ("s4d",), 8, 1, 4, _SMOKE_DATA
+    elif scale == "cpu":
+        lengths, lrs, mixers, d, steps, batch = [512], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 32, 120, 16
+        data = dict(n_train=2000, n_val=200, n_test=200)
+    else:
+        lengths, lrs, mixers, d, steps, batch = [512, 2048], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 64, 1000, 32
+        data = dict(n_train=10000, n_val=1000, n_test=1000)
+    return [
+        Run(
+            suite="memory",
+            task="presence",
+            label=mixer,
+            mixer=mixer,
+            mixer_options=_options(scale, mixer),
+            lr=lr,
+            d_model=d,
+            steps=steps,
+            batch_size=batch,
+            n_layers=1 if scale == "smoke" else 2,
+            task_options=dict(seq_len=length, window=min(10, length // 2), **data),
+            cell={"seq_len": length},
+            pooling="last",
+            warmup_steps=0 if scale == "smoke" else steps // 10,
+            weight_decay=0.01,
+        )
+        for mixer in mixers
+        for length in lengths
+        for lr in lrs
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ mqar
+# Zoology's recurrent families as they exist here: time-invariant (s4d), gated linear recurrences (hawk,
+# mamba2), linear attention and delta rules. There is no softmax-attention or Hyena/H3 mixer in the library.
+MQAR_MIXERS = ("s4d", "hawk", "mamba2", "linear_attention", "deltanet", "gated_deltanet")
+MQAR_CPU_MIXERS = MQAR_MIXERS[:5]
+
+
+def mqar(scale: str) -> list:
+    """Multi-query associative recall as Zoology (Arora et al. 2023, Fig. 2): 2 layers, accuracy on the query
+    positions, best learning rate per (mixer, L, width) cell.
+
+    Both scales use Zoology's layout (queries at even offsets with power-law gaps, random filler, distinct
+    values). paper: vocabulary 8192 (4096 keys, 4096 values), (L, pairs) ∈ {(64, 4), (128, 8), (256, 16)}, width
+    ∈ {64, 128}, lr ∈ logspace(−4, −2, 4), 100 000 training examples,
+    12 500 steps of batch 64 (8 of Zoology's 64 epochs).
+    cpu: vocabulary 256 (127 keys, 127 values), (L, pairs) ∈ {(64, 4), (128, 8)}, width ∈ {32, 64}, lr ∈
+    {1e-3, 1e-2} (the two ends of Zoology's upper range), 150 steps of batch 32 on 4 000 examples, without
+    gated_deltanet.
+    """
+    if scale == "smoke":
+        cells, widths, lrs, mixers, steps, batch = [(16, 2)], [8], [1e-3], ("deltanet",), 1, 4
+        vocab, data = 16, _SMOKE_DATA
+    elif scale == "cpu":
+        cells, widths, lrs, mixers, steps, batch = [(64, 4), (128, 8)], [32, 64], [1e-3, 1e-2], MQAR_CPU_MIXERS, 150, 32
+        vocab, data = 256, dict(n_train=4000, n_val=200, n_test=200)
+    else:
+        cells, widths, lrs, mixers, steps = [(64, 4), (128, 8), (256, 16)], [64, 128], _lrs(-4, -2, 4), MQAR_MIXERS, 0
+        batch, vocab, data = 64, 8192, dict(n_train=100000, n_val=3000, n_test=3000)
+        steps = 64 * 100000 // batch // 8  # 8 of Zoology's 64 epochs: sized for one GPU day over the grid
+    half = vocab // 2 if scale == "paper" else (vocab - 2) // 2  # paper: Zoology's two halves of 8192 ids
+    layout = dict(placement="zoology", filler="random", distinct_values=True)  # Zoology's query layout
+    return [
+        Run(
+            suite="mqar",
+            task="mqar",
+            label=mixer,
+            mixer=mixer,
+            mixer_options=_options(scale, mixer),
+            lr=lr,
+            d_model=d,
+            steps=steps,
+            batch_size=batch,
+            n_layers=1 if scale == "smoke" else 2,
+            task_options=dict(seq_len=length, n_pairs=pairs, n_keys=half, n_values=half, **layout, **data),
+            cell={"seq_len": length, "pairs": pairs},
+            warmup_steps=0 if scale == "smoke" else steps // 10,
+        )
+        for mixer in mixers
+        for length, pairs in cells
+        for d in widths
+        for lr in lrs
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ mamba tasks
+# Gu & Dao 2023 Table 1: S4 without gating ~ our s4d, S6 without gating ~ selective_ssm (Mamba's SSM alone
+# in a residual block), the full Mamba block ~ mamba2 here (its SSD successor; the Mamba-1 block is not a
+# mixer of the library).
+SELECTIVE_MIXERS = ("s4d", "selective_ssm", "mamba2", "deltanet", "hawk")
+
+
+def selective_copying(scale: str) -> list:
+    """Selective copying as Mamba (Gu & Dao 2023, §4.1.1, App. E.1): 16 tokens from a vocabulary of 16 at
+    random positions among noise, to be reproduced in order after the delimiter; 2 layers.
+
+    paper: L = 4096, width 64, 400 000 steps of batch 64 at lr 1e-4 (cosine here), lr ∈ {1e-4, 1e-3}.
+    cpu: L = 256, width 64, 400 steps of batch 32 on 4 000 examples, lr ∈ {1e-3, 3e-3}.
+    """
+    if scale == "smoke":
+        length, lrs, mixers, d, steps, batch, n_copy, data = 16, [1e-3], ("selective_ssm",), 8, 1, 4, 4, _SMOKE_DATA
+    elif scale == "cpu":
+        length, lrs, mixers, d, steps, batch, n_copy = 256, [1e-3, 3e-3], SELECTIVE_MIXERS, 64, 400, 32, 16
+        data = dict(n_train=4000, n_val=200, n_test=200)
+    else:
+        length, lrs, mixers, d, steps, batch, n_copy = 4096, [1e-4, 1e-3], SELECTIVE_MIXERS, 64, 400_000, 64, 16
+        data = dict(n_train=100000, n_val=1000, n_test=1000)
+    return [
+        Run(
+            suite="selective_copying",
+            task="selective_copying",
+            label=mixer,
+            mixer=mixer,
+            mixer_options=_options(scale, mixer),
+            lr=lr,
+            d_model=d,
+            steps=steps,
+            batch_size=batch,
+            n_layers=1 if scale == "smoke" else 2,
+            task_options=dict(seq_len=length, n_copy=n_copy, n_symbols=16, **data),
+            cell={"seq_len": length},
+            warmup_steps=0 if scale == "smoke" else steps // 10,
+        )
+        for mixer in mixers
+        for lr in lrs
+    ]
+
+
+INDUCTION_MIXERS = ("s4d", "selective_ssm", "mamba2", "linear_attention", "deltanet", "hawk")
+
+
+def induction(scale: str) -> list:
+    """Induction heads as Mamba (Gu & Dao 2023, §4.1.2, App. E.1): vocabulary 16, 2 layers, trained at
+    L = 256, the best checkpoint evaluated at 64 … 4096 (paper: up to 2^20).
+
+    paper: train L = 256, width 64, 8 192 steps of batch 8, lr ∈ {1e-4, 1e-3}; test lengths 2^6 … 2^14.
+    cpu: train L = 128, width 32, 300 steps of batch 32 on 4 000 examples, lr ∈ {1e-3, 3e-3}; test lengths
+    2^6 … 2^12 with 64 examples each.
+    """
+    if scale == "smoke":
+        length, lrs, mixers, d, steps, batch, data = 16, [1e-3], ("mamba2",), 8, 1, 4, _SMOKE_DATA
+        lengths, n_extra = (8, 32), 4
+    elif scale == "cpu":
+        length, lrs, mixers, d, steps, batch = 128, [1e-3, 3e-3], INDUCTION_MIXERS, 32, 300, 32
+        data, lengths, n_extra = dict(n_train=4000, n_val=200, n_test=200), tuple(2**k for k in range(6, 13)), 64
+    else:
+        length, lrs, mixers, d, steps, batch = 256, [1e-4, 1e-3], INDUCTION_MIXERS, 64, 8192, 8
+        data, lengths, n_extra = dict(n_train=65536, n_val=1000, n_test=1000), tuple(2**k for k in range(6, 15)), 256
+    return [
+        Run(
+            suite="induction",
+            task="induction",
+            label=mixer,
+            mixer=mixer,
+            mixer_options=_options(scale, mixer),
+            lr=lr,
+            d_model=d,
+            steps=steps,
+            batch_size=batch,
+            n_layers=1 if scale == "smoke" else 2,
+            task_options=dict(seq_len=length, n_symbols=16, **data),
+            cell={"train_len": length},
+            warmup_steps=0 if scale == "smoke" else steps // 10,
+            extra_lengths=lengths,
+            extra_n_test=n_extra,
+            eval_batch_size=16 if scale != "smoke" else 4,
+        )
+        for mixer in mixers
+        for lr in lrs
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ capacity
+# (label, mixer, options): linear attention vs the delta rule, feature maps elu+1 vs DPFP ν = 1, 2.
+CAPACITY_VARIANTS = (
+    ("la_elu", "linear_attention", {"feature_map": "elu+1"}),
+    ("la_dpfp1", "linear_attention", {"feature_map": "dpfp", "dpfp_nu": 1}),
+    ("la_dpfp2", "linear_attention", {"feature_map": "dpfp", "dpfp_nu": 2}),
+    ("delta_elu", "deltanet", {"feature_map": "elu+1"}),
+    ("delta_dpfp1", "deltanet", {"feature_map": "dpfp", "dpfp_nu": 1}),
+    ("delta_dpfp2", "deltanet", {"feature_map": "dpfp", "dpfp_nu": 2}),
+)
+
+
+def retrieval_capacity(scale: str) -> list:
+    """Associative-retrieval capacity as Schlag, Irie & Schmidhuber 2021 §6.1: setting 1 shows S unique keys
+    with their values and queries one; setting 2 shows 2S items whose keys repeat, the latest value counts.
+    One layer; accuracy at the query vs S.
+
+    paper: S ∈ {20, 40, 60, 80, 120}, width 64, one head, 1 layer, both settings, 20 000 steps of batch 32,
+    lr ∈ {1e-3, 3e-3}. cpu: S ∈ {20, 60, 120}, width 32, 300 steps of batch 32 on 4 000 examples, lr 3e-3,
+    the variants la_elu, la_dpfp1, delta_elu, delta_dpfp1 (ν = 2 at paper scale only).
+    """
+    if scale == "smoke":
+        sizes, lrs, variants, d, steps, batch, settings, data = [4], [1e-3], CAPACITY_VARIANTS[3:4], 8, 1, 4, [2], {}
+        data = _SMOKE_DATA
+    elif scale == "cpu":
+        sizes, lrs, d, steps, batch, settings = [20, 60, 120], [3e-3], 32, 300, 32, [1, 2]
+        variants = tuple(v for v in CAPACITY_VARIANTS if not v[0].endswith("dpfp2"))
+        data = dict(n_train=4000, n_val=200, n_test=200)
+    else:
+        sizes, lrs, d, steps, batch, settings = [20, 40, 60, 80, 120], [1e-3, 3e-3], 64, 20000, 32, [1, 2]
+        variants, data = CAPACITY_VARIANTS, dict(n_train=100000, n_val=1000, n_test=1000)
+    return [
+        Run(
+            suite="retrieval_capacity",
+            task="retrieval_capacity",
+            label=label,
+            mixer=mixer,
+            mixer_options=_options(scale, mixer, {"num_heads": 1, **options}),
+            lr=lr,
+            d_model=d,
+            steps=steps,
+            batch_size=batch,
+            n_layers=1,
+            task_options=dict(n_keys=s, setting=setting, **data),
+            cell={"setting": setting, "n_keys": s},
+            warmup_steps=0 if scale == "smoke" else steps // 10,
+        )
+        for label, mixer, options in variants
+        for setting in settings
+        for s in sizes
+        for lr in lrs
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ state tracking
+# (label, mixer, options): with and without negative eigenvalues (Grazzi et al. 2025).
+STATE_VARIANTS = (
+    ("deltanet", "deltanet", {}),
+    ("deltanet_neg", "deltanet", {"negative_eigenvalues": True}),
+    ("selective_ssm", "selective_ssm", {}),
+    ("selective_ssm_neg", "selective_ssm", {"negative_eigenvalues": True}),
+    ("mamba2", "mamba2", {}),
+    ("mamba2_neg", "mamba2", {"negative_eigenvalues": True}),
+)
+
+
+def state_tracking(scale: str) -> list:
+    """Parity and modular arithmetic (mod 5, no brackets) as Grazzi et al. 2025 §5.2 / Delétang et al. 2023:
+    train on lengths 3–40, test on 40–256, scored at the last token; DeltaNet, SelectiveSSM and Mamba2 with and
+    without negative eigenvalues. The report's number is the test accuracy (the lengths never trained on).
+
+    paper: width 128, 2 layers, 100 000 steps of batch 256 (Grazzi et al.), lr ∈ {1e-4, 3e-4, 1e-3}.
+    cpu: width 32, 2 layers, 600 steps of batch 32 on 4 000 examples, lr ∈ {1e-3, 3e-3}, 200 test rows.
+    """
+    if scale == "smoke":
+        tasks, lrs, variants, d, steps, batch = ["parity"], [1e-3], STATE_VARIANTS[1:2], 8, 1, 4
+        ranges, data = dict(min_len=3, max_len=8, test_min_len=8, test_max_len=16), _SMOKE_DATA
+    elif scale == "cpu":
+        tasks, lrs, variants, d, steps, batch = (
+            ["parity", "modular_arithmetic"],
+            [1e-3, 3e-3],
+            STATE_VARIANTS,
+            32,
+            600,
+            32,
+        )
+        ranges, data = (
+            dict(min_len=3, max_len=40, test_min_len=40, test_max_len=256),
+            dict(n_train=4000, n_val=200, n_test=200),
+        )
+    else:
+        tasks, lrs, variants, d, steps, batch = (
+            ["parity", "modular_arithmetic"],
+            [1e-4, 3e-4, 1e-3],
+            STATE_VARIANTS,
+            128,
+            100_000,
+            256,
+        )
+        ranges, data = (
+            dict(min_len=3, max_len=40, test_min_len=40, test_max_len=256),
+            dict(n_train=100000, n_val=1000, n_test=1000),
+        )
+    runs = []
+    for task in tasks:
+        for label, mixer, options in variants:
+            for lr in lrs:
+                task_options = dict(ranges, **data)
+                if task == "modular_arithmetic":
+                    task_options["modulus"] = 5
+                runs.append(
+                    Run(
+                        suite="state_tracking",
+                        task=task,
+                        label=label,
+                        mixer=mixer,
+                        mixer_options=_options(scale, mixer, options),
+                        lr=lr,
+                        d_model=d,
+                        steps=steps,
+                        batch_size=batch,
+                        n_layers=1 if scale == "smoke" else 2,
+                        task_options=task_options,
+                        pooling="none",
+                        warmup_steps=0 if scale == "smoke" else steps // 10,
+                        extra_test=True,
+                    )
+                )
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------ registry
+_MAMBA = "Gu & Dao 2023 (Mamba)"
+_ZOOLOGY = "Arora et al. 2023 (Zoology), Fig. 2"
+_SCHLAG = "Schlag, Irie & Schmidhuber 2021, §6.1 Fig. 2"
+_GRAZZI = "Grazzi et al. 2025, Table 2"
+
+SUITES = {
+    s.name: s
+    for s in (
+        Suite(
+            "memory",
+            "Long-range presence (did token 1 occur in the first 10 positions?)",
+            memory.__doc__,
+            memory,
+            x="seq_len",
+            references=(Reference("issue 16 probe", "a long-memory mixer should be near 100 %; chance 50 %"),),
+        ),
+        Suite(
+            "mqar",
+            "Multi-query associative recall (Zoology)",
+            mqar.__doc__,
+            mqar,
+            x="d_model",
+            references=(
+                Reference(_ZOOLOGY, "attention solves every (L, pairs) cell at every width"),
+                Reference(_ZOOLOGY, "gated convolutions need a width growing with L"),
+                Reference(_ZOOLOGY, "input-dependent recurrences (Mamba, Based) beat time-invariant ones (S4-like)"),
+            ),
+        ),
+        Suite(
+            "selective_copying",
+            "Selective copying (Mamba §4.1.1)",
+            selective_copying.__doc__,
+            selective_copying,
+            x="seq_len",
+            references=(
+                Reference(f"{_MAMBA}, Table 1 (L = 4096)", "S4 without gating", label="s4d", value=0.183),
+                Reference(f"{_MAMBA}, Table 1 (L = 4096)", "S6 without gating", label="selective_ssm", value=0.970),
+                Reference(f"{_MAMBA}, Table 1 (L = 4096)", "full Mamba block (S6)", label="mamba2", value=0.998),
+            ),
+        ),
+        Suite(
+            "induction",
+            "Induction heads, trained at one length, tested at 64 … 4096 (Mamba §4.1.2)",
+            induction.__doc__,
+            induction,
+            x="eval_len",
+            references=(
+                Reference(
+                    f"{_MAMBA}, Table 2",
+                    "Mamba keeps 100 % from 2^6 up to 2^20 (trained at 2^8)",
+                    label="mamba2",
+                    value=1.0,
+                ),
+                Reference(
+                    f"{_MAMBA}, Table 2",
+                    "attention and the other SSMs (S4, H3, Hyena) fail beyond ~2x the training length",
+                ),
+            ),
+        ),
+        Suite(
+            "retrieval_capacity",
+            "Associative-retrieval capacity (Schlag et al. 2021 §6.1)",
+            retrieval_capacity.__doc__,
+            retrieval_capacity,
+            x="n_keys",
+            references=(
+                Reference(_SCHLAG, "setting 1: capacity grows with the feature size (DPFP ν = 1, 2 beyond elu+1)"),
+                Reference(_SCHLAG, "setting 2 (repeated keys, latest value counts): only the delta rule succeeds"),
+            ),
+        ),
+        Suite(
+            "state_tracking",
+            "Parity and modular arithmetic, trained on lengths 3–40, tested on 40–256",
+            state_tracking.__doc__,
+            state_tracking,
+            x="label",
+            references=(
+                Reference(_GRAZZI, "parity with length generalisation only with negative eigenvalues"),
+                Reference(
+                    _GRAZZI,
+                    "modular arithmetic without brackets: negative eigenvalues improve the length generalisation",
+                ),
+            ),
+        ),
+    )
+}
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        raise ValueError(f"unknown suite {name!r}; choose one of {sorted(SUITES)}")
+    return SUITES[name]

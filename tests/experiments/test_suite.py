@@ -1,0 +1,174 @@
+"""experiments.suite: the one-step smoke of every suite (run, then report), skip-if-finished and resume, ``--only``,
+the best-learning-rate choice on hand-made results, and the CLI.
+
+The smoke grids (``--scale smoke``) are one run per suite: one layer of width 8, one step of batch 4, a few
+examples; the point is that each suite's tasks, options, extra evaluations and report go through end to end.
+"""
+
+import json
+import os
+
+import pytest
+
+from algornn.experiments.suite import SUITES, Run, Suite, best_per_cell, collect, run_suite, write_report
+from algornn.experiments.suite.cli import main
+
+pytestmark = pytest.mark.loose_promotion
+
+
+@pytest.mark.parametrize("name", sorted(SUITES))
+def test_smoke_run_then_report(name, tmp_path):
+    root, out = tmp_path / "root", tmp_path / "out"
+    records = run_suite(name, scale="smoke", root=str(root), progress=False, compilation_cache=False)
+    assert [r["status"] for r in records] == ["trained"]
+    workdir = records[0]["workdir"]
+    for f in ("results.json", "run.json", "config.json", "metrics.jsonl"):
+        assert os.path.isfile(os.path.join(workdir, f)), f
+    run = SUITES[name].grid("smoke")[0]
+    if run.has_extras:
+        with open(os.path.join(workdir, "extras.json")) as f:
+            extras = json.load(f)
+        if run.extra_lengths:
+            assert sorted(int(k) for k in extras["accuracy_by_length"]) == sorted(run.extra_lengths)
+        if run.extra_test:
+            assert 0.0 <= extras["test_accuracy"] <= 1.0
+    paths = write_report(name, root=str(root), out_dir=str(out))
+    assert paths["md"] == str(out / f"suite_{name}.md") and paths["png"] == str(out / f"suite_{name}.png")
+    assert os.path.getsize(paths["png"]) > 0
+    text = open(paths["md"]).read()
+    assert run.name in text and "## Best learning rate per cell" in text and "Scale: `smoke`" in text
+    data = json.load(open(paths["json"]))
+    assert data["scale"] == "smoke" and [r["name"] for r in data["runs"]] == [run.name]
+    assert data["best_per_cell"][0]["lr"] == run.lr and data["runs"][0]["wall_time_s"] > 0
+
+
+def _tiny_suite(lrs=(1e-3, 3e-3)):
+    def runs(scale):
+        return [
+            Run(
+                suite="tiny",
+                task="induction",
+                label="deltanet",
+                mixer="deltanet",
+                mixer_options={"num_heads": 2, "chunk_size": 16},
+                lr=lr,
+                d_model=8,
+                n_layers=1,
+                steps=2,
+                batch_size=4,
+                task_options=dict(seq_len=12, n_train=8, n_val=4, n_test=4),
+                cell={"train_len": 12},
+                extra_lengths=(8,),
+                extra_n_test=4,
+            )
+            for lr in lrs
+        ]
+
+    return Suite("tiny", "tiny", "a two-run grid", runs, x="eval_len")
+
+
+def test_skip_finished_resume_and_only(tmp_path):
+    suite, root = _tiny_suite(), str(tmp_path / "root")
+    names = [r.name for r in suite.grid("cpu")]
+    assert len(set(names)) == 2
+    first = run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=suite, only="lr1e-03")
+    assert [r["name"] for r in first] == [names[0]] and first[0]["status"] == "trained"
+    assert not os.path.exists(os.path.join(root, names[1]))  # --only left the other run alone
+    results = os.path.join(root, names[0], "results.json")
+    stamp = os.stat(results).st_mtime_ns
+    again = run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=suite)
+    assert [r["status"] for r in again] == ["skipped", "trained"]
+    assert os.stat(results).st_mtime_ns == stamp  # a finished run is not touched
+    # extras lost: the trained checkpoint is kept (train_and_evaluate says already complete), extras redone
+    os.remove(os.path.join(root, names[0], "extras.json"))
+    third = run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=suite)
+    assert [r["status"] for r in third] == ["trained", "skipped"]
+    assert os.stat(results).st_mtime_ns == stamp
+    assert os.path.isfile(os.path.join(root, names[0], "extras.json"))
+    with pytest.raises(ValueError, match="no run matching"):
+        run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=suite, only="nothing-like-this")
+    with pytest.raises(ValueError, match="not a regular expression"):
+        suite.grid("cpu", only="(")
+
+
+def _write_run(root, name, cell_key, lr, vals, test):
+    """A hand-made finished run dir: ``vals`` the validation accuracies of its evaluations."""
+    d = root / name
+    d.mkdir(parents=True)
+    spec = {
+        "name": name,
+        "cell_key": cell_key,
+        "task": "t",
+        "label": cell_key.split("-")[0],
+        "mixer": "m",
+        "cell": {"seq_len": 64},
+        "d_model": 32,
+        "lr": lr,
+    }
+    (d / "run.json").write_text(json.dumps(spec))
+    (d / "results.json").write_text(
+        json.dumps(
+            {
+                "steps": 10,
+                "final_val": {"accuracy": vals[-1]},
+                "test_from_best_checkpoint": {"accuracy": test},
+                "train_time_s": 1.0,
+                "wall_time_s": 2.0,
+            }
+        )
+    )
+    (d / "metrics.jsonl").write_text(
+        "".join(json.dumps({"step": i, "split": "val", "accuracy": v}) + "\n" for i, v in enumerate(vals))
+    )
+
+
+def test_best_lr_per_cell_on_validation(tmp_path):
+    # cell a: lr 1e-3 peaks at 0.9 during training (ends at 0.5), 1e-2 ends at 0.8: the best evaluation counts
+    _write_run(tmp_path, "a1", "a", 1e-3, [0.2, 0.9, 0.5], test=0.55)
+    _write_run(tmp_path, "a2", "a", 1e-2, [0.3, 0.8], test=0.99)  # a better test number does not choose
+    # cell b: a tie between two rates keeps the smaller one
+    _write_run(tmp_path, "b1", "b", 3e-3, [0.7], test=0.1)
+    _write_run(tmp_path, "b2", "b", 1e-4, [0.7], test=0.2)
+    (tmp_path / "unfinished").mkdir()  # no results.json: not a run yet
+    records = collect(str(tmp_path))
+    assert sorted(r["name"] for r in records) == ["a1", "a2", "b1", "b2"]
+    best = {r["cell_key"]: r for r in best_per_cell(records)}
+    assert best["a"]["lr"] == 1e-3 and best["a"]["val_accuracy"] == 0.9 and best["a"]["test_accuracy"] == 0.55
+    assert best["a"]["val_by_lr"] == {"0.001": 0.9, "0.01": 0.8} and best["a"]["cell_wall_time_s"] == 4.0
+    assert best["b"]["lr"] == 1e-4
+
+
+def test_cli_help_list_and_errors(tmp_path, capsys):
+    for argv in (["--help"], ["run", "--help"], ["report", "--help"], ["list", "--help"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--scale" in out and "--only" in out and "--root" in out
+    assert main(["list", "--runs", "memory"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in SUITES) and "presence-s4d-seq_len512-d32-lr1e-03" in out
+    assert main(["report", "mqar", "--root", str(tmp_path / "missing")]) == 1
+    assert "is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run", "no_such_suite"])
+
+
+def test_cpu_grids_keep_the_protocols():
+    """The cpu grids keep each protocol's structure: every mixer on memory with 3 learning rates, both
+    capacity settings, both state-tracking tasks with and without negative eigenvalues, induction's lengths."""
+    memory = SUITES["memory"].grid("cpu")
+    assert {r.mixer for r in memory} >= {"lru", "selective_ssm", "s4d", "deltanet"} and len({r.lr for r in memory}) == 3
+    capacity = SUITES["retrieval_capacity"].grid("cpu")
+    assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
+        "linear_attention",
+        "deltanet",
+    }
+    state = SUITES["state_tracking"].grid("cpu")
+    assert {r.task for r in state} == {"parity", "modular_arithmetic"}
+    assert {r.mixer_options.get("negative_eigenvalues", False) for r in state} == {True, False}
+    (lengths,) = {r.extra_lengths for r in SUITES["induction"].grid("cpu")}
+    assert lengths[0] == 64 and lengths[-1] == 4096
+    mqar = SUITES["mqar"].grid("paper")
+    assert {(r.task_options["n_keys"], r.task_options["n_values"]) for r in mqar} == {(4096, 4096)}
+    assert len({r.lr for r in mqar}) == 4 and {r.d_model for r in mqar} == {64, 128}
