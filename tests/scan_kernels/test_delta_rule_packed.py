@@ -186,3 +186,8 @@ def check_delta_rule(backend, gate, C, L=None, H=2, K=4, V=3, seed=0):
 @pytest.mark.parametrize("backend", ["reference", "xla"])
 def test_delta_rule_packed_equals_sequences_alone(backend, gate):
     check_delta_rule(backend, gate, C=8)
+
+
+@pytest.mark.parametrize("gate", ["none", "scalar", "key"])
+def test_delta_rule_packed_pallas_interpret(gate):
+    check_delta_rule("pallas", gate, C=16, L=40)
