@@ -1,10 +1,10 @@
 """Packed sequences (``segment_ids``) in ``delta_rule`` and ``delta_product``: a packed row equals each of its
 sequences run alone, on every backend, forward and gradients.
 
-Oracles: the forward against a float64 NumPy loop run on each sequence alone (from the row's initial state);
-the gradients of a random linear functional of the outputs and the final state against the same functional of
-every sequence run alone as its own row (``delta_rule_reference`` without packing, sequences right-padded with
-steps that cannot touch the state: zero key, β and log-gate) — packing never enters the oracle.
+Oracle: a float64 NumPy loop run on each sequence alone (from the row's initial state) — packing never enters it.
+Forward: outputs and final state against it. Gradients (``jax.grad`` of a random linear functional F of the outputs
+and the final state): their projections on random directions against float64 central differences of F computed by
+the same loop (no compiled oracle, and independent of every JAX code path).
 """
 
 import jax
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
+from algornn.scan_kernels._delta_product.op import delta_product_composed
 from tests._utils import assert_close
 
 F32 = jnp.float32
@@ -78,116 +79,199 @@ def numpy_delta_rule(q, k, v, beta, g, s0):
     return o, S
 
 
-def numpy_packed(ids, q, k, v, beta, g, s0):
-    """Each sequence of each row alone through ``numpy_delta_rule`` from the row's initial state; outputs 0 on
-    padding; the final state that of the row's last sequence (the initial state if the row has none)."""
+def numpy_packed(ids, q, k, v, beta, g, s0, loop=numpy_delta_rule):
+    """Each sequence of each row alone through ``loop`` from the row's initial state; outputs 0 on padding; the
+    final state that of the row's last sequence (the initial state if the row has none)."""
     q, k, v, beta, s0 = (np.asarray(x, np.float64) for x in (q, k, v, beta, s0))
     g = None if g is None else np.asarray(g, np.float64)
-    o = np.zeros(v.shape)
+    o = np.zeros(q.shape[:3] + v.shape[-1:])
     final = s0.copy()
     for r in range(ids.shape[0]):
         for a, z in runs(ids[r]):
             gs = None if g is None else g[r, a:z]
-            o[r, a:z], final[r] = numpy_delta_rule(q[r, a:z], k[r, a:z], v[r, a:z], beta[r, a:z], gs, s0[r])
+            o[r, a:z], final[r] = loop(q[r, a:z], k[r, a:z], v[r, a:z], beta[r, a:z], gs, s0[r])
     return o, final
-
-
-def sequences_as_rows(ids, xs):
-    """Every sequence as its own row, right-padded to the longest: ``xs`` arrays ``(B, L, ...)`` -> ``(R, T, ...)``
-    (zeros after each sequence), the row each came from, its ``(row, start, stop)`` and whether it is its row's
-    last sequence."""
-    seqs = [(r, a, z) for r in range(ids.shape[0]) for a, z in runs(ids[r])]
-    T = max(z - a for _, a, z in seqs)
-    out = []
-    for x in xs:
-        x = np.asarray(x)
-        rows = np.zeros((len(seqs), T) + x.shape[2:], x.dtype)
-        for i, (r, a, z) in enumerate(seqs):
-            rows[i, : z - a] = x[r, a:z]
-        out.append(jnp.asarray(rows))
-    last = [i == len(seqs) - 1 or seqs[i + 1][0] != r for i, (r, _, _) in enumerate(seqs)]
-    return out, seqs, np.asarray(last)
 
 
 def functional(seed, o_shape, s_shape):
     rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.normal(size=o_shape), F32), jnp.asarray(rng.normal(size=s_shape), F32)
+    return rng.normal(size=o_shape), rng.normal(size=s_shape)
 
 
-def oracle_grads(ids, args, do, dS, run):
-    """Gradients of ``<o, do> + <final, dS>`` with every sequence run alone: ``run(*row_args) -> (o, final)`` on
-    unpacked rows; ``args = (q, k, v, β, g, s0)`` with the time axis 1 (s0 per row). Returns them in the packed
-    layout (zero on padding)."""
-    q, k, v, b, g, s0 = args
-    xs = [q, k, v, b] + ([] if g is None else [g])
-    (rows, seqs, last) = sequences_as_rows(ids, xs + [do])
-    owner = np.asarray([r for r, _, _ in seqs])
-    d_rows, s0_rows = rows[-1], s0[owner]
-    dS_rows = jnp.where(jnp.asarray(last)[:, None, None, None], dS[owner], 0.0)  # only the last one is returned
+def value_and_grads(f, args, do, dS):
+    """One compiled call of ``f`` under ``jax.value_and_grad``: its outputs (the residual-saving forward of the
+    ``custom_vjp``) and the gradients of ``<o, do> + <final, dS>`` with respect to every array argument."""
+    argnums = tuple(i for i, x in enumerate(args) if x is not None)
+    dof, dSf = jnp.asarray(do, F32), jnp.asarray(dS, F32)
 
     def loss(*a):
-        g_ = a[4] if g is not None else None
-        o, S = run(*a[:4], g_, a[-1])
-        return jnp.sum(o * d_rows) + jnp.sum(S * dS_rows)
+        o, S = f(*a)
+        return jnp.sum(o.astype(F32) * dof) + jnp.sum(S * dSf), (o, S)
 
-    nargs = len(xs) + 1
-    grads = jax.jit(jax.grad(loss, tuple(range(nargs))))(*rows[:-1], s0_rows)
-    out = [np.zeros(np.shape(x), np.float32) for x in xs]
-    for i, (r, a, z) in enumerate(seqs):
-        for j in range(len(xs)):
-            out[j][r, a:z] = np.asarray(grads[j][i, : z - a])
-    ds0 = np.zeros(np.shape(s0), np.float32)
-    np.add.at(ds0, owner, np.asarray(grads[-1]))
-    return out + [ds0]
+    (_, (o, S)), grads = jax.jit(jax.value_and_grad(loss, argnums, has_aux=True))(*args)
+    return o, S, dict(zip(argnums, grads))
 
 
-def packed_grads(fn, args, do, dS):
-    q, k, v, b, g, s0 = args
-    argnums = (0, 1, 2, 3, 5) if g is None else (0, 1, 2, 3, 4, 5)
-
-    def loss(*a):
-        o, S = fn(*a)
-        return jnp.sum(o.astype(F32) * do) + jnp.sum(S * dS)
-
-    return jax.jit(jax.grad(loss, argnums))(*args)
-
-
-def _dr(backend, C, ids, **kw):
-    def f(q, k, v, b, g, s0):
-        return sk.delta_rule(
-            q, k, v, b, log_decay=g, initial_state=s0, segment_ids=ids, chunk_size=C, backend=backend, **kw
-        )
-
-    return f
+def numpy_delta_product(q, k, v, beta, g, s0):
+    """One sequence, float64: per token ``S ← exp(g) S``, then ``S ← (I − β_j k_j k_jᵀ) S + β_j k_j v_jᵀ`` for its
+    sub-steps j, then ``o = Sᵀ q``; ``q (T, H, K)``, ``k (T, n, H, K)``."""
+    T, n, H, K = k.shape
+    S = np.array(s0, np.float64)
+    o = np.zeros((T, H, v.shape[-1]))
+    for t in range(T):
+        for h in range(H):
+            if g is not None:
+                S[h] = np.exp(g[t, h]) * S[h]
+            for j in range(n):
+                kt, bt = k[t, j, h], beta[t, j, h]
+                S[h] = (np.eye(K) - bt * np.outer(kt, kt)) @ S[h] + bt * np.outer(kt, v[t, j, h])
+            o[t, h] = S[h].T @ q[t, h]
+    return o, S
 
 
-def check_delta_rule(backend, gate, C, L=None, H=2, K=4, V=3, seed=0):
-    L = L or 3 * C + 5
-    ids = packings(L, C)
-    args = make_inputs(seed, 2, L, H, K, V, gate)
-    o_np, S_np = numpy_packed(ids, *args)
-    f = _dr(backend, C, jnp.asarray(ids))
+NAMES = ["q", "k", "v", "beta", "log_decay", "initial_state"]
+
+
+def check_packed(f, loop, ids, args, grads=True, eps=1e-5):
+    """``f(q, k, v, β, g, s0)`` on rows packed as ``ids`` against ``loop`` run on each sequence alone in float64:
+    outputs and final state of the no-grad call and of the differentiated call; with ``grads``, the gradients of
+    ``F = <o, do> + <final, dS>`` (random ``do``, ``dS``) projected on two random directions per argument against
+    central differences of F along them (``numpy_packed`` in float64); gradients on padding exactly 0."""
+    o_np, S_np = numpy_packed(ids, *args, loop=loop)
     o, S = jax.jit(f)(*args)  # no differentiation: the no-grad forward of the chunked backends
     assert_close(o, o_np, name="o")
     assert_close(S, S_np, name="final state")
     assert np.all(np.asarray(o)[ids == 0] == 0.0), "padding outputs must be exactly 0"
+    if not grads:
+        return
     do, dS = functional(1, o.shape, S.shape)
-    (o_fwd, S_fwd), _ = jax.vjp(f, *args)  # the residual-saving forward of the custom_vjp
-    assert_close(o_fwd, o_np, name="o (vjp forward)")
-    assert_close(S_fwd, S_np, name="final state (vjp forward)")
-    got = packed_grads(f, args, do, dS)
-    ref = lambda q, k, v, b, g, s: sk.delta_rule_reference(q, k, v, b, log_decay=g, initial_state=s)  # noqa: E731
-    want = oracle_grads(ids, args, do, dS, ref)
-    for name, x, y in zip(["dq", "dk", "dv", "dbeta", "dg", "ds0"] if gate != "none" else ["dq", "dk", "dv", "dbeta", "ds0"], got, want):
-        assert_close(x, y, rtol=5e-5, name=name)
+    o_g, S_g, got = value_and_grads(f, args, do, dS)
+    assert_close(o_g, o_np, name="o (differentiated forward)")
+    assert_close(S_g, S_np, name="final state (differentiated forward)")
+    x64 = [None if x is None else np.asarray(x, np.float64) for x in args]
+
+    def F(xs):
+        o, S = numpy_packed(ids, *xs, loop=loop)
+        return np.sum(o * do) + np.sum(S * dS)
+
+    rng = np.random.default_rng(2)
+    for i, g in got.items():
+        g = np.asarray(g, np.float64)
+        if i < 5:  # per-token inputs: nothing flows to padding
+            assert np.all(g[ids == 0] == 0.0), f"d{NAMES[i]} must be 0 on padding"
+        for _ in range(2):
+            u = rng.normal(size=g.shape)
+            plus, minus = list(x64), list(x64)
+            plus[i], minus[i] = x64[i] + eps * u, x64[i] - eps * u
+            fd = (F(plus) - F(minus)) / (2 * eps)
+            assert_close(np.sum(g * u), fd, rtol=2e-4, name=f"d{NAMES[i]} along a random direction")
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar", "key"])
-@pytest.mark.parametrize("backend", ["reference", "xla"])
+def check_delta_rule(backend, gate, C, L=None, H=2, K=4, V=3, seed=0, grads=True):
+    L = L or 3 * C + 5
+    ids = packings(L, C)
+    args = make_inputs(seed, 2, L, H, K, V, gate)
+    idj = jnp.asarray(ids)
+
+    def f(q, k, v, b, g, s0):
+        kw = dict(log_decay=g, initial_state=s0, segment_ids=idj, chunk_size=C, backend=backend)
+        return sk.delta_rule(q, k, v, b, **kw)
+
+    check_packed(f, numpy_delta_rule, ids, args, grads)
+
+
+slow = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "backend,gate",
+    [
+        ("xla", "key"),
+        ("reference", "scalar"),
+        pytest.param("xla", "none", marks=slow),
+        pytest.param("xla", "scalar", marks=slow),
+        pytest.param("reference", "none", marks=slow),
+        pytest.param("reference", "key", marks=slow),
+    ],
+)
 def test_delta_rule_packed_equals_sequences_alone(backend, gate):
+    """C = 8: sequences end inside chunks, one chunk has a boundary at every position (``packings``)."""
     check_delta_rule(backend, gate, C=8)
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar", "key"])
-def test_delta_rule_packed_pallas_interpret(gate):
-    check_delta_rule("pallas", gate, C=16, L=40)
+@pytest.mark.parametrize(
+    "gate,grads",
+    [("key", False), pytest.param("none", True, marks=slow), pytest.param("scalar", True, marks=slow)]
+    + [pytest.param("key", True, marks=slow)],
+)
+def test_delta_rule_packed_pallas_interpret(gate, grads):
+    """The Pallas kernels in interpret mode (their backward is the packed XLA form's, tested above)."""
+    check_delta_rule("pallas", gate, C=16, L=40, grads=grads)
+
+
+@slow
+@pytest.mark.parametrize("gate", ["scalar", "key"])
+def test_delta_rule_packed_strong_decay(gate):
+    """g up to −20 per step: masked cross-sequence pairs and the sequence-local decays stay finite and exact."""
+    C, L = 16, 45
+    ids = packings(L, C)
+    q, k, v, b, g, s0 = make_inputs(5, 2, L, 2, 4, 3, gate)
+    args = (q, k, v, b, g * (20.0 / 1.5), s0)
+
+    def f(q, k, v, b, g, s0):
+        return sk.delta_rule(q, k, v, b, log_decay=g, initial_state=s0, segment_ids=jnp.asarray(ids), chunk_size=C)
+
+    check_packed(f, numpy_delta_rule, ids, args)
+
+
+@pytest.mark.parametrize(
+    "backend,gate,steps",
+    [
+        ("xla", "scalar", 16),
+        pytest.param("xla", "none", None, marks=slow),
+        pytest.param("reference", "scalar", None, marks=slow),
+        pytest.param("xla", "none", 16, marks=slow),
+    ],
+)
+def test_delta_product_packed_equals_sequences_alone(backend, gate, steps):
+    """n = 2 sub-steps, C = 8 sub-steps (4 tokens) per chunk; ``steps=16``: the segmented path, segments of 8
+    tokens, so sequences cross segment boundaries and segments start inside sequences, at new ones and in padding."""
+    C, L, n = 8, 32, 2
+    ids = packings(L, C // n)
+    ids[1, 16:] = 7  # a sequence starting exactly at a segment's first token
+    args = make_inputs(3, 2, L, 2, 4, 3, gate, n=n)
+    idj = jnp.asarray(ids)
+
+    def f(q, k, v, b, g, s0):
+        if steps is None:
+            kw = dict(log_decay=g, initial_state=s0, segment_ids=idj, chunk_size=C, backend=backend)
+            return sk.delta_product(q, k, v, b, **kw)
+        return delta_product_composed(q, k, v, b, g, s0, idj, chunk_size=C, backend=backend, segment_steps=steps)
+
+    check_packed(f, numpy_delta_product, ids, args)
+
+
+@pytest.mark.parametrize(
+    "ids,match",
+    [
+        (np.ones((2, 9), np.float32), "integer dtype"),
+        (np.ones((2, 8), np.int32), r"\(B, L\) = \(2, 9\)"),
+        (np.ones((9,), np.int32), r"\(B, L\) = \(2, 9\)"),
+        ([[1] * 9] * 2, "must be a jax or numpy array"),
+    ],
+)
+def test_bad_segment_ids_raise_value_error(ids, match):
+    q, k, v, b, g, s0 = make_inputs(0, 2, 9, 1, 4, 3, "none")
+    with pytest.raises(ValueError, match="segment_ids.*" + match):
+        sk.delta_rule(q, k, v, b, segment_ids=ids)
+    kp, vp, bp = k[:, :, None], v[:, :, None], b[:, :, None]
+    with pytest.raises(ValueError, match="segment_ids.*" + match):
+        sk.delta_product(q, kp, vp, bp, segment_ids=ids)
+
+
+def test_reset_state_needs_segment_ids():
+    q, k, v, b, g, s0 = make_inputs(0, 1, 5, 1, 4, 3, "none")
+    with pytest.raises(ValueError, match="reset_state.*needs segment_ids"):
+        sk.delta_rule(q, k, v, b, reset_state=s0)
+    with pytest.raises(ValueError, match="reset_state must have shape"):
+        sk.delta_rule(q, k, v, b, segment_ids=jnp.ones((1, 5), jnp.int32), reset_state=s0[..., :2])
