@@ -29,7 +29,5 @@ def sequence_starts(segment_ids):
     """``(valid, starts)``, both bool ``(B, L)``: ``valid`` marks real tokens (id != 0), ``starts`` the real tokens
     that begin a sequence (t == 0 or a change of id; a padding run never starts one)."""
     valid = segment_ids != 0
-    change = jnp.concatenate(
-        [jnp.ones_like(valid[:, :1]), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
-    )  # (B, L)
+    change = jnp.concatenate([jnp.ones_like(valid[:, :1]), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)  # (B, L)
     return valid, valid & change

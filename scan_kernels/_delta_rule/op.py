@@ -472,7 +472,17 @@ def _pallas_probe(q, k, v, beta, log_decay, C):
 
 
 def delta_rule(
-    q, k, v, beta, *, log_decay=None, initial_state=None, segment_ids=None, reset_state=None, chunk_size=64, backend=None
+    q,
+    k,
+    v,
+    beta,
+    *,
+    log_decay=None,
+    initial_state=None,
+    segment_ids=None,
+    reset_state=None,
+    chunk_size=64,
+    backend=None,
 ):
     """Delta rule / gated DeltaNet: ``S_t = (I − β_t k_t k_tᵀ) diag(exp(g_t)) S_{t-1} + β_t k_t v_tᵀ``,
     ``o_t = S_tᵀ q_t`` — per step the rows of S decay first (``S ← diag(e^g) S``), then the delta update
