@@ -119,7 +119,7 @@ def _wy_kernel(*refs, kind, packed):
         else:
             A = b * _key_scores(k_ref, k_ref, g_ref, strict)
         e = jnp.exp(gam if not packed else gt)
-        kw, khat, scale = k * e, k * jnp.exp(last - gam), _last_row(e)
+        kw, khat, scale = k * e, k * jnp.exp(last - gam), jnp.exp(last if not packed else _last_row(gt))
     if packed:
         khat = jnp.where(lastm, khat, 0.0)
     rhs_u, rhs_w = b * v, b * kw
@@ -160,7 +160,7 @@ def _output_kernel(*refs, kind, packed):
     s_ref, o_ref = refs[-2:]
     q, S = q_ref[...], s_ref[...]
     incl = causal(q.shape[0])
-    gam = None if kind == "none" else jnp.cumsum(g_ref[...], axis=0)
+    gam = None if kind == "none" or (kind == "key" and not packed) else jnp.cumsum(g_ref[...], axis=0)
     if packed:
         same, o, _, _, gt = _packing(st_ref[...], None if kind == "none" else g_ref[...], gam)
         incl = incl & same
@@ -169,7 +169,7 @@ def _output_kernel(*refs, kind, packed):
     elif kind == "scalar":
         P, qd = dot_nt(q, k_ref[...]) * decay_matrix(gam, incl), q * jnp.exp(gam if not packed else gt)
     else:
-        P, qd = _key_scores(q_ref, k_ref, g_ref, incl), q * jnp.exp(gam if not packed else gt)
+        P, qd = _key_scores(q_ref, k_ref, g_ref, incl), q * jnp.exp(gt if packed else jnp.cumsum(g_ref[...], axis=0))
     if not packed:
         o_ref[...] = dot(qd, S) + dot(P, u_ref[...] - dot(w_ref[...], S))
         return

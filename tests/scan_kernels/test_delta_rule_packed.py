@@ -275,3 +275,22 @@ def test_reset_state_needs_segment_ids():
         sk.delta_rule(q, k, v, b, reset_state=s0)
     with pytest.raises(ValueError, match="reset_state must have shape"):
         sk.delta_rule(q, k, v, b, segment_ids=jnp.ones((1, 5), jnp.int32), reset_state=s0[..., :2])
+
+
+@pytest.mark.parametrize("gate", ["none", "scalar", pytest.param("key", marks=slow)])
+def test_packed_pallas_kernels_lower_for_cuda(gate, monkeypatch):
+    """Lowering the packed kernels for CUDA (Triton) on a CPU host proves their bodies use only lowerable ops."""
+    import algornn.scan_kernels._delta_rule.pallas as drp
+    from algornn.scan_kernels._common import pallas_config as _pallas_config
+    from tests.scan_kernels.test_pallas_scan import lower_for_cuda
+
+    orig = _pallas_config.pallas_call_kwargs
+    no_interp = lambda **kw: orig(**{**kw, "interpret": False})  # noqa: E731
+    monkeypatch.setattr(drp, "pallas_call_kwargs", no_interp)
+    B, L, H, K, V = 1, 100, 2, 64, 32
+    S = jax.ShapeDtypeStruct
+    g = {"none": None, "scalar": S((B, L, H), F32), "key": S((B, L, H, K), F32)}[gate]
+    qk, v, bs, st = S((B, L, H, K), F32), S((B, L, H, V), F32), S((B, L, H), F32), S((B, L, H), F32)
+    state = S((B, H, K, V), F32)
+    f = jax.jit(lambda q, k, v, b, g, s0, st, s0r: drp._forward(q, k, v, b, g, s0, 64, st, s0r))
+    assert "triton" in lower_for_cuda(f, qk, qk, v, bs, g, state, st, state)
