@@ -499,7 +499,7 @@ def delta_rule(
         sequence at t = 0 and where the id changes). Every sequence starts from ``initial_state`` (its first step
         decays it, as when run alone); padding positions leave the state as it is and output 0; the final state is
         the one after the row's last real sequence. Exact isolation on every backend: a packed row equals each
-        sequence run alone, forward and gradients (docs/ops.md §Packed sequences).
+        sequence run alone, forward and gradients (docs/ops.md §delta_rule, "Packed sequences").
       reset_state: None or ``(B, H, K, V)``, with ``segment_ids`` only: the state sequences starting at t > 0
         start from instead of ``initial_state`` (a long packed row run in slices passes the state leaving the
         previous slice as ``initial_state`` and the row's own initial state here).

@@ -231,6 +231,7 @@ def test_delta_rule_packed_strong_decay(gate):
         pytest.param("xla", "none", None, marks=slow),
         pytest.param("reference", "scalar", None, marks=slow),
         pytest.param("xla", "none", 16, marks=slow),
+        pytest.param("pallas", "scalar", None, marks=slow),
     ],
 )
 def test_delta_product_packed_equals_sequences_alone(backend, gate, steps):
