@@ -32,6 +32,12 @@ state cotangents ``h_n = M_nᵀ h_{n+1} + Q'_nᵀ dO_n`` (``Q' = Q ⊙ exp(γ) �
 Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one loop over steps of
 ``FORWARD_STEP`` tokens in sub-chunks of ``FORWARD_CHUNK``, heads-first ``(B·H, C, ·)``, the chunks of a step in
 order as ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (M is never formed), storing nothing.
+
+Packed sequences (``segment_ids``; docs/ops.md §delta_rule): every path takes start flags ``(B, L, H)`` and a reset
+state ``s⁰``; in a chunk (``packing``) the scores and ``A`` keep pairs of one sequence, ``e = exp(γ̃)`` decays each
+row from its sequence's start, rows of the sequence open at the chunk start use ``S⁰`` (``eo``, ``Wo``) and the
+others ``s⁰``, and ``K̂`` keeps the chunk's last sequence: ``M = diag(o_C e_C) − K̂ᵀ W_o``,
+``Δ = K̂ᵀ (Ũ − W_s s⁰) + diag((1 − o_C) e_C) s⁰``. Without packing every path is the one above, unchanged.
 """
 
 from functools import partial
@@ -460,15 +466,17 @@ def delta_rule_chunked(q, k, v, beta, log_decay, s0, C, scan_backend, starts=Non
     return o[:, :L], final
 
 
-def _pallas_probe(q, k, v, beta, log_decay, C):
+def _pallas_probe(q, k, v, beta, log_decay, C, packed=False):
     """Compile the Pallas delta rule (its WY and output kernels and the Pallas dense chunk-state scan) for these
-    shapes and dtypes; raises if it cannot run (also for a chunk size that is not a power of two)."""
+    shapes and dtypes (``packed``: the packed-sequence kernels); raises if it cannot run (also for a chunk size that
+    is not a power of two)."""
     from algornn.scan_kernels._delta_rule.pallas import delta_rule_pallas
 
     check_chunk_size(C, power_of_two=True)
-    B, _, H, K = q.shape
+    B, L, H, K = q.shape
     s0 = jax.ShapeDtypeStruct((B, H, K, v.shape[-1]), jnp.float32)
-    delta_rule_pallas.lower(*abstract(q, k, v, beta, log_decay), s0, chunk_size=C).compile()
+    pk = (jax.ShapeDtypeStruct((B, L, H), jnp.float32), s0) if packed else ()
+    delta_rule_pallas.lower(*abstract(q, k, v, beta, log_decay), s0, *pk, chunk_size=C).compile()
 
 
 def delta_rule(
@@ -520,8 +528,9 @@ def delta_rule(
     check_state(reset_state, B, H, K, V, name="reset_state")
     C = check_chunk_size(chunk_size)
     # auto: Pallas on a GPU where it compiles for these shapes, else XLA (the rule every op shares)
-    probe = partial(_pallas_probe, q, k, v, beta, log_decay, C)
-    key = probe_key(q=q, k=k, v=v, beta=beta, log_decay=log_decay, chunk_size=C)
+    probe = partial(_pallas_probe, q, k, v, beta, log_decay, C, packed=segment_ids is not None)
+    # (packed: None for unpacked calls, which probe_key leaves out: their cache key is as before)
+    key = probe_key(q=q, k=k, v=v, beta=beta, log_decay=log_decay, chunk_size=C, packed=segment_ids is not None or None)
     backend = resolve_backend(backend, op="delta_rule", probe=probe, key=key)
     check_chunk_size(C, power_of_two=backend == "pallas")
     if backend == "reference":

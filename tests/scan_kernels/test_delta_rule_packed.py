@@ -33,10 +33,12 @@ def runs(ids_row):
 
 
 def packings(L, C):
-    """Two rows of ``segment_ids (2, L)``: row 0 a long sequence, a one-token sequence, padding between, a sequence
+    """Four rows of ``segment_ids (4, L)``: row 0 a long sequence, a one-token sequence, padding between, a sequence
     ending in a chunk's middle and padding at the end; row 1 a boundary at every position of its second chunk
-    (ids reused after padding, as packing may do), then a sequence to the end."""
-    ids = np.zeros((2, L), np.int32)
+    (ids reused after padding, as packing may do), then a sequence to the end; row 2 padding first, then one
+    sequence; row 3 all padding (its final state is the initial state)."""
+    ids = np.zeros((4, L), np.int32)
+    ids[2, 3:] = 1
     a = L // 3
     ids[0, :a] = 1
     ids[0, a] = 2  # one token
@@ -170,7 +172,7 @@ def check_packed(f, loop, ids, args, grads=True, eps=1e-5):
 def check_delta_rule(backend, gate, C, L=None, H=2, K=4, V=3, seed=0, grads=True):
     L = L or 3 * C + 5
     ids = packings(L, C)
-    args = make_inputs(seed, 2, L, H, K, V, gate)
+    args = make_inputs(seed, ids.shape[0], L, H, K, V, gate)
     idj = jnp.asarray(ids)
 
     def f(q, k, v, b, g, s0):
@@ -215,7 +217,7 @@ def test_delta_rule_packed_strong_decay(gate):
     """g up to −20 per step: masked cross-sequence pairs and the sequence-local decays stay finite and exact."""
     C, L = 16, 45
     ids = packings(L, C)
-    q, k, v, b, g, s0 = make_inputs(5, 2, L, 2, 4, 3, gate)
+    q, k, v, b, g, s0 = make_inputs(5, ids.shape[0], L, 2, 4, 3, gate)
     args = (q, k, v, b, g * (20.0 / 1.5), s0)
 
     def f(q, k, v, b, g, s0):
@@ -240,7 +242,7 @@ def test_delta_product_packed_equals_sequences_alone(backend, gate, steps):
     C, L, n = 8, 32, 2
     ids = packings(L, C // n)
     ids[1, 16:] = 7  # a sequence starting exactly at a segment's first token
-    args = make_inputs(3, 2, L, 2, 4, 3, gate, n=n)
+    args = make_inputs(3, ids.shape[0], L, 2, 4, 3, gate, n=n)
     idj = jnp.asarray(ids)
 
     def f(q, k, v, b, g, s0):
