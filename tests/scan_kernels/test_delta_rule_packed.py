@@ -189,7 +189,7 @@ slow = pytest.mark.slow
     "backend,gate",
     [
         ("xla", "key"),
-        ("reference", "scalar"),
+        pytest.param("reference", "scalar", marks=slow),
         pytest.param("xla", "none", marks=slow),
         pytest.param("xla", "scalar", marks=slow),
         pytest.param("reference", "none", marks=slow),
@@ -203,7 +203,7 @@ def test_delta_rule_packed_equals_sequences_alone(backend, gate):
 
 @pytest.mark.parametrize(
     "gate,grads",
-    [("key", False), pytest.param("none", True, marks=slow), pytest.param("scalar", True, marks=slow)]
+    [("scalar", False), pytest.param("none", True, marks=slow), pytest.param("scalar", True, marks=slow)]
     + [pytest.param("key", True, marks=slow)],
 )
 def test_delta_rule_packed_pallas_interpret(gate, grads):
@@ -280,7 +280,7 @@ def test_reset_state_needs_segment_ids():
         sk.delta_rule(q, k, v, b, segment_ids=jnp.ones((1, 5), jnp.int32), reset_state=s0[..., :2])
 
 
-@pytest.mark.parametrize("gate", ["none", "scalar", pytest.param("key", marks=slow)])
+@pytest.mark.parametrize("gate", ["scalar", pytest.param("none", marks=slow), pytest.param("key", marks=slow)])
 def test_packed_pallas_kernels_lower_for_cuda(gate, monkeypatch):
     """Lowering the packed kernels for CUDA (Triton) on a CPU host proves their bodies use only lowerable ops."""
     import algornn.scan_kernels._delta_rule.pallas as drp
