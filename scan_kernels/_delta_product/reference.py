@@ -21,6 +21,7 @@ import numpy as np
 from jax import lax
 
 from algornn.scan_kernels._common.fast_weight_checks import check_log_decay, check_state
+from algornn.scan_kernels._common.packing import check_segment_ids, sequence_starts
 from algornn.scan_kernels._common.validate import check_inexact, check_ndim, check_shape, describe
 
 _INPUT_DTYPES = ("float32", "bfloat16")
@@ -106,21 +107,30 @@ def delta_product_step(state, q_t, k_t, v_t, beta_t, *, log_decay=None):
     return S, o.astype(v_t.dtype)
 
 
-def delta_product_reference(q, k, v, beta, *, log_decay=None, initial_state=None):
+def delta_product_reference(q, k, v, beta, *, log_decay=None, initial_state=None, segment_ids=None):
     """Token-by-token ``lax.scan`` in float32 with the ``n`` sub-steps of each token inside the step — the
     oracle for the chunked and Pallas forms (``backend="reference"`` of :func:`delta_product`).
 
     ``q (B, L, H, K)``, ``k (B, L, n, H, K)``, ``v (B, L, n, H, V)``, ``beta (B, L, n, H)``, ``log_decay`` None
     or ``(B, L, H)``, ``initial_state`` None or ``(B, H, K, V)`` -> ``(o (B, L, H, V)`` in v's dtype,
-    ``final (B, H, K, V)`` float32).
+    ``final (B, H, K, V)`` float32). Packed sequences (``segment_ids (B, L)``, as in ``delta_product``): at a
+    sequence start the state is replaced by the initial state before the token; a padding token keeps the state and
+    outputs 0.
     """
-    B, _, _, H, K, V = check_inputs(q, k, v, beta, log_decay, initial_state)
+    B, L, _, H, K, V = check_inputs(q, k, v, beta, log_decay, initial_state)
+    check_segment_ids(segment_ids, B, L)
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
     xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, beta))  # time first
     g = None if log_decay is None else jnp.moveaxis(log_decay, 1, 0)
+    packed = None if segment_ids is None else tuple(jnp.moveaxis(m, 1, 0) for m in sequence_starts(segment_ids))
 
     def body(S, inp):
-        return _token(S, *inp)
+        *tok, pt = inp
+        if pt is None:
+            return _token(S, *tok)
+        valid, start = (m[:, None, None, None] for m in pt)  # (B, 1, 1, 1)
+        S_new, o_t = _token(jnp.where(start, s0, S), *tok)
+        return jnp.where(valid, S_new, S), jnp.where(valid[..., 0], o_t, 0.0)
 
-    final, o = lax.scan(body, s0, (*xs, g))
+    final, o = lax.scan(body, s0, (*xs, g, packed))
     return jnp.moveaxis(o, 0, 1).astype(v.dtype), final

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels._common.fast_weight_checks import check_beta, check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._common.packing import check_segment_ids, sequence_starts
 
 
 def _step(S, q_t, k_t, v_t, beta_t, g_t):
@@ -48,23 +49,36 @@ def delta_rule_step(state, q_t, k_t, v_t, beta_t, *, log_decay=None):
     return S, o.astype(v_t.dtype)
 
 
-def delta_rule_reference(q, k, v, beta, *, log_decay=None, initial_state=None):
+def delta_rule_reference(q, k, v, beta, *, log_decay=None, initial_state=None, segment_ids=None, reset_state=None):
     """Token-by-token ``lax.scan`` in float32 — the oracle for the chunked and Pallas forms.
 
     ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``beta (B, L, H)``, ``log_decay`` None, ``(B, L, H)`` or
-    ``(B, L, H, K)`` -> ``(o (B, L, H, V), final (B, H, K, V))``.
+    ``(B, L, H, K)`` -> ``(o (B, L, H, V), final (B, H, K, V))``. Packed sequences (``segment_ids (B, L)``, as in
+    ``delta_rule``): at a sequence start the state is replaced by the reset state (``reset_state``, default
+    ``initial_state``) before the step; a padding step keeps the state and outputs 0.
     """
     B, L, H, K, V = check_qkv(q, k, v)
     check_beta(beta, B, L, H)
     kind = check_log_decay(log_decay, B, L, H, K, per_key_ok=True)
     check_state(initial_state, B, H, K, V)
+    check_segment_ids(segment_ids, B, L)
+    check_state(reset_state, B, H, K, V, name="reset_state")
     s0 = jnp.zeros((B, H, K, V), jnp.float32) if initial_state is None else initial_state.astype(jnp.float32)
+    s0r = s0 if reset_state is None else reset_state.astype(jnp.float32)
     xs = [jnp.moveaxis(x, 1, 0) for x in (q, k, v, beta)]  # (L, B, H, ·)
     g = None if kind == "none" else jnp.moveaxis(log_decay, 1, 0)
+    packed = None
+    if segment_ids is not None:  # (valid, starts at t > 0), time first; t = 0 starts from s0 = initial_state
+        valid, starts = sequence_starts(segment_ids)
+        packed = (jnp.moveaxis(valid, 1, 0), jnp.moveaxis(starts.at[:, 0].set(False), 1, 0))
 
     def body(S, inp):
-        qt, kt, vt, bt, gt = inp
-        return _step(S, qt, kt, vt, bt, gt)
+        qt, kt, vt, bt, gt, pt = inp
+        if pt is None:
+            return _step(S, qt, kt, vt, bt, gt)
+        valid, start = (m[:, None, None, None] for m in pt)  # (B, 1, 1, 1)
+        S_new, ot = _step(jnp.where(start, s0r, S), qt, kt, vt, bt, gt)
+        return jnp.where(valid, S_new, S), jnp.where(valid[..., 0], ot, 0.0)
 
-    final, o = lax.scan(body, s0, (*xs, g))
+    final, o = lax.scan(body, s0, (*xs, g, packed))
     return jnp.moveaxis(o, 0, 1).astype(v.dtype), final
