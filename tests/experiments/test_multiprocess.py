@@ -214,7 +214,7 @@ def test_a_missing_process_times_out_and_leaves_nothing_running(tmp_path):
         os.killpg(pid, 0)  # no process of its group is left
 
 
-def test_initialize_names_what_is_missing_or_malformed(monkeypatch):
+def test_initialize_names_what_is_missing_or_malformed(monkeypatch, capsys):
     for name in _DIST_ENV:
         monkeypatch.delenv(name, raising=False)
     assert not distributed.requested()
@@ -233,4 +233,12 @@ def test_initialize_names_what_is_missing_or_malformed(monkeypatch):
     monkeypatch.setenv(distributed.ENV_NUM_PROCESSES, "two")
     with pytest.raises(ValueError, match="JAX_NUM_PROCESSES='two' is not an integer"):
         distributed.initialize("127.0.0.1:1234")
+    # the command line: one usage error (status 2) naming the missing flag, before any device is touched
+    from algornn.experiments import train
+
+    monkeypatch.delenv(distributed.ENV_NUM_PROCESSES)
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--coordinator", "127.0.0.1:1234", "--process-id", "0", "train.steps=1"])
+    assert exc.value.code == 2
+    assert "missing: --num-processes (or JAX_NUM_PROCESSES)." in capsys.readouterr().err
     assert not jax.distributed.is_initialized()
