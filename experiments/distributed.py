@@ -4,8 +4,8 @@ One training run may span N processes (one per host, or one per accelerator): ev
 ``train_and_evaluate``; they share one 1-D ``"data"`` mesh over all their devices (``_train_lib.make_mesh``), each
 feeds its shard of every global batch (rows ``[i·B/N, (i+1)·B/N)`` of batch B for process i,
 ``Task.batches(shard=(i, N))``), Orbax checkpoints are written by all of them together, and process 0 alone writes
-``config.json``, ``metrics.jsonl``, ``results.json``, ``curves.png`` and prints. See docs/distributed.md §What
-changes with N processes.
+``config.json``, ``metrics.jsonl``, ``results.json``, ``curves.png`` and prints.
+See docs/distributed.md §What changes with N processes.
 
 ``initialize`` starts the runtime from explicit values (``--coordinator HOST:PORT --num-processes N --process-id
 I``), from the environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or,
