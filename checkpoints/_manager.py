@@ -13,6 +13,12 @@ Retention combines ``LatestN`` with ``BestN`` (keeping only ``BestN`` can delete
 docs/architecture.md §Checkpoints): the latest ``keep_latest`` steps and the ``keep_best`` steps with the best
 tracked metric survive. Restoring goes into ``nnx.eval_shape`` targets that carry explicit shardings (replicated
 over a mesh, or one device), so a checkpoint saved on 4 devices restores onto 1 and vice versa.
+
+Several processes (``jax.distributed``): every process constructs the manager on the same (shared) directory and
+calls ``save`` / ``restore`` / ``load`` with the same arguments; Orbax writes the arrays cooperatively (a replicated
+array once), process 0 writes ``meta`` and renames the finished step, and the processes meet at barriers
+(docs/distributed.md §Checkpoints). A checkpoint written by N processes restores in any number of processes on
+any number of devices, since everything it holds is replicated.
 """
 
 import importlib
@@ -44,8 +50,11 @@ def _quiet_absl():
 
 
 def _abstract_target(tree, mesh):
-    """ShapeDtypeStructs with explicit shardings: replicated over ``mesh``, else on the first device."""
-    sharding = NamedSharding(mesh, PartitionSpec()) if mesh is not None else SingleDeviceSharding(jax.devices()[0])
+    """ShapeDtypeStructs with explicit shardings: replicated over ``mesh``, else on this process's first device."""
+    if mesh is not None:
+        sharding = NamedSharding(mesh, PartitionSpec())
+    else:
+        sharding = SingleDeviceSharding(jax.local_devices()[0])
 
     def leaf(x):
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)

@@ -8,7 +8,9 @@ step: the loss is a sum over scored positions divided by the total count over al
 ``accumulate=k`` with batch B equals one batch of kB exactly (up to float summation order).
 
 Data parallel: parameters and optimizer state replicated over a 1-D mesh with axis ``"data"``,
-batches sharded along B; XLA inserts the gradient all-reduce.
+batches sharded along B; XLA inserts the gradient all-reduce. With several processes (``jax.distributed``,
+``experiments.distributed``) the mesh spans every process's devices, ordered by process, and each process
+hands over only its own rows of a global batch (``shard_batch``); see docs/distributed.md.
 
 Shapes: B batch, L length, k micro-batches per step.
 """
@@ -151,23 +153,85 @@ def eval_step(model, batch, *, kind, bf16):
 
 
 def make_mesh(devices: int = 0):
-    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all)."""
+    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all).
+
+    With several processes the mesh holds every device of every process (``devices`` must be 0 or that
+    count), ordered by process, so process i's devices hold rows ``[i·B/N, (i+1)·B/N)`` of a global batch.
+    """
     available = jax.devices()
     n = devices or len(available)
     if n > len(available):
         raise ValueError(f"train.devices: asked for {n} devices, only {len(available)} available")
+    if jax.process_count() > 1:
+        if n != len(available):
+            raise ValueError(
+                f"train.devices: a run over {jax.process_count()} processes uses all their {len(available)} "
+                f"devices; got {n} (set 0, or fewer devices per process through the launcher)"
+            )
+        per_process = {}
+        for d in available:
+            per_process[d.process_index] = per_process.get(d.process_index, 0) + 1
+        if len(set(per_process.values())) > 1:
+            raise ValueError(
+                "every process must hold the same number of devices (each feeds an equal share of the batch); "
+                f"got devices per process {dict(sorted(per_process.items()))}"
+            )
+        ordered = sorted(available, key=lambda d: (d.process_index, d.id))
+        return jax.sharding.Mesh(np.asarray(ordered), ("data",), axis_types=(AxisType.Auto,))
     return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n])
 
 
+def _global_replica(x, sharding):
+    """A global array replicated over ``sharding`` from the same host value in every process."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # RNG streams: place the raw key data
+        return jax.random.wrap_key_data(_global_replica(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate(obj, mesh):
-    """Place every array of an NNX object replicated over ``mesh`` (in place)."""
-    nnx.update(obj, jax.device_put(nnx.state(obj), NamedSharding(mesh, PartitionSpec())))
+    """Place every array of an NNX object replicated over ``mesh`` (in place).
+
+    With several processes each one built ``obj`` from the same seed; one all-gather of a checksum per call
+    verifies that (``ValueError`` otherwise), then every process places its own copy on its devices.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec())
+    state = nnx.state(obj)
+    if jax.process_count() == 1:
+        nnx.update(obj, jax.device_put(state, sharding))
+        return
+    from jax.experimental import multihost_utils
+
+    def checksum(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return float(np.sum(np.asarray(x, np.float64)))
+
+    sums = np.asarray([checksum(x) for x in jax.tree.leaves(state)], np.float32)  # float32: x64 is off
+    gathered = np.asarray(multihost_utils.process_allgather(sums))  # (processes, leaves)
+    differ = [i for i in range(gathered.shape[0]) if not np.array_equal(gathered[i], gathered[0])]
+    if differ:
+        raise ValueError(
+            f"processes {differ} built another initial {type(obj).__name__} than process 0 (checksums of "
+            f"{sums.size} arrays differ); every process must run the same config and seed"
+        )
+    nnx.update(obj, jax.tree.map(lambda x: _global_replica(x, sharding), state))
 
 
 def shard_batch(batch: dict, mesh, *, axis: int = 0):
-    """device_put a numpy batch with its batch axis (``axis``) split over ``mesh``'s ``"data"`` axis."""
-    spec = PartitionSpec(*([None] * axis), "data")
-    return jax.device_put(batch, NamedSharding(mesh, spec))
+    """Global arrays from this process's rows of a batch, the batch axis (``axis``) split over ``"data"``.
+
+    One process: ``batch`` is the whole batch (a ``device_put``). N processes: ``batch`` holds this process's
+    ``B/N`` rows (``Task.batches(shard=(i, N))``) and the result is the global batch of B rows.
+    """
+    sharding = NamedSharding(mesh, PartitionSpec(*([None] * axis), "data"))
+    count = jax.process_count()
+
+    def place(x):
+        shape = x.shape[:axis] + (x.shape[axis] * count,) + x.shape[axis + 1 :]
+        return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(place, batch)
 
 
 def clean_batch(raw: dict, *, rows: int | None = None) -> dict:
@@ -231,10 +295,15 @@ def check_batch(batch: dict, *, vocab_size: int | None, where: str) -> None:
 
 
 class DataStream:
-    """Endless training batches from ``task.batches``, resumable at ``(epoch, step_in_epoch)``."""
+    """Endless training batches from ``task.batches``, resumable at ``(epoch, step_in_epoch)``.
 
-    def __init__(self, task, batch_size: int, *, seed: int, epoch: int = 0, step_in_epoch: int = 0):
+    ``batch_size`` is the global batch; each batch holds this process's rows of it (``shard``, default
+    ``(jax.process_index(), jax.process_count())``; all rows in a single process).
+    """
+
+    def __init__(self, task, batch_size: int, *, seed: int, epoch: int = 0, step_in_epoch: int = 0, shard=None):
         self.task, self.batch_size, self.seed = task, batch_size, seed
+        self.shard = (jax.process_index(), jax.process_count()) if shard is None else tuple(shard)
         self.epoch, self.step_in_epoch = epoch, step_in_epoch
         self._it = None
 
@@ -247,7 +316,12 @@ class DataStream:
             if self._it is None:
                 self._it = iter(
                     self.task.batches(
-                        "train", self.batch_size, seed=self.seed, epoch=self.epoch, start_step=self.step_in_epoch
+                        "train",
+                        self.batch_size,
+                        seed=self.seed,
+                        epoch=self.epoch,
+                        start_step=self.step_in_epoch,
+                        shard=self.shard,
                     )
                 )
             try:
@@ -281,16 +355,30 @@ def evaluate(
     max_batches: int = 0,
     seed: int = 0,
 ) -> dict:
-    """Mean loss and accuracy over ``split`` (the first ``max_batches`` batches when > 0)."""
+    """Mean loss and accuracy over ``split`` (the first ``max_batches`` batches when > 0).
+
+    Each batch of ``batch_size`` examples is padded with zero-weight rows to a multiple of the mesh's devices;
+    with N processes each process then keeps its ``1/N`` of the rows, so the batches, and the sums, are the
+    same for any number of processes.
+    """
     n = mesh.devices.size
     rows = -(-batch_size // n) * n
+    index, count_p = jax.process_index(), jax.process_count()
+    per = rows // count_p
+    # every process reads its own rows when the batch needs no padding rows; else it pads the whole batch
+    # (host arrays only) and keeps its slice, so the examples per batch never depend on the process count
+    shard = (index, count_p) if rows == batch_size else (0, 1)
     model.eval()
     loss_sum, correct, count = 0.0, 0.0, 0.0
     try:
-        for i, raw in enumerate(task.batches(split, batch_size, seed=seed)):
+        for i, raw in enumerate(task.batches(split, batch_size, seed=seed, shard=shard)):
             if max_batches and i >= max_batches:
                 break
-            batch = clean_batch(raw, rows=rows)
+            if shard[1] == 1:
+                batch = clean_batch(raw, rows=rows)
+                batch = {k: v[index * per : (index + 1) * per] for k, v in batch.items()}
+            else:
+                batch = clean_batch(raw)
             check_batch(batch, vocab_size=task.vocab_size, where=f"task {task.name!r} {split} batch {i}")
             batch = shard_batch(batch, mesh)
             ls, c, k = eval_step(model, batch, kind=kind, bf16=bf16)

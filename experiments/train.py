@@ -5,6 +5,11 @@ typed config (``train.steps=200 model.d_model=128 model.mixer_options.d_state=16
 command resumes from the last complete checkpoint in the workdir; on a finished run it only says where the
 results are (``--reevaluate`` evaluates again). Errors (bad override, missing data, a workdir of another
 run) print one message and exit with status 1 (2 for command-line syntax), without a traceback.
+
+Several processes (data parallel over every device of every process, docs/distributed.md): start the same
+command once per process with ``--coordinator HOST:PORT --num-processes N --process-id I`` (or the environment
+variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), or with ``--distributed``
+under SLURM ``srun`` / ``mpirun``, which JAX detects. ``train.batch_size`` stays the global batch.
 """
 
 import argparse
@@ -42,6 +47,18 @@ def _parser():
         help="on a finished run: evaluate the stored checkpoints again and rewrite results.json "
         "(default: report 'already complete' and leave it)",
     )
+    dist = parser.add_argument_group(
+        "multi-process data parallel (docs/distributed.md)",
+        "run the same command in every process; the workdir must be on a filesystem all of them see",
+    )
+    dist.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (env JAX_COORDINATOR_ADDRESS)")
+    dist.add_argument("--num-processes", type=int, metavar="N", help="number of processes (env JAX_NUM_PROCESSES)")
+    dist.add_argument("--process-id", type=int, metavar="I", help="this process, 0..N-1 (env JAX_PROCESS_ID)")
+    dist.add_argument(
+        "--distributed",
+        action="store_true",
+        help="take what is not given from the cluster (SLURM srun, Open MPI mpirun, Kubernetes), as JAX detects it",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
     return parser
 
@@ -59,11 +76,23 @@ def main(argv=None):
         config = apply_overrides(get_preset(args.config), args.overrides, notes=notes)
     except ValueError as exc:
         parser.error(str(exc))
-    for note in notes:
-        print(f"note: {note}", file=sys.stderr)
     if args.print_config:
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
         print(config.to_json())
         return 0
+    from algornn.experiments import distributed
+
+    if distributed.requested(args.coordinator, args.num_processes, args.process_id, auto=args.distributed):
+        try:  # before anything touches a device
+            distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+        except ValueError as exc:
+            parser.error(str(exc))
+        except RuntimeError as exc:  # the coordinator cannot be reached, a process id taken twice, ...
+            return _error(f"jax.distributed.initialize failed: {exc}")
+    if distributed.is_primary():
+        for note in notes:
+            print(f"note: {note}", file=sys.stderr)
     workdir = args.workdir or f"runs/{config.name}"
     from algornn.experiments.tasks import get_task
 
@@ -82,7 +111,7 @@ def main(argv=None):
         return _error(str(exc))
     except (checkpoints.CheckpointError, ValueError, FloatingPointError) as exc:
         return _error(str(exc))
-    if results.get("already_complete"):
+    if results.get("already_complete") or not distributed.is_primary():
         return 0
     val, test = results["final_val"], results.get("test_from_best_checkpoint")
     print(

@@ -18,6 +18,11 @@ evaluates the stored checkpoints again and rewrites it (the training time stays 
 A non-finite loss or gradient stops the run before anything of that step is saved
 (``FloatingPointError`` naming the step).
 
+Several processes (``jax.distributed`` started first, see ``experiments.distributed``): every process calls
+``train_and_evaluate`` with the same config and workdir (on a filesystem they share); each feeds its rows of
+every global batch, all of them write the Orbax checkpoints together, and process 0 alone writes
+``config.json``, ``metrics.jsonl``, ``results.json``, ``curves.png`` and prints (docs/distributed.md).
+
 Progress: a tqdm bar when stderr is a terminal; otherwise (a log file, a pipe) one plain line at most
 every ``_progress.PROGRESS_INTERVAL_S`` seconds and at the end, without carriage returns.
 """
@@ -31,6 +36,7 @@ from flax import nnx
 
 from algornn import checkpoints
 from algornn.experiments import _train_lib as lib
+from algornn.experiments import distributed
 from algornn.experiments._models import BUILDER, build_model, model_spec
 from algornn.experiments._progress import progress
 from algornn.experiments.config import Config, check_consistent
@@ -47,10 +53,15 @@ def _get_task(config: Config):
 
 
 class _MetricsLog:
-    """Append-only ``metrics.jsonl``; on resume, records after the restored step (and old test records) are dropped."""
+    """Append-only ``metrics.jsonl``; on resume, records after the restored step (and old test records) are dropped.
 
-    def __init__(self, path, resume_step: int):
-        self.path = path
+    ``enabled=False`` (every process but the first of a multi-process run) touches no file.
+    """
+
+    def __init__(self, path, resume_step: int, *, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:
+            return
         kept = []
         if os.path.exists(path):
             with open(path) as f:
@@ -63,6 +74,8 @@ class _MetricsLog:
             f.writelines(kept)
 
     def write(self, record: dict):
+        if not self.enabled:
+            return
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -105,11 +118,17 @@ def _already_complete(results_path: str, workdir: str) -> dict:
     with open(results_path) as f:
         results = json.load(f)
     results["already_complete"] = True
-    print(
+    _say(
         f"already complete: {workdir} holds all {results.get('steps')} steps; results in {results_path} "
         "(unchanged; evaluate again with --reevaluate, or train anew in another --workdir)"
     )
     return results
+
+
+def _say(*args, **kwargs):
+    """``print`` in the primary process (the only one of a single-process run); nothing in the others."""
+    if distributed.is_primary():
+        print(*args, **kwargs)
 
 
 def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, task=None) -> dict:
@@ -120,6 +139,9 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     checkpoints and ``results.json`` is rewritten). The task is built before anything is written, so a task
     whose data is missing (``FileNotFoundError``) leaves no workdir behind. ``task``: the task of
     ``config.task`` when the caller has built it already (else it is built here).
+
+    In a multi-process run (``jax.distributed`` initialised) every process calls this with the same
+    arguments; ``workdir`` must be on a filesystem they all see. Each returns the same results dict.
     """
     t_start = time.time()
     check_consistent(config)
@@ -131,6 +153,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     kind, bf16 = spec["kind"], tc.dtype == "bfloat16"
     mesh = lib.make_mesh(tc.devices)
     n_dev = mesh.devices.size
+    primary = distributed.is_primary()
     if tc.batch_size % n_dev:
         raise ValueError(
             f"train.batch_size: {tc.batch_size} is not divisible by the {n_dev} devices; "
@@ -165,18 +188,19 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             with open(results_path) as f:
                 train_time_before = float(json.load(f).get("train_time_s", train_time_before))
         if step < tc.steps:
-            print(
+            _say(
                 f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
                 f"batch {position['step_in_epoch']})"
             )
         else:
-            print(f"{workdir}: all {step} steps are trained; evaluating the stored checkpoints")
+            _say(f"{workdir}: all {step} steps are trained; evaluating the stored checkpoints")
     else:
         lib.replicate(model, mesh)
         lib.replicate(optimizer, mesh)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json())
-    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step)
+    if primary:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json())
+    log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step, enabled=primary)
     stream = lib.DataStream(task, tc.batch_size, seed=tc.seed, **position)
     eval_bs = tc.eval_batch_size or tc.batch_size
     lr_fn = lib.make_schedule(oc.lr, oc, tc.steps)
@@ -211,7 +235,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         }
         manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
 
-    bar = progress(tc.steps, config.name, unit="step", enabled=tc.progress, initial=step)
+    bar = progress(tc.steps, config.name, unit="step", enabled=tc.progress and primary, initial=step)
     window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
     last_val = None
     try:
@@ -260,9 +284,10 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
                         "time": time.time() - t_start,
                     }
                 )
-                bar.write(
-                    f"step {step}: {tc.eval_split} loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}"
-                )
+                if primary:
+                    bar.write(
+                        f"step {step}: {tc.eval_split} loss {last_val['loss']:.4f} accuracy {last_val['accuracy']:.4f}"
+                    )
                 save(step, {"val_accuracy": last_val["accuracy"], "val_loss": last_val["loss"]})
                 window["t"] += time.time() - t0  # evaluation time is not training throughput
             elif tc.checkpoint_every and step % tc.checkpoint_every == 0:
@@ -278,6 +303,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             "preset": config.name,
             "steps": step,
             "devices": n_dev,
+            "processes": distributed.process_shard()[1],
             "train_time_s": train_time_s,
             "final_val": last_val,
             "best_step": manager.best_step(),
@@ -298,12 +324,14 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
                 "time": time.time() - t_start,
             }
         )
-        print(
+        _say(
             f"test (best checkpoint, step {results['best_step']}): loss {test['loss']:.4f} "
             f"accuracy {test['accuracy']:.4f}"
         )
     results["baselines"] = accuracy_baselines(task, tc.eval_split)
     results["wall_time_s"] = time.time() - t_start  # this invocation
+    if not primary:
+        return results
     with open(results_path, "w") as f:
         json.dump(results, f, indent=2)
     from algornn.experiments.plots import read_metrics
