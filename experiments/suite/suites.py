@@ -59,17 +59,18 @@ MEMORY_MIXERS = (
 
 
 def memory(scale: str) -> list:
-    """Long-range presence (issue 16): label = whether symbol 1 occurs in the first 10 of L random tokens,
-    read out at the last position; every mixer with its default options, best of 3 learning rates.
+    """Long-range presence (issue 16): label = whether symbol 1 occurs in the first 10 of L random tokens
+    (it occurs nowhere else: the probe of the issue, a pure one-bit memory), read out at the last position;
+    every mixer with its default options, best of 3 learning rates.
 
     paper: L ∈ {512, 2048}, width 64, 2 layers, batch 32, 1000 steps, lr ∈ {1e-3, 3e-3, 1e-2}, 10 000 training
-    examples. cpu: L = 512 only, width 32, 120 steps of batch 16 (the issue's probe ran 200 of batch 32), 2 000
+    examples. cpu: L = 512 only, width 32, 150 steps of batch 32 (the issue's probe ran 200 of batch 32), 2 000
     training examples, 200 validation / test examples, the same 3 learning rates.
     """
     if scale == "smoke":
         lengths, lrs, mixers, d, steps, batch, data = [16], [3e-3], ("s4d",), 8, 1, 4, _SMOKE_DATA
     elif scale == "cpu":
-        lengths, lrs, mixers, d, steps, batch = [512], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 32, 120, 16
+        lengths, lrs, mixers, d, steps, batch = [512], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 32, 150, 32
         data = dict(n_train=2000, n_val=200, n_test=200)
     else:
         lengths, lrs, mixers, d, steps, batch = [512, 2048], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 64, 1000, 32

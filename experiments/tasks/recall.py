@@ -21,7 +21,7 @@ import numpy as np
 
 from algornn.experiments.tasks._base import IGNORE_INDEX, SPLITS, Task, compact_int_dtype
 from algornn.experiments.tasks._registry import register
-from algornn.scan_kernels._common.validate import check_int
+from algornn.scan_kernels._common.validate import check_bool, check_int
 
 MARKER = 1  # presence: the symbol whose occurrence in the window is asked about
 
@@ -39,18 +39,20 @@ def _counts(n_train, n_val, n_test):
 
 
 # ---------------------------------------------------------------------- presence
-def generate_presence(n, seq_len, rng, *, window=10, n_symbols=16):
+def generate_presence(n, seq_len, rng, *, window=10, n_symbols=16, distractors=False):
     """Presence arrays: inputs (N, L) uint8 ids in ``[1, n_symbols]``, labels (N,) int8 in {0, 1}.
 
     Exactly ``n // 2`` rows are positive (in random order). A negative row draws its window from the
     symbols other than the marker; a positive row draws its window from all symbols and then sets one
-    uniformly chosen window position to the marker. Positions from ``window`` on are uniform over all
-    symbols, the marker included (distractors).
+    uniformly chosen window position to the marker. Positions from ``window`` on are uniform over the
+    symbols other than the marker, or over all symbols with ``distractors`` (then a late marker must be
+    told apart from an early one by its position).
     """
     labels = np.zeros(n, np.int8)
     labels[: n // 2] = 1
     labels = labels[rng.permutation(n)]
-    inputs = rng.integers(1, n_symbols + 1, (n, seq_len)).astype(compact_int_dtype(n_symbols))
+    low = 1 if distractors else MARKER + 1
+    inputs = rng.integers(low, n_symbols + 1, (n, seq_len)).astype(compact_int_dtype(n_symbols))
     head = rng.integers(MARKER + 1, n_symbols + 1, (n, window))  # window without the marker
     inputs[:, :window] = np.where(labels[:, None] == 1, inputs[:, :window], head)
     positive = np.flatnonzero(labels == 1)
@@ -59,23 +61,39 @@ def generate_presence(n, seq_len, rng, *, window=10, n_symbols=16):
 
 
 @register("presence")
-def presence(*, seq_len=512, window=10, n_symbols=16, n_train=10000, n_val=1000, n_test=1000, data_seed=0):
+def presence(
+    *,
+    seq_len=512,
+    window=10,
+    n_symbols=16,
+    distractors=False,
+    n_train=10000,
+    n_val=1000,
+    n_test=1000,
+    data_seed=0,
+):
     """Long-range presence (issue 16's probe): did the marker appear in the first ``window`` tokens?
 
-    Not from a paper: the simplest long-memory probe, one bit to hold for ``seq_len - window`` steps
-    against distractors. Vocabulary: 0 padding (unused), ids 1..n_symbols with 1 the marker.
+    Not from a paper: the simplest long-memory probe, one bit to hold for ``seq_len - window`` steps.
+    By default the marker occurs only inside the window (a pure memory task, as the issue's probe);
+    ``distractors=True`` also draws it after the window, so the answer depends on where it occurred.
+    Vocabulary: 0 padding (unused), ids 1..n_symbols with 1 the marker.
     """
     check_int("n_symbols", n_symbols, minimum=2, maximum=255)
     check_int("seq_len", seq_len, minimum=2)
     check_int("window", window, minimum=1, maximum=seq_len)
+    check_bool("distractors", distractors)
     counts = _counts(n_train, n_val, n_test)
     check_int("data_seed", data_seed, minimum=0)
-    options = dict(seq_len=seq_len, window=window, n_symbols=n_symbols, n_train=n_train, n_val=n_val, n_test=n_test)
+    options = dict(seq_len=seq_len, window=window, n_symbols=n_symbols, distractors=distractors)
+    options.update(n_train=n_train, n_val=n_val, n_test=n_test)
     options["data_seed"] = data_seed
 
     def load(split):
         rng = _rng("presence", data_seed, split)
-        return generate_presence(counts[split], seq_len, rng, window=window, n_symbols=n_symbols)
+        return generate_presence(
+            counts[split], seq_len, rng, window=window, n_symbols=n_symbols, distractors=distractors
+        )
 
     return Task(
         name="presence",

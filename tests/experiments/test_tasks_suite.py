@@ -20,7 +20,7 @@ def _all(task, split):
 def test_registered_with_the_contract_options():
     assert {"presence", "retrieval_capacity", "parity", "modular_arithmetic"} <= set(list_tasks())
     assert task_options("presence") == dict(
-        seq_len=512, window=10, n_symbols=16, n_train=10000, n_val=1000, n_test=1000, data_seed=0
+        seq_len=512, window=10, n_symbols=16, distractors=False, n_train=10000, n_val=1000, n_test=1000, data_seed=0
     )
     assert {"n_keys", "setting", "n_values"} <= set(task_options("retrieval_capacity"))
     for name in ("parity", "modular_arithmetic"):
@@ -30,8 +30,9 @@ def test_registered_with_the_contract_options():
 
 
 # ---------------------------------------------------------------------- presence
-def test_presence_labels_balance_and_distractors():
-    t = get_task("presence", seq_len=60, window=7, n_symbols=5, **SMALL)
+@pytest.mark.parametrize("distractors", [False, True])
+def test_presence_labels_balance_and_distractors(distractors):
+    t = get_task("presence", seq_len=60, window=7, n_symbols=5, distractors=distractors, **SMALL)
     assert t.kind == "classification" and t.num_classes == 2 and t.vocab_size == 6 and t.chance == 0.5
     ex = _all(t, "train")
     x, y = ex["inputs"], ex["labels"]
@@ -42,8 +43,11 @@ def test_presence_labels_balance_and_distractors():
             seen = seen or int(token) == 1
         assert int(label) == int(seen)
     assert int(y.sum()) == 200  # exactly balanced
-    # the marker also occurs after the window in negative rows (a distractor the model must ignore)
-    assert (x[y == 0, 7:] == 1).any(axis=1).mean() > 0.5
+    late = (x[:, 7:] == 1).any(axis=1)
+    if distractors:  # the marker also occurs after the window in negative rows (a distractor to ignore)
+        assert late[y == 0].mean() > 0.5
+    else:  # a pure memory task: the marker occurs only inside the window
+        assert not late.any()
     # an odd-sized split: floor(n / 2) positives
     assert (
         int(
