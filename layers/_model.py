@@ -253,18 +253,22 @@ class SequenceModel(nnx.Module):
         """Per-sequence pooling of packed rows: ``h (B, L, D) -> (B, S, D)``, sequences numbered by appearance."""
         start, pad = segment_masks(segment_ids)
         index = jnp.where(pad, -1, jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1)  # (B, L): sequence of t in its row
+        most = None  # the most sequences any row holds, when the ids are concrete
+        if is_concrete(segment_ids):
+            ids = np.asarray(segment_ids)
+            first = np.concatenate([np.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+            most = int(np.max(np.sum((ids != 0) & first, axis=1), initial=0))
         if num_segments is None:
-            if not is_concrete(segment_ids):
+            if most is None:
                 raise ValueError(
                     "SequenceModel: num_segments (the number S of pooled sequences per row) must be given when "
                     "segment_ids is traced (under jit)"
                 )
-            num_segments = max(1, int(np.max(np.asarray(index), initial=-1)) + 1)
+            num_segments = max(1, most)
         num_segments = check_int("num_segments", num_segments)
-        if is_concrete(segment_ids) and int(np.max(np.asarray(index), initial=-1)) >= num_segments:
+        if most is not None and most > num_segments:
             raise ValueError(
-                f"SequenceModel: a row of segment_ids holds {int(np.max(np.asarray(index))) + 1} sequences, more "
-                f"than num_segments={num_segments}"
+                f"SequenceModel: a row of segment_ids holds {most} sequences, more than num_segments={num_segments}"
             )
         member = jax.nn.one_hot(index, num_segments, dtype=jnp.float32)  # (B, L, S); padding rows are 0
         if self.pooling == "mean":
