@@ -290,13 +290,3 @@ def test_bad_segment_ids_raise_value_error_naming_them(bad, what):
     for call in calls:
         with pytest.raises(ValueError, match=rf"segment_ids must be an integer array of shape \(2, 24\).*{what}"):
             call(jnp.asarray(bad) if not isinstance(bad, list) else bad)
-
-
-def test_unpacked_calls_are_unchanged():
-    """segment_ids=None is the old code path: bit-identical outputs to a call without the keyword."""
-    a = jnp.asarray(np.random.default_rng(3).uniform(0.3, 1.0, (B, L, 3)), jnp.float32)
-    b = normal(4, (B, L, 3))
-    np.testing.assert_array_equal(sk.linear_scan(a, b, segment_ids=None), sk.linear_scan(a, b))
-    np.testing.assert_array_equal(
-        sk.dense_linear_scan(jnp.eye(3) * 0.5, b, segment_ids=None), sk.dense_linear_scan(jnp.eye(3) * 0.5, b)
-    )
