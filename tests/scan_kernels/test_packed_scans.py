@@ -290,3 +290,24 @@ def test_bad_segment_ids_raise_value_error_naming_them(bad, what):
     for call in calls:
         with pytest.raises(ValueError, match=rf"segment_ids must be an integer array of shape \(2, 24\).*{what}"):
             call(jnp.asarray(bad) if not isinstance(bad, list) else bad)
+
+
+def test_packed_pallas_kernels_lower_for_cuda():
+    """The kernels with the ``keep`` input lower to Triton from this CPU host (docs/backends.md §Pallas lowering):
+    the dense scan (time-invariant A) and the selective scan with its chunk states. Running them needs a GPU."""
+    from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
+    from algornn.scan_kernels._selective_scan.pallas import selective_scan_pallas
+    from tests.scan_kernels.test_pallas_scan import lower_for_cuda
+
+    S, f32 = jax.ShapeDtypeStruct, jnp.float32
+    keep = S((2, 100), jnp.bool_)
+    f = lambda A, b, h0, k: dense_scan_pallas(A, b, h0, k, reverse=True, interpret=False)  # noqa: E731
+    text = lower_for_cuda(f, S((6, 6), f32), S((2, 100, 6), f32), S((2, 6), f32), keep)
+    assert text.count("__gpu$xla.gpu.triton") == 1
+    Bsz, Lp, E, N = 2, 128, 48, 5
+    g = lambda *a: selective_scan_pallas(*a, C=32, states=True, interpret=False)  # noqa: E731
+    seq, bc = S((Bsz, Lp, E), f32), S((Bsz, Lp, 2, N), f32)
+    text = lower_for_cuda(
+        g, seq, seq, S((2, E // 2, N), f32), bc, bc, S((Bsz, 2, E // 2, N), f32), S((Bsz, Lp), jnp.bool_)
+    )
+    assert text.count("__gpu$xla.gpu.triton") == 1
