@@ -219,6 +219,7 @@ def _rg_lru_case(backend, reverse, seed=30, D=4):
     _check(op, lambda x, r, i, la, h0: rg_lru64(x, r, i, la, h0, SEG, reverse), (x, r, i, log_a, h0), w)
 
 
+@pytest.mark.slow  # rg_lru packs through linear_scan (tested above); the Hawk layer test runs it by default
 @pytest.mark.parametrize("backend, reverse", [("xla", True)])
 def test_rg_lru_packed_equals_each_sequence_alone(backend, reverse):
     _rg_lru_case(backend, reverse)
