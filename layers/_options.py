@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The generic checkers live in one module for the whole package; layers re-export them for their own modules.
-from algornn.scan_kernels._common.packing import check_segment_ids as _check_segment_ids
+from algornn.scan_kernels._common.packing import check_segment_ids_shape as _check_segment_ids
 from algornn.scan_kernels._common.validate import check_bool, check_choice, check_float, check_int  # noqa: F401
 
 # Constructor arguments that are not options of the mixer itself: the model width, the RNG streams and the

@@ -23,7 +23,7 @@ from flax import nnx
 
 from algornn.layers._options import check_choice, check_int
 from algornn.layers._params import param
-from algornn.scan_kernels._common.packing import check_segment_ids, position_in_segment
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, position_in_segment
 
 ACTIVATIONS = ("silu", None)
 
@@ -38,7 +38,7 @@ def causal_conv(u, w, b, *, segment_ids=None):
     if segment_ids is None:
         y = sum(padded[:, j : j + length] * w[j][None, None] for j in range(width))
         return y + b[None, None]
-    seg = check_segment_ids(segment_ids, u.shape[:2], "the batch and length of u")
+    seg = check_segment_ids_shape(segment_ids, u.shape[:2], "the batch and length of u")
     pos = position_in_segment(seg)[..., None]  # (B, L, 1): how far back t's sequence reaches
     zero = jnp.zeros((), u.dtype)
     y = sum(jnp.where(pos >= width - 1 - j, padded[:, j : j + length], zero) * w[j][None, None] for j in range(width))

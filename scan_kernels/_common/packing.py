@@ -17,7 +17,7 @@ from jax import lax
 from algornn.scan_kernels._common.validate import describe
 
 
-def check_segment_ids(segment_ids, shape: tuple, what: str):
+def check_segment_ids_shape(segment_ids, shape: tuple, what: str):
     """``segment_ids`` must be an integer array of exactly ``shape`` (``what`` says where that shape comes from,
     e.g. ``"(B, L): the batch and length of b"``). Returns it as a JAX array."""
     dtype = getattr(segment_ids, "dtype", None)

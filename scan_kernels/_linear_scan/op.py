@@ -27,7 +27,7 @@ from jax import lax
 
 from algornn.scan_kernels._common import utils as _utils
 from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
-from algornn.scan_kernels._common.packing import check_segment_ids, segment_masks
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, segment_masks
 from algornn.scan_kernels._common.validate import (
     check_bool,
     check_broadcastable,
@@ -155,7 +155,7 @@ def _segments(segment_ids, batch_shape, b):
     """Validate ``segment_ids`` against the batch dims and length of ``b``; return them as ``(B, L)`` (or None)."""
     if segment_ids is None:
         return None
-    seg = check_segment_ids(segment_ids, batch_shape + b.shape[1:2], "the batch dims and length of b")
+    seg = check_segment_ids_shape(segment_ids, batch_shape + b.shape[1:2], "the batch dims and length of b")
     return seg.reshape(b.shape[:2])
 
 

@@ -12,7 +12,7 @@ This module is where the RG-LRU folder calls another op: the package's public ``
 
 from algornn.scan_kernels import linear_scan
 from algornn.scan_kernels._common.backend import check_backend
-from algornn.scan_kernels._common.packing import check_segment_ids
+from algornn.scan_kernels._common.packing import check_segment_ids_shape
 from algornn.scan_kernels._common.validate import check_bool
 from algornn.scan_kernels._rg_lru.reference import check_inputs, rg_lru_gates
 
@@ -41,6 +41,6 @@ def rg_lru(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, segment_ids=None, b
     check_backend(backend)
     x, r, i, log_a, h0, c = check_inputs(x, r, i, log_a, h0, c)
     if segment_ids is not None:
-        check_segment_ids(segment_ids, x.shape[:2], "the batch and length of x")
+        check_segment_ids_shape(segment_ids, x.shape[:2], "the batch and length of x")
     a, s = rg_lru_gates(r, i, log_a, c)  # (B, L, D) each
     return linear_scan(a, s * x, h0, reverse=reverse, segment_ids=segment_ids, backend=backend)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from algornn.scan_kernels._common.packing import check_segment_ids, segment_masks
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, segment_masks
 from algornn.scan_kernels._common.utils import compute_dtype
 from algornn.scan_kernels._common.validate import check_bool, check_float, check_inexact, check_ndim, check_shape
 
@@ -110,7 +110,8 @@ def rg_lru_reference(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, segment_i
         _, h = lax.scan(step, h0, xs, reverse=reverse)
         return jnp.moveaxis(h, 0, 1)
 
-    start, pad = segment_masks(check_segment_ids(segment_ids, (B, L), "the batch and length of x"), reverse=reverse)
+    segment_ids = check_segment_ids_shape(segment_ids, (B, L), "the batch and length of x")
+    start, pad = segment_masks(segment_ids, reverse=reverse)
 
     def packed_step(h, inp):
         xri, (s_t, p_t) = inp

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels._common.backend import check_backend, probe_key, resolve_backend
-from algornn.scan_kernels._common.packing import check_segment_ids, segment_masks
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, segment_masks
 from algornn.scan_kernels._common.validate import check_bool, check_int
 from algornn.scan_kernels._selective_scan.reference import check_inputs, readout, selective_scan_reference
 
@@ -271,7 +271,7 @@ def selective_scan(
     u, delta, A, Bm, Cm, D, z, h0 = check_inputs(u, delta, A, B, C, D, z, h0)
     Bsz, L, E = u.shape
     if segment_ids is not None:
-        segment_ids = check_segment_ids(segment_ids, (Bsz, L), "the batch and length of u")
+        segment_ids = check_segment_ids_shape(segment_ids, (Bsz, L), "the batch and length of u")
     chunk = max(1, min(chunk, L))
     packed = segment_ids is not None
     probe = partial(_pallas_probe, u, A, Bm, chunk, packed)

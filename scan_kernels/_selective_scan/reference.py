@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from algornn.scan_kernels import linear_scan
-from algornn.scan_kernels._common.packing import check_segment_ids, last_real_index, segment_masks
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, last_real_index, segment_masks
 from algornn.scan_kernels._common.utils import compute_dtype
 from algornn.scan_kernels._common.validate import check_bool, check_inexact, check_ndim, check_shape, describe
 
@@ -119,7 +119,7 @@ def selective_scan_reference(u, delta, A, B, C, *, D=None, z=None, h0=None, reve
     Bsz, L, E = u.shape
     N = A.shape[1]
     if segment_ids is not None:
-        segment_ids = check_segment_ids(segment_ids, (Bsz, L), "the batch and length of u")
+        segment_ids = check_segment_ids_shape(segment_ids, (Bsz, L), "the batch and length of u")
     a = jnp.exp(delta[..., None] * A[None, None])  # (B, L, E, N)
     b = (delta * u)[..., None] * per_channel(B, E)
     h0 = None if h0 is None else h0.reshape(Bsz, E * N)
