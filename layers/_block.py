@@ -11,7 +11,9 @@ The wiring of the S4/S5 residual blocks (docs/layers.md §SequenceBlock):
 Shapes: x ``(B, L, D)``; ``step`` takes ``x_t (B, D)``. ``mask (B, L)`` (optional) zeroes padded positions of the
 block input, so that bidirectional mixers and the pooled output never see padding. ``dt (B, L)`` (optional;
 ``dt_t (B,)`` in ``step``): per-step elapsed times for irregularly sampled input, passed to a continuous-time mixer
-(a discrete-time mixer raises ``ValueError``). ``dtype`` (compute) and
+(a discrete-time mixer raises ``ValueError``). ``segment_ids (B, L)`` (optional, int, 0 = padding): packed
+sequences, passed to a mixer whose ``__call__`` takes them (any other mixer raises ``ValueError``); padding positions
+are masked like ``mask``'s. ``dtype`` (compute) and
 ``param_dtype`` (parameters) go to the norm, the feed-forward layers and the mixer; outputs are in ``dtype``.
 """
 
@@ -27,6 +29,7 @@ from algornn.layers._options import (
     check_mixer_options,
     takes_dt,
     takes_keyword,
+    takes_segment_ids,
 )
 from algornn.layers._registry import resolve_mixer
 
@@ -127,26 +130,38 @@ class SequenceBlock(nnx.Module):
             z = self.ff_out(jax.nn.gelu(self.ff_in(z)))
         return self.dropout(z)
 
-    def _mix(self, z, dt, *, step_state=None):
-        """The mixer on ``z``, with the elapsed times when given (a discrete-time mixer refuses them)."""
+    def _mix(self, z, dt, *, step_state=None, segment_ids=None):
+        """The mixer on ``z``, with the elapsed times when given (a discrete-time mixer refuses them) and the
+        segment ids of packed sequences when given (a mixer whose ``__call__`` does not take them refuses them)."""
         if dt is not None and not takes_dt(self.mixer):
             raise ValueError(
                 f"SequenceBlock: the mixer {type(self.mixer).__name__} is discrete-time (no step size Δ), so it "
                 f"cannot take per-step elapsed times dt; the continuous-time mixers S4, S4D, S5, LMU, HiPPORNN, "
                 f"LSSL and SelectiveSSM do"
             )
-        if step_state is None:
-            return self.mixer(z) if dt is None else self.mixer(z, dt=dt)
-        return self.mixer.step(step_state, z) if dt is None else self.mixer.step(step_state, z, dt_t=dt)
+        if step_state is not None:
+            return self.mixer.step(step_state, z) if dt is None else self.mixer.step(step_state, z, dt_t=dt)
+        kwargs = {} if dt is None else {"dt": dt}
+        if segment_ids is not None:
+            if not takes_segment_ids(self.mixer):
+                raise ValueError(
+                    f"SequenceBlock: the mixer {type(self.mixer).__name__} does not take segment_ids, so it cannot "
+                    f"run packed sequences (several sequences per row); give one sequence per row (segment_ids=None)"
+                )
+            kwargs["segment_ids"] = segment_ids
+        return self.mixer(z, **kwargs)
 
-    def __call__(self, x, mask=None, dt=None):
+    def __call__(self, x, mask=None, dt=None, *, segment_ids=None):
         """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``mask (B, L)`` of 0/1 (or bool) zeroes padded inputs;
-        ``dt (B, L)``: elapsed time before each sample (irregular sampling; continuous-time mixers only)."""
+        ``dt (B, L)``: elapsed time before each sample (irregular sampling; continuous-time mixers only);
+        ``segment_ids (B, L)``: packed sequences (0 = padding, zeroed like ``mask``), passed to the mixer."""
         x = _floating("SequenceBlock", "x", x).astype(self.dtype)
         if mask is not None:
             x = x * mask[..., None].astype(self.dtype)
+        if segment_ids is not None:
+            x = x * (segment_ids != 0)[..., None].astype(self.dtype)
         z = self.norm(x) if self.prenorm else x
-        y = x + self._feed_forward(self._mix(z, dt))
+        y = x + self._feed_forward(self._mix(z, dt, segment_ids=segment_ids))
         return (y if self.prenorm else self.norm(y)).astype(self.dtype)
 
     def init_state(self, batch_size: int):

@@ -10,7 +10,9 @@ With W = round(expand·D) recurrence channels and G gate blocks:
     out = (g ⊙ h) W_out                                                                  (B, L, D)
 
 Λ is initialised so that σ(Λ)^c is uniform in [0.9, 0.999] (§2.4). The mixer is discrete-time: ``dt_scale`` is
-accepted only as 1.
+accepted only as 1. Packed sequences (``segment_ids (B, L)``, 0 = padding; docs/layers.md §Packed sequences): the
+convolution and the RG-LRU take ``segment_ids`` (no tap or state crosses a sequence boundary); padding positions
+output 0.
 Shape legend: B batch · L length · D d_model · W recurrence width · G gate blocks.
 """
 
@@ -28,9 +30,11 @@ from algornn.layers._options import (
     check_dtypes,
     check_float,
     check_int,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     record_options,
     zeros_of,
 )
@@ -75,6 +79,7 @@ class Hawk(nnx.Module):
         rngs: ``nnx.Rngs`` for the initialisation.
 
     ``__call__`` and ``step`` accept ``dt_scale`` only as 1 (the default): the RG-LRU is discrete-time.
+    Packed sequences: ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding); padding outputs 0.
     """
 
     def __init__(
@@ -126,17 +131,22 @@ class Hawk(nnx.Module):
     def _output(self, gate, h):
         return self.out_proj(gate * h.astype(self.dtype)).astype(self.dtype)
 
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``. ``dt_scale`` must be 1 (discrete-time)."""
+    def __call__(self, x, *, dt_scale=1.0, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``. ``dt_scale`` must be 1 (discrete-time); ``segment_ids (B, L)``:
+        packed sequences (0 = padding)."""
         check_sequence("Hawk", x, self.d_model)
         check_discrete_dt_scale("Hawk", dt_scale, HAWK_DISCRETE)
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("Hawk", segment_ids, x.shape[:2])
         x = x.astype(self.dtype)
         gate = jax.nn.gelu(self.gate_proj(x), approximate=False)
-        u = self.conv(self.in_proj(x))  # (B, L, W)
+        u = self.conv(self.in_proj(x), segment_ids=segment_ids)  # (B, L, W)
         r, i = self._gates(u)
         log_a = jax.nn.log_sigmoid(f32(self.Lambda))
-        h = rg_lru(u.astype(jnp.float32), r, i, log_a, c=self.options.c, backend=self.options.backend)
-        return self._output(gate, h)
+        h = rg_lru(
+            u.astype(jnp.float32), r, i, log_a, c=self.options.c, segment_ids=segment_ids, backend=self.options.backend
+        )
+        return mask_padding(self._output(gate, h), segment_ids)
 
     def state_spec(self, batch_size: int):
         """``(conv buffer (B, d_conv − 1, W), h (B, W))`` float32."""

@@ -18,6 +18,9 @@ Irregular sampling: per-step elapsed times ``dt (B, L)`` (``dt_t (B,)`` in ``ste
 ``__call__``; the constructor option ``dt`` is the legt/lagt step size). LegS then uses Δ_k / t_k =
 dt_k / (dt_0 + ... + dt_k), its exact time since the start (all ones: 1/(k+1)); legt/lagt use Δ_k = dt_k · ``dt``
 · dt_scale.
+Packed sequences (``segment_ids (B, L)``, 0 = padding; docs/layers.md §Packed sequences): the cell's state ``(c, h)``
+is set back to zero where a sequence starts, and LegS counts its steps (its time, with ``dt``) from each sequence's
+start, so every sequence runs as if alone; padding positions output 0.
 Constructor: ``HiPPORNN(d_model, *, d_state=32, measure="legs", memory_d=1, dt=0.01, bidirectional=False,
 dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model, also the hidden size) · N d_state · M memory_d.
@@ -39,12 +42,15 @@ from algornn.layers._options import (
     check_float,
     check_int,
     check_not_bidirectional,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     record_options,
     zeros_of,
 )
+from algornn.scan_kernels._common.packing import position_in_segment, segment_masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +91,8 @@ class HiPPORNN(nnx.Module):
     leaves the output unchanged — exactly, not by omission.
     Irregularly sampled input: ``__call__(x, dt=elapsed)`` with ``elapsed (B, L)`` the positive time before each
     sample in grid steps (not the ``dt`` option: that is the legt/lagt step size), ``step(..., dt_t=...)`` with
-    ``(B,)``; LegS uses Δ_k/t_k = dt_k / Σ_{j<=k} dt_j.
+    ``(B,)``; LegS uses Δ_k/t_k = dt_k / Σ_{j<=k} dt_j. Packed sequences: ``__call__(x, segment_ids=ids)`` with
+    ``ids (B, L)`` int (0 = padding); padding positions output 0.
     """
 
     def __init__(
@@ -147,20 +154,47 @@ class HiPPORNN(nnx.Module):
             c = jnp.einsum("nk,bmk->bmn", Abar, c) + f[..., None] * Bbar[None, None]
         return (c, h), h
 
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
         """``x (B, L, D) -> (B, L, D)`` in ``dtype``: a ``lax.scan`` of the cell; ``dt (B, L)``: elapsed time
-        before each sample (irregular sampling)."""
+        before each sample (irregular sampling); ``segment_ids (B, L)``: packed sequences (0 = padding)."""
         check_sequence("HiPPORNN", x, self.d_model)
         check_dt_scale("HiPPORNN", dt_scale)
         x = x.astype(self.dtype)
+        if dt is not None:
+            dt = check_dt("HiPPORNN", dt, x.shape[:2])
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("HiPPORNN", segment_ids, x.shape[:2])
+            return mask_padding(self._packed(x, dt_scale, dt, segment_ids), segment_ids)
         if dt is None:
             Abar, Bbar = self.transitions(jnp.arange(x.shape[1]), dt_scale)  # (L, N, N), (L, N)
         else:
-            dt = check_dt("HiPPORNN", dt, x.shape[:2])
             Abar, Bbar = self.transitions(jnp.cumsum(dt, axis=1), dt_scale, dt)  # (B, L, N, N), (B, L, N)
             Abar, Bbar = jnp.moveaxis(Abar, 1, 0), jnp.moveaxis(Bbar, 1, 0)
         state = self.init_state(x.shape[0])[:2]
         _, ys = jax.lax.scan(self._cell, state, (jnp.moveaxis(x, 1, 0), Abar, Bbar))
+        return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
+
+    def _packed(self, x, dt_scale, dt, segment_ids):
+        """Packed sequences: LegS's step (or time) counted from each sequence's start, the state reset there."""
+        start, _ = segment_masks(segment_ids)
+        if dt is None:
+            if self.options.measure == "legs":  # step k of its own sequence
+                Abar, Bbar = self.transitions(position_in_segment(segment_ids), dt_scale)  # (B, L, N, N), (B, L, N)
+            else:  # time-invariant: one transition for every step
+                Abar, Bbar = self.transitions(jnp.zeros(x.shape[:2], jnp.int32), dt_scale)
+        else:  # time since the sequence's start: the running sum of dt minus its value before that start
+            total = jnp.cumsum(dt, axis=1)
+            before = jax.lax.cummax(jnp.where(start, total - dt, 0.0), axis=1)  # non-decreasing: dt > 0
+            Abar, Bbar = self.transitions(total - before, dt_scale, dt)
+        zero = self.init_state(x.shape[0])[:2]
+
+        def body(state, inp):
+            x_t, A_t, B_t, start_t = inp
+            state = tuple(jnp.where(start_t.reshape((-1,) + (1,) * (s.ndim - 1)), z, s) for s, z in zip(state, zero))
+            return self._cell(state, (x_t, A_t, B_t))
+
+        inputs = tuple(jnp.moveaxis(v, 1, 0) for v in (x, Abar, Bbar, start))
+        _, ys = jax.lax.scan(body, zero, inputs)
         return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
 
     def state_spec(self, batch_size: int):

@@ -16,6 +16,9 @@ whole cell is one ``lax.scan``. ``d_state`` is an alias of ``order``. θ is fixe
 Irregular sampling: ``dt (B, L)`` (``dt_t (B,)`` in ``step``) gives Δ_{b,t} = dt[b, t] · dt_scale and one
 discretised memory system per step and sequence (a dense (order+1)² matrix exponential each for ZOH, so keep
 ``order`` moderate); the parallel memory then runs on ``scan_kernels.dense_linear_scan`` instead of the FFT.
+Packed sequences (``segment_ids (B, L)``, 0 = padding; docs/layers.md §Packed sequences): the FFT convolution would
+reach across sequence boundaries, so the parallel memory runs on ``dense_linear_scan`` with ``segment_ids``, and the
+cell scans set their state back to zero where a sequence starts; padding positions output 0.
 Constructor: ``LMU(d_model, *, order=None, d_state=None, theta=100.0, memory_d=1, hidden_cell="rnn",
 hidden_to_memory=False, memory_to_memory=False, discretization="zoh", bidirectional=False, dtype=jnp.float32,
 param_dtype=jnp.float32, rngs)`` (one docstring line per option in the class).
@@ -39,13 +42,16 @@ from algornn.layers._options import (
     check_float,
     check_int,
     check_not_bidirectional,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     record_options,
     zeros_of,
 )
 from algornn.scan_kernels import dense_linear_scan
+from algornn.scan_kernels._common.packing import segment_masks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +108,8 @@ class LMU(nnx.Module):
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` use Δ = dt_scale (θ stays in
     units of the original step); ``dt_scale`` is a positive scalar and may be traced under ``jit``. Irregularly
     sampled input: ``__call__(x, dt=dt)`` with ``dt (B, L)`` the positive time before each sample in grid steps
-    (Δ_t = dt_t · dt_scale), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
+    (Δ_t = dt_t · dt_scale), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``. Packed sequences:
+    ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding); padding positions output 0.
     """
 
     def __init__(
@@ -182,31 +189,53 @@ class LMU(nnx.Module):
         h = self._hidden(self.W_x(x_t) + self.W_m(m.reshape(m.shape[0], -1).astype(self.dtype)), h)
         return (m, h), h
 
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample;
+        ``segment_ids (B, L)``: packed sequences (0 = padding)."""
         check_sequence("LMU", x, self.d_model)
         check_dt_scale("LMU", dt_scale)
         if dt is not None:
             dt = check_dt("LMU", dt, x.shape[:2])
-        x = x.astype(self.dtype)
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("LMU", segment_ids, x.shape[:2])
+        return mask_padding(self._sequence(x.astype(self.dtype), dt_scale, dt, segment_ids), segment_ids)
+
+    def _sequence(self, x, dt_scale, dt, segment_ids):
         Bsz, L, _ = x.shape
+        # packed sequences: the scans over the cell restart from the zero state where a sequence starts
+        starts = None if segment_ids is None else jnp.moveaxis(segment_masks(segment_ids)[0], 1, 0)  # (L, B)
+
+        def restart(state, start_t, zero):
+            if start_t is None:
+                return state
+            return jax.tree.map(lambda s, z: jnp.where(start_t.reshape((-1,) + (1,) * (s.ndim - 1)), z, s), state, zero)
+
         if not self._parallel:
+            zero = self.init_state(Bsz)
             if dt is None:
                 Abar, Bbar = self.discretized(dt_scale)
                 _, ys = jax.lax.scan(
-                    lambda s, xt: self._cell(Abar, Bbar, s, xt), self.init_state(Bsz), jnp.moveaxis(x, 1, 0)
+                    lambda s, inp: self._cell(Abar, Bbar, restart(s, inp[1], zero), inp[0]),
+                    zero,
+                    (jnp.moveaxis(x, 1, 0), starts),
                 )
             else:
                 Abar, Bbar = self.discretized(dt_scale, dt)  # (B, L, N, N), (B, L, N)
                 _, ys = jax.lax.scan(
-                    lambda s, inp: self._cell(inp[1], inp[2], s, inp[0]),
-                    self.init_state(Bsz),
-                    (jnp.moveaxis(x, 1, 0), jnp.moveaxis(Abar, 1, 0), jnp.moveaxis(Bbar, 1, 0)),
+                    lambda s, inp: self._cell(inp[1], inp[2], restart(s, inp[3], zero), inp[0]),
+                    zero,
+                    (jnp.moveaxis(x, 1, 0), jnp.moveaxis(Abar, 1, 0), jnp.moveaxis(Bbar, 1, 0), starts),
                 )
             return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
         M, N = self.options.memory_d, self.options.n
         u = self.encoder_x(x).astype(jnp.float32)  # (B, L, M)
-        if dt is None:
+        if segment_ids is not None:  # the memory on dense_linear_scan, each sequence from zero
+            Abar, Bbar = self.discretized(dt_scale, dt)  # (N, N), (N,) | (B, L, N, N), (B, L, N)
+            b = jnp.moveaxis(u, 2, 1)[..., None] * (Bbar[None, None, None] if dt is None else Bbar[:, None])
+            seg = jnp.broadcast_to(segment_ids[:, None], (Bsz, M, L))  # (B, M, L)
+            m = dense_linear_scan(Abar if dt is None else Abar[:, None], b, segment_ids=seg)  # (B, M, L, N)
+            m = jnp.moveaxis(m, 1, 2).reshape(Bsz, L, M * N)
+        elif dt is None:
             H = self.impulse_response(L, dt_scale)  # (N, L)
             u_rep = jnp.broadcast_to(u[..., None], (Bsz, L, M, N)).reshape(Bsz, L, M * N)
             m = ssm.kernels.causal_conv(u_rep, jnp.tile(H, (M, 1)))  # (B, L, M·N)
@@ -219,11 +248,13 @@ class LMU(nnx.Module):
         if self.options.hidden_cell == "dense":
             return jnp.tanh(pre).astype(self.dtype)
 
-        def body(h, pre_t):
-            h = self._hidden(pre_t, h)
+        h0 = jnp.zeros((Bsz, self.d_model), jnp.float32)
+
+        def body(h, inp):
+            h = self._hidden(inp[0], restart(h, inp[1], h0))
             return h, h
 
-        _, ys = jax.lax.scan(body, jnp.zeros((Bsz, self.d_model), jnp.float32), jnp.moveaxis(pre, 1, 0))
+        _, ys = jax.lax.scan(body, h0, (jnp.moveaxis(pre, 1, 0), starts))
         return jnp.moveaxis(ys, 0, 1).astype(self.dtype)
 
     def state_spec(self, batch_size: int):

@@ -16,6 +16,11 @@ one dense system per step, sequence and channel (O(B·L·D·N³) to discretise: 
 then runs the scan form, and the reverse branch crosses the gap dt[:, t+1] from t+1 to t. ``step(..., dt_t=...)``
 discretises for that step and leaves the cached system in the state as it was.
 
+Packed sequences (``segment_ids (B, L)`` in ``__call__``, 0 = padding; docs/layers.md §Packed sequences): the
+convolution would reach across sequence boundaries, so mode="conv" runs its scan form (``dense_linear_scan`` with
+``segment_ids``; each sequence from a zero state, the bidirectional branch stops at the sequence's end); padding
+positions output 0.
+
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (two-sided kernel / reverse scan).
 Parameters: ``A (N, N)``, ``B (N,)``, ``log_dt (D,)`` (tag ``ssm``), ``C (D, N)``, ``D (D,)``.
 Constructor: ``LSSL(d_model, *, d_state=64, measure="legs", discretization="bilinear", mode="conv",
@@ -42,14 +47,17 @@ from algornn.layers._options import (
     check_dt_scale,
     check_dtypes,
     check_int,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     next_step,
     record_options,
 )
 from algornn.layers._params import f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, dense_linear_scan
+from algornn.scan_kernels._common.packing import same_as_next
 
 LSSL_MEASURES = ("legs", "legt", "lagt", "fout", "lmu")
 
@@ -101,6 +109,8 @@ class LSSL(nnx.Module):
     call) and returns that system in the new state. Irregularly sampled input: ``__call__(x, dt=dt)`` with
     ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; mode="conv" then
     runs its scan form), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)`` (the cache is not used then).
+    Packed sequences: ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding) runs every sequence as
+    if alone (mode="conv" then runs its scan form); padding positions output 0.
     """
 
     def __init__(
@@ -153,14 +163,17 @@ class LSSL(nnx.Module):
             for C in self._Cs()
         ]
 
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample;
+        ``segment_ids (B, L)``: packed sequences (0 = padding)."""
         check_sequence("LSSL", x, self.d_model)
         check_dt_scale("LSSL", dt_scale)
         if dt is not None:
             dt = check_dt("LSSL", dt, x.shape[:2])
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("LSSL", segment_ids, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
-        if self.options.mode == "conv" and dt is None:
+        if self.options.mode == "conv" and dt is None and segment_ids is None:
             Ks = self.kernel(x.shape[1], dt_scale)
             if self.options.bidirectional:
                 return ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D)).astype(self.dtype)
@@ -168,7 +181,9 @@ class LSSL(nnx.Module):
         Abar, Bbar = self.discretized(dt_scale, dt)  # (D, N, N), (D, N) | (B, L, D, N, N), (B, L, D, N)
         b = x[..., None] * Bbar  # (B, L, D, N)
         scan = jax.vmap(
-            lambda A, b_d, rev: dense_linear_scan(A, b_d, reverse=rev, backend=self.options.backend),
+            lambda A, b_d, rev: dense_linear_scan(
+                A, b_d, reverse=rev, segment_ids=segment_ids, backend=self.options.backend
+            ),
             in_axes=(0 if dt is None else 2, 2, None),
             out_axes=2,
         )
@@ -176,8 +191,10 @@ class LSSL(nnx.Module):
         y = jnp.einsum("bldn,dn->bld", scan(Abar, b, False), Cs[0])
         if self.options.bidirectional:  # strictly future inputs: x_t = Ā(dt_{t+1}) x_{t+1} + B̄(dt_{t+1}) u_{t+1}
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
+            if segment_ids is not None:  # the future of a sequence ends with it
+                b_next = jnp.where(same_as_next(segment_ids)[..., None, None], b_next, jnp.zeros((), b.dtype))
             y = y + jnp.einsum("bldn,dn->bld", scan(Abar if dt is None else next_step(Abar), b_next, True), Cs[1])
-        return (y + x * f32(self.D)[None, None]).astype(self.dtype)
+        return mask_padding(y + x * f32(self.D)[None, None], segment_ids).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
         """``(x (B, D, N), Ā (D, N, N), B̄ (D, N))`` float32."""

@@ -19,18 +19,38 @@ Shapes: ``x`` int ``(B, L)`` or float ``(B, L, input_dim)``; logits ``(B, num_cl
 ``step(state, x_t) -> (state, logits_t (B, num_classes))`` with ``x_t`` int ``(B,)`` or float ``(B, input_dim)``.
 Train/eval mode (Dropout, BatchNorm) is switched by ``model.train()`` / ``model.eval()``.
 
+Packed sequences: ``segment_ids (B, L)`` (keyword of ``__call__``, ``encode``, ``features``; int, 0 = padding, a change
+of id starts a new sequence) puts several sequences in one row. Every block passes the ids to its mixer (a mixer
+whose ``__call__`` does not take ``segment_ids`` raises ``ValueError``), so each sequence is computed as if alone,
+and the pooling is per sequence: the pooled output is ``(B, S, ...)`` — logits ``(B, S, num_classes)`` — with the
+sequences of each row numbered 0, 1, ... in order of appearance (padding excluded); S is ``num_segments`` (required
+under ``jit``; by default the largest count of any row). Slots past a row's own count pool nothing: features 0,
+logits the decoder's bias. ``lengths`` cannot be combined with ``segment_ids`` (padding is where the id is 0);
+``pooling="none"`` returns per-position logits ``(B, L, num_classes)`` as usual. Exact isolation needs norms without
+batch statistics in training mode (``norm="layer"``, or BatchNorm in eval mode) and no dropout noise.
+
 Irregularly sampled sequences: ``dt (B, L)`` (``__call__``, ``encode``, ``features``; ``dt_t (B,)`` in ``step``)
 holds the positive time before each sample in grid steps and goes to every block's continuous-time mixer
 (Δ_t = dt_t × its learned step); a discrete-time mixer raises ``ValueError``. Padded positions need a valid
 (positive) ``dt`` too; their inputs are zeroed as usual.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from algornn.layers._block import SequenceBlock, make_norm
-from algornn.layers._options import check_bool, check_choice, check_dt, check_dtypes, check_int, is_concrete
+from algornn.layers._options import (
+    check_bool,
+    check_choice,
+    check_dt,
+    check_dtypes,
+    check_int,
+    check_segment_ids,
+    is_concrete,
+)
+from algornn.scan_kernels._common.packing import segment_masks
 
 POOLINGS = ("mean", "last", "none")
 
@@ -63,8 +83,9 @@ class SequenceModel(nnx.Module):
         param_dtype: dtype the parameters are stored in (e.g. float32 with bfloat16 compute).
         rngs: ``nnx.Rngs`` for the initialisation and dropout.
 
-    ``__call__(x, lengths=None, dt=None)``: see the module docstring for how lengths are inferred, what is checked
-    and what ``dt`` (per-step elapsed times, ``(B, L)``) does.
+    ``__call__(x, lengths=None, dt=None, *, segment_ids=None, num_segments=None)``: see the module docstring for how
+    lengths are inferred, what is checked, what ``dt`` (per-step elapsed times, ``(B, L)``) does and how packed
+    sequences (``segment_ids (B, L)``) are pooled into ``(B, S, ...)``.
     """
 
     def __init__(
@@ -192,35 +213,84 @@ class SequenceModel(nnx.Module):
         return self.encoder(x.astype(self.dtype))
 
     # -- sequence mode ----------------------------------------------------------------------------------
-    def features(self, x, lengths=None, dt=None):
+    def features(self, x, lengths=None, dt=None, *, segment_ids=None):
         """Per-position features ``(B, L, d_model)`` after the last block (and final norm), and the mask
-        ``(B, L)`` of valid positions (None for float features without ``lengths``)."""
+        ``(B, L)`` of valid positions (None for float features without ``lengths``; ``segment_ids != 0`` for packed
+        sequences)."""
         self._check_x(x, step=False)
-        h, mask, _ = self._features(x, lengths, dt)
+        segment_ids = self._segment_ids(x, lengths, segment_ids)
+        h, mask, _ = self._features(x, lengths, dt, segment_ids)
         return h, mask
 
-    def _features(self, x, lengths, dt=None):
+    def _segment_ids(self, x, lengths, segment_ids):
+        if segment_ids is None:
+            return None
+        if lengths is not None:
+            raise ValueError(
+                "SequenceModel: give lengths or segment_ids, not both (with packed sequences padding is where "
+                "segment_ids is 0)"
+            )
+        return check_segment_ids("SequenceModel", segment_ids, x.shape[:2])
+
+    def _features(self, x, lengths, dt=None, segment_ids=None):
         length = x.shape[1]
-        lengths = self._lengths(x, lengths)
+        lengths = None if segment_ids is not None else self._lengths(x, lengths)
         if dt is not None:
             dt = check_dt("SequenceModel", dt, x.shape[:2])
         mask = None
         if lengths is not None:
             mask = (jnp.arange(length)[None, :] < lengths[:, None]).astype(jnp.float32)  # (B, L)
+        if segment_ids is not None:
+            mask = (segment_ids != 0).astype(jnp.float32)
         h = self._embed(x)
         for block in self.blocks:
-            h = block(h, mask, dt)
+            h = block(h, mask, dt) if segment_ids is None else block(h, mask, dt, segment_ids=segment_ids)
         if self.final_norm is not None:
             h = self.final_norm(h)
         return h, mask, lengths
 
-    def encode(self, x, lengths=None, dt=None):
-        """Pooled features ``(B, d_model)`` (``(B, L, d_model)`` for ``pooling="none"``) before the decoder."""
+    def _pool_segments(self, h, segment_ids, num_segments):
+        """Per-sequence pooling of packed rows: ``h (B, L, D) -> (B, S, D)``, sequences numbered by appearance."""
+        start, pad = segment_masks(segment_ids)
+        index = jnp.where(pad, -1, jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1)  # (B, L): sequence of t in its row
+        most = None  # the most sequences any row holds, when the ids are concrete
+        if is_concrete(segment_ids):
+            ids = np.asarray(segment_ids)
+            first = np.concatenate([np.ones_like(ids[:, :1], bool), ids[:, 1:] != ids[:, :-1]], axis=1)
+            most = int(np.max(np.sum((ids != 0) & first, axis=1), initial=0))
+        if num_segments is None:
+            if most is None:
+                raise ValueError(
+                    "SequenceModel: num_segments (the number S of pooled sequences per row) must be given when "
+                    "segment_ids is traced (under jit)"
+                )
+            num_segments = max(1, most)
+        num_segments = check_int("num_segments", num_segments)
+        if most is not None and most > num_segments:
+            raise ValueError(
+                f"SequenceModel: a row of segment_ids holds {most} sequences, more than num_segments={num_segments}"
+            )
+        member = jax.nn.one_hot(index, num_segments, dtype=jnp.float32)  # (B, L, S); padding rows are 0
+        if self.pooling == "mean":
+            sums = jnp.einsum("bls,bld->bsd", member, h.astype(jnp.float32))
+            count = jnp.maximum(jnp.sum(member, axis=1), 1.0)[..., None]  # (B, S, 1)
+            return (sums / count).astype(self.dtype)
+        position = jnp.arange(h.shape[1], dtype=jnp.int32)[None, :, None]
+        last = jnp.max(jnp.where(member > 0, position, -1), axis=1)  # (B, S): last position of each sequence
+        out = jnp.take_along_axis(h, jnp.maximum(last, 0)[..., None], axis=1)  # (B, S, D)
+        return jnp.where((last >= 0)[..., None], out, jnp.zeros((), out.dtype))
+
+    def encode(self, x, lengths=None, dt=None, *, segment_ids=None, num_segments=None):
+        """Pooled features ``(B, d_model)`` (``(B, L, d_model)`` for ``pooling="none"``; ``(B, S, d_model)`` per
+        packed sequence with ``segment_ids``) before the decoder."""
         self._check_x(x, step=False)
-        h, mask, lengths = self._features(x, lengths, dt)
+        segment_ids = self._segment_ids(x, lengths, segment_ids)
+        h, mask, lengths = self._features(x, lengths, dt, segment_ids)
         length = h.shape[1]
         if self.pooling == "none":
             return h
+        if segment_ids is not None:
+            return self._pool_segments(h, segment_ids, num_segments)
         if self.pooling == "mean":
             h32 = h.astype(jnp.float32)
             if mask is None:
@@ -230,10 +300,11 @@ class SequenceModel(nnx.Module):
         last = jnp.full((h.shape[0],), length - 1) if lengths is None else lengths - 1
         return jnp.take_along_axis(h, last[:, None, None].astype(jnp.int32), axis=1)[:, 0]
 
-    def __call__(self, x, lengths=None, dt=None):
+    def __call__(self, x, lengths=None, dt=None, *, segment_ids=None, num_segments=None):
         """Logits ``(B, num_classes)`` (``(B, L, num_classes)`` for ``pooling="none"``) in ``dtype``; ``dt (B, L)``:
-        elapsed time before each sample (irregular sampling)."""
-        return self.decoder(self.encode(x, lengths, dt))
+        elapsed time before each sample (irregular sampling); ``segment_ids (B, L)``: packed sequences, logits
+        ``(B, S, num_classes)`` per sequence, ``S = num_segments`` (module docstring)."""
+        return self.decoder(self.encode(x, lengths, dt, segment_ids=segment_ids, num_segments=num_segments))
 
     # -- recurrent mode ---------------------------------------------------------------------------------
     def init_state(self, batch_size: int):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The generic checkers live in one module for the whole package; layers re-export them for their own modules.
+from algornn.scan_kernels._common.packing import check_segment_ids_shape as _check_segment_ids
 from algornn.scan_kernels._common.validate import check_bool, check_choice, check_float, check_int  # noqa: F401
 
 # Constructor arguments that are not options of the mixer itself: the model width, the RNG streams and the
@@ -253,3 +254,29 @@ def next_step(a):
 def takes_dt(mixer) -> bool:
     """Whether ``mixer.__call__`` accepts per-step elapsed times ``dt`` (the continuous-time mixers)."""
     return "dt" in inspect.signature(mixer.__call__).parameters
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# packed sequences: several sequences per row, told apart by segment ids
+
+
+def check_segment_ids(owner: str, segment_ids, shape: tuple):
+    """``segment_ids`` must be an integer array of ``shape`` = ``(B, L)`` of ``x`` (0 = padding, a change of id
+    starts a new sequence; docs/layers.md §Packed sequences). Returns it as a JAX array."""
+    try:
+        return _check_segment_ids(segment_ids, shape, "(B, L): the batch and length of x")
+    except ValueError as e:
+        raise ValueError(f"{owner}: {e}") from None
+
+
+def mask_padding(y, segment_ids):
+    """``y (B, L, ...)`` with the padding positions (``segment_ids == 0``) set to exactly 0; ``y`` if no ids."""
+    if segment_ids is None:
+        return y
+    pad = (segment_ids == 0).reshape(segment_ids.shape + (1,) * (y.ndim - 2))
+    return jnp.where(pad, jnp.zeros((), y.dtype), y)
+
+
+def takes_segment_ids(mixer) -> bool:
+    """Whether ``mixer.__call__`` accepts ``segment_ids`` (packed sequences)."""
+    return "segment_ids" in inspect.signature(mixer.__call__).parameters

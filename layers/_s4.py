@@ -20,6 +20,11 @@ The DPLR convolution kernel exists only for a fixed Δ, so with ``dt`` ``__call_
 bidirectional branch runs it in reverse over the strictly future inputs, crossing the gap dt[:, t+1] from
 t+1 to t.
 
+Packed sequences (``segment_ids (B, L)`` in ``__call__``, 0 = padding; docs/layers.md §Packed sequences): the
+convolution kernel would reach across sequence boundaries, so ``__call__`` runs the same recurrent form (a
+``lax.scan`` of the Woodbury step, slower than the FFT) with the state set back to zero where a sequence starts
+(the bidirectional branch: where it ends); padding positions output 0.
+
 ``bidirectional=True``: a second output map ``C2`` on strictly future inputs (S4's two-sided kernel).
 Parameters (per channel): ``log_dt (D,)``, ``Lambda_re, Lambda_im, B_re, B_im (D, N/2)``, ``P_re, P_im
 (D, rank, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
@@ -45,14 +50,17 @@ from algornn.layers._options import (
     check_dt_scale,
     check_dtypes,
     check_int,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     next_step,
     record_options,
     zeros_of,
 )
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
+from algornn.scan_kernels._common.packing import same_as_next, segment_masks
 
 S4_MEASURES = ("legs", "legt", "fout", "lagt")
 MAX_RE = -1e-4
@@ -96,7 +104,8 @@ class S4(nnx.Module):
     (a positive scalar; may be traced under ``jit``). Irregularly sampled input: ``__call__(x, dt=dt)`` with
     ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; the call then
     runs the recurrence, a sequential scan, instead of the convolution), ``step(state, x_t, dt_t=dt_t)`` with
-    ``dt_t (B,)``.
+    ``dt_t (B,)``. Packed sequences: ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding) runs
+    the recurrence too, every sequence from a zero state; padding positions output 0.
     """
 
     def __init__(
@@ -162,16 +171,21 @@ class S4(nnx.Module):
         Abar, Bbar = ssm.discretize.bilinear(A, Br, self.dt(dt_scale))
         return Abar, Bbar, Cr
 
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
         """``x (B, L, D) -> (B, L, D)`` in ``dtype``, by FFT convolution with the DPLR kernel; with ``dt (B, L)``
-        (elapsed time before each sample) by the bilinear recurrence."""
+        (elapsed time before each sample) or ``segment_ids (B, L)`` (packed sequences, 0 = padding) by the
+        bilinear recurrence."""
         check_sequence("S4", x, self.d_model)
         check_dt_scale("S4", dt_scale)
         if dt is not None:
             dt = check_dt("S4", dt, x.shape[:2])
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("S4", segment_ids, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
-        if dt is not None:
-            return self._recurrence(x, self.dt(dt_scale)[None, None] * dt[..., None]).astype(self.dtype)
+        if dt is not None or segment_ids is not None:
+            elapsed = jnp.ones(x.shape[:2], jnp.float32) if dt is None else dt
+            y = self._recurrence(x, self.dt(dt_scale)[None, None] * elapsed[..., None], segment_ids)
+            return mask_padding(y, segment_ids).astype(self.dtype)
         Ks = self.kernel(x.shape[1], dt_scale)
         if self.options.bidirectional:
             y = ssm.kernels.bidirectional_conv(x, Ks[0], Ks[1], f32(self.D))
@@ -179,24 +193,32 @@ class S4(nnx.Module):
             y = ssm.kernels.causal_conv(x, Ks[0], f32(self.D))
         return y.astype(self.dtype)
 
-    def _recurrence(self, x, delta):
-        """``x (B, L, D)`` float32, per-step ``Δ (B, L, D)``: the Woodbury bilinear recurrence over time."""
+    def _recurrence(self, x, delta, segment_ids=None):
+        """``x (B, L, D)`` float32, per-step ``Δ (B, L, D)``: the Woodbury bilinear recurrence over time;
+        ``segment_ids (B, L)``: the state restarts from zero where a sequence starts (in the scan's direction)."""
         Lam, P, B = self.dplr()
         Cs = self._Cs()
+        s0 = jnp.zeros((x.shape[0], self.d_model, self.options.d_state // 2), jnp.complex64)
 
         def run(us, deltas, reverse):
+            inputs = (jnp.moveaxis(us, 1, 0), jnp.moveaxis(deltas, 1, 0))
+            if segment_ids is not None:
+                inputs += (segment_masks(segment_ids, reverse=reverse)[0].T,)  # (L, B): a sequence starts
+
             def body(s, inp):
-                u_t, d_t = inp
-                s = _dplr_bilinear_step(Lam, P, B, d_t, s, u_t)
+                if segment_ids is not None:
+                    s = jnp.where(inp[2][:, None, None], s0, s)
+                s = _dplr_bilinear_step(Lam, P, B, inp[1], s, inp[0])
                 return s, s
 
-            s0 = jnp.zeros((x.shape[0], self.d_model, self.options.d_state // 2), jnp.complex64)
-            _, hs = jax.lax.scan(body, s0, (jnp.moveaxis(us, 1, 0), jnp.moveaxis(deltas, 1, 0)), reverse=reverse)
+            _, hs = jax.lax.scan(body, s0, inputs, reverse=reverse)
             return jnp.moveaxis(hs, 0, 1)  # (B, L, D, N/2)
 
         y = 2.0 * jnp.real(jnp.einsum("dn,bldn->bld", Cs[0], run(x, delta, False)))
         if self.options.bidirectional:  # strictly future inputs: h_t = Ā(Δ_{t+1}) h_{t+1} + B̄(Δ_{t+1}) u_{t+1}
             x_next = jnp.concatenate([x[:, 1:], jnp.zeros_like(x[:, :1])], axis=1)
+            if segment_ids is not None:  # the future of a sequence ends with it
+                x_next = jnp.where(same_as_next(segment_ids)[..., None], x_next, jnp.zeros((), x.dtype))
             y = y + 2.0 * jnp.real(jnp.einsum("dn,bldn->bld", Cs[1], run(x_next, next_step(delta), True)))
         return y + x * f32(self.D)[None, None]
 

@@ -13,6 +13,11 @@ Irregular sampling (``dt (B, L)`` in ``__call__``, ``dt_t (B,)`` in ``step``): �
 Ā_t, B̄_t vary per step and sequence (the ZOH solution over each gap, S5 §6.3); the convolution has no
 time-varying form, so mode="conv" runs the scan then.
 
+Packed sequences (``segment_ids (B, L)`` in ``__call__``, 0 = padding; docs/layers.md §Packed sequences): the
+convolution kernel would reach across sequence boundaries, so mode="conv" runs its scan form (``linear_scan`` with
+``segment_ids``; each sequence starts from a zero state, the bidirectional branch stops at the sequence's end) and
+padding positions output 0.
+
 ``bidirectional=True`` adds an anti-causal branch with its own ``C2`` acting on strictly future inputs
 (S4's two-sided kernel): ``y_t += Σ_{s>t} K2_{s-t-1} u_s``. Parameters: ``log_dt (D,)``, ``Lambda_re,
 Lambda_im, B_re, B_im (D, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
@@ -39,15 +44,18 @@ from algornn.layers._options import (
     check_dt_scale,
     check_dtypes,
     check_int,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     next_step,
     record_options,
     zeros_of,
 )
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
 from algornn.scan_kernels import BACKENDS, linear_scan
+from algornn.scan_kernels._common.packing import same_as_next
 
 S4D_INITS = {"lin": ssm.init.s4d_lin, "inv": ssm.init.s4d_inv, "legs": ssm.init.s4d_legs, "real": ssm.init.s4d_real}
 MAX_RE = -1e-4  # Re Λ <= MAX_RE keeps every mode stable (annotated-s4 / S5 clip)
@@ -97,6 +105,8 @@ class S4D(nnx.Module):
     ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; all ones is the
     regular grid; mode="conv" then runs its scan form), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
     A bidirectional layer's reverse branch crosses the gap ``dt[:, t+1]`` from sample t+1 back to t.
+    Packed sequences: ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding) runs every sequence
+    as if alone (mode="conv" then runs its scan form); padding positions output 0.
     """
 
     def __init__(
@@ -165,13 +175,17 @@ class S4D(nnx.Module):
         ]
 
     # -- sequence mode -------------------------------------------------------------------------------------
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample;
+        ``segment_ids (B, L)``: packed sequences (0 = padding)."""
         check_sequence("S4D", x, self.d_model)
         check_dt_scale("S4D", dt_scale)
         if dt is not None:
             dt = check_dt("S4D", dt, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("S4D", segment_ids, x.shape[:2])
+            return mask_padding(self._scan(x, dt_scale, dt, segment_ids), segment_ids).astype(self.dtype)
         if self.options.mode == "conv" and dt is None:
             Ks = self.kernel(x.shape[1], dt_scale)
             if self.options.bidirectional:
@@ -182,19 +196,22 @@ class S4D(nnx.Module):
             y = self._scan(x, dt_scale, dt)
         return y.astype(self.dtype)
 
-    def _scan(self, x, dt_scale, dt=None):
+    def _scan(self, x, dt_scale, dt=None, segment_ids=None):
         Bsz, L, D = x.shape
         n2 = self.options.d_state // 2
         Abar, Bbar = self.discretized(dt_scale, dt)  # (D, N/2), or (B, L, D, N/2) with dt
         b = x.astype(jnp.complex64)[..., None] * Bbar  # (B, L, D, N/2)
         a = Abar.reshape(Abar.shape[:-2] + (D * n2,))  # (D·N/2,) or (B, L, D·N/2)
         Cs = self._Cs()
-        h = linear_scan(a, b.reshape(Bsz, L, D * n2), backend=self.options.backend).reshape(Bsz, L, D, n2)
+        seg = dict(segment_ids=segment_ids, backend=self.options.backend)
+        h = linear_scan(a, b.reshape(Bsz, L, D * n2), **seg).reshape(Bsz, L, D, n2)
         y = 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", h, Cs[0]))
         if self.options.bidirectional:  # strictly future inputs: h_t = Ā(dt_{t+1}) h_{t+1} + B̄(dt_{t+1}) u_{t+1}
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
+            if segment_ids is not None:  # the future of a sequence ends with it
+                b_next = jnp.where(same_as_next(segment_ids)[..., None, None], b_next, jnp.zeros((), b.dtype))
             a_rev = a if dt is None else next_step(a)
-            hb = linear_scan(a_rev, b_next.reshape(Bsz, L, D * n2), reverse=True, backend=self.options.backend)
+            hb = linear_scan(a_rev, b_next.reshape(Bsz, L, D * n2), reverse=True, **seg)
             y = y + 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", hb.reshape(Bsz, L, D, n2), Cs[1]))
         return y + x * f32(self.D)[None, None]
 

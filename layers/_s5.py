@@ -9,6 +9,8 @@ Irregular sampling (S5 §6.3): ``dt (B, L)`` in ``__call__`` (``dt_t (B,)`` in `
 dt[b, t] · Δ_p and a per-step Λ̄_t, B̄_t (the ZOH solution over each gap); B̄_t u_t is computed as
 coef_t ⊙ (B̃ u_t) so B̄ is never formed per step. The reverse branch crosses the gap dt[:, t+1] from t+1 to t
 (Λ̄ and the input weight of u_t both use it; the last sample keeps its own gap).
+Packed sequences (``segment_ids (B, L)``, 0 = padding; docs/layers.md §Packed sequences): both scans run with
+``segment_ids`` (each sequence from a zero state, the reverse one from its own end); padding positions output 0.
 
 Init (``ssm.init.s5_hippo_n``, S5 §4.1): Λ from ``blocks`` copies of HiPPO-N (the normal part of LegS),
 B̃ = V⁻¹B and C̃ = CV in the eigenbasis. With ``conj_sym`` only P = N/2 states are stored.
@@ -38,9 +40,11 @@ from algornn.layers._options import (
     check_dt_scale,
     check_dtypes,
     check_int,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     next_step,
     record_options,
     zeros_of,
@@ -95,7 +99,8 @@ class S5(nnx.Module):
     ``__call__(x, *, dt_scale=1.0)`` and ``step(state, x_t, *, dt_scale=1.0)`` scale every Δ by ``dt_scale``
     (a positive scalar; may be traced under ``jit``). Irregularly sampled input: ``__call__(x, dt=dt)`` with
     ``dt (B, L)`` the positive time before each sample in grid steps (Δ_t = dt_t · Δ · dt_scale; all ones is the
-    regular grid), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
+    regular grid), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``. Packed sequences:
+    ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding); padding positions output 0.
     """
 
     def __init__(
@@ -158,22 +163,26 @@ class S5(nnx.Module):
         y = jnp.real(jnp.einsum("...p,dp->...d", h, C))
         return 2.0 * y if self.options.conj_sym else y
 
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample;
+        ``segment_ids (B, L)``: packed sequences (0 = padding)."""
         check_sequence("S5", x, self.d_model)
         check_dt_scale("S5", dt_scale)
         if dt is not None:
             dt = check_dt("S5", dt, x.shape[:2])
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("S5", segment_ids, x.shape[:2])
         x = x.astype(self.dtype).astype(jnp.float32)
         Abar, coef = self._coefficients(dt_scale, dt)  # (P,) or (B, L, P)
         Bu = jnp.einsum("bld,pd->blp", x.astype(jnp.complex64), complex_of(self.B_re, self.B_im))  # (B, L, P)
-        y = self._readout(linear_scan(Abar, coef * Bu, backend=self.options.backend), complex_of(self.C_re, self.C_im))
+        seg = dict(segment_ids=segment_ids, backend=self.options.backend)
+        y = self._readout(linear_scan(Abar, coef * Bu, **seg), complex_of(self.C_re, self.C_im))
         if self.options.bidirectional:
             if dt is not None:  # from t+1 back to t: the gap dt[:, t+1]
                 Abar, coef = next_step(Abar), next_step(coef)
-            hb = linear_scan(Abar, coef * Bu, reverse=True, backend=self.options.backend)
+            hb = linear_scan(Abar, coef * Bu, reverse=True, **seg)
             y = y + self._readout(hb, complex_of(self.C2_re, self.C2_im))
-        return (y + x * f32(self.D)[None, None]).astype(self.dtype)
+        return mask_padding(y + x * f32(self.D)[None, None], segment_ids).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
         """``x (B, P)`` complex64."""

@@ -20,6 +20,10 @@ B_t, C_t are shared over e — so this option materialises ``ā (B, L, E·N)`` a
 (memory O(B·L·E·N), as a plain scan; the default path never forms it). With ``dt`` the decay is still
 ``2 exp(dt_t Δ_t A) − 1``: no longer the composition of shorter gaps.
 
+Packed sequences (``segment_ids (B, L)``, 0 = padding; docs/layers.md §Packed sequences): the convolution and the
+scans take ``segment_ids`` (no tap or state crosses a sequence boundary; the reverse recurrence starts at each
+sequence's end); padding positions output 0.
+
 ``bidirectional=True`` adds the reverse recurrence ``h_t = exp(Δ_t A) h_{t+1} + Δ_t u_t B_t`` with its own
 output map ``C`` (second slice of the projection) and sums the two readouts.
 Constructor: ``SelectiveSSM(d_model, *, d_state=16, expand=1, d_conv=4, dt_rank=None, dt_min=0.001, dt_max=0.1,
@@ -45,9 +49,11 @@ from algornn.layers._options import (
     check_dt_scale,
     check_dtypes,
     check_int,
+    check_segment_ids,
     check_sequence,
     check_state,
     check_token,
+    mask_padding,
     next_step,
     record_options,
     zeros_of,
@@ -113,6 +119,7 @@ class SelectiveSSM(nnx.Module):
     (a positive scalar; may be traced under ``jit``). The short convolution still counts samples, not time.
     Irregularly sampled input: ``__call__(x, dt=dt)`` with ``dt (B, L)`` the positive time before each sample in
     grid steps (Δ_t = dt_t · the learned step), ``step(state, x_t, dt_t=dt_t)`` with ``dt_t (B,)``.
+    Packed sequences: ``__call__(x, segment_ids=ids)`` with ``ids (B, L)`` int (0 = padding); padding outputs 0.
     """
 
     def __init__(
@@ -171,36 +178,41 @@ class SelectiveSSM(nnx.Module):
         Cs = [dbc[..., R + (i + 1) * N : R + (i + 2) * N] for i in range(1 + self.options.bidirectional)]
         return -jnp.exp(f32(self.A_log)), deltas, Bt, Cs
 
-    def _signed_scan(self, u, delta, A, Bt, C, reverse):
+    def _signed_scan(self, u, delta, A, Bt, C, reverse, segment_ids=None):
         """``h_t = (2 exp(Δ_t A) − 1) ⊙ h_{t−1} + (Δ_t u_t) B_t`` on ``linear_scan``; ``y_t = h_t C_t`` (B, L, E)."""
         B, L, E = u.shape
         N = A.shape[-1]
         a = signed_decay(delta, A).reshape(B, L, E * N)
         b = ((delta * u)[..., None] * Bt[:, :, None, :]).reshape(B, L, E * N)
-        h = linear_scan(a, b, reverse=reverse, backend=self.options.backend).reshape(B, L, E, N)
+        h = linear_scan(a, b, reverse=reverse, segment_ids=segment_ids, backend=self.options.backend)
+        h = h.reshape(B, L, E, N)
         return jnp.einsum("blen,bln->ble", h, C)
 
-    def _conv(self, u):
+    def _conv(self, u, segment_ids=None):
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
-        return jax.nn.silu(causal_conv(u, w, b))
+        return jax.nn.silu(causal_conv(u, w, b, segment_ids=segment_ids))
 
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample;
+        ``segment_ids (B, L)``: packed sequences (0 = padding)."""
         check_sequence("SelectiveSSM", x, self.d_model)
         check_dt_scale("SelectiveSSM", dt_scale)
         if dt is not None:
             dt = check_dt("SelectiveSSM", dt, x.shape[:2])
+        if segment_ids is not None:
+            segment_ids = check_segment_ids("SelectiveSSM", segment_ids, x.shape[:2])
         u, z = jnp.split(self.in_proj(x.astype(self.dtype)), 2, axis=-1)
-        u = self._conv(u)  # (B, L, E)
+        u = self._conv(u, segment_ids)  # (B, L, E)
         A, deltas, Bt, Cs = self._gates(u, dt_scale, dt)
         u = u.astype(jnp.float32)
         y = f32(self.D)[None, None] * u
+        seg = dict(segment_ids=segment_ids)
         for i, C in enumerate(Cs):  # never holds the (B, L, E, N) states; the reverse Δ crosses the next gap
             if self.options.negative_eigenvalues:
-                y = y + self._signed_scan(u, deltas[i], A, Bt, C, reverse=i == 1)
+                y = y + self._signed_scan(u, deltas[i], A, Bt, C, reverse=i == 1, **seg)
             else:
-                y = y + selective_scan(u, deltas[i], A, Bt, C, reverse=i == 1, backend=self.options.backend)[0]
-        return self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)).astype(self.dtype)
+                y = y + selective_scan(u, deltas[i], A, Bt, C, reverse=i == 1, backend=self.options.backend, **seg)[0]
+        return mask_padding(self.out_proj(y.astype(self.dtype) * jax.nn.silu(z)), segment_ids).astype(self.dtype)
 
     def state_spec(self, batch_size: int):
         """``(conv buffer (B, d_conv-1, E), h (B, E, N))`` float32."""

@@ -3,9 +3,14 @@
 ``y_t = Σ_{j<W} w_j ⊙ u_{t−W+1+j} + b`` per channel (zero history before t = 0), optionally followed by SiLU.
 As a recurrent module its state is the last ``W − 1`` inputs, ``buf (B, W−1, E)`` float32.
 
-- ``causal_conv(u, w, b)``: the pure function, ``u (B, L, E)``, ``w (W, E)``, ``b (E,)`` -> ``(B, L, E)``.
+- ``causal_conv(u, w, b, *, segment_ids=None)``: the pure function, ``u (B, L, E)``, ``w (W, E)``, ``b (E,)`` ->
+  ``(B, L, E)``.
 - ``ShortConv(channels, width, *, activation="silu"|None, ...)``: parameters ``conv_w (W, E)``, ``conv_b (E,)``;
-  ``__call__(u (B, L, E))``, ``state_spec(B)``, ``step(buf, u_t (B, E)) -> (buf, y_t)``.
+  ``__call__(u (B, L, E), *, segment_ids=None)``, ``state_spec(B)``, ``step(buf, u_t (B, E)) -> (buf, y_t)``.
+
+Packed sequences (``segment_ids (B, L)`` int, 0 = padding; docs/layers.md §Packed sequences): a tap never reaches
+back past the first position of its own sequence (each sequence sees zero history, as if alone), and padding
+positions output exactly 0 (bias and activation included).
 
 Shape legend: B batch · L length · E channels · W kernel width.
 """
@@ -18,16 +23,26 @@ from flax import nnx
 
 from algornn.layers._options import check_choice, check_int
 from algornn.layers._params import param
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, position_in_segment
 
 ACTIVATIONS = ("silu", None)
 
 
-def causal_conv(u, w, b):
-    """Depthwise causal convolution: ``u (B, L, E)``, ``w (W, E)``, ``b (E,)``: ``y_t = Σ_j w_j u_{t-W+1+j} + b``."""
+def causal_conv(u, w, b, *, segment_ids=None):
+    """Depthwise causal convolution: ``u (B, L, E)``, ``w (W, E)``, ``b (E,)``: ``y_t = Σ_j w_j u_{t-W+1+j} + b``.
+
+    ``segment_ids (B, L)`` (packed sequences): the tap ``u_{t-k}`` counts only if ``t − k`` lies in t's sequence,
+    and padding positions give 0."""
     width, length = w.shape[0], u.shape[1]
     padded = jnp.pad(u, ((0, 0), (width - 1, 0), (0, 0)))
-    y = sum(padded[:, j : j + length] * w[j][None, None] for j in range(width))
-    return y + b[None, None]
+    if segment_ids is None:
+        y = sum(padded[:, j : j + length] * w[j][None, None] for j in range(width))
+        return y + b[None, None]
+    seg = check_segment_ids_shape(segment_ids, u.shape[:2], "the batch and length of u")
+    pos = position_in_segment(seg)[..., None]  # (B, L, 1): how far back t's sequence reaches
+    zero = jnp.zeros((), u.dtype)
+    y = sum(jnp.where(pos >= width - 1 - j, padded[:, j : j + length], zero) * w[j][None, None] for j in range(width))
+    return jnp.where((seg == 0)[..., None], zero, y + b[None, None])
 
 
 def init_conv_weight(key, width: int, channels: int):
@@ -66,10 +81,11 @@ class ShortConv(nnx.Module):
     def _act(self, y):
         return jax.nn.silu(y) if self.activation == "silu" else y
 
-    def __call__(self, u):
-        """``u (B, L, E) -> (B, L, E)`` in ``dtype``."""
+    def __call__(self, u, *, segment_ids=None):
+        """``u (B, L, E) -> (B, L, E)`` in ``dtype``; ``segment_ids (B, L)``: packed sequences (no tap crosses into
+        the previous sequence; padding outputs 0)."""
         w, b = self.conv_w[...].astype(self.dtype), self.conv_b[...].astype(self.dtype)
-        return self._act(causal_conv(u.astype(self.dtype), w, b))
+        return self._act(causal_conv(u.astype(self.dtype), w, b, segment_ids=segment_ids))  # silu(0) = 0
 
     def state_spec(self, batch_size: int):
         """``buf (B, W − 1, E)`` float32: the last W − 1 inputs."""

@@ -9,8 +9,7 @@
   helpers of the chunked fast-weight ops.
 * ``segments`` — a recurrence over long sequences segment by segment, each segment's forward recomputed in the
   backward (``segmented``: scratch of one segment, for the ops that compose on another op).
-* ``packing`` — the ``segment_ids`` check and the sequence starts of packed rows (``check_segment_ids``,
-  ``sequence_starts``).
+* ``packing`` — packed sequences: ``segment_ids`` checks and the start / padding masks the scans and fast-weight ops use.
 * ``key_decay`` — per-key decayed scores ``Σ_d x_rd k_id exp(γ_rd − γ_id)`` of a chunk by secondary chunking, and
   their cotangents (per-key gates without a ``(C, C, K)`` tensor).
 """

@@ -28,6 +28,7 @@ from jax import lax
 from algornn.scan_kernels._common import backend as _backend
 from algornn.scan_kernels._common import utils as _utils
 from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, segment_masks
 from algornn.scan_kernels._common.validate import (
     check_bool,
     check_broadcastable,
@@ -78,27 +79,35 @@ def _prepare(A, b, h0):
     return A, b, h0, batch_shape
 
 
-def _sequential(A, b, h0, reverse: bool):
-    """One ``lax.scan`` step per time step (the reference, and the CPU fast path)."""
+def _gate(keep_t, Ah):
+    """``A_t h_{t-1}`` where ``keep_t (B,)`` holds, else 0 (a select: a non-finite state does not leak)."""
+    return Ah if keep_t is None else jnp.where(keep_t[:, None], Ah, jnp.zeros((), Ah.dtype))
+
+
+def _sequential(A, b, h0, reverse: bool, keep=None):
+    """One ``lax.scan`` step per time step (the reference). ``keep (B, L)`` bool (packed sequences): where False,
+    the step does not read the previous state, ``h_t = b_t``."""
+    xs = (jnp.moveaxis(b, 1, 0), None if keep is None else jnp.moveaxis(keep, 1, 0))
     if A.ndim == 2:
 
-        def step(h, b_t):
-            h = _matvec(A, h) + b_t
+        def step(h, x):
+            b_t, k_t = x
+            h = _gate(k_t, _matvec(A, h)) + b_t
             return h, h
 
-        _, h = lax.scan(step, h0, jnp.moveaxis(b, 1, 0), reverse=reverse)
+        _, h = lax.scan(step, h0, xs, reverse=reverse)
     else:
 
-        def step(h, Ab):
-            A_t, b_t = Ab
-            h = _matvec(A_t, h) + b_t
+        def step(h, x):
+            A_t, (b_t, k_t) = x
+            h = _gate(k_t, _matvec(A_t, h)) + b_t
             return h, h
 
-        _, h = lax.scan(step, h0, (jnp.moveaxis(A, 1, 0), jnp.moveaxis(b, 1, 0)), reverse=reverse)
+        _, h = lax.scan(step, h0, (jnp.moveaxis(A, 1, 0), xs), reverse=reverse)
     return jnp.moveaxis(h, 0, 1)
 
 
-def _sequential_inplace(A, b, h0, reverse: bool):
+def _sequential_inplace(A, b, h0, reverse: bool, keep=None):
     """The CPU form: a ``fori_loop`` that reads row t of ``b (B, L, N)`` (and ``A (B, L, N, N)``) in place and
     writes ``h`` over ``b``'s buffer, avoiding the ``(L, B, ...)`` transposes of a ``lax.scan`` (as in
     ``_linear_scan.xla.sequential_scan``)."""
@@ -108,16 +117,20 @@ def _sequential_inplace(A, b, h0, reverse: bool):
         h, out = carry
         t = L - 1 - i if reverse else i
         A_t = A if A.ndim == 2 else lax.dynamic_index_in_dim(A, t, axis=1, keepdims=False)
-        h = _matvec(A_t, h) + lax.dynamic_index_in_dim(out, t, axis=1, keepdims=False)
+        k_t = None if keep is None else lax.dynamic_index_in_dim(keep, t, axis=1, keepdims=False)
+        h = _gate(k_t, _matvec(A_t, h)) + lax.dynamic_index_in_dim(out, t, axis=1, keepdims=False)
         return h, lax.dynamic_update_index_in_dim(out, h, t, axis=1)
 
     return lax.fori_loop(0, L, body, (h0, b))[1]
 
 
-def _associative(A, b, h0, reverse: bool):
-    """Log-depth parallel form over axis 1 with ``h0`` folded into the first step's input."""
+def _associative(A, b, h0, reverse: bool, keep=None):
+    """Log-depth parallel form over axis 1 with ``h0`` folded into the first step's input (``keep``: a zero
+    transition where the step does not read the previous state)."""
     B, L, N = b.shape
     A = jnp.broadcast_to(A, (B, L, N, N))
+    if keep is not None:
+        A = jnp.where(keep[..., None, None], A, jnp.zeros((), A.dtype))
     t = L - 1 if reverse else 0
     b = b.at[:, t].add(_matvec(A[:, t], h0))
 
@@ -130,52 +143,66 @@ def _associative(A, b, h0, reverse: bool):
     return h
 
 
-def _pallas_probe(A, b, h0, reverse: bool):
+def _pallas_probe(A, b, h0, keep, reverse: bool):
     """Compile the Pallas dense scan for these shapes and dtypes, in both directions (the backward runs the
     other one); raises if it does not compile."""
     from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
 
-    args = abstract(A, b, h0)
+    args = abstract(A, b, h0, keep)
     for rev in (reverse, not reverse):
         jax.jit(partial(dense_scan_pallas, reverse=rev)).lower(*args).compile()
 
 
-def _dispatch(A, b, h0, reverse: bool, backend: str):
+def _dispatch(A, b, h0, reverse: bool, backend: str, keep=None):
+    """The scan by the concrete ``backend``; ``keep (B, L)`` bool or None (packed sequences: where False the step
+    does not read the previous state)."""
     if backend == "reference":
-        return _sequential(A, b, h0, reverse)
+        return _sequential(A, b, h0, reverse, keep)
     if backend == "xla":
         B, L, N = b.shape
         if not _backend.on_gpu():
-            return _sequential_inplace(A, b, h0, reverse)
+            return _sequential_inplace(A, b, h0, reverse, keep)
         if B * L * N * N * b.dtype.itemsize <= _ASSOC_BYTES_BUDGET:
-            return _associative(A, b, h0, reverse)
-        return _sequential(A, b, h0, reverse)
+            return _associative(A, b, h0, reverse, keep)
+        return _sequential(A, b, h0, reverse, keep)
     if backend == "pallas":
         from algornn.scan_kernels._dense_scan.pallas import dense_scan_pallas
 
-        return _utils.batch_shard_map(partial(dense_scan_pallas, reverse=reverse), (A, A.ndim == 4), b, h0)
+        fn = partial(dense_scan_pallas, reverse=reverse)
+        if keep is None:
+            return _utils.batch_shard_map(fn, (A, A.ndim == 4), b, h0)
+        return _utils.batch_shard_map(fn, (A, A.ndim == 4), b, h0, keep)
     raise AssertionError(backend)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _scan(A, b, h0, reverse, backend):
-    return _dispatch(A, b, h0, reverse, backend)
+@partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _scan(A, b, h0, keep, reverse, backend):
+    return _dispatch(A, b, h0, reverse, backend, keep)
 
 
-def _scan_fwd(A, b, h0, reverse, backend):
-    h = _dispatch(A, b, h0, reverse, backend)
-    return h, (A, h, h0)
+def _scan_fwd(A, b, h0, keep, reverse, backend):
+    h = _dispatch(A, b, h0, reverse, backend, keep)
+    return h, (A, h, h0, keep)
 
 
 def _scan_bwd(reverse, backend, res, dh):
-    A, h, h0 = res
+    """g_t = dh_t + keep_{t+1} A_{t+1}ᵀ g_{t+1} by the same dispatcher in the other direction; then
+    dA_t = keep_t g_t h_{t-1}ᵀ, db = g, dh0 = keep_0 A_0ᵀ g_0 (mirrored when ``reverse``)."""
+    A, h, h0, keep = res
     At = jnp.swapaxes(A, -1, -2)
     if A.ndim == 2:
         At_shift = At  # time-invariant: g_{L-1} = dh_{L-1} because the reverse scan starts from 0
     else:
         zero = jnp.zeros_like(At[:, :1])
         At_shift = jnp.concatenate([At[:, 1:], zero], 1) if not reverse else jnp.concatenate([zero, At[:, :-1]], 1)
-    g = _dispatch(At_shift, dh, jnp.zeros_like(h0), not reverse, backend)  # (B, L, N)
+    keep_shift = None
+    if keep is not None:
+        no = jnp.zeros_like(keep[:, :1])
+        keep_shift = jnp.concatenate([keep[:, 1:], no], 1) if not reverse else jnp.concatenate([no, keep[:, :-1]], 1)
+    g = _dispatch(At_shift, dh, jnp.zeros_like(h0), not reverse, backend, keep_shift)  # (B, L, N)
+    db = g
+    if keep is not None:  # only the steps that read h_{t-1} pass a cotangent to it and to A_t
+        g = jnp.where(keep[..., None], g, jnp.zeros((), g.dtype))
     if not reverse:
         h_prev = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)
         dh0 = _matvec(At if A.ndim == 2 else At[:, 0], g[:, 0])
@@ -187,13 +214,25 @@ def _scan_bwd(reverse, backend, res, dh):
         dA = jnp.sum(jnp.einsum("bli,blj->bij", g, h_prev, precision=_HI), axis=0)
     else:
         dA = g[..., :, None] * h_prev[..., None, :]  # (B, L, N, N)
-    return dA, g, dh0
+    return dA, db, dh0, None
 
 
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
+def _pack(A, b, h0, segment_ids, reverse: bool, h0_given: bool):
+    """Packed sequences (docs/ops.md §Packed sequences): ``keep = False`` where a sequence starts or on padding
+    (the step does not read the previous state), ``b' = b + A h0`` at a start, ``b' = 0`` on padding (so the
+    padded outputs are 0). Returns ``b'``, ``h0' = 0``, ``keep`` and the padding mask, all ``(B, L, ·)``."""
+    start, pad = segment_masks(segment_ids, reverse=reverse)
+    if h0_given:  # the first step of each sequence: A_t h0 + b_t
+        Ah0 = _matvec(A, h0)[:, None] if A.ndim == 2 else _matvec(A, h0[:, None])  # (B, 1, N) | (B, L, N)
+        b = jnp.where(start[..., None], b + Ah0, b)
+    b = jnp.where(pad[..., None], jnp.zeros((), b.dtype), b)
+    return b, jnp.zeros_like(h0), ~(start | pad), pad
+
+
+def dense_linear_scan(A, b, h0=None, *, reverse=False, segment_ids=None, backend=None, vjp="custom"):
     """``h_t = A_t h_{t-1} + b_t`` over time (axis -2 of ``b``); see the module docstring.
 
     Args:
@@ -201,6 +240,9 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
       b: inputs ``(B, L, N)`` (or ``(..., L, N)``).
       h0: initial state ``(B, N)``; default zeros.
       reverse: run from the end, ``h_t = A_t h_{t+1} + b_t``.
+      segment_ids: packed sequences, int ``(B, L)`` (``b.shape[:-1]``), 0 = padding: each sequence runs from
+        ``h0`` as if alone and padding positions of ``h`` are 0 (docs/ops.md §Packed sequences); a time-invariant
+        ``A (N, N)`` stays one matrix. None: one sequence per row, unchanged.
       backend: ``None`` (auto) | ``"reference"`` | ``"xla"`` | ``"pallas"``.
       vjp: ``"custom"`` (reverse-scan backward) | ``"autodiff"`` (JAX autodiff of the reference loop).
 
@@ -210,23 +252,46 @@ def dense_linear_scan(A, b, h0=None, *, reverse=False, backend=None, vjp="custom
     reverse = check_bool("reverse", reverse)
     check_backend(backend)
     check_choice("vjp", vjp, ("custom", "autodiff"))
+    h0_given = h0 is not None
     A, b, h0, batch_shape = _prepare(A, b, h0)
+    seg = _segments(segment_ids, batch_shape, b)
     L, N = b.shape[1:]
     if b.size == 0:  # nothing to scan (L, B or N is 0)
-        h = b
-    elif vjp == "autodiff":
-        h = _sequential(A, b, h0, reverse)
+        return b.reshape(batch_shape + (L, N))
+    keep = pad = None
+    if seg is not None:
+        b, h0, keep, pad = _pack(A, b, h0, seg, reverse, h0_given)
+    if vjp == "autodiff":
+        h = _sequential(A, b, h0, reverse, keep)
     else:  # auto: Pallas on a GPU where it compiles for these shapes, else XLA
-        probe, key = partial(_pallas_probe, A, b, h0, reverse), probe_key(A=A, b=b, h0=h0, reverse=reverse)
+        probe = partial(_pallas_probe, A, b, h0, keep, reverse)
+        key = probe_key(A=A, b=b, h0=h0, keep=keep, reverse=reverse)
         backend = resolve_backend(backend, op="dense_linear_scan", probe=probe, key=key)
-        h = _scan(A, b, h0, reverse, backend)
+        h = _scan(A, b, h0, keep, reverse, backend)
+    if pad is not None:
+        h = jnp.where(pad[..., None], jnp.zeros((), h.dtype), h)
     return h.reshape(batch_shape + (L, N))
 
 
-def dense_linear_scan_reference(A, b, h0=None, *, reverse=False):
+def _segments(segment_ids, batch_shape, b):
+    """Validate ``segment_ids`` against the batch dims and length of ``b``; return them as ``(B, L)`` (or None)."""
+    if segment_ids is None:
+        return None
+    seg = check_segment_ids_shape(segment_ids, batch_shape + b.shape[1:2], "the batch dims and length of b")
+    return seg.reshape(b.shape[:2])
+
+
+def dense_linear_scan_reference(A, b, h0=None, *, reverse=False, segment_ids=None):
     """The plain loop with the contract of :func:`dense_linear_scan`, differentiated by JAX autodiff."""
     reverse = check_bool("reverse", reverse)
+    h0_given = h0 is not None
     A, b, h0, batch_shape = _prepare(A, b, h0)
+    seg = _segments(segment_ids, batch_shape, b)
     L, N = b.shape[1:]
-    h = b if b.size == 0 else _sequential(A, b, h0, reverse)
+    if b.size == 0:
+        return b.reshape(batch_shape + (L, N))
+    if seg is None:
+        return _sequential(A, b, h0, reverse).reshape(batch_shape + (L, N))
+    b, h0, keep, pad = _pack(A, b, h0, seg, reverse, h0_given)
+    h = jnp.where(pad[..., None], jnp.zeros((), b.dtype), _sequential(A, b, h0, reverse, keep))
     return h.reshape(batch_shape + (L, N))

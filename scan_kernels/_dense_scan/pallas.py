@@ -23,10 +23,13 @@ from algornn.scan_kernels._common import utils as _utils
 from algornn.scan_kernels._common.numerics import cmul
 
 
-def _dense_kernel(*refs, planes: int, reverse: bool, time_varying: bool):
-    """Refs: A planes (``(N, N)`` or ``(L, N·N)``), b planes ``(L, N)``, h0 planes ``(1, N)``, h planes ``(L, N)``."""
+def _dense_kernel(*refs, planes: int, reverse: bool, time_varying: bool, packed: bool):
+    """Refs: A planes (``(N, N)`` or ``(L, N·N)``), b planes ``(L, N)``, h0 planes ``(1, N)``, [keep ``(L, 1)``],
+    h planes ``(L, N)``. ``packed``: where keep is 0 the step does not read the previous state (``h_t = b_t``)."""
     A_refs, b_refs = refs[:planes], refs[planes : 2 * planes]
-    h0_refs, o_refs = refs[2 * planes : 3 * planes], refs[3 * planes :]
+    h0_refs = refs[2 * planes : 3 * planes]
+    keep_ref = refs[3 * planes] if packed else None
+    o_refs = refs[3 * planes + packed :]
     L, N = b_refs[0].shape
     A_fixed = None if time_varying else tuple(r[...] for r in A_refs)
 
@@ -37,7 +40,11 @@ def _dense_kernel(*refs, planes: int, reverse: bool, time_varying: bool):
         else:
             A_t = A_fixed
         prod = cmul(A_t, tuple(jnp.broadcast_to(x, (N, N)) for x in h))  # A_ij h_j
-        h = tuple(jnp.sum(p, axis=1).reshape(1, N) + r[pl.ds(t, 1), :] for p, r in zip(prod, b_refs))
+        Ah = tuple(jnp.sum(p, axis=1).reshape(1, N) for p in prod)
+        if packed:  # a select, not a product: a non-finite state of the previous sequence does not leak
+            k = jnp.broadcast_to(keep_ref[pl.ds(t, 1), :], (1, N)) > 0
+            Ah = tuple(jnp.where(k, x, jnp.zeros_like(x)) for x in Ah)
+        h = tuple(x + r[pl.ds(t, 1), :] for x, r in zip(Ah, b_refs))
         for r, v in zip(o_refs, h):
             r[pl.ds(t, 1), :] = v
         return h
@@ -49,8 +56,9 @@ def _planes(x):
     return (jnp.real(x), jnp.imag(x)) if _utils.is_complex(x.dtype) else (x,)
 
 
-def dense_scan_pallas(A, b, h0, *, reverse: bool = False, num_warps: int = 4, interpret=None):
-    """Pallas dense scan: ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``, ``h0 (B, N)`` -> ``h (B, L, N)``."""
+def dense_scan_pallas(A, b, h0, keep=None, *, reverse: bool = False, num_warps: int = 4, interpret=None):
+    """Pallas dense scan: ``A (N, N)`` or ``(B, L, N, N)``, ``b (B, L, N)``, ``h0 (B, N)`` -> ``h (B, L, N)``;
+    ``keep (B, L)`` bool or None: where False the step does not read the previous state (packed sequences)."""
     B, L, N = b.shape
     Np = pl.next_power_of_2(N)
     pad = Np - N
@@ -68,15 +76,20 @@ def dense_scan_pallas(A, b, h0, *, reverse: bool = False, num_warps: int = 4, in
     row_spec = pl.BlockSpec((None, 1, Np), lambda i: (i, 0, 0))
     Ap, bp, hp = _planes(A), _planes(b), tuple(x[:, None] for x in _planes(h0))
     planes = len(bp)
-    kernel = partial(_dense_kernel, planes=planes, reverse=reverse, time_varying=time_varying)
+    packed = keep is not None
+    extra, extra_specs = (), []
+    if packed:
+        extra = (keep.astype(bp[0].dtype)[..., None],)  # (B, L, 1)
+        extra_specs = [pl.BlockSpec((None, L, 1), lambda i: (i, 0, 0))]
+    kernel = partial(_dense_kernel, planes=planes, reverse=reverse, time_varying=time_varying, packed=packed)
     h = pl.pallas_call(
         kernel,
         out_shape=tuple(jax.ShapeDtypeStruct((B, L, Np), bp[0].dtype) for _ in range(planes)),
         grid=(B,),
-        in_specs=[A_spec] * planes + [seq_spec] * planes + [row_spec] * planes,
+        in_specs=[A_spec] * planes + [seq_spec] * planes + [row_spec] * planes + extra_specs,
         out_specs=(seq_spec,) * planes,
         name="dense_linear_scan",
         **_pallas_config.pallas_call_kwargs(num_warps=num_warps, interpret=interpret),
-    )(*Ap, *bp, *hp)
+    )(*Ap, *bp, *hp, *extra)
     h = tuple(x[..., :N] for x in h)
     return lax.complex(*h) if planes == 2 else h[0]

@@ -27,6 +27,7 @@ from jax import lax
 
 from algornn.scan_kernels._common import utils as _utils
 from algornn.scan_kernels._common.backend import abstract, check_backend, probe_key, resolve_backend
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, segment_masks
 from algornn.scan_kernels._common.validate import (
     check_bool,
     check_broadcastable,
@@ -133,7 +134,32 @@ def _scan_bwd(reverse, backend, res, dh):
 _scan.defvjp(_scan_fwd, _scan_bwd)
 
 
-def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
+def _pack(a, b, h0, segment_ids, reverse: bool, h0_given: bool):
+    """Packed sequences as a plain scan (docs/ops.md §Packed sequences): ``a' = 0`` where a sequence starts or on
+    padding, ``b' = b + a ⊙ h0`` at a start (its first step from the initial state), ``b' = 0`` on padding.
+    Returns ``a', b', h0' = 0`` and the padding mask ``(B, L)``; the scan of those is every sequence's own."""
+    start, pad = segment_masks(segment_ids, reverse=reverse)
+    keep = ~(start | pad)
+    a_p = jnp.where(keep[..., None], a, jnp.zeros((), a.dtype))
+    b_p = jnp.where(start[..., None], b + a * h0[:, None], b) if h0_given else b
+    b_p = jnp.where(pad[..., None], jnp.zeros((), b.dtype), b_p)
+    return a_p, b_p, jnp.zeros_like(h0), pad
+
+
+def _unpack(h, pad):
+    """Padding positions of the result are exactly 0."""
+    return jnp.where(pad[..., None], jnp.zeros((), h.dtype), h)
+
+
+def _segments(segment_ids, batch_shape, b):
+    """Validate ``segment_ids`` against the batch dims and length of ``b``; return them as ``(B, L)`` (or None)."""
+    if segment_ids is None:
+        return None
+    seg = check_segment_ids_shape(segment_ids, batch_shape + b.shape[1:2], "the batch dims and length of b")
+    return seg.reshape(b.shape[:2])
+
+
+def linear_scan(a, b, h0=None, *, reverse=False, segment_ids=None, backend=None, vjp="custom"):
     """``h_t = a_t ⊙ h_{t-1} + b_t`` over time (axis -2 of ``b``); see the module docstring.
 
     Args:
@@ -141,34 +167,50 @@ def linear_scan(a, b, h0=None, *, reverse=False, backend=None, vjp="custom"):
       b: inputs ``(B, L, D)`` (or ``(..., L, D)``).
       h0: initial state ``(B, D)`` (``b.shape[:-2] + (D,)``); default zeros.
       reverse: run from the end, ``h_t = a_t ⊙ h_{t+1} + b_t`` (``h0`` then sits after the last step).
+      segment_ids: packed sequences, int ``(B, L)`` (``b.shape[:-1]``), 0 = padding: each sequence runs from
+        ``h0`` as if alone and padding positions of ``h`` are 0 (docs/ops.md §Packed sequences). None: one
+        sequence per row, unchanged.
       backend: ``None`` (auto) | ``"reference"`` | ``"xla"`` | ``"pallas"``.
       vjp: ``"custom"`` (reverse-scan backward) | ``"autodiff"`` (JAX autodiff of the reference loop).
 
     Returns:
       ``h`` with ``b``'s shape in the compute dtype (float32 for float32/bfloat16 inputs, complex64 if any
-      input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``).
+      input is complex); the final state is ``h[:, -1]`` (``h[:, 0]`` when ``reverse``); with ``segment_ids``
+      a sequence's final state is ``h`` at its last (first when ``reverse``) position.
     """
     reverse = check_bool("reverse", reverse)
     check_backend(backend)
     check_choice("vjp", vjp, VJP_MODES)
+    h0_given = h0 is not None
     a, b, h0, batch_shape = _prepare(a, b, h0)
+    seg = _segments(segment_ids, batch_shape, b)
     L, D = b.shape[1:]
     if b.size == 0:  # nothing to scan (L, B or D is 0)
-        h = b
-    elif vjp == "autodiff":
+        return b.reshape(batch_shape + (L, D))
+    if seg is not None:
+        a, b, h0, pad = _pack(a, b, h0, seg, reverse, h0_given)
+    if vjp == "autodiff":
         h = _reference_scan(a, b, h0, reverse)
     else:  # auto: Pallas on a GPU where it compiles for these shapes, else XLA
         probe, key = partial(_pallas_probe, a, b, h0, reverse), probe_key(a=a, b=b, h0=h0, reverse=reverse)
         backend = resolve_backend(backend, op="linear_scan", probe=probe, key=key)
         h = _scan(a, b, h0, reverse, backend)
+    if seg is not None:
+        h = _unpack(h, pad)
     return h.reshape(batch_shape + (L, D))
 
 
-def linear_scan_reference(a, b, h0=None, *, reverse=False):
+def linear_scan_reference(a, b, h0=None, *, reverse=False, segment_ids=None):
     """The plainly correct loop: same contract as :func:`linear_scan`, one ``lax.scan`` step per time step,
     differentiated by JAX autodiff."""
     reverse = check_bool("reverse", reverse)
+    h0_given = h0 is not None
     a, b, h0, batch_shape = _prepare(a, b, h0)
+    seg = _segments(segment_ids, batch_shape, b)
     L, D = b.shape[1:]
-    h = b if b.size == 0 else _reference_scan(a, b, h0, reverse)
-    return h.reshape(batch_shape + (L, D))
+    if b.size == 0:
+        return b.reshape(batch_shape + (L, D))
+    if seg is None:
+        return _reference_scan(a, b, h0, reverse).reshape(batch_shape + (L, D))
+    a, b, h0, pad = _pack(a, b, h0, seg, reverse, h0_given)
+    return _unpack(_reference_scan(a, b, h0, reverse), pad).reshape(batch_shape + (L, D))

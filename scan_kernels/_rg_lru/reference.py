@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, segment_masks
 from algornn.scan_kernels._common.utils import compute_dtype
 from algornn.scan_kernels._common.validate import check_bool, check_float, check_inexact, check_ndim, check_shape
 
@@ -89,17 +90,34 @@ def rg_lru_step(h, x_t, r_t, i_t, log_a, *, c=8.0):
     return _step(h, x_t, r_t, i_t, log_a, c)
 
 
-def rg_lru_reference(x, r, i, log_a, *, c=8.0, h0=None, reverse=False):
+def rg_lru_reference(x, r, i, log_a, *, c=8.0, h0=None, reverse=False, segment_ids=None):
     """The plainly correct loop with the contract of ``rg_lru``: one ``lax.scan`` step per token, the gates
-    computed inside the step, differentiated by JAX autodiff. Returns ``h (B, L, D)`` in the compute dtype."""
+    computed inside the step, differentiated by JAX autodiff. Returns ``h (B, L, D)`` in the compute dtype.
+    With ``segment_ids (B, L)`` the state is set back to ``h0`` where a sequence starts and padding steps leave it
+    as it is and output 0."""
     reverse = check_bool("reverse", reverse)
     x, r, i, log_a, h0, c = check_inputs(x, r, i, log_a, h0, c)
     B, L, D = x.shape
     h0 = jnp.zeros((B, D), x.dtype) if h0 is None else h0
+    xs = tuple(jnp.moveaxis(v, 1, 0) for v in (x, r, i))  # (L, B, D)
 
-    def step(h, xri):
-        h = _step(h, *xri, log_a, c)
-        return h, h
+    if segment_ids is None:
 
-    _, h = lax.scan(step, h0, tuple(jnp.moveaxis(v, 1, 0) for v in (x, r, i)), reverse=reverse)  # (L, B, D)
+        def step(h, xri):
+            h = _step(h, *xri, log_a, c)
+            return h, h
+
+        _, h = lax.scan(step, h0, xs, reverse=reverse)
+        return jnp.moveaxis(h, 0, 1)
+
+    segment_ids = check_segment_ids_shape(segment_ids, (B, L), "the batch and length of x")
+    start, pad = segment_masks(segment_ids, reverse=reverse)
+
+    def packed_step(h, inp):
+        xri, (s_t, p_t) = inp
+        h_prev = jnp.where(s_t[:, None], h0, h)
+        h_new = _step(h_prev, *xri, log_a, c)
+        return jnp.where(p_t[:, None], h, h_new), jnp.where(p_t[:, None], jnp.zeros_like(h_new), h_new)
+
+    _, h = lax.scan(packed_step, h0, (xs, (start.T, pad.T)), reverse=reverse)
     return jnp.moveaxis(h, 0, 1)

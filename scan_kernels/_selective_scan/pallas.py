@@ -29,9 +29,12 @@ from algornn.scan_kernels._common.pallas_config import pallas_call_kwargs
 BLOCK_E = 32  # channels per program (a power of two); state (Np, be) per program
 
 
-def _kernel(u_ref, d_ref, a_ref, b_ref, c_ref, h0_ref, *out_refs, C: int, nc: int, states: bool):
-    """One (batch row, channel block). Refs: u, Δ (Lp, be); Aᵀ (Np, be); Bᵀ, Cᵀ (Np, Lp); h0ᵀ (Np, be) ->
-    y (Lp, be), h_lastᵀ (Np, be)[, entering states (NC·Np, be)]."""
+def _kernel(u_ref, d_ref, a_ref, b_ref, c_ref, h0_ref, *refs, C: int, nc: int, states: bool, packed: bool):
+    """One (batch row, channel block). Refs: u, Δ (Lp, be); Aᵀ (Np, be); Bᵀ, Cᵀ (Np, Lp); h0ᵀ (Np, be)
+    [; keep (1, Lp)] -> y (Lp, be), h_lastᵀ (Np, be)[, entering states (NC·Np, be)]. ``packed``: where keep is 0
+    a sequence starts, and the step reads h0ᵀ instead of the running state."""
+    keep_ref = refs[0] if packed else None
+    out_refs = refs[packed:]
     y_ref, hl_ref = out_refs[:2]
     a = a_ref[...]
     Np = a.shape[0]
@@ -43,6 +46,8 @@ def _kernel(u_ref, d_ref, a_ref, b_ref, c_ref, h0_ref, *out_refs, C: int, nc: in
         def step(i, h):
             t = k * C + i
             d = d_ref[pl.ds(t, 1), :]  # (1, be)
+            if packed:  # a select: nothing of the previous sequence leaks into this one
+                h = jnp.where(jnp.broadcast_to(keep_ref[:, pl.ds(t, 1)], h.shape) > 0, h, h0_ref[...])
             h = jnp.exp(a * d) * h + b_ref[:, pl.ds(t, 1)] * (d * u_ref[pl.ds(t, 1), :])
             y_ref[pl.ds(t, 1), :] = jnp.sum(h * c_ref[:, pl.ds(t, 1)], axis=0, keepdims=True)
             return h
@@ -52,9 +57,12 @@ def _kernel(u_ref, d_ref, a_ref, b_ref, c_ref, h0_ref, *out_refs, C: int, nc: in
     hl_ref[...] = lax.fori_loop(0, nc, chunk, h0_ref[...])
 
 
-def selective_scan_pallas(u, d, A, Bm, Cm, h0, *, C: int, states: bool = False, block_e: int = BLOCK_E, interpret=None):
+def selective_scan_pallas(
+    u, d, A, Bm, Cm, h0, keep=None, *, C: int, states: bool = False, block_e: int = BLOCK_E, interpret=None
+):
     """Pallas forward on padded inputs: ``u, d (B, Lp, E)``, ``A (G, Eg, N)``, ``Bm, Cm (B, Lp, G, N)``,
-    ``h0 (B, G, Eg, N)``, Lp a multiple of ``C``; one float dtype.
+    ``h0 (B, G, Eg, N)``, Lp a multiple of ``C``; one float dtype. ``keep (B, Lp)`` bool or None (packed
+    sequences): where False the step starts from ``h0``.
 
     Returns ``y (B, Lp, E)``, ``h_last (B, G, Eg, N)`` and, with ``states``, the states entering the chunks
     ``(NC, B, G, Eg, N)`` (else None). ``interpret=None``: interpret mode off-GPU."""
@@ -85,15 +93,20 @@ def selective_scan_pallas(u, d, A, Bm, Cm, h0, *, C: int, states: bool = False, 
     if states:
         out_shape.append(jax.ShapeDtypeStruct((Bsz, G, nc * Np, Egp), dt))
         out_specs.append(pl.BlockSpec((None, None, nc * Np, be), lambda b, g, j: (b, g, 0, j)))
+    packed = keep is not None
+    extra, extra_specs = (), []
+    if packed:
+        extra = (keep.astype(dt)[:, None, :],)  # (B, 1, Lp)
+        extra_specs = [pl.BlockSpec((None, 1, Lp), lambda b, g, j: (b, 0, 0))]
     out = pl.pallas_call(
-        partial(_kernel, C=C, nc=nc, states=states),
+        partial(_kernel, C=C, nc=nc, states=states, packed=packed),
         out_shape=tuple(out_shape),
         grid=(Bsz, G, nb),
-        in_specs=[seq, seq, pl.BlockSpec((None, Np, be), lambda b, g, j: (g, 0, j)), col, col, tile],
+        in_specs=[seq, seq, pl.BlockSpec((None, Np, be), lambda b, g, j: (g, 0, j)), col, col, tile] + extra_specs,
         out_specs=tuple(out_specs),
         name="selective_scan",
         **pallas_call_kwargs(interpret=interpret),
-    )(channels(u), channels(d), by_state(A), states_t(Bm), states_t(Cm), by_state(h0))
+    )(channels(u), channels(d), by_state(A), states_t(Bm), states_t(Cm), by_state(h0), *extra)
     y = out[0].reshape(Bsz, Lp, G, Egp)[..., :Eg].reshape(Bsz, Lp, E)
     h_last = jnp.swapaxes(out[1], -1, -2)[:, :, :Eg, :N]
     if not states:

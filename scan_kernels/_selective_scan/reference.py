@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from algornn.scan_kernels import linear_scan
+from algornn.scan_kernels._common.packing import check_segment_ids_shape, last_real_index, segment_masks
 from algornn.scan_kernels._common.utils import compute_dtype
 from algornn.scan_kernels._common.validate import check_bool, check_inexact, check_ndim, check_shape, describe
 
@@ -104,25 +105,36 @@ def selective_scan_step(h, u_t, delta_t, A, B_t, C_t, *, D=None, z_t=None):
     return h, readout(y, u_t, D, z_t)
 
 
-def selective_scan_reference(u, delta, A, B, C, *, D=None, z=None, h0=None, reverse=False):
+def selective_scan_reference(u, delta, A, B, C, *, D=None, z=None, h0=None, reverse=False, segment_ids=None):
     """The materialised form with the contract of ``selective_scan``: ``exp(Δ A)`` and ``(Δ u) ⊗ B`` as
     ``(B, L, E·N)`` arrays, the recurrence by ``linear_scan`` (its default backend), ``y`` by an einsum with the
     per-token states. Memory O(B·L·E·N); the oracle the chunked forms are tested against.
 
     Returns ``(y (B, L, E), h_last (B, E, N))`` in the compute dtype; ``h_last`` is the state after the last
-    step (after step 0 when ``reverse``)."""
+    step (after step 0 when ``reverse``). With ``segment_ids (B, L)`` (``linear_scan``'s packed sequences) the
+    padded outputs are 0 and ``h_last`` is the state at the row's last non-padding position (``h0``, or zeros,
+    for a row of padding only)."""
     reverse = check_bool("reverse", reverse)
     u, delta, A, B, C, D, z, h0 = check_inputs(u, delta, A, B, C, D, z, h0)
     Bsz, L, E = u.shape
     N = A.shape[1]
+    if segment_ids is not None:
+        segment_ids = check_segment_ids_shape(segment_ids, (Bsz, L), "the batch and length of u")
     a = jnp.exp(delta[..., None] * A[None, None])  # (B, L, E, N)
     b = (delta * u)[..., None] * per_channel(B, E)
     h0 = None if h0 is None else h0.reshape(Bsz, E * N)
-    h = linear_scan(a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N), h0, reverse=reverse)
+    h = linear_scan(a.reshape(Bsz, L, E * N), b.reshape(Bsz, L, E * N), h0, reverse=reverse, segment_ids=segment_ids)
     h = h.reshape(Bsz, L, E, N)
-    y = jnp.einsum("blen,blen->ble", h, per_channel(C, E))
+    y = readout(jnp.einsum("blen,blen->ble", h, per_channel(C, E)), u, D, z)
     if L == 0:
         h_last = jnp.zeros((Bsz, E, N), u.dtype) if h0 is None else h0.reshape(Bsz, E, N)
-    else:
+    elif segment_ids is None:
         h_last = h[:, 0] if reverse else h[:, -1]
-    return readout(y, u, D, z), h_last
+    else:
+        _, pad = segment_masks(segment_ids)
+        y = jnp.where(pad[..., None], jnp.zeros((), y.dtype), y)
+        idx, any_real = last_real_index(segment_ids, reverse=reverse)
+        h_last = jnp.take_along_axis(h, idx[:, None, None, None], axis=1)[:, 0]
+        empty = jnp.zeros((Bsz, E, N), h.dtype) if h0 is None else h0.reshape(Bsz, E, N)
+        h_last = jnp.where(any_real[:, None, None], h_last, empty)
+    return y, h_last
