@@ -100,10 +100,14 @@ def model_from_config(config_dict: dict, spec: dict):
 
 
 def apply_model(model, batch: dict):
-    """Logits for a batch dict (``inputs``, ``lengths``, ``dt`` (B, L) for irregularly sampled tasks and, for
-    pair tasks, ``inputs2``, ``lengths2``)."""
+    """Logits for a batch dict (``inputs``, ``lengths``, ``dt`` (B, L) for irregularly sampled tasks, for
+    pair tasks ``inputs2``, ``lengths2``, and for packed rows ``segment_ids`` (B, L) with labels (B, S))."""
     if isinstance(model, RetrievalModel):
         return model(batch["inputs"], batch.get("lengths"), batch["inputs2"], batch.get("lengths2"))
+    if batch.get("segment_ids") is not None:  # packed rows (train.pack): per-sequence logits (B, S, C)
+        if model.pooling == "none":
+            return model(batch["inputs"], segment_ids=batch["segment_ids"])
+        return model(batch["inputs"], segment_ids=batch["segment_ids"], num_segments=batch["labels"].shape[1])
     if batch.get("dt") is not None:
         return model(batch["inputs"], batch.get("lengths"), dt=batch["dt"])
     return model(batch["inputs"], batch.get("lengths"))

@@ -25,8 +25,9 @@ from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from algornn.experiments._models import apply_model, param_groups
+from algornn.experiments.tasks import packing
 
-_BATCH_KEYS = ("inputs", "labels", "lengths", "inputs2", "lengths2", "dt")
+_BATCH_KEYS = ("inputs", "labels", "lengths", "inputs2", "lengths2", "dt", "segment_ids")
 
 # ----------------------------------------------------------------------------------------------------
 # optimizer
@@ -106,10 +107,8 @@ def loss_terms(model, batch, *, kind: str, bf16: bool):
         err = logits[:, 0] - labels  # (B,)
         correct = (jnp.abs(err) < REGRESSION_TOLERANCE).astype(jnp.float32)
         return jnp.sum(err * err * weight), (jnp.sum(correct * weight), jnp.sum(weight))
-    if kind == "sequence_labels":
-        mask = (labels >= 0).astype(jnp.float32) * weight[:, None]  # (B, L)
-    else:
-        mask = weight * (labels >= 0).astype(jnp.float32)  # (B,)
+    # (B,) one label per row, (B, L) per position, or (B, S) one per packed sequence (train.pack)
+    mask = (labels >= 0).astype(jnp.float32) * weight.reshape(weight.shape + (1,) * (labels.ndim - 1))
     safe = jnp.where(labels >= 0, labels, 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, safe)
     correct = (jnp.argmax(logits, axis=-1) == safe).astype(jnp.float32)
@@ -301,8 +300,11 @@ class DataStream:
     ``(jax.process_index(), jax.process_count())``; all rows in a single process).
     """
 
-    def __init__(self, task, batch_size: int, *, seed: int, epoch: int = 0, step_in_epoch: int = 0, shard=None):
-        self.task, self.batch_size, self.seed = task, batch_size, seed
+    def __init__(
+        self, task, batch_size: int, *, seed: int, epoch: int = 0, step_in_epoch: int = 0, shard=None, pack=None
+    ):
+        """``pack``: None (one example per row) or ``max_segments`` of first-fit packed rows (``packing``)."""
+        self.task, self.batch_size, self.seed, self.pack = task, batch_size, seed, pack
         self.shard = (jax.process_index(), jax.process_count()) if shard is None else tuple(shard)
         self.epoch, self.step_in_epoch = epoch, step_in_epoch
         self._it = None
@@ -314,16 +316,14 @@ class DataStream:
     def next(self) -> dict:
         for _ in range(2):
             if self._it is None:
-                self._it = iter(
-                    self.task.batches(
-                        "train",
-                        self.batch_size,
-                        seed=self.seed,
-                        epoch=self.epoch,
-                        start_step=self.step_in_epoch,
-                        shard=self.shard,
+                where = dict(seed=self.seed, epoch=self.epoch, start_step=self.step_in_epoch, shard=self.shard)
+                if self.pack is None:
+                    batches = self.task.batches("train", self.batch_size, **where)
+                else:
+                    batches = packing.packed_batches(
+                        self.task, "train", self.batch_size, max_segments=self.pack, **where
                     )
-                )
+                self._it = iter(batches)
             try:
                 raw = next(self._it)
             except StopIteration:

@@ -86,6 +86,9 @@ class TrainConfig:
     ``steps`` counts optimizer updates. ``eval_batches`` = 0 evaluates the whole split.
     ``devices`` = 0 uses every local device (data parallel over a 1-D mesh with axis ``"data"``).
     ``checkpoint_every`` = 0 saves only at evaluations and at the end.
+    ``pack`` = True packs the training examples first-fit into rows of ``seq_len`` (several examples per row,
+    told apart by ``segment_ids``; ``experiments/tasks/packing.py``); at most ``pack_max_segments`` per row (0: the
+    row length over the shortest example). Evaluation stays one example per row.
     """
 
     steps: int = _ranged(1000, lo=1)
@@ -103,6 +106,8 @@ class TrainConfig:
     progress: bool = True
     eval_split: str = _choices("val", "test", default="val")
     test_at_end: bool = True
+    pack: bool = False
+    pack_max_segments: int = _ranged(0, lo=0)
 
     def __post_init__(self):
         _validate(self)

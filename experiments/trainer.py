@@ -31,6 +31,7 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -41,6 +42,7 @@ from algornn.experiments._models import BUILDER, build_model, model_spec
 from algornn.experiments._progress import progress
 from algornn.experiments.config import Config, check_consistent
 from algornn.experiments.plots import accuracy_baselines, plot_curves
+from algornn.experiments.tasks import packing
 
 # optim fields that, with train.steps, define the learning-rate schedule a checkpoint was trained on
 _SCHEDULE_KEYS = ("lr", "ssm_lr", "schedule", "warmup_steps", "end_lr_ratio")
@@ -108,6 +110,18 @@ def _check_resumable(stored: dict, config: Config, directory: str, step: int):
             "resuming would jump to another schedule. Rerun with the stored values (see "
             f"{os.path.dirname(directory)}/config.json) or use another --workdir to start anew"
         )
+
+
+def _real_tokens(batch: dict) -> int:
+    """Non-padding positions of a stacked host batch ``(k, B, ...)``: ``lengths`` of the real rows (both
+    documents of a pair task); every position where a task has no lengths."""
+    weight = batch["weight"]
+    if "lengths" not in batch:
+        return int(weight.sum()) * int(batch["inputs"].shape[2])
+    real = float((batch["lengths"] * weight).sum())
+    if "lengths2" in batch:
+        real += float((batch["lengths2"] * weight).sum())
+    return int(real)
 
 
 def _stack(batches: list) -> dict:
@@ -201,7 +215,11 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json())
     log = _MetricsLog(os.path.join(workdir, "metrics.jsonl"), step, enabled=primary)
-    stream = lib.DataStream(task, tc.batch_size, seed=tc.seed, **position)
+    pack = None
+    if tc.pack:  # first-fit packed training rows; evaluation stays one example per row
+        packing.check_packable(task)
+        pack = tc.pack_max_segments or packing.default_max_segments(task)
+    stream = lib.DataStream(task, tc.batch_size, seed=tc.seed, pack=pack, **position)
     eval_bs = tc.eval_batch_size or tc.batch_size
     lr_fn = lib.make_schedule(oc.lr, oc, tc.steps)
     tokens_per_step = tc.batch_size * oc.accumulate * spec["seq_len"] * (2 if spec["pair"] else 1)
@@ -236,11 +254,14 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
 
     bar = progress(tc.steps, config.name, unit="step", enabled=tc.progress and primary, initial=step)
-    window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
+    window = {"loss": 0.0, "acc": 0.0, "n": 0, "real": 0, "t": time.time()}
     last_val = None
     try:
         while step < tc.steps:
-            batches = lib.shard_batch(_stack([stream.next() for _ in range(oc.accumulate)]), mesh, axis=1)
+            host = _stack([stream.next() for _ in range(oc.accumulate)])
+            # non-padding tokens of this step (this process's rows, scaled to the global batch)
+            window["real"] += _real_tokens(host) * jax.process_count()
+            batches = lib.shard_batch(host, mesh, axis=1)
             loss, acc, gnorm = lib.train_step(
                 model, optimizer, batches, np.int32(step), kind=kind, bf16=bf16, accumulate=oc.accumulate, seed=tc.seed
             )
@@ -265,13 +286,15 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
                     "lr": float(lr_fn(step - 1)),
                     "grad_norm": gnorm,
                     "tokens_per_s": tokens_per_step * window["n"] / dt,
+                    "real_tokens_per_s": window["real"] / dt,
+                    "padding": 1.0 - window["real"] / (tokens_per_step * window["n"]),
                     "time": time.time() - t_start,
                 }
                 log.write(rec)
                 bar.set_postfix(
                     loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}", tok_s=f"{rec['tokens_per_s']:.3g}"
                 )
-                window = {"loss": 0.0, "acc": 0.0, "n": 0, "t": time.time()}
+                window = {"loss": 0.0, "acc": 0.0, "n": 0, "real": 0, "t": time.time()}
             if step % tc.eval_every == 0 or step == tc.steps:
                 t0 = time.time()
                 last_val = run_eval(tc.eval_split)

@@ -200,7 +200,7 @@ class S4D(nnx.Module):
         Bsz, L, D = x.shape
         n2 = self.options.d_state // 2
         Abar, Bbar = self.discretized(dt_scale, dt)  # (D, N/2), or (B, L, D, N/2) with dt
-        b = x.astype(jnp.complex64)[..., None] * Bbar  # (B, L, D, N/2)
+        b = x.astype(jnp.complex64)[..., None] * (Bbar if Bbar.ndim == 4 else Bbar[None, None])  # (B, L, D, N/2)
         a = Abar.reshape(Abar.shape[:-2] + (D * n2,))  # (D·N/2,) or (B, L, D·N/2)
         Cs = self._Cs()
         seg = dict(segment_ids=segment_ids, backend=self.options.backend)
