@@ -9,7 +9,8 @@
   helpers of the chunked fast-weight ops.
 * ``segments`` — a recurrence over long sequences segment by segment, each segment's forward recomputed in the
   backward (``segmented``: scratch of one segment, for the ops that compose on another op).
-* ``packing`` — packed sequences: ``segment_ids`` checks and the start / padding masks the scans and fast-weight ops use.
+* ``packing`` — packed sequences: ``segment_ids`` checks and the start / padding masks of the scans and
+  fast-weight ops.
 * ``key_decay`` — per-key decayed scores ``Σ_d x_rd k_id exp(γ_rd − γ_id)`` of a chunk by secondary chunking, and
   their cotangents (per-key gates without a ``(C, C, K)`` tensor).
 """
