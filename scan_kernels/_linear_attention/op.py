@@ -18,6 +18,13 @@ intra-chunk terms recomputed) from its entering state and its leaving state's co
 O(B·L·H·(K+V) + NC·B·H·K·V + group·C²) — no per-token K×V state is ever formed (tested with
 ``memory_analysis``).
 
+Packed sequences (``segment_ids``, ``_packed``): the chunked forms run every sequence from zero with the masks of
+:class:`Segments` (scores within one sequence; the carried state read only by the sequence open at the chunk start;
+a chunk's end state from the keys of the sequence open at its end, and the carried state only if no sequence starts
+in the chunk); the initial state is added by linearity, ``S_t = P_t + diag(exp(γ̂_t)) S_0`` with ``γ̂`` the
+log-decay since the start of t's sequence. The cumulative gates are not restarted at a start, so every exponent
+stays ≤ 0.
+
 Without differentiation (the ``custom_vjp`` primal) ``_forward_only`` runs instead: one loop over steps of
 ``FORWARD_STEP`` tokens in sub-chunks of ``FORWARD_CHUNK``, heads-first ``(B·H, C, ·)``, each step computing its
 chunks' outputs and passing its state on — no chunk states are stored and nothing is read twice.

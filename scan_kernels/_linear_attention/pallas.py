@@ -12,6 +12,11 @@ Pipeline (the chunk form of ``_linear_attention.op``; fla's ``chunk_fwd_h`` / ``
 Per-key gates (GLA) cannot factor exp(γ_ik − γ_jk) into a matmul without overflow; the output kernel
 accumulates the masked scores one key dimension at a time (``fori_loop`` over K of (C, C) tiles).
 
+Packed sequences: the sequence-start flags travel as one more ``(C, 1)`` row input; both kernels build the masks of
+``op.Segments`` from their running count (scores within one sequence, the carried state read by the sequence open
+at the chunk start only, the end state from the keys of the sequence open at the chunk end), and a chunk with a start
+passes no carried state on (decay 0 in the chunk-state scan).
+
 Gradients: ``custom_vjp`` whose backward differentiates the chunked **XLA** form (``_linear_attention.op``);
 there is no Pallas backward kernel yet.
 """
@@ -45,7 +50,7 @@ from algornn.scan_kernels._linear_attention.chunk_states import scan_chunk_state
 
 
 def _refs(refs, kind, packed):
-    """Split a kernel's refs ``(*rows, [g], [r], *rest)`` after its ``n_rows`` leading row refs: ``(g, r, rest)``."""
+    """Split the refs after a kernel's q/k/v row refs, ``([g], [r], *rest)``, into ``(g or None, r or None, rest)``."""
     g_ref = refs[0] if kind != "none" else None
     refs = refs[1:] if kind != "none" else refs
     r_ref = refs[0] if packed else None

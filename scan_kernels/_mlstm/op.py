@@ -41,6 +41,15 @@ from the (differentiable) max-plus scan — the factor is exactly 1 in value and
 autodiff gives the literal loop (at exact ties of the max, JAX's balanced subgradient). So cotangents of the
 final ``C``, ``n`` and ``m`` all flow, as they do through ``mlstm_reference``.
 
+**Packed sequences** (``segment_ids``; ``_composed_packed``). Every sequence starts from the initial state
+``(C_0, n_0, m_0)``, its stabiliser included: in the max-plus scan a start is the constant map
+``(−∞, max(log_f_t + m_0, i_t))`` and padding the identity ``(0, −∞)``, and ``g_t`` takes ``m_0`` for ``m_{t−1}`` at
+a start. ``linear_attention`` runs every sequence from zero (``segment_ids``), and the state each sequence starts
+from enters by linearity (``S_t = P_t + exp(γ̂_t) S_start``, ``γ̂`` the log-decay since that start, a ``linear_scan``
+that restarts at every start): the row's initial state for sequences that start in the call, the state carried into
+it for the one open at its start (a segment of the long-sequence path carries ``(C, n, m)`` and the row's initial
+state beside it). Padding outputs 0.
+
 **Memory.** The backward of one call: linear attention's, O(B·L·H·(K+V) + NC·B·H·K·V) with NC = ceil(L / C), plus
 O(B·L·H·(K+V)) for the elementwise maps and the scalar scan; no per-token ``K×V`` state. The constant is large:
 the rescaled keys, the ``[v | 1]`` values (and the ``V + 1``-column outputs, chunk states and cotangents) come on
