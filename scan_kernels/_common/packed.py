@@ -35,7 +35,7 @@ def check_segment_ids(segment_ids, B: int, L: int, *, what: str = "q"):
 def segment_flags(segment_ids):
     """``(starts, pad)``, boolean ``(B, L)``: where a sequence begins, and where the row is padding."""
     ids = segment_ids
-    first = jnp.ones(ids.shape[:1] + (1,), bool)
+    first = jnp.ones(ids.shape[:1] + (min(1, ids.shape[1]),), bool)  # (B, 1); (B, 0) for an empty row
     new = jnp.concatenate([first, ids[:, 1:] != ids[:, :-1]], axis=1)
     pad = ids == 0
     return new & ~pad, pad

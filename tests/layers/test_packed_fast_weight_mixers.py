@@ -87,13 +87,14 @@ def check_packed(name, **overrides):
     assert_close(dx, dx_alone, rtol=2e-5, name="dx")
 
 
-# On linear_attention alone: GLA (per-key gates, output gate), MLSTM without its convolution (stabiliser restart);
-# slow: LinearAttention (normaliser), RetNet (scalar decay).
+# On linear_attention alone (slow: the ops are tested on their own; the default mixer tests below cover the
+# plumbing): GLA (per-key gates, output gate), MLSTM without its convolution (stabiliser restart), LinearAttention
+# (normaliser), RetNet (scalar decay).
 @pytest.mark.parametrize(
     "name,overrides",
     [
-        ("gla", {}),
-        ("mlstm", {"short_conv": None}),
+        pytest.param("gla", {}, marks=SLOW),
+        pytest.param("mlstm", {"short_conv": None}, marks=SLOW),
         pytest.param("linear_attention", {}, marks=SLOW),
         pytest.param("retnet", {}, marks=SLOW),
     ],

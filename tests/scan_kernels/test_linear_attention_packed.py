@@ -172,7 +172,7 @@ def test_xla_packed_strong_decay(gate):
 
 
 @pytest.mark.parametrize("gate", ["scalar", pytest.param("none", marks=pytest.mark.slow)])
-def test_pallas_packed_equals_sequences_alone(gate):
+def test_pallas_packed_equals_sequences_alone(gate):  # the kernels in interpret mode
     check_packed("pallas", gate, 16)
 
 
@@ -182,6 +182,7 @@ def test_pallas_packed_more_cases(gate, normalize, initial):
     check_packed("pallas", gate, 16, normalize=normalize, initial=initial)
 
 
+@pytest.mark.slow
 def test_reference_packed_equals_sequences_alone():
     check_packed("reference", "scalar", 8, normalize=True)
 

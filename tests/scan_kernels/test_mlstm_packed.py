@@ -115,16 +115,18 @@ def check_packed(backend, C, *, gates="moderate", segment=None, rtol=1e-5, grad_
         assert_close(a, b, rtol=grad_rtol, floor=scale.get(name, 1e-6), name=f"d{name}")
 
 
+@pytest.mark.slow
 def test_xla_packed_equals_sequences_alone():
     check_packed("xla", 8)
 
 
-def test_segmented_path_packed_equals_sequences_alone():
+def test_segmented_path_packed_equals_sequences_alone():  # default: the one-call path is each segment's function
     """Segments of 8 tokens (the long-sequence path): sequences continue across segments from the carried state,
     the ones starting inside a segment from the row's initial state."""
     check_packed("xla", 8, segment=8)
 
 
+@pytest.mark.slow
 def test_reference_packed_equals_sequences_alone():
     check_packed("reference", 8)
 
