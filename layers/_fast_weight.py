@@ -58,6 +58,7 @@ from algornn.layers._options import (
 )
 from algornn.layers._short_conv import ShortConv
 from algornn.scan_kernels import BACKENDS, delta_rule, delta_rule_step, linear_attention, linear_attention_step
+from algornn.scan_kernels._common.packing import check_segment_ids
 
 FAST_WEIGHT_DISCRETE = (
     "fast-weight mixers are discrete-time (the state is updated once per token by an "
@@ -139,6 +140,16 @@ class RetNetOptions(FastWeightOptions):
     output_gate: bool = True
 
 
+def packed(segment_ids) -> dict:
+    """``{"segment_ids": segment_ids}`` for packed input, else ``{}`` (unpacked calls stay exactly as they were)."""
+    return {} if segment_ids is None else {"segment_ids": segment_ids}
+
+
+def zero_padding(y, segment_ids):
+    """``y (B, L, D)`` with exactly 0 at the padding positions (``segment_ids == 0``) of packed input."""
+    return y if segment_ids is None else jnp.where((segment_ids == 0)[..., None], jnp.zeros((), y.dtype), y)
+
+
 def beta_of(logits, negative_eigenvalues: bool):
     """Writing strength ``β = σ(logits)`` in (0, 1), or ``2σ(logits)`` in (0, 2) with ``negative_eigenvalues``:
     the transition ``I − β k kᵀ`` (‖k‖ = 1) then has the eigenvalue ``1 − β ∈ (−1, 1)`` (Grazzi et al. 2025, §4)."""
@@ -188,11 +199,11 @@ class _FastWeightMixer(nnx.Module):
     def _linear(self, d_in, d_out, rngs, use_bias=False):
         return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype, rngs=rngs)
 
-    def _qkv(self, x, conv_buf=None):
+    def _qkv(self, x, conv_buf=None, segment_ids=None):
         """``x (..., D) -> q (..., H, K'), k (..., [n,] H, K'), v (..., [n,] H, V)`` and the new conv buffer.
 
-        Projections, then the short convolution (``conv_buf`` None: over the time axis of ``x (B, L, D)``;
-        else one step of ``x (B, D)``), then the feature map and the q/k norm.
+        Projections, then the short convolution (``conv_buf`` None: over the time axis of ``x (B, L, D)``, per packed
+        sequence with ``segment_ids``; else one step of ``x (B, D)``), then the feature map and the q/k norm.
         """
         opt = self.options
         lead = x.shape[:-1]
@@ -201,7 +212,7 @@ class _FastWeightMixer(nnx.Module):
         if opt.short_conv is not None:
             u = jnp.concatenate([q, k, v], axis=-1)
             if conv_buf is None:
-                u = self.qkv_conv(u)
+                u = self.qkv_conv(u, **packed(segment_ids))
             else:
                 conv_buf, u = self.qkv_conv.step(conv_buf, u)
             q, k, v = jnp.split(u, [q.shape[-1], q.shape[-1] + k.shape[-1]], axis=-1)
@@ -220,16 +231,21 @@ class _FastWeightMixer(nnx.Module):
         return self.o_proj(o.reshape(o.shape[:-2] + (self.heads * self.value_dim,))).astype(self.dtype)
 
     # -- public API ----------------------------------------------------------------------------------------
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``. ``dt_scale`` must be 1 (discrete-time)."""
+    def __call__(self, x, *, dt_scale=1.0, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``. ``dt_scale`` must be 1 (discrete-time).
+
+        ``segment_ids (B, L)`` int: packed sequences (0 = padding, a new id starts a new sequence): every sequence
+        runs from the empty state (the short convolution and the fast-weight memory restart), padding outputs 0."""
         name = type(self).__name__
         check_sequence(name, x, self.d_model)
         check_discrete_dt_scale(name, dt_scale, FAST_WEIGHT_DISCRETE)
+        if segment_ids is not None:
+            check_segment_ids(segment_ids, x.shape[0], x.shape[1], what="x")
         x = x.astype(self.dtype)
-        q, k, v, _ = self._qkv(x)
+        q, k, v, _ = self._qkv(x, segment_ids=segment_ids)
         q, k, v, extra = self._inputs(x, q, k, v)
-        o, _ = self._op(q, k, v, **extra)
-        return self._output(o, x)
+        o, _ = self._op(q, k, v, **extra, **packed(segment_ids))
+        return zero_padding(self._output(o, x), segment_ids)
 
     def _fast_weight_spec(self, batch_size: int):
         S = jax.ShapeDtypeStruct((batch_size, self.heads, self.feature_dim, self.value_dim), jnp.float32)
@@ -316,9 +332,10 @@ class LinearAttention(_FastWeightMixer):
     def _inputs(self, x, q, k, v):
         return q, k, v, {}
 
-    def _op(self, q, k, v):
+    def _op(self, q, k, v, **seg):
         opt = self.options
-        return linear_attention(q, k, v, normalize=opt.normalize, chunk_size=opt.chunk_size, backend=opt.backend)
+        kw = dict(normalize=opt.normalize, chunk_size=opt.chunk_size, backend=opt.backend)
+        return linear_attention(q, k, v, **kw, **seg)
 
     def _step(self, state, q, k, v):
         return linear_attention_step(state, q, k, v, normalize=self.options.normalize)
@@ -374,9 +391,9 @@ class DeltaNet(_FastWeightMixer):
     def _inputs(self, x, q, k, v):
         return q, k, v, {"beta": beta_of(self.beta_proj(x), self.options.negative_eigenvalues)}
 
-    def _op(self, q, k, v, beta):
+    def _op(self, q, k, v, beta, **seg):
         opt = self.options
-        return delta_rule(q, k, v, beta, chunk_size=opt.chunk_size, backend=opt.backend)
+        return delta_rule(q, k, v, beta, chunk_size=opt.chunk_size, backend=opt.backend, **seg)
 
     def _step(self, state, q, k, v, beta):
         return delta_rule_step(state, q, k, v, beta)
@@ -438,9 +455,9 @@ class GatedLinearAttention(_FastWeightMixer):
         scale = jnp.asarray(self.feature_dim**-0.5, q.dtype)
         return q * scale, k, v, {"log_decay": g.reshape(k.shape)}
 
-    def _op(self, q, k, v, log_decay):
+    def _op(self, q, k, v, log_decay, **seg):
         opt = self.options
-        return linear_attention(q, k, v, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
+        return linear_attention(q, k, v, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend, **seg)
 
     def _step(self, state, q, k, v, log_decay):
         return linear_attention_step(state, q, k, v, log_decay=log_decay)
@@ -495,9 +512,9 @@ class RetNet(_FastWeightMixer):
         scale = jnp.asarray(self.feature_dim**-0.5, q.dtype)
         return q * scale, k, v, {"log_decay": g}
 
-    def _op(self, q, k, v, log_decay):
+    def _op(self, q, k, v, log_decay, **seg):
         opt = self.options
-        return linear_attention(q, k, v, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
+        return linear_attention(q, k, v, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend, **seg)
 
     def _step(self, state, q, k, v, log_decay):
         return linear_attention_step(state, q, k, v, log_decay=log_decay)

@@ -132,9 +132,10 @@ class GatedDeltaNet(_FastWeightMixer):
         shape = k.shape if self.options.per_key_decay else k.shape[:-1]
         return q, k, v, {"beta": beta, "log_decay": _log_decay(self, x, shape)}
 
-    def _op(self, q, k, v, beta, log_decay):
+    def _op(self, q, k, v, beta, log_decay, **seg):
         opt = self.options
-        return delta_rule(q, k, v, beta, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
+        kw = dict(log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
+        return delta_rule(q, k, v, beta, **kw, **seg)
 
     def _step(self, state, q, k, v, beta, log_decay):
         return delta_rule_step(state, q, k, v, beta, log_decay=log_decay)
@@ -201,9 +202,10 @@ class DeltaProduct(_FastWeightMixer):
         g = _log_decay(self, x, q.shape[:-1]) if opt.gated else None  # (..., H)
         return q, k, v, {"beta": beta, "log_decay": g}
 
-    def _op(self, q, k, v, beta, log_decay):
+    def _op(self, q, k, v, beta, log_decay, **seg):
         opt = self.options
-        return delta_product(q, k, v, beta, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
+        kw = dict(log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
+        return delta_product(q, k, v, beta, **kw, **seg)
 
     def _step(self, state, q, k, v, beta, log_decay):
         return delta_product_step(state, q, k, v, beta, log_decay=log_decay)

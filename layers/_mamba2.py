@@ -31,7 +31,9 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
+from algornn.layers._fast_weight import packed, zero_padding
 from algornn.layers._options import (
     check_batch_size,
     check_bool,
@@ -50,6 +52,7 @@ from algornn.layers._options import (
 from algornn.layers._params import dt_bias_param, f32, param, ssm_param
 from algornn.layers._short_conv import ShortConv
 from algornn.scan_kernels import BACKENDS, linear_attention, linear_attention_step
+from algornn.scan_kernels._common.packing import check_segment_ids, segment_masks
 
 # |a_t| below this is replaced by it in the sign-folded form: the carried state then differs by at most
 # NEG_EIG_FLOOR·|S| (a few float32 roundings), and the gradient factor d log|a| / da = 1/a stays ≤ 1e6, which bounds
@@ -93,6 +96,23 @@ def mamba2_decay(delta, A_log, negative_eigenvalues):
         return -x, None
     a = jnp.expm1(math.log(2.0) - x)  # 2 exp(−x) − 1 ∈ (−1, 1]  (Grazzi et al. 2025, §4)
     return jnp.log(jnp.maximum(jnp.abs(a), NEG_EIG_FLOOR)), jnp.where(a < 0, -1.0, 1.0)
+
+
+def sign_products(sign, starts=None):
+    """``σ_t = Π_{r ≤ t} s_r`` along axis 1 of ``sign (B, L, H)`` (±1, float32); with ``starts (B, L)`` (packed
+    sequences) the product runs only over t's own sequence (from its start), so σ restarts at 1 before each.
+
+    Within one sequence ``σ_t σ_s = Π_{s<r≤t} s_r`` either way; restarting keeps each sequence's factors exactly those
+    it has alone. Products of ±1 are exact in floating point."""
+    if starts is None:
+        return jnp.cumprod(sign, axis=1)
+
+    def combine(a, b):  # (product, a start inside) of two adjacent spans: a start in the right one resets
+        (pa, ra), (pb, rb) = a, b
+        return jnp.where(rb, pb, pa * pb), ra | rb
+
+    flags = jnp.broadcast_to(starts[..., None], sign.shape)
+    return lax.associative_scan(combine, (sign, flags), axis=1)[0]
 
 
 class Mamba2(nnx.Module):
@@ -181,24 +201,32 @@ class Mamba2(nnx.Module):
         return self.out_proj(self.norm(y * jax.nn.silu(z))).astype(self.dtype)
 
     # -- public API ----------------------------------------------------------------------------------------
-    def __call__(self, x, *, dt_scale=1.0, dt=None):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample."""
+    def __call__(self, x, *, dt_scale=1.0, dt=None, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``; ``dt (B, L)``: elapsed time before each sample.
+
+        ``segment_ids (B, L)`` int: packed sequences (0 = padding, a new id starts a new sequence): every sequence
+        runs from the empty state (the convolution, the state and the sign folding of negative eigenvalues
+        restart), padding outputs 0."""
         check_sequence("Mamba2", x, self.d_model)
         check_dt_scale("Mamba2", dt_scale)
         if dt is not None:
             dt = check_dt("Mamba2", dt, x.shape[:2])
+        if segment_ids is not None:
+            check_segment_ids(segment_ids, x.shape[0], x.shape[1], what="x")
         z, xbc, dt_in = self._split(self.in_proj(x.astype(self.dtype)))
-        xh, Bt, Ct, delta, log_a, sign = self._heads(self.conv(xbc), dt_in, dt_scale, dt)
+        xh, Bt, Ct, delta, log_a, sign = self._heads(self.conv(xbc, **packed(segment_ids)), dt_in, dt_scale, dt)
         H = self.heads
         q = jnp.broadcast_to(Ct[:, :, None], Ct.shape[:2] + (H, Ct.shape[-1]))  # (B, L, H, N): one group
         k = jnp.broadcast_to(Bt[:, :, None], q.shape)
-        if sign is not None:  # σ_t = Π_{r≤t} s_r per head, folded into q_t and k_t (module docstring)
-            sigma = jnp.cumprod(sign, axis=1)[..., None].astype(q.dtype)  # (B, L, H, 1), exactly ±1
+        if sign is not None:  # σ_t = Π s_r over r ≤ t in t's sequence, per head, folded into q_t and k_t
+            sigma = sign_products(sign, None if segment_ids is None else segment_masks(segment_ids)[0])
+            sigma = sigma[..., None].astype(q.dtype)  # (B, L, H, 1), exactly ±1
             q, k = q * sigma, k * sigma
         v = (delta[..., None] * xh.astype(jnp.float32)).astype(self.dtype)  # (B, L, H, P)
         opt = self.options
-        o, _ = linear_attention(q, k, v, log_decay=log_a, chunk_size=opt.chunk_size, backend=opt.backend)
-        return self._output(o, xh, z)
+        kw = dict(log_decay=log_a, chunk_size=opt.chunk_size, backend=opt.backend, **packed(segment_ids))
+        o, _ = linear_attention(q, k, v, **kw)
+        return zero_padding(self._output(o, xh, z), segment_ids)
 
     def state_spec(self, batch_size: int):
         """``(conv buffer (B, d_conv − 1, E + 2N), S (B, H, N, P))`` float32."""

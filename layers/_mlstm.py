@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from algornn.layers._fast_weight import packed, zero_padding
 from algornn.layers._options import (
     check_batch_size,
     check_choice,
@@ -49,6 +50,7 @@ from algornn.layers._options import (
 from algornn.layers._params import param
 from algornn.layers._short_conv import ShortConv
 from algornn.scan_kernels import BACKENDS, mlstm, mlstm_step
+from algornn.scan_kernels._common.packing import check_segment_ids
 
 MLSTM_DISCRETE = (
     "the mLSTM is discrete-time (its matrix memory is written once per token through an exponential input gate "
@@ -206,16 +208,21 @@ class MLSTM(nnx.Module):
         return self.down_proj(h * jax.nn.silu(z)).astype(self.dtype)
 
     # -- public API ----------------------------------------------------------------------------------------
-    def __call__(self, x, *, dt_scale=1.0):
-        """``x (B, L, D) -> (B, L, D)`` in ``dtype``. ``dt_scale`` must be 1 (discrete-time)."""
+    def __call__(self, x, *, dt_scale=1.0, segment_ids=None):
+        """``x (B, L, D) -> (B, L, D)`` in ``dtype``. ``dt_scale`` must be 1 (discrete-time).
+
+        ``segment_ids (B, L)`` int: packed sequences (0 = padding, a new id starts a new sequence): every sequence
+        runs from the empty state (the convolution, the memory and its stabiliser restart), padding outputs 0."""
         check_sequence("MLSTM", x, self.d_model)
         check_discrete_dt_scale("MLSTM", dt_scale, MLSTM_DISCRETE)
+        if segment_ids is not None:
+            check_segment_ids(segment_ids, x.shape[0], x.shape[1], what="x")
         x_m, z = self._up(x)
-        x_c = x_m if self.conv is None else self.conv(x_m)
+        x_c = x_m if self.conv is None else self.conv(x_m, **packed(segment_ids))
         q, k, v, log_f, i = self._inputs(x_c, x_m)
         opt = self.options
-        o, _ = mlstm(q, k, v, log_f, i, chunk_size=opt.chunk_size, backend=opt.backend)
-        return self._output(o, x_c, z)
+        o, _ = mlstm(q, k, v, log_f, i, chunk_size=opt.chunk_size, backend=opt.backend, **packed(segment_ids))
+        return zero_padding(self._output(o, x_c, z), segment_ids)
 
     def state_spec(self, batch_size: int):
         """``(buf (B, W−1, E), (C (B, H, K, V), n (B, H, K), m (B, H)))`` float32; ``(C, n, m)`` without conv."""

@@ -73,15 +73,22 @@ def last_real_index(segment_ids, *, reverse: bool = False):
     return jnp.clip(idx, 0, L - 1), jnp.any(real, axis=1)
 
 
-def check_segment_ids(segment_ids, B: int, L: int):
-    """``segment_ids`` must be None or an integer array of shape ``(B, L)`` (the op's batch and length)."""
+def check_segment_ids(segment_ids, B: int, L: int, *, what: str = "the inputs"):
+    """``segment_ids`` must be None or an integer array ``(B, L)`` (the batch and length of ``what``); returns it."""
     if segment_ids is None:
-        return
+        return None
     check_array("segment_ids", segment_ids)
     if not jnp.issubdtype(segment_ids.dtype, jnp.integer):
-        raise ValueError(f"segment_ids must have an integer dtype (0 = padding), got {describe(segment_ids)}")
+        raise ValueError(
+            f"segment_ids must be an integer array (an integer dtype; 0 = padding, a new id starts a new sequence) "
+            f"of shape (B, L) = {(B, L)}, got {describe(segment_ids)}"
+        )
     if tuple(segment_ids.shape) != (B, L):
-        raise ValueError(f"segment_ids must have shape (B, L) = {(B, L)} as the inputs, got {describe(segment_ids)}")
+        raise ValueError(
+            f"segment_ids must have shape (B, L) = {(B, L)}, the batch and length of {what}, "
+            f"got {describe(segment_ids)}"
+        )
+    return segment_ids
 
 
 def sequence_starts(segment_ids):

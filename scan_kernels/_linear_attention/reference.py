@@ -11,10 +11,12 @@ dimension ``(B, L, H, K)`` (a diagonal decay on the rows of S). With ``normalize
 divided by ``q_tᵀ z_t``, ``z_t = exp(g_t) z_{t-1} + k_t``, and the state is the pair ``(S, z)``.
 """
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels._common.fast_weight_checks import check_log_decay, check_qkv, check_state
+from algornn.scan_kernels._common.packing import check_segment_ids, segment_masks
 
 # |q·z| below this is replaced by ±NORM_EPS (the sign of q·z, + at 0) before dividing.
 NORM_EPS = 1e-6
@@ -78,10 +80,12 @@ def linear_attention_step(state, q_t, k_t, v_t, *, log_decay=None, normalize=Fal
     return state, o.astype(v_t.dtype)
 
 
-def linear_attention_reference(q, k, v, *, log_decay=None, initial_state=None, normalize=False):
+def linear_attention_reference(q, k, v, *, log_decay=None, initial_state=None, normalize=False, segment_ids=None):
     """Token-by-token ``lax.scan`` in float32 — the oracle for the chunked and Pallas forms.
 
     ``q, k (B, L, H, K)``, ``v (B, L, H, V)`` -> ``(o (B, L, H, V) in v's dtype, final_state)``.
+    ``segment_ids (B, L)`` int (packed sequences, 0 = padding): at a sequence start the state is replaced by the
+    initial state before the step; padding steps keep the state and output 0.
     """
     B, L, H, K, V = check_qkv(q, k, v)
     kind = check_log_decay(log_decay, B, L, H, K)
@@ -89,12 +93,24 @@ def linear_attention_reference(q, k, v, *, log_decay=None, initial_state=None, n
     s0 = zero_state(B, H, K, V, normalize) if initial_state is None else _as_f32_state(initial_state, normalize)
     xs = [jnp.moveaxis(x, 1, 0) for x in (q, k, v)]  # (L, B, H, ·)
     g = None if kind == "none" else jnp.moveaxis(log_decay, 1, 0)
+    if segment_ids is None:
 
-    def body(state, inp):
-        qt, kt, vt, gt = inp
-        return _step(state, qt, kt, vt, gt, kind, normalize)
+        def body(state, inp):
+            qt, kt, vt, gt = inp
+            return _step(state, qt, kt, vt, gt, kind, normalize)
 
-    final, o = lax.scan(body, s0, (*xs, g))
+        final, o = lax.scan(body, s0, (*xs, g))
+        return jnp.moveaxis(o, 0, 1).astype(v.dtype), final
+
+    starts, pad = segment_masks(check_segment_ids(segment_ids, B, L))
+    pick = lambda m, a, b: jax.tree.map(lambda x, y: jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 1)), x, y), a, b)  # noqa: E731
+
+    def packed_body(state, inp):
+        qt, kt, vt, gt, rt, pt = inp  # rt, pt (B,): sequence start, padding
+        new, o = _step(pick(rt, s0, state), qt, kt, vt, gt, kind, normalize)
+        return pick(pt, state, new), jnp.where(pt[:, None, None], 0.0, o)
+
+    final, o = lax.scan(packed_body, s0, (*xs, g, starts.T, pad.T))
     return jnp.moveaxis(o, 0, 1).astype(v.dtype), final
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from algornn.scan_kernels._common.fast_weight_checks import check_qkv
+from algornn.scan_kernels._common.packing import check_segment_ids, segment_masks
 from algornn.scan_kernels._common.validate import check_inexact, check_shape, describe
 
 F32 = jnp.float32
@@ -96,15 +97,30 @@ def mlstm_step(state, q_t, k_t, v_t, log_f_t, i_t):
     return state, o.astype(v_t.dtype)
 
 
-def mlstm_reference(q, k, v, log_f, i, *, initial_state=None):
+def mlstm_reference(q, k, v, log_f, i, *, initial_state=None, segment_ids=None):
     """Token-by-token ``lax.scan`` in float32 implementing the recurrence literally (stabiliser included) —
     the oracle for the chunked and Pallas forms; differentiated by JAX autodiff (through the max as well).
 
     ``q, k (B, L, H, K)``, ``v (B, L, H, V)``, ``log_f, i (B, L, H)`` -> ``(o (B, L, H, V) in v's dtype,
-    (C (B, H, K, V), n (B, H, K), m (B, H)) float32)``.
+    (C (B, H, K, V), n (B, H, K), m (B, H)) float32)``. ``segment_ids (B, L)`` int (packed sequences, 0 = padding):
+    at a sequence start the state ``(C, n, m)`` is replaced by the initial state before the step; padding steps keep
+    the state and output 0.
     """
     B, L, H, K, V = check_inputs(q, k, v, log_f, i, initial_state)
     s0 = zero_state(B, H, K, V) if initial_state is None else as_f32_state(initial_state)
     xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, log_f, i))  # (L, B, H, ·)
-    final, o = lax.scan(lambda s, x: _step(s, *x), s0, xs)
+    if segment_ids is None:
+        final, o = lax.scan(lambda s, x: _step(s, *x), s0, xs)
+        return jnp.moveaxis(o, 0, 1).astype(v.dtype), final
+    starts, pad = segment_masks(check_segment_ids(segment_ids, B, L))
+
+    def pick(m, a, b):  # per batch row: a where m, else b
+        return tuple(jnp.where(m.reshape(m.shape + (1,) * (x.ndim - 1)), x, y) for x, y in zip(a, b))
+
+    def body(state, x):
+        *x, r, p = x
+        new, o = _step(pick(r, s0, state), *x)
+        return pick(p, state, new), jnp.where(p[:, None, None], 0.0, o)
+
+    final, o = lax.scan(body, s0, xs + (starts.T, pad.T))
     return jnp.moveaxis(o, 0, 1).astype(v.dtype), final
