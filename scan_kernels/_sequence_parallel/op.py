@@ -272,10 +272,16 @@ def sequence_parallel(op, axis: str = "seq", *, mesh=None):
                 f"{size} devices of mesh axis {axis!r} cannot split evenly; expected a multiple of {size}"
             )
         arrays = {k: x for k, x in arrays.items() if x is not None}
-        in_specs = ({k: P() if time_axes[k] is None else _time_spec(x.ndim, time_axes[k], axis) for k, x in arrays.items()},)
+        in_specs = {
+            k: P() if time_axes[k] is None else _time_spec(x.ndim, time_axes[k], axis) for k, x in arrays.items()
+        }
         sharded = jax.shard_map(
-            partial(fn, axis=axis), mesh=m, in_specs=in_specs, out_specs=out_specs(axis), axis_names={axis},
-            check_vma=False
+            partial(fn, axis=axis),
+            mesh=m,
+            in_specs=(in_specs,),
+            out_specs=out_specs(axis),
+            axis_names={axis},
+            check_vma=False,
         )
         out = sharded(arrays)
         if name == "linear_attention" and call["normalize"]:

@@ -2,8 +2,8 @@
 ``--xla_force_host_platform_device_count=4``) gives the one-device results of ``linear_scan``, ``linear_attention``,
 ``delta_rule`` and ``selective_scan``, forward and gradients, and the forward agrees with float64 NumPy loops.
 
-Default run: L = 65536 for ``linear_scan``, L = 4096 for the others, small widths; ``-m slow`` runs the others at
-L = 65536 too."""
+Default run: L = 65536 for ``linear_scan``, L = 4096 for the others, small widths; ``-m slow`` adds the other decay
+kinds and the other ops at L = 65536."""
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +30,7 @@ def _uniform(seed, shape, low, high):
 
 def _fwd_and_grads(f, args):
     """``f(*args)`` and the gradients w.r.t. every arg of ``Σ Re(out) · w`` (a fixed random cotangent ``w``) plus
-    ``Σ |final|²`` for the remaining outputs (final states), each under one ``jit``."""
+    ``Σ |final|²`` for the remaining outputs (final states), under one ``jit``."""
 
     def loss(*xs):
         out = f(*xs)
@@ -39,9 +39,11 @@ def _fwd_and_grads(f, args):
         total = jnp.sum(jnp.real(first) * w)
         for r in jax.tree.leaves(rest):
             total = total + jnp.sum(jnp.abs(r) ** 2)
-        return total
+        return total, out
 
-    return jax.jit(f)(*args), jax.jit(jax.grad(loss, argnums=tuple(range(len(args)))))(*args)
+    grad = jax.grad(loss, argnums=tuple(range(len(args))), has_aux=True)
+    grads, out = jax.jit(grad)(*args)
+    return out, grads
 
 
 def _check(mesh, op, names, args, call, rtol=RTOL):
@@ -108,26 +110,27 @@ def _ss64(u, delta, A, Bm, Cm, D, h0, reverse=False):
 
 
 # ------------------------------------------------------------------------------------------------- tests
-def _scan_case(L, reverse):
+def _scan_case(L):
     a = _uniform(0, (2, L, 3), 0.95, 1.0)
     return a, normal(1, (2, L, 3)), normal(2, (2, 3))
 
 
-@pytest.mark.parametrize("reverse", (False, True))
-def test_linear_scan_65536(seq4, reverse):
+def test_linear_scan_65536(seq4):
     """Time-varying decays, an initial state, L = 65536 on 4 devices; the forward also against float64."""
-    a, b, h0 = _scan_case(65536, reverse)
-    h = _check(seq4, sk.linear_scan, "abh", (a, b, h0), lambda f, a, b, h0: f(a, b, h0, reverse=reverse))
-    assert_close(h, _scan64(a, b, h0, reverse), rtol=1e-5, name="h vs float64")
+    a, b, h0 = _scan_case(65536)
+    h = _check(seq4, sk.linear_scan, "abh", (a, b, h0), lambda f, a, b, h0: f(a, b, h0))
+    assert_close(h, _scan64(a, b, h0), rtol=1e-5, name="h vs float64")
 
 
-def test_linear_scan_complex_time_invariant(seq4):
-    """A complex time-invariant decay ``(D,)`` (as S4D's scan mode passes it) stays replicated."""
+def test_linear_scan_reverse_complex_time_invariant(seq4):
+    """``reverse=True`` (the summaries fold from the last slice) with a complex time-invariant decay ``(D,)`` (as
+    S4D's scan mode passes it, replicated on every device) and an initial state."""
     L = 4096
     a = jnp.exp(jnp.asarray(-0.01 + 0.3j * np.arange(1, 4), jnp.complex64))
     b = jax.lax.complex(normal(3, (2, L, 3)), normal(4, (2, L, 3)))
-    h = _check(seq4, sk.linear_scan, "ab", (a, b), lambda f, a, b: f(a, b))
-    assert_close(h, _scan64(a, b, np.zeros((2, 3))), rtol=1e-5, name="h vs float64")
+    h0 = jax.lax.complex(normal(5, (2, 3)), normal(6, (2, 3)))
+    h = _check(seq4, sk.linear_scan, "abh", (a, b, h0), lambda f, a, b, h0: f(a, b, h0, reverse=True))
+    assert_close(h, _scan64(a, b, h0, reverse=True), rtol=1e-5, name="h vs float64")
 
 
 def _la_case(L, per_key):
@@ -146,9 +149,8 @@ def _run_la(mesh, L, per_key):
     assert_close(final, s64, rtol=1e-5, name="final vs float64")
 
 
-@pytest.mark.parametrize("per_key", (False, True))
-def test_linear_attention_4096(seq4, per_key):
-    _run_la(seq4, 4096, per_key)
+def test_linear_attention_per_key_4096(seq4):
+    _run_la(seq4, 4096, True)
 
 
 def test_linear_attention_normalize_no_decay(seq4):
@@ -207,39 +209,42 @@ def _run_ss(mesh, L, reverse):
     assert_close(got, sk.selective_scan(u, delta, A, Bm, Cm, D=D, z=z, reverse=reverse)[0], rtol=RTOL, name="y(z)")
 
 
-@pytest.mark.parametrize("reverse", (False, True))
-def test_selective_scan_4096(seq4, reverse):
-    _run_ss(seq4, 4096, reverse)
+def test_selective_scan_4096(seq4):
+    _run_ss(seq4, 4096, False)
+
+
+SLOW_CASES = {
+    "linear_attention_per_head_4096": lambda m: _run_la(m, 4096, False),
+    "selective_scan_reverse_4096": lambda m: _run_ss(m, 4096, True),
+    "linear_attention_per_head_65536": lambda m: _run_la(m, 65536, False),
+    "linear_attention_per_key_65536": lambda m: _run_la(m, 65536, True),
+    "delta_rule_65536": lambda m: _run_dr(m, 65536),
+    "selective_scan_65536": lambda m: _run_ss(m, 65536, False),
+}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("op", ("linear_attention", "linear_attention_key", "delta_rule", "selective_scan"))
-def test_fast_weight_and_selective_65536(seq4, op):
-    if op.startswith("linear_attention"):
-        _run_la(seq4, 65536, op.endswith("key"))
-    elif op == "delta_rule":
-        _run_dr(seq4, 65536)
-    else:
-        _run_ss(seq4, 65536, False)
+@pytest.mark.parametrize("case", sorted(SLOW_CASES))
+def test_more_cases_and_65536(seq4, case):
+    SLOW_CASES[case](seq4)
 
 
 def test_data_and_sequence_mesh():
-    """A 2-D mesh, batch over ``"data"`` (automatic inside) and time over ``"seq"``: the delta rule still matches."""
+    """A 2-D mesh, batch over ``"data"`` (left automatic inside) and time over ``"seq"``: same values and gradients."""
     mesh = jax.make_mesh((2, 2), ("data", "seq"), axis_types=(AxisType.Auto,) * 2, devices=jax.devices()[:4])
-    q, k, v, beta, g, s0 = _dr_case(512)
-    q, k, v, beta, g, s0 = (jnp.concatenate([x, 0.5 * x]) for x in (q, k, v, beta, g, s0))  # B = 2
-    sp = sk.sequence_parallel(sk.delta_rule, "seq", mesh=mesh)
+    a, b, h0 = _scan_case(1024)
     sh = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data", "seq"))
-    args = [jax.device_put(x, sh) for x in (q, k, v, beta, g)]
-    o, final = jax.jit(lambda *xs: sp(*xs[:4], log_decay=xs[4], initial_state=s0))(*args)
-    want_o, want_final = sk.delta_rule(q, k, v, beta, log_decay=g, initial_state=s0)
-    assert_close(o, want_o, rtol=RTOL, name="o")
-    assert_close(final, want_final, rtol=RTOL, name="final")
+    a, b = jax.device_put(a, sh), jax.device_put(b, sh)
+    want, want_g = _fwd_and_grads(sk.linear_scan, (a, b, h0))
+    got, got_g = _fwd_and_grads(sk.sequence_parallel(sk.linear_scan, "seq", mesh=mesh), (a, b, h0))
+    assert got.sharding.spec[:2] == ("data", "seq"), got.sharding
+    for name, x, y in zip(("h", "da", "db", "dh0"), (got,) + got_g, (want,) + want_g):
+        assert_close(x, y, rtol=RTOL, name=name)
 
 
 def test_context_mesh_and_no_mesh(seq4):
     """``mesh=None`` takes the mesh of ``jax.set_mesh``; without one (or without the axis) the op runs as is."""
-    a, b, h0 = _scan_case(64, False)
+    a, b, h0 = _scan_case(64)
     want = sk.linear_scan(a, b, h0)
     sp = sk.sequence_parallel(sk.linear_scan, "seq")
     with jax.set_mesh(seq4):
@@ -260,10 +265,10 @@ def test_errors(seq4):
         sk.sequence_parallel(sk.linear_scan, 3)
     with pytest.raises(ValueError, match=r"mesh='seq' must be a jax.sharding.Mesh"):
         sk.sequence_parallel(sk.linear_scan, "seq", mesh="seq")
-    a, b, _ = _scan_case(66, False)
+    a, b, _ = _scan_case(66)
     with pytest.raises(ValueError, match=r"axis='time' is not an axis of the mesh, whose axes are \('seq',\)"):
         sk.sequence_parallel(sk.linear_scan, "time", mesh=seq4)(a, b)
-    with pytest.raises(ValueError, match=r"time axis of b \(shape \(2, 66, 3\) dtype float32\) has L=66 .* multiple of 4"):
+    with pytest.raises(ValueError, match=r"time axis of b \(shape \(2, 66, 3\) dtype float32\) has L=66 .* of 4"):
         sk.sequence_parallel(sk.linear_scan, mesh=seq4)(a, b)
     with pytest.raises(ValueError, match=r"h0"):  # the op's own checks run first, on the whole arrays
         sk.sequence_parallel(sk.linear_scan, mesh=seq4)(a, b, jnp.zeros((2, 4)))
