@@ -8,11 +8,14 @@ step: the loss is a sum over scored positions divided by the total count over al
 ``accumulate=k`` with batch B equals one batch of kB exactly (up to float summation order).
 
 Data parallel: parameters and optimizer state replicated over a 1-D mesh with axis ``"data"``,
-batches sharded along B; XLA inserts the gradient all-reduce.
+batches sharded along B; XLA inserts the gradient all-reduce. Sequence parallel (``train.sequence_parallel`` = N):
+a 2-D mesh ``("data", "seq")``, batches also split along L over ``"seq"``, and the mixers' scans run through
+``scan_kernels.sequence_parallel`` under ``mesh_context``.
 
 Shapes: B batch, L length, k micro-batches per step.
 """
 
+import contextlib
 import math
 
 import jax
@@ -150,13 +153,29 @@ def eval_step(model, batch, *, kind, bf16):
 # devices and data
 
 
-def make_mesh(devices: int = 0):
-    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all)."""
+def make_mesh(devices: int = 0, sequence: int = 1):
+    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all); with ``sequence`` > 1 the 2-D mesh
+    ``("data", "seq")`` of shape ``(devices / sequence, sequence)`` (batches over ``"data"``, time over ``"seq"``)."""
     available = jax.devices()
     n = devices or len(available)
     if n > len(available):
         raise ValueError(f"train.devices: asked for {n} devices, only {len(available)} available")
-    return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n])
+    if sequence == 1:
+        return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n])
+    if n % sequence:
+        raise ValueError(
+            f"train.sequence_parallel: {sequence} does not divide the {n} devices; use a divisor of {n} "
+            "(or set train.devices)"
+        )
+    return jax.make_mesh(
+        (n // sequence, sequence), ("data", "seq"), axis_types=(AxisType.Auto,) * 2, devices=available[:n]
+    )
+
+
+def mesh_context(mesh):
+    """``jax.set_mesh(mesh)`` for a mesh with a ``"seq"`` axis (the mixers' ``sequence_parallel`` reads the mesh
+    while tracing), else a no-op context."""
+    return jax.set_mesh(mesh) if "seq" in mesh.axis_names else contextlib.nullcontext()
 
 
 def replicate(obj, mesh):
@@ -165,9 +184,16 @@ def replicate(obj, mesh):
 
 
 def shard_batch(batch: dict, mesh, *, axis: int = 0):
-    """device_put a numpy batch with its batch axis (``axis``) split over ``mesh``'s ``"data"`` axis."""
-    spec = PartitionSpec(*([None] * axis), "data")
-    return jax.device_put(batch, NamedSharding(mesh, spec))
+    """device_put a numpy batch with its batch axis (``axis``) split over ``mesh``'s ``"data"`` axis; on a mesh
+    with a ``"seq"`` axis, arrays with a time axis (``axis + 1``: inputs, ``dt``, per-position labels) are split
+    over it too."""
+    seq = mesh.shape["seq"] if "seq" in mesh.axis_names else 1
+
+    def sharding(x):
+        timed = seq > 1 and x.ndim > axis + 1 and x.shape[axis + 1] % seq == 0
+        return NamedSharding(mesh, PartitionSpec(*([None] * axis), "data", *(("seq",) if timed else ())))
+
+    return {k: jax.device_put(x, sharding(x)) for k, x in batch.items()}
 
 
 def clean_batch(raw: dict, *, rows: int | None = None) -> dict:

@@ -86,6 +86,9 @@ class TrainConfig:
     ``steps`` counts optimizer updates. ``eval_batches`` = 0 evaluates the whole split.
     ``devices`` = 0 uses every local device (data parallel over a 1-D mesh with axis ``"data"``).
     ``checkpoint_every`` = 0 saves only at evaluations and at the end.
+    ``sequence_parallel`` = N > 1 splits the time axis over N devices as well: a 2-D mesh ``("data", "seq")`` of
+    (devices / N, N), the mixer's scans sharded over ``"seq"`` (``scan_kernels.sequence_parallel``; mixers with a
+    ``sequence_axis`` option: S4D in mode="scan", DeltaNet, GatedDeltaNet).
     """
 
     steps: int = _ranged(1000, lo=1)
@@ -100,6 +103,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = _choices("float32", "bfloat16", default="float32")
     devices: int = _ranged(0, lo=0)
+    sequence_parallel: int = _ranged(1, lo=1)
     progress: bool = True
     eval_split: str = _choices("val", "test", default="val")
     test_at_end: bool = True
