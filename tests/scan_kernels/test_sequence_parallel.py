@@ -2,7 +2,7 @@
 ``--xla_force_host_platform_device_count=4``) gives the one-device results of ``linear_scan``, ``linear_attention``,
 ``delta_rule`` and ``selective_scan``, forward and gradients, and the forward agrees with float64 NumPy loops.
 
-Default run: L = 65536 for ``linear_scan``, L = 4096 for the others, small widths; ``-m slow`` adds the other decay
+Default run: L = 65536 for ``linear_scan``, L = 4096 for the others, small widths; ``-m slow`` adds the normaliser, the other decay
 kinds and the other ops at L = 65536."""
 
 import jax
@@ -149,11 +149,11 @@ def _run_la(mesh, L, per_key):
     assert_close(final, s64, rtol=1e-5, name="final vs float64")
 
 
-def test_linear_attention_per_key_4096(seq4):
-    _run_la(seq4, 4096, True)
+def test_linear_attention_per_head_4096(seq4):
+    _run_la(seq4, 4096, False)
 
 
-def test_linear_attention_normalize_no_decay(seq4):
+def _la_normalize_no_decay(seq4):
     """The normaliser (the state a pair ``(S, z)``) and no decay at all."""
     L, B, H, K, V = 4096, 1, 2, 4, 4
     q, k = (jax.nn.elu(normal(s, (B, L, H, K))) + 1.0 for s in (10, 11))
@@ -214,7 +214,8 @@ def test_selective_scan_4096(seq4):
 
 
 SLOW_CASES = {
-    "linear_attention_per_head_4096": lambda m: _run_la(m, 4096, False),
+    "linear_attention_per_key_4096": lambda m: _run_la(m, 4096, True),
+    "linear_attention_normalize_no_decay_4096": _la_normalize_no_decay,
     "selective_scan_reverse_4096": lambda m: _run_ss(m, 4096, True),
     "linear_attention_per_head_65536": lambda m: _run_la(m, 65536, False),
     "linear_attention_per_key_65536": lambda m: _run_la(m, 65536, True),
