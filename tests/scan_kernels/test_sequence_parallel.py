@@ -2,8 +2,8 @@
 ``--xla_force_host_platform_device_count=4``) gives the one-device results of ``linear_scan``, ``linear_attention``,
 ``delta_rule`` and ``selective_scan``, forward and gradients, and the forward agrees with float64 NumPy loops.
 
-Default run: L = 65536 for ``linear_scan``, L = 4096 for the others, small widths; ``-m slow`` adds the normaliser, the other decay
-kinds and the other ops at L = 65536."""
+Default run: L = 65536 for ``linear_scan``, L = 4096 for the others, small widths; ``-m slow`` adds the normaliser,
+the other decay kinds and the other ops at L = 65536."""
 
 import jax
 import jax.numpy as jnp
