@@ -8,6 +8,8 @@ store both, so ``checkpoints.load`` rebuilds the model without touching the task
 Shapes: B batch, L length, D model width (``d_model``).
 """
 
+import inspect
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -73,12 +75,22 @@ def build_model(config: Config, spec: dict, *, rngs: nnx.Rngs):
     m = config.model
     if m.mixer not in layers.MIXERS:
         raise ValueError(f"model.mixer: {m.mixer!r} is not one of {sorted(layers.MIXERS)}")
+    mixer_options = dict(m.mixer_options)
+    if config.train.sequence_parallel > 1:  # the scans shard time over the mesh axis "seq" (_train_lib.make_mesh)
+        shards = lambda cls: "sequence_axis" in inspect.signature(cls.__init__).parameters  # noqa: E731
+        if not shards(layers.MIXERS[m.mixer]):
+            with_option = sorted(n for n, c in layers.MIXERS.items() if shards(c))
+            raise ValueError(
+                f"train.sequence_parallel={config.train.sequence_parallel} needs a mixer whose scans can shard time "
+                f"(a sequence_axis option): one of {with_option}; model.mixer={m.mixer!r} has none"
+            )
+        mixer_options["sequence_axis"] = "seq"
     encoder = layers.SequenceModel(
         d_model=m.d_model,
         n_layers=m.n_layers,
         num_classes=spec["num_classes"],
         mixer=m.mixer,
-        mixer_options=dict(m.mixer_options),
+        mixer_options=mixer_options,
         vocab_size=spec["vocab_size"],
         input_dim=spec["input_dim"],
         pooling=resolve_pooling(config, spec),

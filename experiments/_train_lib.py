@@ -11,10 +11,14 @@ Data parallel: parameters and optimizer state replicated over a 1-D mesh with ax
 batches sharded along B; XLA inserts the gradient all-reduce. With several processes (``jax.distributed``,
 ``experiments.distributed``) the mesh spans every process's devices, ordered by process, and each process
 hands over only its own rows of a global batch (``shard_batch``); see docs/distributed.md.
+Sequence parallel (``train.sequence_parallel`` = N):
+a 2-D mesh ``("data", "seq")``, batches also split along L over ``"seq"``, and the mixers' scans run through
+``scan_kernels.sequence_parallel`` under ``mesh_context``.
 
 Shapes: B batch, L length, k micro-batches per step.
 """
 
+import contextlib
 import math
 
 import jax
@@ -151,17 +155,24 @@ def eval_step(model, batch, *, kind, bf16):
 # devices and data
 
 
-def make_mesh(devices: int = 0):
-    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all).
+def make_mesh(devices: int = 0, sequence: int = 1):
+    """1-D mesh named ``"data"`` over the first ``devices`` devices (0 = all); with ``sequence`` > 1 the 2-D mesh
+    ``("data", "seq")`` of shape ``(devices / sequence, sequence)`` (batches over ``"data"``, time over ``"seq"``).
 
     With several processes the mesh holds every device of every process (``devices`` must be 0 or that
-    count), ordered by process, so process i's devices hold rows ``[i·B/N, (i+1)·B/N)`` of a global batch.
+    count), ordered by process, so process i's devices hold rows ``[i·B/N, (i+1)·B/N)`` of a global batch
+    (sequence parallelism is single-process for now).
     """
     available = jax.devices()
     n = devices or len(available)
     if n > len(available):
         raise ValueError(f"train.devices: asked for {n} devices, only {len(available)} available")
     if jax.process_count() > 1:
+        if sequence != 1:
+            raise ValueError(
+                f"train.sequence_parallel: {sequence} with {jax.process_count()} processes is not supported; "
+                "sequence parallelism runs in one process (set train.sequence_parallel=1)"
+            )
         if n != len(available):
             raise ValueError(
                 f"train.devices: a run over {jax.process_count()} processes uses all their {len(available)} "
@@ -177,7 +188,22 @@ def make_mesh(devices: int = 0):
             )
         ordered = sorted(available, key=lambda d: (d.process_index, d.id))
         return jax.sharding.Mesh(np.asarray(ordered), ("data",), axis_types=(AxisType.Auto,))
-    return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n])
+    if sequence == 1:
+        return jax.make_mesh((n,), ("data",), axis_types=(AxisType.Auto,), devices=available[:n])
+    if n % sequence:
+        raise ValueError(
+            f"train.sequence_parallel: {sequence} does not divide the {n} devices; use a divisor of {n} "
+            "(or set train.devices)"
+        )
+    return jax.make_mesh(
+        (n // sequence, sequence), ("data", "seq"), axis_types=(AxisType.Auto,) * 2, devices=available[:n]
+    )
+
+
+def mesh_context(mesh):
+    """``jax.set_mesh(mesh)`` for a mesh with a ``"seq"`` axis (the mixers' ``sequence_parallel`` reads the mesh
+    while tracing), else a no-op context."""
+    return jax.set_mesh(mesh) if "seq" in mesh.axis_names else contextlib.nullcontext()
 
 
 def _global_replica(x, sharding):
@@ -218,15 +244,19 @@ def replicate(obj, mesh):
 
 
 def shard_batch(batch: dict, mesh, *, axis: int = 0):
-    """Global arrays from this process's rows of a batch, the batch axis (``axis``) split over ``"data"``.
+    """Global arrays from this process's rows of a batch, the batch axis (``axis``) split over ``"data"``; on a
+    mesh with a ``"seq"`` axis, arrays with a time axis (``axis + 1``: inputs, ``dt``, per-position labels) are
+    split over it too.
 
-    One process: ``batch`` is the whole batch (a ``device_put``). N processes: ``batch`` holds this process's
-    ``B/N`` rows (``Task.batches(shard=(i, N))``) and the result is the global batch of B rows.
+    One process: ``batch`` is the whole batch. N processes: ``batch`` holds this process's ``B/N`` rows
+    (``Task.batches(shard=(i, N))``) and the result is the global batch of B rows.
     """
-    sharding = NamedSharding(mesh, PartitionSpec(*([None] * axis), "data"))
+    seq = mesh.shape["seq"] if "seq" in mesh.axis_names else 1
     count = jax.process_count()
 
     def place(x):
+        timed = seq > 1 and x.ndim > axis + 1 and x.shape[axis + 1] % seq == 0
+        sharding = NamedSharding(mesh, PartitionSpec(*([None] * axis), "data", *(("seq",) if timed else ())))
         shape = x.shape[:axis] + (x.shape[axis] * count,) + x.shape[axis + 1 :]
         return jax.make_array_from_process_local_data(sharding, x, shape)
 

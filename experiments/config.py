@@ -89,6 +89,9 @@ class TrainConfig:
     ``pack`` = True packs the training examples first-fit into rows of ``seq_len`` (several examples per row,
     told apart by ``segment_ids``; ``experiments/tasks/packing.py``); at most ``pack_max_segments`` per row (0: the
     row length over the shortest example). Evaluation stays one example per row.
+    ``sequence_parallel`` = N > 1 splits the time axis over N devices as well: a 2-D mesh ``("data", "seq")`` of
+    (devices / N, N), the mixer's scans sharded over ``"seq"`` (``scan_kernels.sequence_parallel``; mixers with a
+    ``sequence_axis`` option: S4D in mode="scan", DeltaNet, GatedDeltaNet).
     """
 
     steps: int = _ranged(1000, lo=1)
@@ -103,6 +106,7 @@ class TrainConfig:
     seed: int = 0
     dtype: str = _choices("float32", "bfloat16", default="float32")
     devices: int = _ranged(0, lo=0)
+    sequence_parallel: int = _ranged(1, lo=1)
     progress: bool = True
     eval_split: str = _choices("val", "test", default="val")
     test_at_end: bool = True

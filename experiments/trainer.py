@@ -165,13 +165,19 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     task = _get_task(config) if task is None else task
     spec = model_spec(task)
     kind, bf16 = spec["kind"], tc.dtype == "bfloat16"
-    mesh = lib.make_mesh(tc.devices)
+    mesh = lib.make_mesh(tc.devices, tc.sequence_parallel)
     n_dev = mesh.devices.size
     primary = distributed.is_primary()
-    if tc.batch_size % n_dev:
+    n_data = mesh.shape["data"]
+    if tc.batch_size % n_data:
         raise ValueError(
-            f"train.batch_size: {tc.batch_size} is not divisible by the {n_dev} devices; "
-            f"use a multiple of {n_dev} or set train.devices"
+            f"train.batch_size: {tc.batch_size} is not divisible by the {n_data} devices of the data axis; "
+            f"use a multiple of {n_data} or set train.devices"
+        )
+    if spec["seq_len"] % tc.sequence_parallel:
+        raise ValueError(
+            f"train.sequence_parallel: {tc.sequence_parallel} devices cannot split the task's sequence length "
+            f"{spec['seq_len']} evenly; use a divisor of {spec['seq_len']}"
         )
 
     model = build_model(config, spec, rngs=nnx.Rngs(params=tc.seed, dropout=tc.seed + 1))
@@ -225,6 +231,10 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     tokens_per_step = tc.batch_size * oc.accumulate * spec["seq_len"] * (2 if spec["pair"] else 1)
 
     def run_eval(split, on=None):
+        with lib.mesh_context(mesh):
+            return _evaluate(split, on)
+
+    def _evaluate(split, on):
         return lib.evaluate(
             model if on is None else on,
             task,
@@ -262,9 +272,17 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             # non-padding tokens of this step (this process's rows, scaled to the global batch)
             window["real"] += _real_tokens(host) * jax.process_count()
             batches = lib.shard_batch(host, mesh, axis=1)
-            loss, acc, gnorm = lib.train_step(
-                model, optimizer, batches, np.int32(step), kind=kind, bf16=bf16, accumulate=oc.accumulate, seed=tc.seed
-            )
+            with lib.mesh_context(mesh):
+                loss, acc, gnorm = lib.train_step(
+                    model,
+                    optimizer,
+                    batches,
+                    np.int32(step),
+                    kind=kind,
+                    bf16=bf16,
+                    accumulate=oc.accumulate,
+                    seed=tc.seed,
+                )
             loss, acc, gnorm = float(loss), float(acc), float(gnorm)
             if not (np.isfinite(loss) and np.isfinite(gnorm)):
                 raise FloatingPointError(

@@ -51,13 +51,21 @@ from algornn.layers._options import (
     check_float,
     check_int,
     check_sequence,
+    check_sequence_axis,
     check_state,
     check_token,
     record_options,
     zeros_of,
 )
 from algornn.layers._short_conv import ShortConv
-from algornn.scan_kernels import BACKENDS, delta_rule, delta_rule_step, linear_attention, linear_attention_step
+from algornn.scan_kernels import (
+    BACKENDS,
+    delta_rule,
+    delta_rule_step,
+    linear_attention,
+    linear_attention_step,
+    sequence_parallel,
+)
 from algornn.scan_kernels._common.packing import check_segment_ids
 
 FAST_WEIGHT_DISCRETE = (
@@ -113,10 +121,12 @@ class DeltaNetOptions(FastWeightOptions):
 
     qk_norm: str | None = "l2"
     negative_eigenvalues: bool = False
+    sequence_axis: str | None = None
 
     def __post_init__(self):
         super().__post_init__()
         check_bool("negative_eigenvalues", self.negative_eigenvalues)
+        check_sequence_axis(self.sequence_axis)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +165,19 @@ def beta_of(logits, negative_eigenvalues: bool):
     the transition ``I − β k kᵀ`` (‖k‖ = 1) then has the eigenvalue ``1 − β ∈ (−1, 1)`` (Grazzi et al. 2025, §4)."""
     beta = jax.nn.sigmoid(logits.astype(jnp.float32))
     return 2.0 * beta if negative_eigenvalues else beta
+
+
+def delta_rule_op(sequence_axis, seg=None):
+    """``delta_rule``, or ``sequence_parallel(delta_rule, sequence_axis)`` (time sharded over that mesh axis);
+    ``seg``: the packing keywords of the call (``segment_ids``), which the sharded form does not take."""
+    if sequence_axis is None:
+        return delta_rule
+    if seg:
+        raise ValueError(
+            f"sequence_axis={sequence_axis!r} and segment_ids cannot be combined: the sequence-parallel delta rule "
+            "takes unpacked rows"
+        )
+    return sequence_parallel(delta_rule, sequence_axis)
 
 
 class _FastWeightMixer(nnx.Module):
@@ -358,6 +381,8 @@ class DeltaNet(_FastWeightMixer):
         negative_eigenvalues: β = 2σ(x w_β) ∈ (0, 2) instead of σ(x w_β): eigenvalues 1 − β of the transition
             in (−1, 1) (Grazzi et al. 2025).
         backend: op backend: None (auto), "reference", "xla", "pallas".
+        sequence_axis: None, or the mesh axis the time axis is sharded over: ``delta_rule`` runs through
+            ``scan_kernels.sequence_parallel`` on the mesh of ``jax.set_mesh`` (unsharded without one).
         dtype: compute dtype of the projections, inputs and outputs; the op accumulates its state in float32.
         param_dtype: dtype the parameters are stored in.
         rngs: ``nnx.Rngs`` for the initialisation.
@@ -381,6 +406,7 @@ class DeltaNet(_FastWeightMixer):
         output_gate: bool = False,
         negative_eigenvalues: bool = False,
         backend: str | None = None,
+        sequence_axis: str | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -393,7 +419,9 @@ class DeltaNet(_FastWeightMixer):
 
     def _op(self, q, k, v, beta, **seg):
         opt = self.options
-        return delta_rule(q, k, v, beta, chunk_size=opt.chunk_size, backend=opt.backend, **seg)
+        return delta_rule_op(opt.sequence_axis, seg)(
+            q, k, v, beta, chunk_size=opt.chunk_size, backend=opt.backend, **seg
+        )
 
     def _step(self, state, q, k, v, beta):
         return delta_rule_step(state, q, k, v, beta)

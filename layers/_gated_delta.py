@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from algornn.layers._fast_weight import DeltaNetOptions, _FastWeightMixer, beta_of
-from algornn.layers._options import check_bool, check_int
+from algornn.layers._fast_weight import DeltaNetOptions, _FastWeightMixer, beta_of, delta_rule_op
+from algornn.layers._options import check_bool, check_int, check_sequence_axis
 from algornn.layers._params import dt_bias_param, ssm_param
-from algornn.scan_kernels import delta_product, delta_product_step, delta_rule, delta_rule_step
+from algornn.scan_kernels import delta_product, delta_product_step, delta_rule_step
 
 # Mamba-2's initialisation: Δ log-uniform in [1e-3, 1e-1] (through the bias b_Δ = softplus⁻¹(Δ)), A ~ U(1, 16)
 DT_MIN, DT_MAX, A_MIN, A_MAX = 1e-3, 1e-1, 1.0, 16.0
@@ -57,6 +57,11 @@ class DeltaProductOptions(DeltaNetOptions):
         super().__post_init__()
         check_int("num_householder", self.num_householder)
         check_bool("gated", self.gated)
+        check_sequence_axis(
+            self.sequence_axis,
+            scan=False,
+            why="DeltaProduct has no sequence-parallel form yet (use GatedDeltaNet or DeltaNet)",
+        )
 
 
 def _init_decay(layer, d_model: int, size: int, rngs) -> None:
@@ -95,6 +100,8 @@ class GatedDeltaNet(_FastWeightMixer):
             (−1, 1) (Grazzi et al. 2025).
         per_key_decay: one decay per key dimension, log α (B, L, H, K), instead of one per head (B, L, H).
         backend: op backend: None (auto), "reference", "xla", "pallas".
+        sequence_axis: None, or the mesh axis the time axis is sharded over: ``delta_rule`` runs through
+            ``scan_kernels.sequence_parallel`` on the mesh of ``jax.set_mesh`` (unsharded without one).
         dtype: compute dtype of the projections, inputs and outputs; the op accumulates its state in float32.
         param_dtype: dtype the parameters are stored in.
         rngs: ``nnx.Rngs`` for the initialisation.
@@ -119,6 +126,7 @@ class GatedDeltaNet(_FastWeightMixer):
         negative_eigenvalues: bool = False,
         per_key_decay: bool = False,
         backend: str | None = None,
+        sequence_axis: str | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -134,8 +142,8 @@ class GatedDeltaNet(_FastWeightMixer):
 
     def _op(self, q, k, v, beta, log_decay, **seg):
         opt = self.options
-        kw = dict(log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend)
-        return delta_rule(q, k, v, beta, **kw, **seg)
+        op = delta_rule_op(opt.sequence_axis, seg)
+        return op(q, k, v, beta, log_decay=log_decay, chunk_size=opt.chunk_size, backend=opt.backend, **seg)
 
     def _step(self, state, q, k, v, beta, log_decay):
         return delta_rule_step(state, q, k, v, beta, log_decay=log_decay)
@@ -162,6 +170,7 @@ class DeltaProduct(_FastWeightMixer):
         num_householder: n, the keys, values and β per token (n = 1: Gated DeltaNet).
         gated: multiply the state by the Mamba-2 decay α_t before each token's steps (False: α_t = 1).
         backend: op backend: None (auto), "reference", "xla", "pallas".
+        sequence_axis: must be None (DeltaProduct has no sequence-parallel form yet).
         dtype: compute dtype of the projections, inputs and outputs; the op accumulates its state in float32.
         param_dtype: dtype the parameters are stored in.
         rngs: ``nnx.Rngs`` for the initialisation.
@@ -187,6 +196,7 @@ class DeltaProduct(_FastWeightMixer):
         num_householder: int = 2,
         gated: bool = True,
         backend: str | None = None,
+        sequence_axis: str | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,

@@ -143,6 +143,15 @@ def check_discrete_dt_scale(owner: str, dt_scale, why: str) -> None:
         )
 
 
+def check_sequence_axis(value, *, scan: bool = True, why: str = "") -> None:
+    """``sequence_axis`` (the mesh axis the time axis is sharded over) must be None or a non-empty string, and
+    needs the mixer's scan form (``scan=False`` refuses it, with ``why``)."""
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"sequence_axis={value!r} must be None or the name of a mesh axis (a non-empty string)")
+    if value is not None and not scan:
+        raise ValueError(f"sequence_axis={value!r} needs a scan over time: {why}")
+
+
 def check_batch_size(owner: str, batch_size) -> None:
     check_int(f"{owner}.init_state: batch_size", batch_size)
 

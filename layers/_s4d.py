@@ -22,8 +22,8 @@ padding positions output 0.
 (S4's two-sided kernel): ``y_t += Σ_{s>t} K2_{s-t-1} u_s``. Parameters: ``log_dt (D,)``, ``Lambda_re,
 Lambda_im, B_re, B_im (D, N/2)`` (tag ``ssm``), ``C_re, C_im (D, N/2)``, ``D (D,)``; Re Λ is clipped to <= -1e-4.
 Constructor: ``S4D(d_model, *, d_state=64, init="inv", discretization="zoh", mode="conv", bidirectional=False,
-dt_min=0.001, dt_max=0.1, backend=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)`` (one docstring line per
-option in the class).
+dt_min=0.001, dt_max=0.1, backend=None, sequence_axis=None, dtype=jnp.float32, param_dtype=jnp.float32, rngs)``
+(one docstring line per option in the class).
 Shape legend: B batch · L length · D channels (d_model) · N state size (d_state; N/2 stored).
 """
 
@@ -46,6 +46,7 @@ from algornn.layers._options import (
     check_int,
     check_segment_ids,
     check_sequence,
+    check_sequence_axis,
     check_state,
     check_token,
     mask_padding,
@@ -54,7 +55,7 @@ from algornn.layers._options import (
     zeros_of,
 )
 from algornn.layers._params import complex_of, f32, normal, param, ssm_param
-from algornn.scan_kernels import BACKENDS, linear_scan
+from algornn.scan_kernels import BACKENDS, linear_scan, sequence_parallel
 from algornn.scan_kernels._common.packing import same_as_next
 
 S4D_INITS = {"lin": ssm.init.s4d_lin, "inv": ssm.init.s4d_inv, "legs": ssm.init.s4d_legs, "real": ssm.init.s4d_real}
@@ -73,6 +74,7 @@ class S4DOptions:
     dt_min: float = 1e-3
     dt_max: float = 1e-1
     backend: str | None = None
+    sequence_axis: str | None = None
 
     def __post_init__(self):
         check_int("d_state", self.d_state, minimum=2, multiple_of=2)
@@ -82,6 +84,11 @@ class S4DOptions:
         check_bool("bidirectional", self.bidirectional)
         check_dt_range(self.dt_min, self.dt_max)
         check_choice("backend", self.backend, (None,) + BACKENDS)
+        check_sequence_axis(
+            self.sequence_axis,
+            scan=self.mode == "scan",
+            why="S4D shards time only in mode='scan' (the FFT of mode='conv' needs the whole sequence on one device)",
+        )
 
 
 class S4D(nnx.Module):
@@ -96,6 +103,8 @@ class S4D(nnx.Module):
         bidirectional: add an anti-causal branch with its own C (no ``step`` then).
         dt_min, dt_max: range of the log-uniform initial step sizes Δ.
         backend: ``linear_scan`` backend for mode="scan": None (auto), "reference", "xla", "pallas".
+        sequence_axis: None, or the mesh axis the time axis is sharded over (mode="scan" only): the scans run
+            through ``scan_kernels.sequence_parallel`` on the mesh of ``jax.set_mesh`` (unsharded without one).
         dtype: compute dtype of inputs and outputs; the SSM math runs in float32/complex64.
         param_dtype: dtype the parameters are stored in.
         rngs: ``nnx.Rngs`` for the initialisation.
@@ -121,6 +130,7 @@ class S4D(nnx.Module):
         dt_min: float = 1e-3,
         dt_max: float = 1e-1,
         backend: str | None = None,
+        sequence_axis: str | None = None,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
@@ -203,15 +213,26 @@ class S4D(nnx.Module):
         b = x.astype(jnp.complex64)[..., None] * (Bbar if Bbar.ndim == 4 else Bbar[None, None])  # (B, L, D, N/2)
         a = Abar.reshape(Abar.shape[:-2] + (D * n2,))  # (D·N/2,) or (B, L, D·N/2)
         Cs = self._Cs()
-        seg = dict(segment_ids=segment_ids, backend=self.options.backend)
-        h = linear_scan(a, b.reshape(Bsz, L, D * n2), **seg).reshape(Bsz, L, D, n2)
+        axis = self.options.sequence_axis
+        if axis is not None and segment_ids is not None:
+            raise ValueError(
+                f"S4D: sequence_axis={axis!r} and segment_ids cannot be combined (the sequence-parallel scan takes "
+                "unpacked rows)"
+            )
+        scan = linear_scan if axis is None else sequence_parallel(linear_scan, axis)
+        seg = (
+            dict(backend=self.options.backend)
+            if segment_ids is None
+            else dict(segment_ids=segment_ids, backend=self.options.backend)
+        )
+        h = scan(a, b.reshape(Bsz, L, D * n2), **seg).reshape(Bsz, L, D, n2)
         y = 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", h, Cs[0]))
         if self.options.bidirectional:  # strictly future inputs: h_t = Ā(dt_{t+1}) h_{t+1} + B̄(dt_{t+1}) u_{t+1}
             b_next = jnp.concatenate([b[:, 1:], jnp.zeros_like(b[:, :1])], axis=1)
             if segment_ids is not None:  # the future of a sequence ends with it
                 b_next = jnp.where(same_as_next(segment_ids)[..., None, None], b_next, jnp.zeros((), b.dtype))
             a_rev = a if dt is None else next_step(a)
-            hb = linear_scan(a_rev, b_next.reshape(Bsz, L, D * n2), reverse=True, **seg)
+            hb = scan(a_rev, b_next.reshape(Bsz, L, D * n2), reverse=True, **seg)
             y = y + 2.0 * jnp.real(jnp.einsum("bldn,dn->bld", hb.reshape(Bsz, L, D, n2), Cs[1]))
         return y + x * f32(self.D)[None, None]
 

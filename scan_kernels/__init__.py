@@ -11,13 +11,15 @@
   ``(B, L, E, N)`` states in memory (``selective_scan_step`` decodes one token).
 * ``mlstm(q, k, v, log_f, i, *, initial_state=None, chunk_size=64, backend=None)``: xLSTM's matrix memory with
   exponential gating and the max stabiliser, on ``linear_attention``; state ``(C, n, m)``.
+* ``sequence_parallel(op, axis="seq", *, mesh=None)``: ``linear_scan``, ``linear_attention``, ``delta_rule`` or
+  ``selective_scan`` with the time axis sharded over a mesh axis (``shard_map``; exact, forward and gradients).
 * ``backend``: ``None`` (auto: Pallas on a GPU where it compiles, else XLA) | ``"reference"`` | ``"xla"`` |
   ``"pallas"``; each op has a ``*_reference`` loop. Outputs are float32 for float32/bfloat16 inputs,
   complex64 if any input is complex.
 
 Layout (docs/architecture.md §scan_kernels layout): one private folder per op (``_linear_scan/``,
 ``_dense_scan/``, ``_linear_attention/``, ``_delta_rule/``, ``_delta_product/``, ``_rg_lru/``, ``_selective_scan/``,
-``_mlstm/``) and the shared pieces in ``_common/``.
+``_mlstm/``, ``_sequence_parallel/``) and the shared pieces in ``_common/``.
 Imports run one way, op → ``_common``; an op built on another op imports that op's public name from this
 package, which is why the scan core is imported first, in its own block.
 
@@ -55,3 +57,7 @@ from algornn.scan_kernels._delta_product import delta_product_step as delta_prod
 from algornn.scan_kernels._mlstm import mlstm as mlstm
 from algornn.scan_kernels._mlstm import mlstm_reference as mlstm_reference
 from algornn.scan_kernels._mlstm import mlstm_step as mlstm_step
+
+# isort: split
+# Sequence parallelism over the ops above (it imports linear_scan, linear_attention, delta_rule, selective_scan).
+from algornn.scan_kernels._sequence_parallel import sequence_parallel as sequence_parallel

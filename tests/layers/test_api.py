@@ -106,7 +106,7 @@ def test_mixer_options_unknown_key_names_the_mixer_and_lists_the_signature_optio
     assert "DeltaNet: unknown option(s) ['d_state']" in msg
     assert (
         "['backend', 'chunk_size', 'dpfp_nu', 'feature_map', 'key_dim', 'negative_eigenvalues', 'num_heads', "
-        "'output_gate', 'qk_norm', 'short_conv', 'value_dim']" in msg
+        "'output_gate', 'qk_norm', 'sequence_axis', 'short_conv', 'value_dim']" in msg
     )
     with pytest.raises(ValueError, match="arguments of the block / model"):
         layers.SequenceBlock(D_MODEL, "s4d", mixer_options={"dtype": jnp.bfloat16}, rngs=nnx.Rngs(0))
