@@ -50,6 +50,8 @@ class Run:
     pooling: str = "auto"
     warmup_steps: int = 0
     weight_decay: float = 0.1
+    schedule: str = "cosine"
+    ssm_lr: float | None = None  # None: min(lr, 1e-3), the S4 convention
     eval_every: int = 0  # 0: evaluate at the end only
     eval_batch_size: int = 0
     seed: int = 0
@@ -89,8 +91,9 @@ class Run:
             ),
             optim=OptimConfig(
                 lr=self.lr,
-                ssm_lr=min(self.lr, 1e-3),
+                ssm_lr=min(self.lr, 1e-3) if self.ssm_lr is None else self.ssm_lr,
                 weight_decay=self.weight_decay,
+                schedule=self.schedule,
                 warmup_steps=self.warmup_steps,
                 grad_clip=1.0,
             ),

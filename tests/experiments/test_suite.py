@@ -147,7 +147,7 @@ def test_cli_help_list_and_errors(tmp_path, capsys):
     assert "--scale" in out and "--only" in out and "--root" in out
     assert main(["list", "--runs", "memory"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in SUITES) and "presence-s4d-seq_len512-d32-lr1e-03" in out
+    assert all(name in out for name in SUITES) and "presence-s4d-seq_len512-d64-lr1e-03" in out
     assert main(["report", "mqar", "--root", str(tmp_path / "missing")]) == 1
     assert "is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
