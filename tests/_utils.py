@@ -76,3 +76,18 @@ def param64(p):
 def silu64(v):
     """``v σ(v)`` in NumPy."""
     return v / (1.0 + np.exp(-v))
+
+
+def sequences(seg):
+    """``(row, start, end)`` of every sequence (maximal run of one non-zero id) of ``seg (B, L)``."""
+    out = []
+    for r, row in enumerate(np.asarray(seg)):
+        t = 0
+        while t < len(row):
+            e = t
+            while e + 1 < len(row) and row[e + 1] == row[t]:
+                e += 1
+            if row[t] != 0:
+                out.append((r, t, e + 1))
+            t = e + 1
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from algornn.experiments.suite.spec import Reference, Run, Suite
+from algornn.layers import MIXERS
 
 SMOKE = dict(d_model=8, steps=1, batch_size=4, n_layers=1)
 _SMOKE_DATA = dict(n_train=8, n_val=4, n_test=4)
@@ -37,25 +38,7 @@ def _lrs(lo_exp: float, hi_exp: float, n: int) -> list:
 
 
 # ------------------------------------------------------------------------------------------------ memory
-MEMORY_MIXERS = (
-    "s4",
-    "s4d",
-    "s5",
-    "lru",
-    "lmu",
-    "hippo_rnn",
-    "lssl",
-    "linear_attention",
-    "deltanet",
-    "gla",
-    "retnet",
-    "gated_deltanet",
-    "delta_product",
-    "selective_ssm",
-    "mlstm",
-    "mamba2",
-    "hawk",
-)
+MEMORY_MIXERS = tuple(MIXERS)  # every mixer of the library, in the registry's order
 
 
 def memory(scale: str) -> list:

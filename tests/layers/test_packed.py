@@ -16,7 +16,7 @@ from flax import nnx
 
 from algornn import layers
 from algornn.layers._short_conv import ShortConv, causal_conv
-from tests._utils import assert_close, normal
+from tests._utils import assert_close, normal, sequences
 from tests.layers._common import D_MODEL, make_mixer
 
 pytestmark = pytest.mark.loose_promotion
@@ -28,21 +28,6 @@ L = 24
 # row 0: a 7-token sequence, a one-token one, padding between, id 1 again after the padding (a new sequence),
 # padding at the end; row 1: two sequences, no padding, the boundary not at a multiple of 4 or 8.
 SEGMENTS = np.array([[1] * 7 + [2] + [0] * 2 + [1] * 9 + [0] * 5, [4] * 11 + [9] * 13], np.int32)
-
-
-def sequences(seg):
-    """``(row, start, end)`` of every sequence (maximal run of one non-zero id) of ``seg (B, L)``."""
-    out = []
-    for r, row in enumerate(np.asarray(seg)):
-        t = 0
-        while t < len(row):
-            e = t
-            while e + 1 < len(row) and row[e + 1] == row[t]:
-                e += 1
-            if row[t] != 0:
-                out.append((r, t, e + 1))
-            t = e + 1
-    return out
 
 
 def _alone_batch(x, seqs):

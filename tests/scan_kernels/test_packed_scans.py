@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
-from tests._utils import assert_close, normal
+from tests._utils import assert_close, normal, sequences
 
 L = 24
 # row 0: positions 0-4 id 1, 5 a one-token sequence, 6-7 padding, 8-11 id 3, 12-15 four one-token sequences (a
@@ -26,21 +26,6 @@ SEG = np.array(
     np.int32,
 )
 B = SEG.shape[0]
-
-
-def sequences(seg):
-    """``(row, start, end)`` of every maximal run of one non-zero id."""
-    out = []
-    for r, row in enumerate(np.asarray(seg)):
-        t = 0
-        while t < len(row):
-            e = t
-            while e + 1 < len(row) and row[e + 1] == row[t]:
-                e += 1
-            if row[t] != 0:
-                out.append((r, t, e + 1))
-            t = e + 1
-    return out
 
 
 def _run_alone(step, h0, seg, reverse, shape):
