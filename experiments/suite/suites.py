@@ -37,6 +37,15 @@ def _lrs(lo_exp: float, hi_exp: float, n: int) -> list:
     return [float(f"{v:.3g}") for v in np.logspace(lo_exp, hi_exp, n)]
 
 
+def _run(scale: str, *, mixer: str, steps: int, options: dict | None = None, **fields) -> Run:
+    """A ``Run`` with the suites' shared defaults: the label is the mixer, the mixer options are ``options`` over
+    the smoke sizes (``_options``), 1 layer at smoke scale (else 2) and 10 % warmup (none at smoke scale)."""
+    fields.setdefault("label", mixer)
+    fields.setdefault("n_layers", 1 if scale == "smoke" else 2)
+    fields.setdefault("warmup_steps", 0 if scale == "smoke" else steps // 10)
+    return Run(mixer=mixer, mixer_options=_options(scale, mixer, options), steps=steps, **fields)
+
+
 # ------------------------------------------------------------------------------------------------ memory
 MEMORY_MIXERS = tuple(MIXERS)  # every mixer of the library, in the registry's order
 
@@ -62,23 +71,22 @@ def memory(scale: str) -> list:
         lengths, lrs, mixers, d, steps, batch = [512, 2048], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 64, 1000, 32
         data = dict(n_train=10000, n_val=1000, n_test=1000)
     return [
-        Run(
+        _run(
+            scale,
             suite="memory",
             task="presence",
-            label=mixer,
             mixer=mixer,
-            mixer_options=_options(scale, mixer),
             lr=lr,
             d_model=d,
             steps=steps,
             batch_size=batch,
-            n_layers=1 if scale == "smoke" else 2,
             task_options=dict(seq_len=length, window=min(10, length // 2), **data),
             cell={"seq_len": length},
             pooling="last",
             schedule="constant",
             ssm_lr=lr,
             weight_decay=0.0,
+            warmup_steps=0,
         )
         for mixer in mixers
         for length in lengths
@@ -118,20 +126,17 @@ def mqar(scale: str) -> list:
     half = vocab // 2 if scale == "paper" else (vocab - 2) // 2  # paper: Zoology's two halves of 8192 ids
     layout = dict(placement="zoology", filler="random", distinct_values=True)  # Zoology's query layout
     return [
-        Run(
+        _run(
+            scale,
             suite="mqar",
             task="mqar",
-            label=mixer,
             mixer=mixer,
-            mixer_options=_options(scale, mixer),
             lr=lr,
             d_model=d,
             steps=steps,
             batch_size=batch,
-            n_layers=1 if scale == "smoke" else 2,
             task_options=dict(seq_len=length, n_pairs=pairs, n_keys=half, n_values=half, **layout, **data),
             cell={"seq_len": length, "pairs": pairs},
-            warmup_steps=0 if scale == "smoke" else steps // 10,
         )
         for mixer in mixers
         for length, pairs in cells
@@ -163,20 +168,17 @@ def selective_copying(scale: str) -> list:
         length, lrs, mixers, d, steps, batch, n_copy = 4096, [1e-4, 1e-3], SELECTIVE_MIXERS, 64, 400_000, 64, 16
         data = dict(n_train=100000, n_val=1000, n_test=1000)
     return [
-        Run(
+        _run(
+            scale,
             suite="selective_copying",
             task="selective_copying",
-            label=mixer,
             mixer=mixer,
-            mixer_options=_options(scale, mixer),
             lr=lr,
             d_model=d,
             steps=steps,
             batch_size=batch,
-            n_layers=1 if scale == "smoke" else 2,
             task_options=dict(seq_len=length, n_copy=n_copy, n_symbols=16, **data),
             cell={"seq_len": length},
-            warmup_steps=0 if scale == "smoke" else steps // 10,
         )
         for mixer in mixers
         for lr in lrs
@@ -204,20 +206,17 @@ def induction(scale: str) -> list:
         length, lrs, mixers, d, steps, batch = 256, [1e-4, 1e-3], INDUCTION_MIXERS, 64, 8192, 8
         data, lengths, n_extra = dict(n_train=65536, n_val=1000, n_test=1000), tuple(2**k for k in range(6, 15)), 256
     return [
-        Run(
+        _run(
+            scale,
             suite="induction",
             task="induction",
-            label=mixer,
             mixer=mixer,
-            mixer_options=_options(scale, mixer),
             lr=lr,
             d_model=d,
             steps=steps,
             batch_size=batch,
-            n_layers=1 if scale == "smoke" else 2,
             task_options=dict(seq_len=length, n_symbols=16, **data),
             cell={"train_len": length},
-            warmup_steps=0 if scale == "smoke" else steps // 10,
             extra_lengths=lengths,
             extra_n_test=n_extra,
             eval_batch_size=16 if scale != "smoke" else 4,
@@ -259,12 +258,12 @@ def retrieval_capacity(scale: str) -> list:
         sizes, lrs, d, steps, batch, settings = [20, 40, 60, 80, 120], [1e-3, 3e-3], 64, 20000, 32, [1, 2]
         variants, data = CAPACITY_VARIANTS, dict(n_train=100000, n_val=1000, n_test=1000)
     return [
-        Run(
+        _run(
+            scale,
             suite="retrieval_capacity",
             task="retrieval_capacity",
             label=label,
             mixer=mixer,
-            mixer_options=_options(scale, mixer, {"num_heads": 1, **options}),
             lr=lr,
             d_model=d,
             steps=steps,
@@ -272,7 +271,7 @@ def retrieval_capacity(scale: str) -> list:
             n_layers=1,
             task_options=dict(n_keys=s, setting=setting, **data),
             cell={"setting": setting, "n_keys": s},
-            warmup_steps=0 if scale == "smoke" else steps // 10,
+            options={"num_heads": 1, **options},
         )
         for label, mixer, options in variants
         for setting in settings
@@ -338,21 +337,20 @@ def state_tracking(scale: str) -> list:
                 if task == "modular_arithmetic":
                     task_options["modulus"] = 5
                 runs.append(
-                    Run(
+                    _run(
+                        scale,
                         suite="state_tracking",
                         task=task,
                         label=label,
                         mixer=mixer,
-                        mixer_options=_options(scale, mixer, options),
                         lr=lr,
                         d_model=d,
                         steps=steps,
                         batch_size=batch,
-                        n_layers=1 if scale == "smoke" else 2,
                         task_options=task_options,
                         pooling="none",
-                        warmup_steps=0 if scale == "smoke" else steps // 10,
                         extra_test=True,
+                        options=options,
                     )
                 )
     return runs
