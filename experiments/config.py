@@ -89,6 +89,9 @@ class TrainConfig:
     ``pack`` = True packs the training examples first-fit into rows of ``seq_len`` (several examples per row,
     told apart by ``segment_ids``; ``experiments/tasks/packing.py``); at most ``pack_max_segments`` per row (0: the
     row length over the shortest example). Evaluation stays one example per row.
+    ``stop_at_accuracy`` > 0 ends training early, at the first log record (``log_every`` steps) whose mean
+    training accuracy reaches it: that step is evaluated, checkpointed and tested as the last step would be, and a
+    rerun treats the run as finished. 0 trains all ``steps``.
     ``sequence_parallel`` = N > 1 splits the time axis over N devices as well: a 2-D mesh ``("data", "seq")`` of
     (devices / N, N), the mixer's scans sharded over ``"seq"`` (``scan_kernels.sequence_parallel``; mixers with a
     ``sequence_axis`` option: S4D in mode="scan", DeltaNet, GatedDeltaNet).
@@ -112,6 +115,7 @@ class TrainConfig:
     test_at_end: bool = True
     pack: bool = False
     pack_max_segments: int = _ranged(0, lo=0)
+    stop_at_accuracy: float = _ranged(0.0, lo=0.0, hi=1.0)
 
     def __post_init__(self):
         _validate(self)

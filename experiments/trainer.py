@@ -190,24 +190,26 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
         best_metric="val_accuracy",
     )
     step, position, train_time_before = 0, {"epoch": 0, "step_in_epoch": 0}, 0.0
+    stopped = False  # train.stop_at_accuracy was reached: the run is finished before train.steps
     latest = manager.latest_step()
     if latest is not None:
         meta = manager.read_meta()
+        stopped = bool(meta.get("stopped_early", False))
         try:
             _check_resumable(meta.get("config", {}), config, manager.directory, latest)
         except ValueError:
             manager.close()
             raise
-        if latest >= tc.steps and not reevaluate and os.path.isfile(results_path):
+        if (latest >= tc.steps or stopped) and not reevaluate and os.path.isfile(results_path):
             manager.close()
             return _already_complete(results_path, workdir)
         meta = manager.restore(model=model, optimizer=optimizer, mesh=mesh)
         step, position = int(meta["step"]), meta["data_position"]
         train_time_before = float(meta.get("train_time_s", 0.0))
-        if step >= tc.steps and os.path.isfile(results_path):  # re-evaluating: keep the recorded time
+        if (step >= tc.steps or stopped) and os.path.isfile(results_path):  # re-evaluating: keep the recorded time
             with open(results_path) as f:
                 train_time_before = float(json.load(f).get("train_time_s", train_time_before))
-        if step < tc.steps:
+        if step < tc.steps and not stopped:
             _say(
                 f"resuming from {manager.directory}/{step} (epoch {position['epoch']}, "
                 f"batch {position['step_in_epoch']})"
@@ -260,6 +262,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             "data_position": stream.position,
             "rng": {"seed": tc.seed, "dropout": "fold_in(key(seed), step)"},
             "train_time_s": train_time(),
+            "stopped_early": stopped,
         }
         manager.save(at_step, model=model, optimizer=optimizer, meta=meta, metrics=metrics)
 
@@ -267,7 +270,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
     window = {"loss": 0.0, "acc": 0.0, "n": 0, "real": 0, "t": time.time()}
     last_val = None
     try:
-        while step < tc.steps:
+        while step < tc.steps and not stopped:
             host = _stack([stream.next() for _ in range(oc.accumulate)])
             # non-padding tokens of this step (this process's rows, scaled to the global batch)
             window["real"] += _real_tokens(host) * jax.process_count()
@@ -313,7 +316,14 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
                     loss=f"{rec['loss']:.3f}", acc=f"{rec['accuracy']:.3f}", tok_s=f"{rec['tokens_per_s']:.3g}"
                 )
                 window = {"loss": 0.0, "acc": 0.0, "n": 0, "real": 0, "t": time.time()}
-            if step % tc.eval_every == 0 or step == tc.steps:
+                if tc.stop_at_accuracy and rec["accuracy"] >= tc.stop_at_accuracy:
+                    stopped = True
+                    if primary:
+                        bar.write(
+                            f"step {step}: training accuracy {rec['accuracy']:.4f} >= train.stop_at_accuracy "
+                            f"{tc.stop_at_accuracy}; stopping early"
+                        )
+            if step % tc.eval_every == 0 or step == tc.steps or stopped:
                 t0 = time.time()
                 last_val = run_eval(tc.eval_split)
                 log.write(
@@ -346,6 +356,7 @@ def train_and_evaluate(config: Config, workdir, *, reevaluate: bool = False, tas
             "devices": n_dev,
             "processes": distributed.process_shard()[1],
             "train_time_s": train_time_s,
+            "stopped_early": stopped,
             "final_val": last_val,
             "best_step": manager.best_step(),
         }

@@ -133,6 +133,12 @@ def render_markdown(suite, records: list, best: list, *, scale: str | None, plot
         "the suite has them, the extra evaluations; the published number where a paper gives one.",
         "",
     ]
+    if suite.solved_at is not None:
+        lines += [
+            f"A cell's learning rates are run in the order of the protocol until one reaches "
+            f"{100 * suite.solved_at:g} % validation accuracy; the rest of that cell are not run.",
+            "",
+        ]
     coords = sorted({k for r in best for k in r["cell"]})
     has_lengths = any("accuracy_by_length" in (r["extras"] or {}) for r in best)
     has_test_extra = any("test_accuracy" in (r["extras"] or {}) for r in best)

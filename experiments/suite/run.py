@@ -5,6 +5,10 @@ an interrupted one resumes from its last checkpoint (``train_and_evaluate``'s ow
 holds ``suite.json`` (the grid as run) and ``.jax_cache/``, JAX's persistent compilation cache: runs of the
 same model shapes (the learning rates of one cell, a rerun of the suite) reuse compiled programs from it.
 
+A suite with ``solved_at`` skips the remaining learning rates of a cell once one of its runs reached that
+validation accuracy (the runs of a cell come in the spec's learning-rate order); the skip is decided again from
+the run dirs on every invocation, so it survives a resume.
+
 Progress: a tqdm bar over the runs and one line per run: name, validation / test accuracy, extras, wall time.
 """
 
@@ -99,7 +103,8 @@ def run_suite(
 ) -> list:
     """Train every run of suite ``name`` at ``scale`` (those matching ``only``) under ``root``.
 
-    Returns one record per run: ``{"name", "workdir", "status" ("trained" | "skipped"), "wall_time_s"}``.
+    Returns one record per run: ``{"name", "workdir", "status" ("trained" | "skipped" | "solved"), "wall_time_s"}``
+    ("solved": not run, an earlier learning rate of its cell reached ``suite.solved_at``).
     ``suite``: a ``Suite`` object to run instead of the registered one of that name (tests).
     """
     from algornn.experiments.trainer import train_and_evaluate
@@ -119,11 +124,18 @@ def run_suite(
 
     bar = tqdm(total=len(runs), desc=f"suite {name}", unit="run", disable=not progress, file=sys.stderr)
     records = []
+    solved = {}  # cell key -> (lr, validation accuracy) of the run that solved it
     t_suite = time.time()
     try:
         for i, run in enumerate(runs):
             workdir = os.path.join(root, run.name)
             t0 = time.time()
+            if run.cell_key in solved and not is_finished(run, workdir):
+                lr, val = solved[run.cell_key]
+                records.append({"name": run.name, "workdir": workdir, "status": "solved", "wall_time_s": 0.0})
+                bar.write(f"[{i + 1}/{len(runs)}] {run.name}: not run (its cell reached val {val:.3f} at lr {lr:g})")
+                bar.update(1)
+                continue
             if is_finished(run, workdir):
                 with open(os.path.join(workdir, RESULTS)) as f:
                     results = json.load(f)
@@ -137,14 +149,19 @@ def run_suite(
                 extras = run_extras(run, workdir) if run.has_extras else None
                 status = "trained"
             wall = time.time() - t0
+            val = results.get("final_val", {}).get("accuracy")
+            if suite.solved_at is not None and val is not None and val >= suite.solved_at:
+                solved.setdefault(run.cell_key, (run.lr, val))
             records.append({"name": run.name, "workdir": workdir, "status": status.split()[0], "wall_time_s": wall})
             bar.write(f"[{i + 1}/{len(runs)}] " + _summary(run, results, extras, wall, status))
             bar.update(1)
     finally:
         bar.close()
     trained = sum(r["status"] == "trained" for r in records)
+    not_run = sum(r["status"] == "solved" for r in records)
     print(
-        f"suite {name} ({scale}): {trained} run(s) trained, {len(records) - trained} skipped, "
+        f"suite {name} ({scale}): {trained} run(s) trained, {len(records) - trained - not_run} skipped (finished), "
+        f"{not_run} not run (cell solved), "
         f"{time.time() - t_suite:.0f} s wall; results under {root}; "
         f"write the report with: algornn-suite report {name} --root {root}"
     )

@@ -33,6 +33,8 @@ class Run:
     sequence lengths (``task_options`` ``seq_len`` overridden; ``extra_n_test`` examples each).
     ``extra_test``: evaluate the best checkpoint on the test split once more into ``extras.json`` (the number
     the report shows for length generalisation).
+    ``stop_at_accuracy``: ``train.stop_at_accuracy`` (stop at the first 10-step window whose training accuracy
+    reaches it; the report shows the steps each run trained).
     """
 
     suite: str
@@ -58,6 +60,7 @@ class Run:
     extra_lengths: tuple = ()
     extra_n_test: int = 0
     extra_test: bool = False
+    stop_at_accuracy: float = 0.0  # > 0: stop once a log window's training accuracy reaches it
 
     @property
     def cell_key(self) -> str:
@@ -105,6 +108,7 @@ class Run:
                 eval_batch_size=self.eval_batch_size,
                 progress=False,
                 seed=self.seed,
+                stop_at_accuracy=self.stop_at_accuracy,
             ),
         )
 
@@ -130,7 +134,11 @@ class Reference:
 @dataclass(frozen=True)
 class Suite:
     """A named grid: ``runs(scale)`` → list of ``Run``; ``x`` the cell coordinate the plots put on the x axis
-    (``"eval_len"``: the extra evaluation lengths), ``references`` the published numbers and patterns."""
+    (``"eval_len"``: the extra evaluation lengths), ``references`` the published numbers and patterns.
+
+    ``solved_at``: once a run of a cell reaches this validation accuracy, the cell's remaining learning rates are
+    not run (the best of the sweep cannot be beaten by more than ``1 - solved_at``); None runs every one.
+    """
 
     name: str
     title: str
@@ -138,6 +146,7 @@ class Suite:
     runs: Callable[[str], list]
     x: str
     references: tuple = ()
+    solved_at: float | None = None
 
     def grid(self, scale: str = "cpu", only: str | None = None) -> list:
         """The runs of ``scale``, those whose name matches the regular expression ``only`` when given."""

@@ -91,6 +91,29 @@ def test_skip_finished_resume_and_only(tmp_path):
         suite.grid("cpu", only="(")
 
 
+def test_solved_cell_skips_its_remaining_learning_rates(tmp_path):
+    """``Suite.solved_at``: the first run's validation accuracy decides whether the second is run at all, on
+    this invocation and on a rerun (decided from the run dirs again); the report says so."""
+    base, root = _tiny_suite(), str(tmp_path / "root")
+    first = run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=base, only="lr1e-03")
+    with open(os.path.join(first[0]["workdir"], "results.json")) as f:
+        val = json.load(f)["final_val"]["accuracy"]
+    names = [r.name for r in base.grid("cpu")]
+
+    def with_threshold(t):
+        return Suite("tiny", "tiny", "a two-run grid", base.runs, x="eval_len", solved_at=t)
+
+    # a threshold the first run reached: the second is not run, and nothing is written for it
+    solved = run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=with_threshold(val))
+    assert [r["status"] for r in solved] == ["skipped", "solved"]
+    assert not os.path.exists(os.path.join(root, names[1]))
+    paths = write_report("tiny", root=root, out_dir=str(tmp_path / "out"), suite=with_threshold(val))
+    assert "the rest of that cell are not run" in open(paths["md"]).read()
+    # a threshold no accuracy reaches: the second learning rate is trained
+    higher = run_suite("tiny", root=root, progress=False, compilation_cache=False, suite=with_threshold(1.01))
+    assert [r["status"] for r in higher] == ["skipped", "trained"]
+
+
 def _write_run(root, name, cell_key, lr, vals, test):
     """A hand-made finished run dir: ``vals`` the validation accuracies of its evaluations."""
     d = root / name

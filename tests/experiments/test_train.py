@@ -257,6 +257,31 @@ def test_non_finite_loss_stops_and_saves_nothing_bad(tmp_path):
     assert all(np.isfinite(v).all() for v in _params(model).values())
 
 
+def test_stop_at_accuracy_ends_the_run_and_a_rerun_keeps_it_finished(tmp_path):
+    base = ["train.eval_every=100", "train.checkpoint_every=0", "train.devices=1"]
+    straight = train_and_evaluate(tiny(*base), tmp_path / "full")
+    accs = [r["accuracy"] for r in _records(tmp_path / "full", "train")]
+    target = max(accs[:-1])  # reached before the last step, so stopping there is early
+    assert straight["steps"] == 6 and not straight["stopped_early"] and target > 0, accs
+    stop = accs.index(target) + 1  # log_every = 1: record i is step i + 1
+
+    config = tiny(*base, f"train.stop_at_accuracy={target}")
+    run = train_and_evaluate(config, tmp_path / "stop")
+    assert run["stopped_early"] and run["steps"] == stop and run["best_step"] == stop
+    assert [r["loss"] for r in _records(tmp_path / "stop", "train")] == [
+        r["loss"] for r in _records(tmp_path / "full", "train")
+    ][:stop]
+    assert [r["step"] for r in _records(tmp_path / "stop", "val")] == [stop]
+    assert run["test_from_best_checkpoint"]["count"] == 12
+    assert checkpoints.CheckpointManager(tmp_path / "stop" / "checkpoints").all_steps() == [stop]
+    # a rerun (or a re-evaluation) treats the stopped run as finished: no step is trained after it
+    again = train_and_evaluate(config, tmp_path / "stop")
+    assert again["already_complete"] and again["steps"] == stop
+    redo = train_and_evaluate(config, tmp_path / "stop", reevaluate=True)
+    assert redo["steps"] == stop and redo["final_val"] == run["final_val"]
+    assert checkpoints.CheckpointManager(tmp_path / "stop" / "checkpoints").all_steps() == [stop]
+
+
 def test_resume_with_different_model_config_is_refused(tmp_path):
     # plant a checkpoint of a wider model, as an earlier run with other settings would have left
     other = tiny("model.d_model=16")
