@@ -163,14 +163,14 @@ def selective_copying(scale: str) -> list:
     random positions among noise, to be reproduced in order after the delimiter; 2 layers.
 
     paper: L = 4096, width 64, 400 000 steps of batch 64 at lr 1e-4 (cosine here), lr ∈ {1e-4, 1e-3}.
-    cpu: L = 128, width 64, at most 400 steps of batch 32 on 4 000 examples, lr ∈ {3e-3, 1e-3} in that order; a
+    cpu: L = 128, width 64, at most 300 steps of batch 32 on 4 000 examples, lr ∈ {3e-3, 1e-3} in that order; a
     run stops once a 10-step window reaches 99 % training accuracy and a cell that reached 99 % validation
     accuracy skips its second learning rate (the L = 256 grid without the stops: ~30 min on 2 cores).
     """
     if scale == "smoke":
         length, lrs, mixers, d, steps, batch, n_copy, data = 16, [1e-3], ("selective_ssm",), 8, 1, 4, 4, _SMOKE_DATA
     elif scale == "cpu":
-        length, lrs, mixers, d, steps, batch, n_copy = 128, [3e-3, 1e-3], SELECTIVE_MIXERS, 64, 400, 32, 16
+        length, lrs, mixers, d, steps, batch, n_copy = 128, [3e-3, 1e-3], SELECTIVE_MIXERS, 64, 300, 32, 16
         data = dict(n_train=4000, n_val=200, n_test=200)
     else:
         length, lrs, mixers, d, steps, batch, n_copy = 4096, [1e-4, 1e-3], SELECTIVE_MIXERS, 64, 400_000, 64, 16
@@ -202,15 +202,15 @@ def induction(scale: str) -> list:
     L = 256, the best checkpoint evaluated at 64 … 4096 (paper: up to 2^20).
 
     paper: train L = 256, width 64, 8 192 steps of batch 8, lr ∈ {1e-4, 1e-3}; test lengths 2^6 … 2^14.
-    cpu: train L = 128, width 32, 300 steps of batch 32 on 4 000 examples, lr ∈ {1e-3, 3e-3}; test lengths
-    2^6 … 2^12 with 64 examples each.
+    cpu: train L = 128, width 32, 300 steps of batch 32 on 4 000 examples, lr 3e-3 (one rate: the grid has to
+    share 2 cores with the others); test lengths 2^6 … 2^11 with 64 examples each.
     """
     if scale == "smoke":
         length, lrs, mixers, d, steps, batch, data = 16, [1e-3], ("mamba2",), 8, 1, 4, _SMOKE_DATA
         lengths, n_extra = (8, 32), 4
     elif scale == "cpu":
-        length, lrs, mixers, d, steps, batch = 128, [1e-3, 3e-3], INDUCTION_MIXERS, 32, 300, 32
-        data, lengths, n_extra = dict(n_train=4000, n_val=200, n_test=200), tuple(2**k for k in range(6, 13)), 64
+        length, lrs, mixers, d, steps, batch = 128, [3e-3], INDUCTION_MIXERS, 32, 300, 32
+        data, lengths, n_extra = dict(n_train=4000, n_val=200, n_test=200), tuple(2**k for k in range(6, 12)), 64
     else:
         length, lrs, mixers, d, steps, batch = 256, [1e-4, 1e-3], INDUCTION_MIXERS, 64, 8192, 8
         data, lengths, n_extra = dict(n_train=65536, n_val=1000, n_test=1000), tuple(2**k for k in range(6, 15)), 256
@@ -253,7 +253,7 @@ def retrieval_capacity(scale: str) -> list:
     One layer; accuracy at the query vs S.
 
     paper: S ∈ {20, 40, 60, 80, 120}, width 64, one head, 1 layer, both settings, 20 000 steps of batch 32,
-    lr ∈ {1e-3, 3e-3}. cpu: S ∈ {20, 60, 120}, width 32, at most 300 steps of batch 32 on 4 000 examples (a run
+    lr ∈ {1e-3, 3e-3}. cpu: S ∈ {20, 60, 120}, width 32, at most 200 steps of batch 32 on 4 000 examples (a run
     stops once a 10-step window reaches 99 % training accuracy), lr 3e-3, the variants la_elu, la_dpfp1,
     delta_elu, delta_dpfp1 (ν = 2 at paper scale only).
     """
@@ -261,7 +261,7 @@ def retrieval_capacity(scale: str) -> list:
         sizes, lrs, variants, d, steps, batch, settings, data = [4], [1e-3], CAPACITY_VARIANTS[3:4], 8, 1, 4, [2], {}
         data = _SMOKE_DATA
     elif scale == "cpu":
-        sizes, lrs, d, steps, batch, settings = [20, 60, 120], [3e-3], 32, 300, 32, [1, 2]
+        sizes, lrs, d, steps, batch, settings = [20, 60, 120], [3e-3], 32, 200, 32, [1, 2]
         variants = tuple(v for v in CAPACITY_VARIANTS if not v[0].endswith("dpfp2"))
         data = dict(n_train=4000, n_val=200, n_test=200)
     else:
@@ -309,7 +309,7 @@ def state_tracking(scale: str) -> list:
     without negative eigenvalues. The report's number is the test accuracy (the lengths never trained on).
 
     paper: width 128, 2 layers, 100 000 steps of batch 256 (Grazzi et al.), lr ∈ {1e-4, 3e-4, 1e-3}.
-    cpu: width 32, 2 layers, 600 steps of batch 32 on 4 000 examples, lr ∈ {1e-3, 3e-3}, 200 test rows.
+    cpu: width 32, 2 layers, 400 steps of batch 32 on 4 000 examples, lr 3e-3 (one rate), 200 test rows.
     """
     if scale == "smoke":
         tasks, lrs, variants, d, steps, batch = ["parity"], [1e-3], STATE_VARIANTS[1:2], 8, 1, 4
@@ -317,10 +317,10 @@ def state_tracking(scale: str) -> list:
     elif scale == "cpu":
         tasks, lrs, variants, d, steps, batch = (
             ["parity", "modular_arithmetic"],
-            [1e-3, 3e-3],
+            [3e-3],
             STATE_VARIANTS,
             32,
-            600,
+            400,
             32,
         )
         ranges, data = (
