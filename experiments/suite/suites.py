@@ -48,6 +48,9 @@ def _run(scale: str, *, mixer: str, steps: int, options: dict | None = None, **f
 
 # ------------------------------------------------------------------------------------------------ memory
 MEMORY_MIXERS = tuple(MIXERS)  # every mixer of the library, in the registry's order
+# Beside the defaults (cpu and paper scales): LMU with its window θ (default 100 steps) set to the sequence length,
+# as the LMU paper sets θ to the length of the task (psMNIST: θ = 784); (label, mixer, options of the length).
+MEMORY_EXTRA = (("lmu_theta_L", "lmu", lambda length: {"theta": float(length)}),)
 
 
 def memory(scale: str) -> list:
@@ -65,20 +68,24 @@ def memory(scale: str) -> list:
     ~0.2–1.9 s per step). Calibration (2026-12-01/02): S4D at lr 3e-3 reaches 100 % at step 200 but 56 % at step
     100; at width 32 it reaches 65 % at step 200 (lr 3e-3) and 50 % (lr 1e-2), so the cpu grid keeps width 64.
     """
+    variants = [(mixer, mixer, lambda length: {}) for mixer in MEMORY_MIXERS] + list(MEMORY_EXTRA)
     if scale == "smoke":
-        lengths, lrs, mixers, d, steps, batch, data = [16], [3e-3], ("s4d",), 8, 1, 4, _SMOKE_DATA
+        lengths, lrs, d, steps, batch, data = [16], [3e-3], 8, 1, 4, _SMOKE_DATA
+        variants = [("s4d", "s4d", lambda length: {})]
     elif scale == "cpu":
-        lengths, lrs, mixers, d, steps, batch = [512], [1e-2, 3e-3, 1e-3], MEMORY_MIXERS, 64, 200, 32
+        lengths, lrs, d, steps, batch = [512], [1e-2, 3e-3, 1e-3], 64, 200, 32
         data = dict(n_train=6400, n_val=500, n_test=500)
     else:
-        lengths, lrs, mixers, d, steps, batch = [512, 2048], [1e-3, 3e-3, 1e-2], MEMORY_MIXERS, 64, 1000, 32
+        lengths, lrs, d, steps, batch = [512, 2048], [1e-3, 3e-3, 1e-2], 64, 1000, 32
         data = dict(n_train=10000, n_val=1000, n_test=1000)
     return [
         _run(
             scale,
             suite="memory",
             task="presence",
+            label=label,
             mixer=mixer,
+            options=options(length),
             lr=lr,
             d_model=d,
             steps=steps,
@@ -92,7 +99,7 @@ def memory(scale: str) -> list:
             warmup_steps=0,
             stop_at_accuracy=0.0 if scale == "smoke" else 0.99,
         )
-        for mixer in mixers
+        for label, mixer, options in variants
         for length in lengths
         for lr in lrs
     ]
