@@ -12,6 +12,7 @@ import pytest
 
 from algornn.experiments.suite import SUITES, Run, Suite, best_per_cell, collect, run_suite, write_report
 from algornn.experiments.suite.cli import main
+from algornn.layers import MIXERS
 
 pytestmark = pytest.mark.loose_promotion
 
@@ -178,10 +179,11 @@ def test_cli_help_list_and_errors(tmp_path, capsys):
 
 
 def test_cpu_grids_keep_the_protocols():
-    """The cpu grids keep each protocol's structure: every mixer on memory with 3 learning rates, both
+    """The cpu grids keep each protocol's structure: every mixer on memory with 3 learning rates (plus LMU with
+    θ = L), both
     capacity settings, both state-tracking tasks with and without negative eigenvalues, induction's lengths."""
     memory = SUITES["memory"].grid("cpu")
-    assert {r.mixer for r in memory} >= {"lru", "selective_ssm", "s4d", "deltanet"} and len({r.lr for r in memory}) == 3
+    assert {r.label for r in memory} == set(MIXERS) | {"lmu_theta_L"} and len({r.lr for r in memory}) == 3
     capacity = SUITES["retrieval_capacity"].grid("cpu")
     assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
         "linear_attention",
@@ -191,7 +193,9 @@ def test_cpu_grids_keep_the_protocols():
     assert {r.task for r in state} == {"parity", "modular_arithmetic"}
     assert {r.mixer_options.get("negative_eigenvalues", False) for r in state} == {True, False}
     (lengths,) = {r.extra_lengths for r in SUITES["induction"].grid("cpu")}
-    assert lengths[0] == 64 and lengths[-1] == 4096
+    assert lengths[0] == 64 and lengths[-1] == 2048  # trained at 128: up to 16x the training length
+    (paper_lengths,) = {r.extra_lengths for r in SUITES["induction"].grid("paper")}
+    assert paper_lengths[-1] == 2**14
     mqar = SUITES["mqar"].grid("paper")
     assert {(r.task_options["n_keys"], r.task_options["n_values"]) for r in mqar} == {(4096, 4096)}
     assert len({r.lr for r in mqar}) == 4 and {r.d_model for r in mqar} == {64, 128}
