@@ -37,6 +37,11 @@ def _lrs(lo_exp: float, hi_exp: float, n: int) -> list:
     return [float(f"{v:.3g}") for v in np.logspace(lo_exp, hi_exp, n)]
 
 
+def _cpu_stop(scale: str) -> float:
+    """``Run.stop_at_accuracy`` of the cpu grids that stop early (99 % training accuracy); 0 (off) elsewhere."""
+    return 0.99 if scale == "cpu" else 0.0
+
+
 def _run(scale: str, *, mixer: str, steps: int, options: dict | None = None, **fields) -> Run:
     """A ``Run`` with the suites' shared defaults: the label is the mixer, the mixer options are ``options`` over
     the smoke sizes (``_options``), 1 layer at smoke scale (else 2) and 10 % warmup (none at smoke scale)."""
@@ -149,7 +154,7 @@ def mqar(scale: str) -> list:
             batch_size=batch,
             task_options=dict(seq_len=length, n_pairs=pairs, n_keys=half, n_values=half, **layout, **data),
             cell={"seq_len": length, "pairs": pairs},
-            stop_at_accuracy=0.99 if scale == "cpu" else 0.0,
+            stop_at_accuracy=_cpu_stop(scale),
         )
         for mixer in mixers
         for length, pairs in cells
@@ -194,7 +199,7 @@ def selective_copying(scale: str) -> list:
             batch_size=batch,
             task_options=dict(seq_len=length, n_copy=n_copy, n_symbols=16, **data),
             cell={"seq_len": length},
-            stop_at_accuracy=0.99 if scale == "cpu" else 0.0,
+            stop_at_accuracy=_cpu_stop(scale),
         )
         for mixer in mixers
         for lr in lrs
@@ -289,7 +294,7 @@ def retrieval_capacity(scale: str) -> list:
             task_options=dict(n_keys=s, setting=setting, **data),
             cell={"setting": setting, "n_keys": s},
             options={"num_heads": 1, **options},
-            stop_at_accuracy=0.99 if scale == "cpu" else 0.0,
+            stop_at_accuracy=_cpu_stop(scale),
         )
         for label, mixer, options in variants
         for setting in settings
