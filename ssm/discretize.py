@@ -22,9 +22,11 @@ complex; S4D's conjugate half). Results are float32 / complex64 (float64 / compl
 
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+from jax import lax
 
 from algornn.scan_kernels._common.validate import as_array, check_choice, check_inexact, check_ndim
 from algornn.ssm import _checks as ck
+from algornn.ssm._solve import solve
 
 
 def _prepare(A, B, dt, *, diagonal):
@@ -64,7 +66,10 @@ def zoh(A, B, dt):
     batch = A.shape[:-2]
     top = jnp.concatenate([A, B[..., None]], axis=-1)  # (..., N, N+1)
     M = jnp.concatenate([top, jnp.zeros(batch + (1, N + 1), A.dtype)], axis=-2)  # (..., N+1, N+1)
-    E = jsl.expm(M * dt[..., None, None])
+    Mdt = (M * dt[..., None, None]).reshape((-1, N + 1, N + 1))
+    # One matrix at a time: jsl.expm solves with LAPACK, whose batched kernels can deadlock the CPU thread pool
+    # when two run at once (``ssm/_solve.py``); a single system runs inline.
+    E = lax.map(jsl.expm, Mdt).reshape(batch + (N + 1, N + 1))
     return E[..., :N, :N], E[..., :N, N]
 
 
@@ -75,10 +80,10 @@ def bilinear(A, B, dt):
     eye = ck.bcast(jnp.eye(N, dtype=A.dtype), A.shape)
     half = (0.5 * dt)[..., None, None] * A
     lhs = eye - half
-    # One solve with [I + ΔA/2, ΔB] as the right-hand side: one LU instead of two. (Two solves sharing the
-    # left-hand side deadlock the XLA CPU runtime of jaxlib 0.10.2 for batches of >= 1024 systems.)
+    # One solve with [I + ΔA/2, ΔB] as the right-hand side, by elimination in XLA ops (``ssm/_solve.py``: jaxlib's
+    # batched LAPACK solves can deadlock the CPU thread pool when two run at once).
     rhs = jnp.concatenate([eye + half, (dt[..., None] * B)[..., None]], axis=-1)  # (..., N, N + 1)
-    sol = jnp.linalg.solve(lhs, rhs)
+    sol = solve(lhs, rhs)
     return sol[..., :N], sol[..., N]
 
 

@@ -131,8 +131,8 @@ print("ok")
 
 
 def test_bilinear_many_systems_completes_and_matches_scipy():
-    # Regression: two batched solves sharing a left-hand side deadlocked the XLA CPU runtime of jaxlib 0.10.2
-    # for >= 1024 systems (HiPPO-LegS with a per-step Δ). Run in a subprocess so a hang fails, not stalls.
+    # Regression: batched LAPACK solves deadlocked the XLA CPU runtime of jaxlib 0.10.2 for >= 1024 systems
+    # (HiPPO-LegS with a per-step Δ; ssm/_solve.py says why). Run in a subprocess so a hang fails, not stalls.
     import subprocess
     import sys
 
