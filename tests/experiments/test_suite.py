@@ -12,6 +12,7 @@ import pytest
 
 from algornn.experiments.suite import SUITES, Run, Suite, best_per_cell, collect, run_suite, write_report
 from algornn.experiments.suite.cli import main
+from algornn.experiments.suite.suites import RANGE_MIXERS
 from algornn.layers import MIXERS
 
 pytestmark = pytest.mark.loose_promotion
@@ -199,3 +200,13 @@ def test_cpu_grids_keep_the_protocols():
     mqar = SUITES["mqar"].grid("paper")
     assert {(r.task_options["n_keys"], r.task_options["n_values"]) for r in mqar} == {(4096, 4096)}
     assert len({r.lr for r in mqar}) == 4 and {r.d_model for r in mqar} == {64, 128}
+    # the recall suites give linear attention and DeltaNet a short conv (no position information otherwise)
+    for name in ("mqar", "selective_copying", "induction"):
+        for scale in ("cpu", "paper"):
+            convs = {r.mixer: r.mixer_options.get("short_conv") for r in SUITES[name].grid(scale)}
+            assert all(convs[m] == 4 for m in ("linear_attention", "deltanet") if m in convs), (name, scale)
+            assert convs.get("s4d", None) is None
+    # memory_range: the mixers at chance on memory, at shorter lengths than memory's 512
+    ranged = SUITES["memory_range"].grid("cpu")
+    assert {r.mixer for r in ranged} == set(RANGE_MIXERS) and {r.cell["seq_len"] for r in ranged} == {64, 256}
+    assert all(r.task == "presence" and r.steps > 200 for r in ranged)
