@@ -210,3 +210,5 @@ def test_cpu_grids_keep_the_protocols():
     ranged = SUITES["memory_range"].grid("cpu")
     assert {r.mixer for r in ranged} == set(RANGE_MIXERS) and {r.cell["seq_len"] for r in ranged} == {64, 256}
     assert all(r.task == "presence" and r.steps > 200 for r in ranged)
+    # retrieval capacity: the width-2 conv stands in for Schlag et al.'s key and value arriving in one step
+    assert {r.mixer_options["short_conv"] for r in SUITES["retrieval_capacity"].grid("cpu")} == {2}
