@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from algornn.layers._fast_weight import DeltaNetOptions, _FastWeightMixer, beta_of, delta_rule_op
-from algornn.layers._options import check_bool, check_int, check_sequence_axis
+from algornn.layers._options import check_bool, check_dt_range, check_int, check_sequence_axis
 from algornn.layers._params import dt_bias_param, ssm_param
 from algornn.scan_kernels import delta_product, delta_product_step, delta_rule_step
 
@@ -38,10 +38,13 @@ class GatedDeltaNetOptions(DeltaNetOptions):
     short_conv: int | None = 4
     output_gate: bool = True
     per_key_decay: bool = False
+    dt_min: float = DT_MIN
+    dt_max: float = DT_MAX
 
     def __post_init__(self):
         super().__post_init__()
         check_bool("per_key_decay", self.per_key_decay)
+        check_dt_range(self.dt_min, self.dt_max)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,11 +55,14 @@ class DeltaProductOptions(DeltaNetOptions):
     output_gate: bool = True
     num_householder: int = 2
     gated: bool = True
+    dt_min: float = DT_MIN
+    dt_max: float = DT_MAX
 
     def __post_init__(self):
         super().__post_init__()
         check_int("num_householder", self.num_householder)
         check_bool("gated", self.gated)
+        check_dt_range(self.dt_min, self.dt_max)
         check_sequence_axis(
             self.sequence_axis,
             scan=False,
@@ -65,9 +71,11 @@ class DeltaProductOptions(DeltaNetOptions):
 
 
 def _init_decay(layer, d_model: int, size: int, rngs) -> None:
-    """The Mamba-2 decay parameters of ``size`` gates: ``dt_proj (D -> size)``, ``dt_bias``, ``A_log (size,)``."""
+    """The Mamba-2 decay parameters of ``size`` gates: ``dt_proj (D -> size)``, ``dt_bias`` (Δ log-uniform in
+    ``[options.dt_min, options.dt_max]``), ``A_log (size,)``."""
+    opt = layer.options
     layer.dt_proj = layer._linear(d_model, size, rngs)
-    layer.dt_bias = dt_bias_param(rngs.params(), size, DT_MIN, DT_MAX, layer.param_dtype)
+    layer.dt_bias = dt_bias_param(rngs.params(), size, opt.dt_min, opt.dt_max, layer.param_dtype)
     A = jax.random.uniform(rngs.params(), (size,), jnp.float32, A_MIN, A_MAX)
     layer.A_log = ssm_param(jnp.log(A), layer.param_dtype)
 
@@ -75,8 +83,10 @@ def _init_decay(layer, d_model: int, size: int, rngs) -> None:
 def _log_decay(layer, x, shape):
     """``log α = −softplus(x W_Δ + b_Δ) · exp(A_log)`` in float32, reshaped to ``shape`` (``(..., H)`` or
     ``(..., H, K)``)."""
-    delta = jax.nn.softplus(layer.dt_proj(x).astype(jnp.float32) + layer.dt_bias[...].astype(jnp.float32))
-    return (-delta * jnp.exp(layer.A_log[...].astype(jnp.float32))).reshape(shape)
+    z = layer.dt_proj(x).astype(jnp.float32)  # (..., size)
+    lift = tuple(range(z.ndim - 1))  # explicit broadcasting of the per-gate (size,) parameters over (...)
+    delta = jax.nn.softplus(z + jnp.expand_dims(layer.dt_bias[...].astype(jnp.float32), lift))
+    return (-delta * jnp.expand_dims(jnp.exp(layer.A_log[...].astype(jnp.float32)), lift)).reshape(shape)
 
 
 class GatedDeltaNet(_FastWeightMixer):
@@ -99,6 +109,8 @@ class GatedDeltaNet(_FastWeightMixer):
         negative_eigenvalues: β = 2σ(x w_β) ∈ (0, 2) instead of σ(x w_β): eigenvalues of the transition in
             (−1, 1) (Grazzi et al. 2025).
         per_key_decay: one decay per key dimension, log α (B, L, H, K), instead of one per head (B, L, H).
+        dt_min, dt_max: range of the log-uniform initial Δ (through the softplus bias b_Δ; Mamba-2's 1e-3, 1e-1).
+            The decay per step starts at exp(−Δ·A), A ~ U(1, 16): lower both to start with a longer memory.
         backend: op backend: None (auto), "reference", "xla", "pallas".
         sequence_axis: None, or the mesh axis the time axis is sharded over: ``delta_rule`` runs through
             ``scan_kernels.sequence_parallel`` on the mesh of ``jax.set_mesh`` (unsharded without one).
@@ -125,6 +137,8 @@ class GatedDeltaNet(_FastWeightMixer):
         output_gate: bool = True,
         negative_eigenvalues: bool = False,
         per_key_decay: bool = False,
+        dt_min: float = DT_MIN,
+        dt_max: float = DT_MAX,
         backend: str | None = None,
         sequence_axis: str | None = None,
         dtype=jnp.float32,
@@ -169,6 +183,8 @@ class DeltaProduct(_FastWeightMixer):
         negative_eigenvalues: β = 2σ(·) ∈ (0, 2) instead of σ(·) (Grazzi et al. 2025; Siems et al. 2025 §3).
         num_householder: n, the keys, values and β per token (n = 1: Gated DeltaNet).
         gated: multiply the state by the Mamba-2 decay α_t before each token's steps (False: α_t = 1).
+        dt_min, dt_max: range of the log-uniform initial Δ of the decay (as :class:`GatedDeltaNet`); unused with
+            ``gated=False``.
         backend: op backend: None (auto), "reference", "xla", "pallas".
         sequence_axis: must be None (DeltaProduct has no sequence-parallel form yet).
         dtype: compute dtype of the projections, inputs and outputs; the op accumulates its state in float32.
@@ -195,6 +211,8 @@ class DeltaProduct(_FastWeightMixer):
         negative_eigenvalues: bool = False,
         num_householder: int = 2,
         gated: bool = True,
+        dt_min: float = DT_MIN,
+        dt_max: float = DT_MAX,
         backend: str | None = None,
         sequence_axis: str | None = None,
         dtype=jnp.float32,

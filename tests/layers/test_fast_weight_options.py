@@ -294,6 +294,8 @@ def test_negative_eigenvalues_give_beta_above_one(name, monkeypatch):
         ("gated_deltanet", {"per_key_decay": None}, r"per_key_decay=None must be True or False"),
         ("delta_product", {"num_householder": 0}, r"num_householder=0 must be an integer >= 1"),
         ("delta_product", {"gated": "no"}, r"gated='no' must be True or False"),
+        ("gated_deltanet", {"dt_min": 0.5, "dt_max": 0.1}, r"dt_min=0.5 must be <= dt_max=0.1"),
+        ("delta_product", {"dt_min": -1.0}, r"dt_min"),
     ],
 )
 def test_bad_options_raise_value_errors_naming_the_option(name, bad, match):

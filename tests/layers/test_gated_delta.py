@@ -60,3 +60,18 @@ def test_bfloat16_compute_is_close_to_float32(name):
     ybf_step = run_steps(bf, x.astype(jnp.bfloat16))
     assert ybf_step.dtype == jnp.bfloat16
     assert_close(ybf_step.astype(jnp.float32), y32, rtol=tolerance("bfloat16"), name=f"{name} bf16 step")
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "delta_product"])
+def test_decay_init_draws_delta_from_dt_min_to_dt_max(name):
+    """Δ₀ = softplus(b_Δ) lies in [dt_min, dt_max] (Mamba-2's 1e-3 … 1e-1 by default; a lower range is the lever for
+    a longer memory at initialisation) and A = exp(A_log) in [1, 16]."""
+    import numpy as np
+
+    for rng, kw in (((1e-3, 1e-1), {}), ((1e-5, 1e-4), {"dt_min": 1e-5, "dt_max": 1e-4})):
+        m = make_mixer(name, num_heads=16, key_dim=4, value_dim=4, **kw)
+        delta0 = np.logaddexp(0.0, np.asarray(m.dt_bias[...], np.float64))
+        A = np.exp(np.asarray(m.A_log[...], np.float64))
+        assert np.all((delta0 >= rng[0] * 0.999) & (delta0 <= rng[1] * 1.001)), delta0
+        assert delta0.max() / delta0.min() > 2  # drawn over the range, not one value
+        assert np.all((A >= 1) & (A <= 16))
