@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
         default="cpu",
         choices=("cpu", "paper", "smoke"),
         metavar="{cpu,paper}",
-        help="cpu (default: <= 30 min per suite on 2 CPU cores) or paper (the papers' sizes, for a GPU)",
+        help="cpu (default: sized for 2 CPU cores; the wall times per suite are in the README) or paper (the "
+        "papers' sizes, for a GPU)",
     )
     run.add_argument(
         "--only",

@@ -55,6 +55,7 @@ def _run(scale: str, *, mixer: str, steps: int, options: dict | None = None, **f
 MEMORY_MIXERS = tuple(MIXERS)  # every mixer of the library, in the registry's order
 # Beside the defaults (cpu and paper scales): LMU with its window θ (default 100 steps) set to the sequence length,
 # as the LMU paper sets θ to the length of the task (psMNIST: θ = 784); (label, mixer, options of the length).
+# The levers of the gated delta rules are the suite ``memory_levers``.
 MEMORY_EXTRA = (("lmu_theta_L", "lmu", lambda length: {"theta": float(length)}),)
 
 
@@ -117,7 +118,7 @@ def _presence(scale, suite, label, mixer, options, length, lr, d, steps, batch, 
 
 
 # The mixers that stay at chance on ``memory`` at L = 512 (cpu scale, 200 steps; experiments/results/suite_memory.md)
-RANGE_MIXERS = ("s5", "gla", "retnet", "gated_deltanet", "selective_ssm", "hawk", "mamba2")
+RANGE_MIXERS = ("s5", "gla", "retnet", "gated_deltanet", "selective_ssm", "hawk", "mamba2", "mlstm", "delta_product")
 
 
 def memory_range(scale: str) -> list:
@@ -141,6 +142,44 @@ def memory_range(scale: str) -> list:
         _presence(scale, "memory_range", mixer, mixer, {}, length, lr, d, steps, batch, data)
         for mixer in mixers
         for length in lengths
+        for lr in lrs
+    ]
+
+
+def memory_levers(scale: str) -> list:
+    """Why the gated delta rules (Gated DeltaNet, DeltaProduct) stay at chance on ``memory``: the probe at L = 64
+    (and L = 512 with both levers) for their two suspects, crossed (issue 16 §3):
+
+    - the decay init: Mamba-2's (Δ log-uniform in [1e-3, 1e-1], A ~ U(1, 16)) or a slow one (Δ in [1e-4, 1e-3]);
+      with 4 heads the slowest of Mamba-2's decays is a lottery of the init seed (``memory_gradient --seeds``);
+    - the output gate ``RMSNorm(o) ⊙ silu(x W_g)`` (the papers' block) on or off.
+
+    Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop), init seed 0.
+    cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, at most 200 steps, lr 3e-3
+    (the issue's probe), 6 400 training examples. paper: the same at L ∈ {64, 512, 2048}, 1000 steps, lr ∈ {1e-2,
+    3e-3, 1e-3}, 10 000 examples.
+    """
+    inits = {"mamba2dt": {}, "slowdt": {"dt_min": 1e-4, "dt_max": 1e-3}}
+    variants = [
+        (f"{mixer}_{init}_{'gate' if gate else 'nogate'}", mixer, {**dt, "output_gate": gate})
+        for mixer in ("gated_deltanet", "delta_product")
+        for init, dt in inits.items()
+        for gate in (True, False)
+    ]
+    if scale == "smoke":
+        variants = [v for v in variants if v[0] == "gated_deltanet_slowdt_nogate"]
+        cells, lrs, d, steps, batch, data = [(16, None)], [3e-3], 8, 1, 4, _SMOKE_DATA
+    elif scale == "cpu":
+        cells, lrs, d, steps, batch = [(64, None), (512, "slowdt_nogate")], [3e-3], 64, 200, 32
+        data = dict(n_train=6400, n_val=500, n_test=500)
+    else:
+        cells, lrs, d, steps, batch = [(64, None), (512, None), (2048, None)], [1e-2, 3e-3, 1e-3], 64, 1000, 32
+        data = dict(n_train=10000, n_val=1000, n_test=1000)
+    return [
+        _presence(scale, "memory_levers", label, mixer, options, length, lr, d, steps, batch, data)
+        for length, only in cells
+        for label, mixer, options in variants
+        if only is None or label.endswith(only)
         for lr in lrs
     ]
 
@@ -169,17 +208,18 @@ def mqar(scale: str) -> list:
     paper: vocabulary 8192 (4096 keys, 4096 values), (L, pairs) ∈ {(64, 4), (128, 8), (256, 16)}, width
     ∈ {64, 128}, lr ∈ logspace(−4, −2, 4), 100 000 training examples,
     12 500 steps of batch 64 (8 of Zoology's 64 epochs).
-    cpu: 32 keys and 32 values, (L, pairs) ∈ {(64, 4), (128, 8)}, width 64 only, lr ∈ {3e-3, 1e-3} in that
-    order, at most 600 steps of batch 32 on 20 000 examples (one pass), without gated_deltanet; a run stops once
-    a 10-step window reaches 99 % training accuracy and a cell that reached 99 % validation accuracy skips its
-    second learning rate. (The first cpu grid, vocabulary 256, widths 32 and 64, 150 steps and no short conv
-    on the fast-weight mixers, left every run at chance.)
+    cpu: 32 keys and 32 values, (L, pairs) ∈ {(64, 4), (128, 8)}, width 64 only, lr ∈ {1e-2, 3e-3} (Zoology's
+    two largest; in that order), at most 600 steps of batch 32 on 20 000 examples (one pass), without
+    gated_deltanet; a run stops once a 10-step window reaches 99 % training accuracy and a cell that reached 99 %
+    validation accuracy skips its second learning rate. (The first cpu grid, vocabulary 256, widths 32 and 64,
+    150 steps and no short conv on the fast-weight mixers, left every run at chance; the second, lr ∈ {3e-3,
+    1e-3}, had 1e-3 behind 3e-3 in every cell.)
     """
     if scale == "smoke":
         cells, widths, lrs, mixers, steps, batch = [(16, 2)], [8], [1e-3], ("deltanet",), 1, 4
         half, data = 7, _SMOKE_DATA
     elif scale == "cpu":
-        cells, widths, lrs, mixers, steps, batch = [(64, 4), (128, 8)], [64], [3e-3, 1e-3], MQAR_CPU_MIXERS, 600, 32
+        cells, widths, lrs, mixers, steps, batch = [(64, 4), (128, 8)], [64], [1e-2, 3e-3], MQAR_CPU_MIXERS, 600, 32
         half, data = 32, dict(n_train=20000, n_val=200, n_test=200)
     else:
         cells, widths, lrs, mixers, steps = [(64, 4), (128, 8), (256, 16)], [64, 128], _lrs(-4, -2, 4), MQAR_MIXERS, 0
@@ -463,6 +503,15 @@ SUITES = {
             memory_range,
             x="seq_len",
             references=(Reference("issue 16 §3", "a mixer that learns nowhere is a defect; chance 50 %"),),
+            solved_at=0.99,
+        ),
+        Suite(
+            "memory_levers",
+            "The presence probe for the gated delta rules: decay init x output gate",
+            memory_levers.__doc__,
+            memory_levers,
+            x="seq_len",
+            references=(Reference("issue 16 §3", "DeltaNet (no decay, no gate) solves L = 512 in 40 steps"),),
             solved_at=0.99,
         ),
         Suite(

@@ -181,10 +181,16 @@ def test_cli_help_list_and_errors(tmp_path, capsys):
 
 def test_cpu_grids_keep_the_protocols():
     """The cpu grids keep each protocol's structure: every mixer on memory with 3 learning rates (plus LMU with
-    θ = L), both
+    θ = L; the gated delta rules' levers in memory_levers), both
     capacity settings, both state-tracking tasks with and without negative eigenvalues, induction's lengths."""
     memory = SUITES["memory"].grid("cpu")
     assert {r.label for r in memory} == set(MIXERS) | {"lmu_theta_L"} and len({r.lr for r in memory}) == 3
+    # memory_levers: the gated delta rules' decay init crossed with their output gate at L = 64
+    levers = {(r.label, r.cell["seq_len"]): r.mixer_options for r in SUITES["memory_levers"].grid("cpu")}
+    for mixer in ("gated_deltanet", "delta_product"):
+        assert levers[(f"{mixer}_mamba2dt_gate", 64)] == {"output_gate": True}
+        assert levers[(f"{mixer}_slowdt_nogate", 512)] == {"dt_min": 1e-4, "dt_max": 1e-3, "output_gate": False}
+    assert len(levers) == 10
     capacity = SUITES["retrieval_capacity"].grid("cpu")
     assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
         "linear_attention",
