@@ -17,6 +17,11 @@ With E = proj_factor·D inner channels, H heads of size K = V = E / H, from ``x 
     h = GroupNorm_H(h̃) ⊙ γ + s ⊙ x_c                    per-head norm, learnable skip s (per channel)
     y = (h ⊙ silu(z)) W_down                              output gate from the z branch, (B, L, D)
 
+``output_norm=False`` drops the per-head norm (``h = h̃ + s ⊙ x_c``, no γ) and ``output_gate=False`` the z branch
+(``y = h W_down``, an up-projection to E channels only): the memory probe learns a one-bit memory at L = 256 only
+without them (docs/layers.md §The memory probe: what each mixer learns with its defaults); both default to
+the paper's block.
+
 The gates read q, k and v (the paper's block, Fig. 10), not the block input x. The output gate o_t of (21) and
 (27) is the block's ``silu(z)`` branch. Initialisation as in the paper's code: forget-gate biases
 ``linspace(3, 6, H)`` and input-gate biases ``N(0, 0.1²)`` with zero gate weights, skip and norm scales 1.
@@ -36,6 +41,7 @@ from flax import nnx
 from algornn.layers._fast_weight import packed, zero_padding
 from algornn.layers._options import (
     check_batch_size,
+    check_bool,
     check_choice,
     check_discrete_dt_scale,
     check_dtypes,
@@ -69,6 +75,8 @@ class MLSTMOptions:
     short_conv: int | None = 4
     qkv_block_size: int = 4
     qk_norm: str | None = None
+    output_norm: bool = True
+    output_gate: bool = True
     chunk_size: int = 64
     backend: str | None = None
 
@@ -79,6 +87,8 @@ class MLSTMOptions:
             check_int("short_conv", self.short_conv)
         check_int("qkv_block_size", self.qkv_block_size)
         check_choice("qk_norm", self.qk_norm, QK_NORMS)
+        check_bool("output_norm", self.output_norm)
+        check_bool("output_gate", self.output_gate)
         check_int("chunk_size", self.chunk_size)
         check_choice("backend", self.backend, (None,) + BACKENDS)
 
@@ -121,6 +131,8 @@ class MLSTM(nnx.Module):
         short_conv: width W of the causal depthwise convolution (with SiLU) feeding q, k and the skip; None: none.
         qkv_block_size: block size of the block-diagonal q, k, v projections (E: dense E×E projections).
         qk_norm: None or "l2" (q and k L2-normalised per head before the 1/√K scale of q).
+        output_norm: the per-head norm of h̃ with its scale γ (the paper's block; False: h = h̃ + s ⊙ x_c).
+        output_gate: the output gate silu(z) from a second up-projection branch (the paper's block; False: no z).
         chunk_size: chunk length C of the chunked parallel form of ``scan_kernels.mlstm``.
         backend: op backend: None (auto), "reference", "xla", "pallas".
         dtype: compute dtype of the projections, convolution, norm, inputs and outputs; the gates and the mLSTM
@@ -142,6 +154,8 @@ class MLSTM(nnx.Module):
         short_conv: int | None = 4,
         qkv_block_size: int = 4,
         qk_norm: str | None = None,
+        output_norm: bool = True,
+        output_gate: bool = True,
         chunk_size: int = 64,
         backend: str | None = None,
         dtype=jnp.float32,
@@ -155,7 +169,8 @@ class MLSTM(nnx.Module):
         H, b = opt.num_heads, opt.qkv_block_size
         self.options, self.d_model, self.inner, self.heads, self.head_dim = opt, d_model, E, H, E // H
         dt, pdt = self.dtype, self.param_dtype
-        self.up_proj = nnx.Linear(d_model, 2 * E, use_bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
+        branches = 2 if output_gate else 1  # [x_m, z], or x_m alone without the output gate
+        self.up_proj = nnx.Linear(d_model, branches * E, use_bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
         conv = dict(activation="silu", dtype=dt, param_dtype=pdt, rngs=rngs)
         self.conv = None if short_conv is None else ShortConv(E, short_conv, **conv)  # silu(conv(x_m))
         # block-diagonal q, k, v projections: E / b blocks of b×b, fan-in b
@@ -166,7 +181,8 @@ class MLSTM(nnx.Module):
         gate = dict(use_bias=True, kernel_init=nnx.initializers.zeros_init(), dtype=dt, param_dtype=pdt, rngs=rngs)
         self.i_proj = nnx.Linear(3 * E, H, bias_init=nnx.initializers.normal(stddev=0.1), **gate)
         self.f_proj = nnx.Linear(3 * E, H, bias_init=_gate_bias_init(3.0, 6.0), **gate)
-        self.norm_scale = param(jnp.ones((E,), jnp.float32), pdt)
+        if output_norm:
+            self.norm_scale = param(jnp.ones((E,), jnp.float32), pdt)
         self.skip = param(jnp.ones((E,), jnp.float32), pdt)
         self.down_proj = nnx.Linear(E, d_model, use_bias=False, dtype=dt, param_dtype=pdt, rngs=rngs)
 
@@ -178,9 +194,9 @@ class MLSTM(nnx.Module):
         return jnp.einsum("...ni,nij->...nj", xb, w[...].astype(self.dtype)).reshape(x.shape)
 
     def _up(self, x):
-        """``x (..., D) -> x_m, z (..., E)`` in ``dtype``."""
+        """``x (..., D) -> x_m, z (..., E)`` in ``dtype`` (z None without the output gate)."""
         up = self.up_proj(x.astype(self.dtype))
-        return up[..., : self.inner], up[..., self.inner :]
+        return up[..., : self.inner], (up[..., self.inner :] if self.options.output_gate else None)
 
     def _inputs(self, x_c, x_m):
         """q, k ``(..., H, K)`` (q scaled by 1/√K), v ``(..., H, V)`` in ``dtype``; log f, ĩ ``(..., H)`` float32."""
@@ -200,12 +216,17 @@ class MLSTM(nnx.Module):
     def _output(self, o, x_c, z):
         """``h̃ (..., H, V)`` -> per-head group norm, learnable skip, output gate, down-projection ``(..., D)``."""
         o = o.astype(jnp.float32)
-        mean = jnp.mean(o, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(o - mean), axis=-1, keepdims=True)
-        h = ((o - mean) * jax.lax.rsqrt(var + NORM_EPS)).reshape(o.shape[:-2] + (self.inner,))
-        h = h.astype(self.dtype) * self.norm_scale[...].astype(self.dtype)
+        if self.options.output_norm:
+            mean = jnp.mean(o, axis=-1, keepdims=True)
+            var = jnp.mean(jnp.square(o - mean), axis=-1, keepdims=True)
+            o = (o - mean) * jax.lax.rsqrt(var + NORM_EPS)
+        h = o.reshape(o.shape[:-2] + (self.inner,)).astype(self.dtype)
+        if self.options.output_norm:
+            h = h * self.norm_scale[...].astype(self.dtype)
         h = h + self.skip[...].astype(self.dtype) * x_c
-        return self.down_proj(h * jax.nn.silu(z)).astype(self.dtype)
+        if self.options.output_gate:
+            h = h * jax.nn.silu(z)
+        return self.down_proj(h).astype(self.dtype)
 
     # -- public API ----------------------------------------------------------------------------------------
     def __call__(self, x, *, dt_scale=1.0, segment_ids=None):

@@ -154,10 +154,14 @@ def memory_levers(scale: str) -> list:
       with 4 heads the slowest of Mamba-2's decays is a lottery of the init seed (``memory_gradient --seeds``);
     - the output gate ``RMSNorm(o) ⊙ silu(x W_g)`` (the papers' block) on or off.
 
+    And mLSTM without its output block's per-head norm and ``silu(z)`` gate (``mlstm_plain``: ``output_norm=False,
+    output_gate=False``; with them it learns L = 64 but not L = 256 in 400 steps, ``memory_range``).
+
     Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop), init seed 0.
-    cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, at most 200 steps, lr 3e-3
-    (the issue's probe), 6 400 training examples. paper: the same at L ∈ {64, 512, 2048}, 1000 steps, lr ∈ {1e-2,
-    3e-3, 1e-3}, 10 000 examples.
+    cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, mlstm_plain at L = 256 and
+    512, at most 200 steps (400 for mlstm_plain at L = 256, as ``memory_range``), lr 3e-3 (the issue's probe),
+    6 400 training examples (12 800 for 400 steps). paper: the same at L ∈ {64, 512, 2048}, 1000 steps, lr ∈
+    {1e-2, 3e-3, 1e-3}, 10 000 examples.
     """
     inits = {"mamba2dt": {}, "slowdt": {"dt_min": 1e-4, "dt_max": 1e-3}}
     variants = [
@@ -175,11 +179,21 @@ def memory_levers(scale: str) -> list:
     else:
         cells, lrs, d, steps, batch = [(64, None), (512, None), (2048, None)], [1e-2, 3e-3, 1e-3], 64, 1000, 32
         data = dict(n_train=10000, n_val=1000, n_test=1000)
-    return [
+    runs = [
         _presence(scale, "memory_levers", label, mixer, options, length, lr, d, steps, batch, data)
         for length, only in cells
         for label, mixer, options in variants
         if only is None or label.endswith(only)
+        for lr in lrs
+    ]
+    if scale == "smoke":
+        return runs
+    plain = {"output_norm": False, "output_gate": False}
+    mlstm_cells = [(256, 400, dict(data, n_train=12800)), (512, steps, data)] if scale == "cpu" else []
+    mlstm_cells += [(length, steps, data) for length, _ in cells] if scale == "paper" else []
+    return runs + [
+        _presence(scale, "memory_levers", "mlstm_plain", "mlstm", plain, length, lr, d, n, batch, data_)
+        for length, n, data_ in mlstm_cells
         for lr in lrs
     ]
 

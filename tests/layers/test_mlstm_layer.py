@@ -29,14 +29,15 @@ def _np_block_diag(w, x):
     return np.einsum("...ni,nij->...nj", x.reshape(x.shape[:-1] + (nb, b)), w).reshape(x.shape)
 
 
-def numpy_mlstm_block(p, x, *, heads, width, qk_norm):
+def numpy_mlstm_block(p, x, *, heads, width, qk_norm, output_norm=True, output_gate=True):
     """The mLSTM block in float64 NumPy, written out from the paper (token loop with the max stabiliser).
 
     ``p``: the layer's parameters as float64 arrays (``kernel`` of a Linear is ``(in, out)``); ``x (B, L, D)``.
+    ``output_norm`` / ``output_gate`` False: no per-head norm (and no γ) / no silu(z) gate (and no z branch).
     """
     B, L, _ = x.shape
     up = x @ p["up"]
-    E = up.shape[-1] // 2
+    E = up.shape[-1] // 2 if output_gate else up.shape[-1]
     x_m, z = up[..., :E], up[..., E:]
     if width is None:
         x_c = x_m
@@ -66,10 +67,15 @@ def numpy_mlstm_block(p, x, *, heads, width, qk_norm):
                 n = fgate * n + igate * k[b, t, h]
                 m = m_new
                 h_tilde[b, t, h] = C.T @ q[b, t, h] / max(abs(n @ q[b, t, h]), np.exp(-m))
-    mean = h_tilde.mean(axis=-1, keepdims=True)
-    var = ((h_tilde - mean) ** 2).mean(axis=-1, keepdims=True)
-    normed = ((h_tilde - mean) / np.sqrt(var + 1e-5)).reshape(B, L, E) * p["gamma"]
-    out = (normed + p["skip"] * x_c) * _np_silu(z)
+    if output_norm:
+        mean = h_tilde.mean(axis=-1, keepdims=True)
+        var = ((h_tilde - mean) ** 2).mean(axis=-1, keepdims=True)
+        normed = ((h_tilde - mean) / np.sqrt(var + 1e-5)).reshape(B, L, E) * p["gamma"]
+    else:
+        normed = h_tilde.reshape(B, L, E)
+    out = normed + p["skip"] * x_c
+    if output_gate:
+        out = out * _np_silu(z)
     return out @ p["down"]
 
 
@@ -104,7 +110,7 @@ def _params_for_numpy(flat, has_conv):
         "bi": flat["i_proj/bias"],
         "wf": flat["f_proj/kernel"],
         "bf": flat["f_proj/bias"],
-        "gamma": flat["norm_scale"],
+        "gamma": flat.get("norm_scale"),
         "skip": flat["skip"],
         "down": flat["down_proj/kernel"],
     }
@@ -120,8 +126,10 @@ def _params_for_numpy(flat, has_conv):
         # no conv, L2-normalised q and k, dense (one block per head) projections, and input-gate
         # pre-activations from 15 to 25: exp(ĩ) up to e^25 is carried by the stabiliser m
         ({"short_conv": None, "qk_norm": "l2", "qkv_block_size": 8}, (15.0, 25.0)),
+        ({"output_norm": False, "output_gate": False}, (-3.0, 3.0)),  # the memory probe's lever
+        ({"output_norm": False}, (-3.0, 3.0)),
     ],
-    ids=["default", "noconv-l2-dense-large-input-gate"],
+    ids=["default", "noconv-l2-dense-large-input-gate", "no-output-norm-no-gate", "no-output-norm"],
 )
 def test_layer_equals_a_float64_numpy_block(options, i_bias):
     """D = 8, E = 16, H = 2, chunk 4 over L = 11 (two full chunks and a partial one), every parameter random."""
@@ -135,6 +143,8 @@ def test_layer_equals_a_float64_numpy_block(options, i_bias):
         heads=2,
         width=mixer.options.short_conv,
         qk_norm=mixer.options.qk_norm,
+        output_norm=mixer.options.output_norm,
+        output_gate=mixer.options.output_gate,
     )
     got = run_call(mixer, jnp.asarray(x, jnp.float32))
     assert_close(got, want, rtol=1e-5, name=f"MLSTM{options} vs float64 NumPy")
@@ -183,6 +193,8 @@ def test_state_holds_the_conv_buffer_and_the_memory():
         ({"short_conv": 2.0}, r"short_conv=2.0 must be an integer"),
         ({"qkv_block_size": 3}, r"not divisible by qkv_block_size=3"),
         ({"qk_norm": "l1"}, r"qk_norm='l1' is not one of \[None, 'l2'\]"),
+        ({"output_norm": "no"}, r"output_norm='no' must be True or False"),
+        ({"output_gate": 0}, r"output_gate=0 must be True or False"),
         ({"chunk_size": 0}, r"chunk_size=0 must be an integer >= 1"),
         ({"backend": "cuda"}, r"backend='cuda' is not one of"),
         ({"dtype": "int8"}, r"MLSTM: dtype='int8' is not one of"),
@@ -237,3 +249,11 @@ def test_one_training_step_in_sequence_model_on_a_synthetic_task():
     assert all(np.isfinite(losses)) and losses[-1] < losses[0], losses
     after = jax.tree.leaves(nnx.state(model, nnx.Param))
     assert all(rel_rms_error(a, b) > 0 for a, b in zip(after, before))
+
+
+def test_output_options_drop_their_parameters():
+    """Without the norm there is no γ; without the gate the up-projection makes x_m only (E, not 2E, channels)."""
+    full = layers.MLSTM(8, num_heads=2, rngs=nnx.Rngs(0))
+    plain = layers.MLSTM(8, num_heads=2, output_norm=False, output_gate=False, rngs=nnx.Rngs(0))
+    assert hasattr(full, "norm_scale") and not hasattr(plain, "norm_scale")
+    assert full.up_proj.kernel.shape == (8, 32) and plain.up_proj.kernel.shape == (8, 16)
