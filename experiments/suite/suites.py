@@ -164,36 +164,29 @@ def memory_levers(scale: str) -> list:
     {1e-2, 3e-3, 1e-3}, 10 000 examples.
     """
     inits = {"mamba2dt": {}, "slowdt": {"dt_min": 1e-4, "dt_max": 1e-3}}
-    variants = [
-        (f"{mixer}_{init}_{'gate' if gate else 'nogate'}", mixer, {**dt, "output_gate": gate})
+    variants = {
+        f"{mixer}_{init}_{'gate' if gate else 'nogate'}": (mixer, {**dt, "output_gate": gate})
         for mixer in ("gated_deltanet", "delta_product")
         for init, dt in inits.items()
         for gate in (True, False)
-    ]
+    }
+    variants["mlstm_plain"] = ("mlstm", {"output_norm": False, "output_gate": False})
     if scale == "smoke":
-        variants = [v for v in variants if v[0] == "gated_deltanet_slowdt_nogate"]
-        cells, lrs, d, steps, batch, data = [(16, None)], [3e-3], 8, 1, 4, _SMOKE_DATA
+        lrs, d, batch = [3e-3], 8, 4
+        plan = [("gated_deltanet_slowdt_nogate", 16, 1, _SMOKE_DATA)]
     elif scale == "cpu":
-        cells, lrs, d, steps, batch = [(64, None), (512, "slowdt_nogate")], [3e-3], 64, 200, 32
-        data = dict(n_train=6400, n_val=500, n_test=500)
+        lrs, d, batch = [3e-3], 64, 32
+        data = dict(n_train=6400, n_val=500, n_test=500)  # one pass of 200 steps
+        plan = [(label, 64, 200, data) for label in variants if label != "mlstm_plain"]
+        plan += [(f"{m}_slowdt_nogate", 512, 200, data) for m in ("gated_deltanet", "delta_product")]
+        plan += [("mlstm_plain", 256, 400, dict(data, n_train=12800)), ("mlstm_plain", 512, 200, data)]
     else:
-        cells, lrs, d, steps, batch = [(64, None), (512, None), (2048, None)], [1e-2, 3e-3, 1e-3], 64, 1000, 32
+        lrs, d, batch = [1e-2, 3e-3, 1e-3], 64, 32
         data = dict(n_train=10000, n_val=1000, n_test=1000)
-    runs = [
-        _presence(scale, "memory_levers", label, mixer, options, length, lr, d, steps, batch, data)
-        for length, only in cells
-        for label, mixer, options in variants
-        if only is None or label.endswith(only)
-        for lr in lrs
-    ]
-    if scale == "smoke":
-        return runs
-    plain = {"output_norm": False, "output_gate": False}
-    mlstm_cells = [(256, 400, dict(data, n_train=12800)), (512, steps, data)] if scale == "cpu" else []
-    mlstm_cells += [(length, steps, data) for length, _ in cells] if scale == "paper" else []
-    return runs + [
-        _presence(scale, "memory_levers", "mlstm_plain", "mlstm", plain, length, lr, d, n, batch, data_)
-        for length, n, data_ in mlstm_cells
+        plan = [(label, length, 1000, data) for length in (64, 512, 2048) for label in variants]
+    return [
+        _presence(scale, "memory_levers", label, *variants[label], length, lr, d, steps, batch, data)
+        for label, length, steps, data in plan
         for lr in lrs
     ]
 
@@ -521,7 +514,7 @@ SUITES = {
         ),
         Suite(
             "memory_levers",
-            "The presence probe for the gated delta rules: decay init x output gate",
+            "The presence probe for the gated delta rules (decay init x output gate) and mLSTM's output block",
             memory_levers.__doc__,
             memory_levers,
             x="seq_len",
