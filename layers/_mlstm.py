@@ -18,9 +18,8 @@ With E = proj_factor·D inner channels, H heads of size K = V = E / H, from ``x 
     y = (h ⊙ silu(z)) W_down                              output gate from the z branch, (B, L, D)
 
 ``output_norm=False`` drops the per-head norm (``h = h̃ + s ⊙ x_c``, no γ) and ``output_gate=False`` the z branch
-(``y = h W_down``, an up-projection to E channels only): the memory probe learns a one-bit memory at L = 256 only
-without them (docs/layers.md §The memory probe: what each mixer learns with its defaults); both default to
-the paper's block.
+(``y = h W_down``, an up-projection to E channels only), for probing what the readout does; both default to the
+paper's block (docs/layers.md §The memory probe: what each mixer learns with its defaults).
 
 The gates read q, k and v (the paper's block, Fig. 10), not the block input x. The output gate o_t of (21) and
 (27) is the block's ``silu(z)`` branch. Initialisation as in the paper's code: forget-gate biases
