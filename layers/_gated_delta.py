@@ -24,7 +24,7 @@ from flax import nnx
 
 from algornn.layers._fast_weight import DeltaNetOptions, _FastWeightMixer, beta_of, delta_rule_op
 from algornn.layers._options import check_bool, check_dt_range, check_int, check_sequence_axis
-from algornn.layers._params import dt_bias_param, ssm_param
+from algornn.layers._params import dt_bias_param, f32, ssm_param
 from algornn.scan_kernels import delta_product, delta_product_step, delta_rule_step
 
 # Mamba-2's initialisation: Δ log-uniform in [1e-3, 1e-1] (through the bias b_Δ = softplus⁻¹(Δ)), A ~ U(1, 16)
@@ -85,8 +85,8 @@ def _log_decay(layer, x, shape):
     ``(..., H, K)``)."""
     z = layer.dt_proj(x).astype(jnp.float32)  # (..., size)
     lift = tuple(range(z.ndim - 1))  # explicit broadcasting of the per-gate (size,) parameters over (...)
-    delta = jax.nn.softplus(z + jnp.expand_dims(layer.dt_bias[...].astype(jnp.float32), lift))
-    return (-delta * jnp.expand_dims(jnp.exp(layer.A_log[...].astype(jnp.float32)), lift)).reshape(shape)
+    delta = jax.nn.softplus(z + jnp.expand_dims(f32(layer.dt_bias), lift))
+    return (-delta * jnp.expand_dims(jnp.exp(f32(layer.A_log)), lift)).reshape(shape)
 
 
 class GatedDeltaNet(_FastWeightMixer):
