@@ -243,15 +243,16 @@ def check_targets(rows):
     for op in OPS:
         ref, xla = get(op, "reference", 4096), get(op, "xla", 4096)
         if ref and xla:
-            for m, what in (("fwdbwd", "fwd+bwd"), ("fwd", "fwd alone")):
-                # speedup_bound: the speedup if chunked ran at the reference's own FLOP rate (FLOP ratio)
-                out[f"{op}: chunked >= 10x faster than reference at L=4096, {what}"] = {
-                    "speedup": ref[f"{m}_ms"] / xla[f"{m}_ms"],
-                    "met": ref[f"{m}_ms"] / xla[f"{m}_ms"] >= 10.0,
-                    "gflop": {"reference": ref[f"{m}_gflop"], "xla": xla[f"{m}_gflop"]},
-                    "gflop_per_s": {"reference": ref[f"{m}_gflop_per_s"], "xla": xla[f"{m}_gflop_per_s"]},
-                    "speedup_bound_at_reference_rate": ref[f"{m}_gflop"] / xla[f"{m}_gflop"],
-                }
+            # the 10x target is on fwd+bwd (training); speedup_bound: the speedup if chunked ran at the reference's own
+            # FLOP rate (FLOP ratio)
+            m = "fwdbwd"
+            out[f"{op}: chunked >= 10x faster than reference at L=4096, fwd+bwd"] = {
+                "speedup": ref[f"{m}_ms"] / xla[f"{m}_ms"],
+                "met": ref[f"{m}_ms"] / xla[f"{m}_ms"] >= 10.0,
+                "gflop": {"reference": ref[f"{m}_gflop"], "xla": xla[f"{m}_gflop"]},
+                "gflop_per_s": {"reference": ref[f"{m}_gflop_per_s"], "xla": xla[f"{m}_gflop_per_s"]},
+                "speedup_bound_at_reference_rate": ref[f"{m}_gflop"] / xla[f"{m}_gflop"],
+            }
             # the forward without differentiation (evaluation, prefill) against the token loop (issue target: >= 1.0x,
             # 1.5x stretch), with the chunked forward's FLOP rate for comparison with the machine's matmul rate
             out[f"{op}: chunked forward (no differentiation) >= 1.0x the reference at L=4096 (1.5x stretch)"] = {

@@ -51,6 +51,7 @@ from algornn.scan_kernels._common.chunk_utils import (
     FORWARD_CHUNK,
     FORWARD_STEP,
     causal_masks,
+    chunk_cumsum,
     for_chunk_groups,
     pad_tokens,
     read_chunks,
@@ -67,7 +68,7 @@ from algornn.scan_kernels._common.fast_weight_checks import (
     check_qkv,
     check_state,
 )
-from algornn.scan_kernels._common.key_decay import decayed_scores, decayed_scores_vjp, key_decay
+from algornn.scan_kernels._common.key_decay import decayed_scores, decayed_scores_vjp, key_decay, key_factorable
 from algornn.scan_kernels._common.packing import check_segment_ids, sequence_starts
 from algornn.scan_kernels._delta_rule.chunk_states import scan_state_columns_dense
 from algornn.scan_kernels._delta_rule.reference import delta_rule_reference
@@ -83,6 +84,20 @@ KEY_CHUNK_GROUP = 4
 
 def _group(g):
     return KEY_CHUNK_GROUP if g is not None and g.ndim == 4 else CHUNK_GROUP
+
+
+def _factored_or_exact(gam, fn, *args):
+    """``fn(*args, factored)``: per-key gates ``gam (..., C, K)`` whose sub-chunks pass ``key_factorable`` take the
+    factored diagonal blocks (``_common.key_decay``), others the exact ones, decided at run time by one ``lax.cond``
+    over the whole group; ``gam`` None (per-head gates or none) calls ``fn(*args, factored=False)``."""
+    if gam is None:
+        return fn(*args, factored=False)
+    return lax.cond(key_factorable(gam), partial(fn, factored=True), partial(fn, factored=False), *args)
+
+
+def _group_gates(g, start, n, C):
+    """The group's cumulative per-key log-gates ``(B, n, H, C, K)`` (for ``_factored_or_exact``); None otherwise."""
+    return None if g is None or g.ndim != 4 else chunk_cumsum(_read(g, start, n, C), 3)
 
 
 def _read(x, start, n, C):
@@ -106,7 +121,7 @@ def _inputs(q, k, v, beta, g, start, n, C, st=None):
     start flags ``(B, Lp, H)``) also the chunks' packing masks (``packing``)."""
     Q, K, V, b = (_read(x, start, n, C) for x in (q, k, v, beta))
     graw = None if g is None else _read(g, start, n, C)
-    gam = jnp.zeros_like(b) if g is None else jnp.cumsum(graw, axis=3)  # over the chunk's C positions
+    gam = jnp.zeros_like(b) if g is None else chunk_cumsum(graw, 3)  # over the chunk's C positions
     pk = None if st is None else packing(_read(st, start, n, C), graw, gam)
     return Q, K, V, b, gam, pk
 
@@ -137,11 +152,12 @@ def _per_key(gam):
     return gam.ndim == 5
 
 
-def chunk_terms(K, b, gam, T=None, pk=None):
+def chunk_terms(K, b, gam, T=None, pk=None, factored: bool = False):
     """The terms of a chunk's UT system, heads first ``(B, n, H, C, ·)``: decays, ``A = β_r Bm``, ``T = (I + A)⁻¹``
     (computed unless given), ``W``, ``K̂``. ``e = exp(γ)`` and ``Kd = exp(γ_C − γ)`` are kept broadcastable
     to ``(B, n, H, C, K)`` (a trailing 1 for per-head gates); per-key gates keep the sub-chunk decay factors
-    ``dec`` for the scores instead of the ``(C, C)`` decay matrix ``D``.
+    ``dec`` for the scores instead of the ``(C, C)`` decay matrix ``D`` (with ``factored``, the factored diagonal
+    blocks: only where ``key_factorable(gam)``).
 
     ``eo``, ``Wo`` and ``eCo`` are the parts of ``e``, ``W`` and ``e_C = exp(γ_C)`` that act on the carried state
     ``S⁰``: all of them for one sequence per row. With packed sequences (``pk``, from ``packing``) the scores and
@@ -154,7 +170,7 @@ def chunk_terms(K, b, gam, T=None, pk=None):
         incl, strict = (_lift(m, pk["same"].ndim) & pk["same"] for m in (incl, strict))
     gt = gam if pk is None else pk["gt"]
     if _per_key(gam):  # A_ri = β_r Σ_d k_rd k_id exp(γ_rd − γ_id): secondary chunking, no (C, C, K) tensor
-        dec = key_decay(gam)
+        dec = key_decay(gam, factored=factored)
         Bm = decayed_scores(K, K, dec, strict=True)
         Bm = Bm if pk is None else jnp.where(strict, Bm, 0.0)
         e, Kd = jnp.exp(gt), jnp.exp(gam[..., -1:, :] - gam)
@@ -224,10 +240,9 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep, st=None, s0r=No
     V = v.shape[-1]
     nc = Lp // C
 
-    def body(start, n, carry):
-        s_cols, o_buf, res = carry
+    def one_group(start, s_cols, n, factored):
         Q, Kc, Vc, b, gam, pk = _inputs(q, k, v, beta, g, start, n, C, st)
-        c = chunk_terms(Kc, b, gam, pk=pk)
+        c = chunk_terms(Kc, b, gam, pk=pk, factored=factored)
         Ut = _mm("bnhij,bnhjv->bnhiv", c["T"], b[..., None] * Vc)
         if pk is not None:
             Ut, reset = _reset_terms(c, Ut, s0r)
@@ -241,16 +256,20 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep, st=None, s0r=No
         o = _mm("bnhck,bnhvk->bnhcv", Q * c["eo"], S0) + _mm("bnhij,bnhjv->bnhiv", P, U)
         if pk is not None:
             o = o + _mm("bnhck,bhkv->bnhcv", Q * (c["e"] - c["eo"]), s0r)
-        if keep:
-            res = tuple(lax.dynamic_update_slice_in_dim(r, x, start, 1) for r, x in zip(res, (S0, c["T"], U)))
-        return s_leave[:, :, :, -1], _write(o_buf, o, start), res
+        return s_leave[:, :, :, -1], o, (S0, c["T"], U) if keep else ()
+
+    def body(start, n, carry):
+        s_cols, o_buf, res = carry
+        s_cols, o, kept = _factored_or_exact(_group_gates(g, start, n, C), partial(one_group, n=n), start, s_cols)
+        res = tuple(lax.dynamic_update_slice_in_dim(r, x, start, 1) for r, x in zip(res, kept))
+        return s_cols, _write(o_buf, o, start), res
 
     res = tuple(jnp.zeros((B, nc, H) + s, jnp.float32) for s in ((V, K), (C, C), (C, V))) if keep else ()
     s_cols, o, res = for_chunk_groups(body, (jnp.moveaxis(s0, -1, 0), jnp.zeros(v.shape, jnp.float32), res), nc, group)
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
 
-def _forward_step(S, xs, s0r=None):
+def _forward_step(S, xs, s0r=None, factored: bool = False):
     """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` entering the step; ``xs`` the step's
     ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)``, ``β (G, B·H, C)``, log-gates ``(G, B·H, C[, K])`` (or None) and
     packed sequences' start flags ``(G, B·H, C)`` (or None; then ``s0r (B·H, K, V)`` is the reset state).
@@ -259,9 +278,9 @@ def _forward_step(S, xs, s0r=None):
     ``(C, K)·(K, V)`` products per chunk: the transition ``M`` is never formed, saving its ``K×K`` product and the
     ``K²V`` product ``M S``). Returns the leaving state and ``O (G, B·H, C, V)``."""
     Q, K, V, b, g, st = (None if x is None else x[None] for x in xs)  # (1, G, B·H, C, ·)
-    gam = jnp.zeros_like(b) if g is None else jnp.cumsum(g, axis=3)
+    gam = jnp.zeros_like(b) if g is None else chunk_cumsum(g, 3)
     pk = None if st is None else packing(st, g, gam)
-    c = chunk_terms(K, b, gam, pk=pk)
+    c = chunk_terms(K, b, gam, pk=pk, factored=factored)
     Ut = _mm("bnhij,bnhjv->nhiv", c["T"], b[..., None] * V)  # Ũ = T (β ⊙ V)
     if pk is not None:  # the reset state's part: Ũ − (1 − o) W s⁰, and diag((1 − o_last) e_C) s⁰ in each end state
         Ut, reset = _reset_terms(c, Ut[None], s0r[None])
@@ -301,7 +320,9 @@ def _forward_only(q, k, v, beta, g, s0, C, st=None, s0r=None):
     def body(start, n, carry):
         S, o = carry
         step_xs = tuple(None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in xs)
-        S, o_n = _forward_step(S, step_xs, s0r)
+        gk = step_xs[4]
+        gam = None if gk is None or gk.ndim != 4 else chunk_cumsum(gk, 2)[None]  # (1, G, B·H, C, K)
+        S, o_n = _factored_or_exact(gam, lambda S, factored: _forward_step(S, step_xs, s0r, factored), S)
         return S, write_chunks_heads_first(o, o_n, start)
 
     carry = (s0.reshape(B * H, K, v.shape[-1]), jnp.zeros(xs[2].shape, jnp.float32))
@@ -352,7 +373,8 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN, s0r=None):
     dR = _mm("bnhji,bnhjv->bnhiv", c["T"], dU)
     dWr = -by_row(dR)
     dA = -jnp.where(strict, _mm("bnhiv,bnhjv->bnhij", dR, U), 0.0)
-    db = jnp.sum(dR * V, -1) + jnp.sum(e * dWr * K, -1) + jnp.sum(dA * c["Bm"], -1)
+    # row sums as contractions: XLA CPU ran these multiply-reduce fusions 4-6x slower than the equivalent dots
+    db = _mm("...v,...v->...", dR, V) + _mm("...k,...k->...", e * dWr, K) + _mm("...j,...j->...", dA, c["Bm"])
     dQ = e * dQd
     dK = b[..., None] * e * dWr + c["Kd"] * dKh
     # ∂/∂g (γ = cumsum(g) in the chunk) gathered so that no term is added and later subtracted: an O(1) term that
@@ -363,7 +385,7 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN, s0r=None):
     #   scores ∝ e^{γ_r − γ_i} (P, A):          ∂/∂g_t = Σ_{r ≥ t} Σ_{i < t}  (per head: exact rectangle sums)
     # Packed, ``e = exp(γ̃)`` counts from each sequence's start: its sum runs over r ≥ t of t's sequence (``erev``,
     # a masked sum), e_C's over t of the chunk's last sequence; K̂ and the scores are masked to one sequence already.
-    rev = lambda x, ax: jnp.flip(jnp.cumsum(jnp.flip(x, ax), ax), ax)  # noqa: E731
+    rev = partial(chunk_cumsum, reverse=True)
     if packed:
         seg = (c["same"] & _lift(causal_masks(Q.shape[-2])[0], 5)).astype(jnp.float32)  # (r, t): t ≤ r, one sequence
         erev = lambda x, ax: _mm("bnhrt,bnhr...->bnht...", seg, jnp.moveaxis(x, ax, 3))  # noqa: E731
@@ -372,14 +394,14 @@ def chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN, s0r=None):
 
     def excl(x, ax):  # Σ_{s < t} x_s along ``ax`` (a shifted cumulative sum: nothing added and taken away)
         x = jnp.moveaxis(x, ax, -1)
-        x = jnp.concatenate([jnp.zeros_like(x[..., :1]), jnp.cumsum(x[..., :-1], -1)], -1)
+        x = jnp.concatenate([jnp.zeros_like(x[..., :1]), chunk_cumsum(x[..., :-1], -1)], -1)
         return jnp.moveaxis(x, -1, ax)
 
     Ge = e * dQd * Q + dWr * c["Wr"]  # (B, n, H, C, K)
     Fk = dKh * Kh
-    SdN = jnp.sum(S0 * dN, -2)  # (B, n, H, K): the γ_C side of diag(e^{γ_C}) S⁰
+    SdN = _mm("bnhvk,bnhvk->bnhk", S0, dN)  # (B, n, H, K): the γ_C side of diag(e^{γ_C}) S⁰
     if packed:  # the end state starts from s⁰ unless the chunk's last sequence is its first
-        SdN = jnp.where(c["o_last"][..., None], SdN, jnp.sum(s0t * dN, -2))
+        SdN = jnp.where(c["o_last"][..., None], SdN, _mm("bhvk,bnhvk->bnhk", s0t[:, 0], dN))
     if "dec" in c:  # per-key scores: cotangents through the same sub-chunk factors (P: r ≥ i; Bm: r > i)
         dPm = dP if not packed else jnp.where(c["same"], dP, 0.0)
         dxq, dkq, dgq = decayed_scores_vjp(dPm, Q, K, c["dec"], strict=True)  # the diagonal added below
@@ -428,20 +450,23 @@ def _chunked_bwd(C, scan_backend, res, cts):
     do, d_final = cts
     nc = q.shape[1] // C
 
-    def body(start, n, carry):
-        h_cols, bufs, ds0r = carry
+    def one_group(start, h_cols, n, factored):
         Q, K, V, b, gam, pk = _inputs(q, k, v, beta, g, start, n, C, st)
         S0, T, U = (lax.dynamic_slice_in_dim(r, start, n, 1) for r in (S0buf, Tbuf, Ubuf))
-        c = chunk_terms(K, b, gam, T=T, pk=pk)
+        c = chunk_terms(K, b, gam, T=T, pk=pk, factored=factored)
         P = _scores(Q, K, c)
         dO = _read(do, start, n, C)
         PtdO = _mm("bnhij,bnhiv->bnhjv", P, dO)
         loc = _mm("bnhck,bnhcv->vbhnk", Q * c["eo"], dO) - _mm("bnhck,bnhcv->vbhnk", c["Wo"], PtdO)
         h_in = scan_state_columns_dense(_transition(c, True), loc, h_cols, scan_backend, reverse=True)
         dN = jnp.transpose(jnp.concatenate([h_in[:, :, :, 1:], h_cols[:, :, :, None]], axis=3), (1, 3, 2, 0, 4))
-        grads = chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN, s0r)
+        return h_in[:, :, :, 0], chunk_grads(Q, K, V, b, c, P, U, S0, dO, PtdO, dN, s0r)
+
+    def body(start, n, carry):
+        h_cols, bufs, ds0r = carry
+        h_cols, grads = _factored_or_exact(_group_gates(g, start, n, C), partial(one_group, n=n), start, h_cols)
         bufs = tuple(_write(buf, d, start) for buf, d in zip(bufs, grads[:5]))
-        return h_in[:, :, :, 0], bufs, (ds0r if pk is None else ds0r + grads[5])
+        return h_cols, bufs, (ds0r if st is None else ds0r + grads[5])
 
     bufs = tuple(jnp.zeros(x.shape, jnp.float32) for x in (q, k, v, beta, beta if g is None else g))
     ds0r = None if st is None else jnp.zeros(s0r.shape, jnp.float32)

@@ -43,6 +43,7 @@ from algornn.scan_kernels._common.chunk_utils import (
     FORWARD_STEP,
     causal_masks,
     entering_states,
+    factor_midpoint,
     for_chunk_groups,
     leaving_cotangents,
     pad_tokens,
@@ -211,33 +212,42 @@ def _forward(q, k, v, g, s0, r, kind, C, group, scan_backend):
 
 def _forward_step(S, xs, kind, incl):
     """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` the state entering the step, ``xs`` the
-    step's ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)``, log-gates ``(G, B·H, C[, K])`` (None without gates) and
-    sequence-start flags ``(G, B·H, C)`` (None unpacked; :class:`Segments`).
-    The chunks' scores and state contributions are batched matmuls; the G-step state recurrence between them
-    is elementwise. Returns the state leaving the step and ``O (G, B·H, C, V)``."""
-    Q, K, V, g, r = xs
+    step's ``Q (G, B·H, C, K)``, keys transposed ``Kt (G, B·H, K, C)``, ``V (G, B·H, C, V)``, log-gates
+    ``(G, B·H, C[, K])`` (None without gates) and sequence-start flags ``(G, B·H, C)`` (None unpacked;
+    :class:`Segments`).
+    The chunks' scores and state contributions are batched matmuls in the plain ``(m, k) · (k, n)`` form (the keys
+    come transposed, so neither Q Kᵀ nor Kᵀ V contracts a transposed operand); the G-step state recurrence
+    between them is elementwise. Returns the state leaving the step and ``O (G, B·H, C, V)``."""
+    Q, Kt, V, g, r = xs
     seg = None if r is None else segments(jnp.cumsum(r, axis=2))
     if seg is not None:
         incl = incl[None, None] & seg.same
     if kind == "none":
-        P, Qd, Kh, dec = jnp.where(incl, _mm("nbik,nbjk->nbij", Q, K), 0.0), Q, K, None
+        P, Qd, Kht, dec = jnp.where(incl, _mm("nbik,nbkj->nbij", Q, Kt), 0.0), Q, Kt, None
     else:
         gam = jnp.cumsum(g, axis=2)  # γ: cumulative log-gates inside each chunk
         if kind == "scalar":
-            P = _mm("nbik,nbjk->nbij", Q, K) * segment_decay(gam, incl)
+            mid, ok = factor_midpoint(gam)
+
+            def factored(Q, Kt, gam):  # exp(γ_i − γ_j) = exp(γ_i − μ) exp(μ − γ_j): no (C, C) exponentials
+                qd, kd = jnp.exp(gam - mid)[..., :, None], jnp.exp(mid - gam)[..., None, :]
+                return jnp.where(incl, _mm("nbik,nbkj->nbij", Q * qd, Kt * kd), 0.0)
+
+            exact = lambda Q, Kt, gam: _mm("nbik,nbkj->nbij", Q, Kt) * segment_decay(gam, incl)  # noqa: E731
+            P = lax.cond(ok, factored, exact, Q, Kt, gam)
             gam = gam[..., None]
         else:  # exponents γ_ik − γ_jk cannot be split into a q- and a k-factor without overflow: sub-chunks
-            P = key_decayed_scores(Q, K, gam, False, min(KEY_SUB_CHUNK, Q.shape[-2]))
+            P = key_decayed_scores(Q, jnp.swapaxes(Kt, -1, -2), gam, False, min(KEY_SUB_CHUNK, Q.shape[-2]))
             P = P if seg is None else jnp.where(seg.same, P, 0.0)
         last = gam[:, :, -1:]  # (G, B·H, 1, 1|K)
-        Qd, Kh = Q * jnp.exp(gam), K * jnp.exp(last - gam)
+        Qd, Kht = Q * jnp.exp(gam), Kt * jnp.swapaxes(jnp.exp(last - gam), -1, -2)
         dec = jnp.swapaxes(jnp.exp(last), -1, -2)  # (G, B·H, 1|K, 1): rows of S decay
     if seg is not None:  # a sequence started in the chunk: its queries skip, its end state drops the carried state
         f32 = lambda m: m.astype(jnp.float32)[..., None]  # noqa: E731
-        Qd, Kh = Qd * f32(seg.open), Kh * f32(seg.end)
+        Qd, Kht = Qd * f32(seg.open), Kht * jnp.swapaxes(f32(seg.end), -1, -2)
         keep = f32(seg.keep)[..., None]  # (G, B·H, 1, 1)
         dec = keep if dec is None else dec * keep
-    delta = _mm("nbck,nbcv->nbkv", Kh, V)  # Δ = (K ⊙ exp(γ_C − γ))ᵀ V per chunk
+    delta = _mm("nbkc,nbcv->nbkv", Kht, V)  # Δ = (K ⊙ exp(γ_C − γ))ᵀ V per chunk
     entering = []
     for n in range(delta.shape[0]):  # S_n = exp(γ_C,n) ⊙ S_{n-1} + Δ_n
         entering.append(S)
@@ -263,7 +273,8 @@ def _forward_only(q, k, v, g, s0, r, kind, C):
 
     def body(start, n, carry):
         S, o = carry
-        xs = tuple(None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in (q, k, v, g, r))
+        xs = [None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in (q, k, v, g, r)]
+        xs[1] = jnp.swapaxes(xs[1], -1, -2)  # keys (n, B·H, K, C), transposed in the same copy
         S, o_n = _forward_step(S, xs, kind, incl)
         return S, write_chunks_heads_first(o, o_n, start)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import algornn.scan_kernels as sk
+from algornn.scan_kernels._common.key_decay import key_factorable
 from tests._utils import assert_close
 from tests.scan_kernels.test_delta_rule import F32, check_against_reference, decode_steps
 
@@ -69,7 +70,8 @@ def test_order_is_decay_then_delta():
 # and near 2; the default set stays small, the full grid is slow-marked.
 FAST_CASES = [
     (1, 1, 1, 16, 8, "mid", 1.0, 16),
-    (1, 63, 4, 8, 12, "high", 20.0, 32),  # two 16-sub-chunks per chunk
+    (1, 63, 4, 8, 12, "high", 20.0, 32),  # two 16-sub-chunks per chunk; exact diagonal blocks
+    (1, 77, 2, 8, 12, "mid", 1.0, 32),  # several chunks with factored diagonal blocks
 ]
 SLOW_CASES = [  # the Pallas grid takes SLOW_CASES[1:]
     (1, 63, 1, 16, 16, "low", 0.0, 32),
@@ -95,6 +97,19 @@ def test_xla_matches_reference(case):
 @pytest.mark.parametrize("case", SLOW_CASES)
 def test_xla_matches_reference_long(case):
     _check("xla", case)
+
+
+def test_mild_and_strong_decay_groups_take_both_paths():
+    """The chunk loop decides per group whether the diagonal sub-chunk decays may be factored (``key_factorable``):
+    mild decays in the first half, −20 per step in the second, so one call runs both branches; forward, final state
+    and every gradient still match the reference."""
+    B, L, H, K, V, C = 1, 300, 2, 8, 12, 16
+    q, k, v, b, g, s0 = make_key_inputs(5, B, L, H, K, V, "mid", 1.0)
+    g = g.at[:, L // 2 :].multiply(20.0)
+    gam = lambda x: jnp.cumsum(x.reshape(B, -1, C, H, K), axis=2)  # noqa: E731
+    assert bool(key_factorable(jnp.moveaxis(gam(g[:, :128]), 3, 2)))
+    assert not bool(key_factorable(jnp.moveaxis(gam(g[:, 192:288]), 3, 2)))
+    check_against_reference("xla", q, k, v, b, g, s0, C)
 
 
 @pytest.mark.parametrize("case", [(1, 40, 1, 8, 12, "low", 3.0, 16)])

@@ -60,18 +60,24 @@ def _inputs(seed, B, L, H, K, V, gate):
     k /= np.linalg.norm(k, axis=-1, keepdims=True)
     v = rng.normal(size=(B, L, H, V))
     beta = rng.uniform(0.05, 1.95, size=(B, L, H))
-    g = {"none": None, "head": -rng.uniform(size=(B, L, H)), "key": -rng.uniform(size=(B, L, H, K))}[gate]
+    g = {
+        "none": None,
+        "head": -rng.uniform(size=(B, L, H)),
+        # −20 per step after the first 40: the later steps take the exact (C, C) decays, not the factored ones
+        "head_strong": -rng.uniform(size=(B, L, H)) * np.where(np.arange(L) < 40, 1.0, 20.0)[None, :, None],
+        "key": -rng.uniform(size=(B, L, H, K)),
+    }[gate]
     s0 = rng.normal(size=(B, H, K, V))
     f32 = lambda x: None if x is None else jnp.asarray(x, F32)  # noqa: E731
     return f32(q), f32(k), f32(v), f32(beta), f32(g), f32(s0)
 
 
-# L = 77: three sub-chunks of 32 (the last one partial) in one step; L = 150 with C = 16: two steps of 8 chunks.
+# L = 77: five sub-chunks of 16 (the last one partial) in steps of two; L = 150 with C = 16: five steps.
 SHAPES = [(2, 77, 3, 5, 7, 64), (1, 150, 2, 4, 6, 16)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("gate", ["none", "head", "key"])
+@pytest.mark.parametrize("gate", ["none", "head", "head_strong", "key"])
 def test_linear_attention_forward_only_matches_float64_loop(shape, gate):
     B, L, H, K, V, C = shape
     q, k, v, _, g, s0 = _inputs(1, B, L, H, K, V, gate)

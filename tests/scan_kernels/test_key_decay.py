@@ -1,12 +1,14 @@
 """Per-key decayed scores by secondary chunking (``_common.key_decay``) against the exact (C, C, K) form in float64
-numpy, forward and cotangents, with decays down to −20 per step (exponents that overflow if split)."""
+numpy, forward and cotangents, with decays down to −20 per step (exponents that overflow if split). Mild decays take
+the factored diagonal blocks, strong ones the exact blocks (``key_factorable`` is asserted per case, so both
+branches are covered)."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algornn.scan_kernels._common.key_decay import key_decayed_scores
+from algornn.scan_kernels._common.key_decay import key_decayed_scores, key_factorable
 from tests._utils import assert_close
 
 F32 = jnp.float32
@@ -21,17 +23,24 @@ def exact_scores(x, k, gam, strict):
     return np.einsum("...rd,...id,...rid->...ri", x, k, E), E
 
 
-# (C, K, strength, strict, sub): one sub-chunk, several, C not a multiple of the sub-chunk, strongest decay
-CASES = [(64, 8, 1.0, False, 16), (63, 5, 20.0, True, 16), (7, 4, 3.0, False, 16), (40, 6, 20.0, False, 8)]
+# (C, K, strength, strict, sub, factored): one sub-chunk, several, C not a multiple of the sub-chunk, strongest decay
+CASES = [
+    (64, 8, 1.0, False, 16, True),
+    (64, 8, 1.0, True, 16, True),
+    (63, 5, 20.0, True, 16, False),
+    (7, 4, 3.0, False, 16, True),
+    (40, 6, 20.0, False, 8, False),
+]
 
 
-@pytest.mark.parametrize("C,K,strength,strict,sub", CASES)
-def test_scores_and_cotangents_match_exact_form(C, K, strength, strict, sub):
+@pytest.mark.parametrize("C,K,strength,strict,sub,factored", CASES)
+def test_scores_and_cotangents_match_exact_form(C, K, strength, strict, sub, factored):
     rs = np.random.RandomState(C)
     x, k = rs.randn(2, 3, C, K), rs.randn(2, 3, C, K)
     # cumulative gates, rounded to float32 first so both sides see the same γ
     gam = np.cumsum(-strength * rs.rand(2, 3, C, K), -2).astype(np.float32).astype(np.float64)
     dS = rs.randn(2, 3, C, C)
+    assert bool(key_factorable(jnp.asarray(gam, F32), sub)) == factored
     S_np, E = exact_scores(x, k, gam, strict)
     dSm = dS * np.tril(np.ones((C, C)), -1 if strict else 0)  # entries outside the mask must be ignored
     dx_np = np.einsum("...ri,...id,...rid->...rd", dSm, k, E)
