@@ -13,6 +13,10 @@ For every mixer in ``layers.MIXERS`` (default options except the sizes below), i
   state reached after L tokens (the state is advanced by a ``lax.scan`` of ``step``, whose time per token is
   also reported), against re-running ``__call__`` on the prefix (what a model without a recurrent form does per
   generated token) at L/4 and L. ``speedup`` = call(L) / step. Target: step flat in L and >= 50x cheaper.
+- ``name@backend`` in ``--mixers`` measures a mixer with that scan backend (``backend=`` option; e.g.
+  ``selective_ssm@reference``, the materialised ``(B, L, E, N)`` form the layer used before ``selective_scan``);
+  when a mixer is measured both ways in one run, the ratios (default / that backend) of fwd+bwd time and XLA
+  peak memory are printed and written under ``ratios``.
 
 Sizes (issue 5): B=8, L=4096, D=256, N=64 for the SSMs (SelectiveSSM: N=16, Mamba's default, since its
 (B, L, D, N) scan inputs at N=64 need ~1 GB each), 4 heads for the attention family (GatedDeltaNet, DeltaProduct
@@ -34,6 +38,7 @@ from flax import nnx
 
 from algornn import layers
 from algornn.experiments.benchmarks._report import output_path, write_json
+from algornn.scan_kernels._common.backend import BACKENDS
 
 SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
 HEADS_NAMES = ("linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "mlstm")
@@ -69,8 +74,10 @@ def _peak_device_bytes():
     return stats.get("peak_bytes_in_use")
 
 
-def bench_mixer(name: str, B: int, L: int, D: int, n: int, heads: int, repeats: int) -> dict:
-    opts = mixer_options(name, n, heads)
+def bench_mixer(
+    name: str, B: int, L: int, D: int, n: int, heads: int, repeats: int, backend: str | None = None
+) -> dict:
+    opts = mixer_options(name, n, heads) | ({} if backend is None else {"backend": backend})
     mixer = layers.MIXERS[name](D, rngs=nnx.Rngs(0), **opts)
     graphdef, params = nnx.split(mixer)
     kx, kw = jax.random.split(jax.random.key(1))
@@ -116,7 +123,7 @@ def bench_mixer(name: str, B: int, L: int, D: int, n: int, heads: int, repeats: 
     state_L, _ = advance(params, state0, x)
     step_s_after = _best(lambda: step(params, state_L, x[:, -1]), max(repeats, 20))
     return {
-        "mixer": name,
+        "mixer": name if backend is None else f"{name}@{backend}",
         "options": opts,
         "B": B,
         "L": L,
@@ -133,6 +140,26 @@ def bench_mixer(name: str, B: int, L: int, D: int, n: int, heads: int, repeats: 
         "step_scan_s_per_token": scan_steps_s / L,
         "speedup_step_vs_call_L": call_s / step_s_after,
     }
+
+
+def backend_ratios(rows) -> dict:
+    """``{"<mixer> default / <mixer>@<backend>": {"fwd_bwd_time", "xla_peak_memory"}}`` for every mixer measured
+    both with its default backend and with an explicit one in the same run."""
+    ok = {r["mixer"]: r for r in rows if "error" not in r}
+    out = {}
+    for spec, r in ok.items():
+        base = ok.get(spec.partition("@")[0])
+        if "@" in spec and base is not None:
+            mem = (
+                None
+                if not (base["xla_peak_bytes"] and r["xla_peak_bytes"])
+                else base["xla_peak_bytes"] / r["xla_peak_bytes"]
+            )
+            out[f"{base['mixer']} default / {spec}"] = {
+                "fwd_bwd_time": base["fwd_bwd_s"] / r["fwd_bwd_s"],
+                "xla_peak_memory": mem,
+            }
+    return out
 
 
 def _fmt_bytes(b):
@@ -177,9 +204,12 @@ def main(argv=None):
     parser.add_argument("--D", type=int, default=None)
     args = parser.parse_args(argv)
     names = list(layers.MIXERS) if args.mixers is None else [m.strip() for m in args.mixers.split(",") if m.strip()]
-    unknown = [m for m in names if m not in layers.MIXERS]
+    unknown = [m for m in names if m.partition("@")[0] not in layers.MIXERS]
     if unknown:
         parser.error(f"unknown mixer(s) {unknown}; choose from {sorted(layers.MIXERS)}")
+    bad = [m for m in names if "@" in m and m.partition("@")[2] not in BACKENDS]
+    if bad:
+        parser.error(f"unknown backend in {bad}; choose from {list(BACKENDS)}")
     B, L, D, n, heads = (2, 1024, 64, 16, 2) if args.quick else (8, 4096, 256, 64, 4)
     B, L, D = args.B or B, args.L or L, args.D or D
     platform_name = jax.default_backend()
@@ -202,15 +232,22 @@ def main(argv=None):
     }
     print(HEADER)  # the table is printed once, a row as each mixer is measured
     print("-" * len(HEADER))
-    for name in names:
+    for spec in names:
+        name, _, backend = spec.partition("@")
         try:
-            row = bench_mixer(name, B, L, D, n, heads, args.repeats)
+            extra = {"backend": backend} if backend else {}
+            row = bench_mixer(name, B, L, D, n, heads, args.repeats, **extra)
         except Exception as e:  # report and continue: one mixer failing must not hide the others
-            row = {"mixer": name, "error": f"{type(e).__name__}: {e}"[:300]}
+            row = {"mixer": spec, "error": f"{type(e).__name__}: {e}"[:300]}
         record["rows"].append(row)
         print(format_row(row), flush=True)
         write_json(record, out)  # after every mixer, so a long run that is cut short keeps its rows
     rows = record["rows"]
+    record["ratios"] = backend_ratios(rows)
+    for key, r in record["ratios"].items():
+        mem = "-" if r["xla_peak_memory"] is None else f"{r['xla_peak_memory']:.2f}x"
+        print(f"{key}: fwd+bwd time {r['fwd_bwd_time']:.2f}x, XLA peak memory {mem}")
+    write_json(record, out)
     print(f"wrote {out}")
     return 0 if all("error" not in r for r in rows) else 1
 

@@ -139,6 +139,43 @@ def test_layers_benchmark_prints_its_table_once(tmp_path, monkeypatch, capsys):
     assert [r["mixer"] for r in written["rows"]] == ["s4d", "lru"]
 
 
+def test_layers_benchmark_compares_a_mixer_with_an_explicit_backend(tmp_path, monkeypatch, capsys):
+    """``name@backend`` passes ``backend=`` to the mixer, and a mixer measured both ways gets its time and memory
+    ratios (default / that backend) printed and written."""
+    from algornn.experiments.benchmarks import layers as bench
+
+    seen = []
+
+    def fake(name, B, L, D, n, heads, repeats, backend=None):
+        seen.append((name, backend))
+        slow = backend == "reference"
+        return {
+            "mixer": name if backend is None else f"{name}@{backend}",
+            "fwd_bwd_s": 2.0 if slow else 0.5,
+            "fwd_bwd_tokens_per_s": 8.0,
+            "xla_peak_bytes": 8 * 2**20 if slow else 2**20,
+            "call_s_L_quarter": 0.01,
+            "call_s_L": 0.04,
+            "step_s_fresh": 0.001,
+            "step_s_after_L": 0.001,
+            "step_scan_s_per_token": 0.001,
+            "speedup_step_vs_call_L": 40.0,
+        }
+
+    monkeypatch.setattr(bench, "bench_mixer", fake)
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--quick", "--mixers", "s4d,selective_ssm,selective_ssm@reference"]) == 0
+    assert seen == [("s4d", None), ("selective_ssm", None), ("selective_ssm", "reference")]
+    out = capsys.readouterr().out
+    assert "selective_ssm default / selective_ssm@reference: fwd+bwd time 0.25x, XLA peak memory 0.12x" in out
+    written = json.loads((tmp_path / "results" / f"layers_{bench.jax.default_backend()}.json").read_text())
+    assert written["ratios"] == {
+        "selective_ssm default / selective_ssm@reference": {"fwd_bwd_time": 0.25, "xla_peak_memory": 0.125}
+    }
+    with pytest.raises(SystemExit):
+        bench.main(["--quick", "--mixers", "selective_ssm@cuda"])
+
+
 def test_memory_gradient_sees_the_lmu_window(tmp_path, capsys):
     """LMU remembers a window of θ steps (Voelker et al. 2019): with the default θ = 100 a token 511 steps back
     barely reaches the last output, with θ = L = 512 it does as much as S4D's (measured 5e-8 against 0.13)."""
