@@ -14,6 +14,8 @@ Shape legend: B batch · L length · H heads · K key dim · V value dim · C ch
   rule's dense K×K transition); this module imports no op.
 """
 
+import math
+
 import jax.numpy as jnp
 from jax import lax
 
@@ -28,13 +30,21 @@ FORWARD_STEP = 32
 
 
 def chunk_cumsum(x, axis: int, reverse: bool = False):
-    """Cumulative sum of ``x`` along a (short) chunk axis, as a product with a triangle of ones. XLA CPU lowers
-    ``jnp.cumsum`` to a reduce-window doing O(C) adds per element, and ``lax.associative_scan`` to chains of pads,
-    slices and concatenations: inside the per-key delta rule's backward both cost more than this matmul."""
+    """Cumulative sum of ``x`` along a (short) chunk axis, as a product with a triangle of ones (``reverse``: sums
+    from the end). XLA CPU lowers ``jnp.cumsum`` to a reduce-window doing O(C) adds per element, and
+    ``lax.associative_scan`` to chains of pads, slices and concatenations: inside the per-key delta rule's backward
+    both cost more than this matmul. The last two axes take plain (batched) matmuls, which XLA runs without the
+    transposes an einsum over a middle axis brings (per-key delta rule fwd+bwd at L = 4096: 110 -> 100 ms)."""
     axis = axis % x.ndim
     n = x.shape[axis]
     i, j = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
     tri = (j >= i if reverse else j <= i).astype(x.dtype)  # out_i = Σ_j tri_ij x_j
+    if axis == x.ndim - 1:  # (..., C): one (rows, C) · (C, C) matmul
+        rows = math.prod(x.shape[:-1])
+        return jnp.matmul(x.reshape(rows, n), tri.T, precision=lax.Precision.HIGHEST).reshape(x.shape)
+    if axis == x.ndim - 2:  # (..., C, F): a batched matmul with the triangle broadcast over the batch
+        tri = jnp.broadcast_to(tri, x.shape[:-2] + (n, n))
+        return jnp.matmul(tri, x, precision=lax.Precision.HIGHEST)
     letters = "abcdefghklmnopqrstuvwxyz"[: x.ndim]
     src = letters[:axis] + "j" + letters[axis + 1 :]
     dst = letters[:axis] + "i" + letters[axis + 1 :]
