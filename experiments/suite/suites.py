@@ -155,7 +155,10 @@ def memory_levers(scale: str) -> list:
     - the output gate ``RMSNorm(o) ⊙ silu(x W_g)`` (the papers' block) on or off.
 
     And mLSTM without its output block's per-head norm and ``silu(z)`` gate (``mlstm_plain``: ``output_norm=False,
-    output_gate=False``; with them it learns L = 64 but not L = 256 in 400 steps, ``memory_range``).
+    output_gate=False``; with them it learns L = 64 but not L = 256 in 400 steps, ``memory_range``), and
+    DeltaProduct with one Householder step per token (``delta_product_n1_slowdt_nogate``, both levers): with n = 1
+    it is Gated DeltaNet (the same gradient from position 0 at every L, ``memory_gradient``), with the paper's n = 2
+    it forgets about twice as fast per token at init.
 
     Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop), init seed 0.
     cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, mlstm_plain at L = 256 and
@@ -170,15 +173,19 @@ def memory_levers(scale: str) -> list:
         for init, dt in inits.items()
         for gate in (True, False)
     }
+    crossed = list(variants)  # the 8 (mixer, init, gate) combinations
     variants["mlstm_plain"] = ("mlstm", {"output_norm": False, "output_gate": False})
+    n1 = {**inits["slowdt"], "output_gate": False, "num_householder": 1}
+    variants["delta_product_n1_slowdt_nogate"] = ("delta_product", n1)
     if scale == "smoke":
         lrs, d, batch = [3e-3], 8, 4
         plan = [("gated_deltanet_slowdt_nogate", 16, 1, _SMOKE_DATA)]
     elif scale == "cpu":
         lrs, d, batch = [3e-3], 64, 32
         data = dict(n_train=6400, n_val=500, n_test=500)  # one pass of 200 steps
-        plan = [(label, 64, 200, data) for label in variants if label != "mlstm_plain"]
-        plan += [(f"{m}_slowdt_nogate", 512, 200, data) for m in ("gated_deltanet", "delta_product")]
+        plan = [(label, 64, 200, data) for label in crossed]
+        at512 = ("gated_deltanet", "delta_product", "delta_product_n1")
+        plan += [(f"{m}_slowdt_nogate", 512, 200, data) for m in at512]
         plan += [("mlstm_plain", 256, 400, dict(data, n_train=12800)), ("mlstm_plain", 512, 200, data)]
     else:
         lrs, d, batch = [1e-2, 3e-3, 1e-3], 64, 32

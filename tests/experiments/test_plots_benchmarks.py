@@ -113,22 +113,27 @@ def test_benchmark_output_defaults_to_the_working_directory(tmp_path, monkeypatc
     assert not path.startswith(package)
 
 
+def _layers_row(mixer, fwd_bwd_s=0.5, peak=2**20):
+    """A made-up row of the layers benchmark (no timing)."""
+    return {
+        "mixer": mixer,
+        "fwd_bwd_s": fwd_bwd_s,
+        "fwd_bwd_tokens_per_s": 8.0,
+        "xla_peak_bytes": peak,
+        "call_s_L_quarter": 0.01,
+        "call_s_L": 0.04,
+        "step_s_fresh": 0.001,
+        "step_s_after_L": 0.001,
+        "step_scan_s_per_token": 0.001,
+        "speedup_step_vs_call_L": 40.0,
+    }
+
+
 def test_layers_benchmark_prints_its_table_once(tmp_path, monkeypatch, capsys):
     from algornn.experiments.benchmarks import layers as bench
 
     def fake(name, B, L, D, n, heads, repeats):  # no timing: one made-up row per mixer
-        return {
-            "mixer": name,
-            "fwd_bwd_s": 0.5,
-            "fwd_bwd_tokens_per_s": 8.0,
-            "xla_peak_bytes": 2**20,
-            "call_s_L_quarter": 0.01,
-            "call_s_L": 0.04,
-            "step_s_fresh": 0.001,
-            "step_s_after_L": 0.001,
-            "step_scan_s_per_token": 0.001,
-            "speedup_step_vs_call_L": 40.0,
-        }
+        return _layers_row(name)
 
     monkeypatch.setattr(bench, "bench_mixer", fake)
     monkeypatch.chdir(tmp_path)
@@ -148,19 +153,9 @@ def test_layers_benchmark_compares_a_mixer_with_an_explicit_backend(tmp_path, mo
 
     def fake(name, B, L, D, n, heads, repeats, backend=None):
         seen.append((name, backend))
-        slow = backend == "reference"
-        return {
-            "mixer": name if backend is None else f"{name}@{backend}",
-            "fwd_bwd_s": 2.0 if slow else 0.5,
-            "fwd_bwd_tokens_per_s": 8.0,
-            "xla_peak_bytes": 8 * 2**20 if slow else 2**20,
-            "call_s_L_quarter": 0.01,
-            "call_s_L": 0.04,
-            "step_s_fresh": 0.001,
-            "step_s_after_L": 0.001,
-            "step_scan_s_per_token": 0.001,
-            "speedup_step_vs_call_L": 40.0,
-        }
+        if backend is None:
+            return _layers_row(name)
+        return _layers_row(f"{name}@{backend}", fwd_bwd_s=2.0, peak=8 * 2**20)
 
     monkeypatch.setattr(bench, "bench_mixer", fake)
     monkeypatch.chdir(tmp_path)

@@ -191,7 +191,8 @@ def test_cpu_grids_keep_the_protocols():
         assert levers[(f"{mixer}_mamba2dt_gate", 64)] == {"output_gate": True}
         assert levers[(f"{mixer}_slowdt_nogate", 512)] == {"dt_min": 1e-4, "dt_max": 1e-3, "output_gate": False}
     assert levers[("mlstm_plain", 256)] == {"output_norm": False, "output_gate": False}
-    assert len(levers) == 12
+    assert levers[("delta_product_n1_slowdt_nogate", 512)]["num_householder"] == 1
+    assert len(levers) == 13
     capacity = SUITES["retrieval_capacity"].grid("cpu")
     assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
         "linear_attention",
