@@ -158,13 +158,15 @@ def memory_levers(scale: str) -> list:
     output_gate=False``; with them it learns L = 64 but not L = 256 in 400 steps, ``memory_range``), and
     DeltaProduct with one Householder step per token (``delta_product_n1_slowdt_nogate``, both levers): with n = 1
     it is Gated DeltaNet (the same gradient from position 0 at every L, ``memory_gradient``), with the paper's n = 2
-    it forgets about twice as fast per token at init. And the default mLSTM block at L = 256 given 1500 steps
-    (``mlstm``): it sits at chance far beyond the 400 steps of ``memory_range`` before it learns.
+    it forgets about twice as fast per token at init. And two mixers with their defaults given 1500 steps: mLSTM at
+    L = 256 (``mlstm``; it sits at chance far beyond the 400 steps of ``memory_range`` before it learns) and
+    SelectiveSSM at the issue's L = 512 (``selective_ssm``; 200 steps in ``memory``).
 
     Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop), init seed 0.
     cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, mlstm_plain at L = 256 and
-    512, mlstm at L = 256, at most 200 steps (400 for mlstm_plain at L = 256, as ``memory_range``; 1500 for
-    mlstm), lr 3e-3 (the issue's probe), 6 400 training examples (12 800 for 400 steps, 48 000 for 1500).
+    512, mlstm at L = 256, selective_ssm at L = 512, at most 200 steps (400 for mlstm_plain at L = 256, as
+    ``memory_range``; 1500 for mlstm and selective_ssm), lr 3e-3 (the issue's probe), 6 400 training examples
+    (12 800 for 400 steps, 48 000 for 1500).
     paper: the same at L ∈ {64, 512, 2048}, 1000 steps, lr ∈ {1e-2, 3e-3, 1e-3}, 10 000 examples.
     """
     inits = {"mamba2dt": {}, "slowdt": {"dt_min": 1e-4, "dt_max": 1e-3}}
@@ -179,6 +181,7 @@ def memory_levers(scale: str) -> list:
     n1 = {**inits["slowdt"], "output_gate": False, "num_householder": 1}
     variants["delta_product_n1_slowdt_nogate"] = ("delta_product", n1)
     variants["mlstm"] = ("mlstm", {})
+    variants["selective_ssm"] = ("selective_ssm", {})
     if scale == "smoke":
         lrs, d, batch = [3e-3], 8, 4
         plan = [("gated_deltanet_slowdt_nogate", 16, 1, _SMOKE_DATA)]
@@ -189,7 +192,10 @@ def memory_levers(scale: str) -> list:
         at512 = ("gated_deltanet", "delta_product", "delta_product_n1")
         plan += [(f"{m}_slowdt_nogate", 512, 200, data) for m in at512]
         plan += [("mlstm_plain", 256, 400, dict(data, n_train=12800)), ("mlstm_plain", 512, 200, data)]
-        plan += [("mlstm", 256, 1500, dict(data, n_train=48000))]
+        plan += [
+            ("mlstm", 256, 1500, dict(data, n_train=48000)),
+            ("selective_ssm", 512, 1500, dict(data, n_train=48000)),
+        ]
     else:
         lrs, d, batch = [1e-2, 3e-3, 1e-3], 64, 32
         data = dict(n_train=10000, n_val=1000, n_test=1000)
@@ -524,7 +530,8 @@ SUITES = {
         ),
         Suite(
             "memory_levers",
-            "The presence probe for the gated delta rules (decay init x output gate) and mLSTM's output block",
+            "The presence probe's levers: the gated delta rules' decay init, output gate and Householder steps; "
+            "mLSTM and SelectiveSSM given more steps",
             memory_levers.__doc__,
             memory_levers,
             x="seq_len",

@@ -192,8 +192,8 @@ def test_cpu_grids_keep_the_protocols():
         assert levers[(f"{mixer}_slowdt_nogate", 512)] == {"dt_min": 1e-4, "dt_max": 1e-3, "output_gate": False}
     assert levers[("mlstm_plain", 256)] == {"output_norm": False, "output_gate": False}
     assert levers[("delta_product_n1_slowdt_nogate", 512)]["num_householder"] == 1
-    assert levers[("mlstm", 256)] == {}
-    assert len(levers) == 14
+    assert levers[("mlstm", 256)] == {} and levers[("selective_ssm", 512)] == {}
+    assert len(levers) == 15
     capacity = SUITES["retrieval_capacity"].grid("cpu")
     assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
         "linear_attention",
