@@ -159,9 +159,9 @@ def decayed_scores_vjp(dS, x, k, dec: KeyDecay, strict: bool = False):
     kp, k4 = _blocks(k, dec)
     _, x4 = _blocks(x, dec)
     d4 = dS.reshape(dS.shape[:-2] + (nb, c, Cp))  # rows by sub-chunk
-    db = jnp.moveaxis(jnp.diagonal(d4.reshape(dS.shape[:-2] + (nb, c, nb, c)), axis1=-4, axis2=-2), -1, -3)
     dx = dec.fx * _mm("...ari,...aik->...ark", d4, kp[..., None, :, :] * dec.ek)
-    if dec.dd is not None:
+    if dec.dd is not None:  # the exact diagonal blocks' cotangent ``db (..., nb, c, c)``
+        db = jnp.moveaxis(jnp.diagonal(d4.reshape(dS.shape[:-2] + (nb, c, nb, c)), axis1=-4, axis2=-2), -1, -3)
         dx = dx + _mm("...ari,...arik,...aik->...ark", db, dec.dd, k4)
     y = dec.ek * _mm("...ari,...ark->...aik", d4, x4 * dec.fx)  # (..., nb, Cp, K)
     # Σ over the nb sub-chunks unrolled: a reduction over that non-minor axis ran ~25× slower on the CPU (jax 0.10.2)
