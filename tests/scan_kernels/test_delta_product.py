@@ -129,7 +129,7 @@ def check_against_reference(backend, case, *, grads=GRAD_NAMES, rtol=1e-5, grad_
 
 SLOW = pytest.mark.slow
 # const20: every gradient but dg here; dg is test_constant_decay_minus_20_log_decay_gradient.
-XLA = ["L63", "L500", "L1", "const20", pytest.param("L1000", marks=SLOW), pytest.param("L500-strong", marks=SLOW)]
+XLA = ["L63", "L500", "L1", "const20", "L1000", "L500-strong"]
 
 
 @pytest.mark.parametrize("case", XLA)
