@@ -181,24 +181,30 @@ def key_decayed_scores(x, k, gam, strict: bool = False, sub: int = SUB_CHUNK):
     return _scores_fwd(x, k, gam, strict, sub)[0]
 
 
-def _either(gam, sub, fn, *args):
-    """``fn(*args, dec)`` with the factored decays where ``key_factorable(gam)``, else with the exact ones."""
-    return lax.cond(
-        key_factorable(gam, sub),
-        lambda g, *a: fn(*a, key_decay(g, sub, factored=True)),
-        lambda g, *a: fn(*a, key_decay(g, sub)),
-        gam,
-        *args,
-    )
+def factored_or_exact(gam, fn, *args, sub: int = SUB_CHUNK):
+    """``fn(*args, factored=...)`` with ``factored`` True where the per-key gates ``gam (..., C, K)`` pass
+    ``key_factorable`` and False elsewhere, decided at run time by one ``lax.cond`` over the whole of ``gam``;
+    ``gam`` None (per-head gates or none) calls ``fn(*args, factored=False)``. Pass ``gam`` in ``args`` too where
+    ``fn`` needs it: operands of the cond, not closures, so it is computed once."""
+    if gam is None:
+        return fn(*args, factored=False)
+    return lax.cond(key_factorable(gam, sub), partial(fn, factored=True), partial(fn, factored=False), *args)
 
 
 def _scores_fwd(x, k, gam, strict, sub):
-    return _either(gam, sub, lambda x, k, dec: decayed_scores(x, k, dec, strict), x, k), (x, k, gam)
+    def scores(x, k, gam, factored):
+        return decayed_scores(x, k, key_decay(gam, sub, factored), strict)
+
+    return factored_or_exact(gam, scores, x, k, gam, sub=sub), (x, k, gam)
 
 
 def _scores_bwd(strict, sub, res, dS):
     x, k, gam = res
-    return _either(gam, sub, lambda dS, x, k, dec: decayed_scores_vjp(dS, x, k, dec, strict), dS, x, k)
+
+    def cotangents(dS, x, k, gam, factored):
+        return decayed_scores_vjp(dS, x, k, key_decay(gam, sub, factored), strict)
+
+    return factored_or_exact(gam, cotangents, dS, x, k, gam, sub=sub)
 
 
 key_decayed_scores.defvjp(_scores_fwd, _scores_bwd)

@@ -68,7 +68,7 @@ from algornn.scan_kernels._common.fast_weight_checks import (
     check_qkv,
     check_state,
 )
-from algornn.scan_kernels._common.key_decay import decayed_scores, decayed_scores_vjp, key_decay, key_factorable
+from algornn.scan_kernels._common.key_decay import decayed_scores, decayed_scores_vjp, factored_or_exact, key_decay
 from algornn.scan_kernels._common.packing import check_segment_ids, sequence_starts
 from algornn.scan_kernels._delta_rule.chunk_states import scan_state_columns_dense
 from algornn.scan_kernels._delta_rule.reference import delta_rule_reference
@@ -86,17 +86,9 @@ def _group(g):
     return KEY_CHUNK_GROUP if g is not None and g.ndim == 4 else CHUNK_GROUP
 
 
-def _factored_or_exact(gam, fn, *args):
-    """``fn(*args, factored)``: per-key gates ``gam (..., C, K)`` whose sub-chunks pass ``key_factorable`` take the
-    factored diagonal blocks (``_common.key_decay``), others the exact ones, decided at run time by one ``lax.cond``
-    over the whole group; ``gam`` None (per-head gates or none) calls ``fn(*args, factored=False)``."""
-    if gam is None:
-        return fn(*args, factored=False)
-    return lax.cond(key_factorable(gam), partial(fn, factored=True), partial(fn, factored=False), *args)
-
-
 def _group_gates(g, start, n, C):
-    """The group's cumulative per-key log-gates ``(B, n, H, C, K)`` (for ``_factored_or_exact``); None otherwise."""
+    """The group's cumulative per-key log-gates ``(B, n, H, C, K)``: they decide ``factored_or_exact`` (the
+    factored or the exact diagonal blocks, ``_common.key_decay``) and are handed on to ``_inputs``; None otherwise."""
     return None if g is None or g.ndim != 4 else chunk_cumsum(_read(g, start, n, C), 3)
 
 
@@ -115,13 +107,14 @@ def _lift(mask, ndim: int):
     return mask.reshape((1,) * (ndim - mask.ndim) + mask.shape)
 
 
-def _inputs(q, k, v, beta, g, start, n, C, st=None):
+def _inputs(q, k, v, beta, g, start, n, C, st=None, gam=None):
     """The group's ``Q, K (B, n, H, C, K)``, ``V (B, n, H, C, V)``, ``β`` and cumulative log-gates ``γ``:
-    ``(B, n, H, C)`` (zeros without gates) or, per key, ``(B, n, H, C, K)``; with packed sequences (``st``, the
-    start flags ``(B, Lp, H)``) also the chunks' packing masks (``packing``)."""
+    ``(B, n, H, C)`` (zeros without gates) or, per key, ``(B, n, H, C, K)`` (``gam``: already computed); with packed
+    sequences (``st``, the start flags ``(B, Lp, H)``) also the chunks' packing masks (``packing``)."""
     Q, K, V, b = (_read(x, start, n, C) for x in (q, k, v, beta))
     graw = None if g is None else _read(g, start, n, C)
-    gam = jnp.zeros_like(b) if g is None else chunk_cumsum(graw, 3)  # over the chunk's C positions
+    if gam is None:
+        gam = jnp.zeros_like(b) if g is None else chunk_cumsum(graw, 3)  # over the chunk's C positions
     pk = None if st is None else packing(_read(st, start, n, C), graw, gam)
     return Q, K, V, b, gam, pk
 
@@ -240,8 +233,8 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep, st=None, s0r=No
     V = v.shape[-1]
     nc = Lp // C
 
-    def one_group(start, s_cols, n, factored):
-        Q, Kc, Vc, b, gam, pk = _inputs(q, k, v, beta, g, start, n, C, st)
+    def one_group(start, s_cols, gk, n, factored):
+        Q, Kc, Vc, b, gam, pk = _inputs(q, k, v, beta, g, start, n, C, st, gk)
         c = chunk_terms(Kc, b, gam, pk=pk, factored=factored)
         Ut = _mm("bnhij,bnhjv->bnhiv", c["T"], b[..., None] * Vc)
         if pk is not None:
@@ -260,7 +253,8 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep, st=None, s0r=No
 
     def body(start, n, carry):
         s_cols, o_buf, res = carry
-        s_cols, o, kept = _factored_or_exact(_group_gates(g, start, n, C), partial(one_group, n=n), start, s_cols)
+        gk = _group_gates(g, start, n, C)
+        s_cols, o, kept = factored_or_exact(gk, partial(one_group, n=n), start, s_cols, gk)
         res = tuple(lax.dynamic_update_slice_in_dim(r, x, start, 1) for r, x in zip(res, kept))
         return s_cols, _write(o_buf, o, start), res
 
@@ -269,16 +263,18 @@ def _forward(q, k, v, beta, g, s0, C, group, scan_backend, keep, st=None, s0r=No
     return o, jnp.moveaxis(s_cols, 0, -1), res
 
 
-def _forward_step(S, xs, s0r=None, factored: bool = False):
+def _forward_step(S, xs, s0r=None, gam=None, factored: bool = False):
     """One step of ``_forward_only`` over G chunks: ``S (B·H, K, V)`` entering the step; ``xs`` the step's
     ``Q, K (G, B·H, C, K)``, ``V (G, B·H, C, V)``, ``β (G, B·H, C)``, log-gates ``(G, B·H, C[, K])`` (or None) and
     packed sequences' start flags ``(G, B·H, C)`` (or None; then ``s0r (B·H, K, V)`` is the reset state).
     The chunk terms (``chunk_terms``, one leading batch axis of 1) are batched over the G chunks; between them
     the chunks run in order, ``U_n = Ũ_n − W_n S_{n-1}``, ``S_n = diag(exp(γ_C)) S_{n-1} + K̂_nᵀ U_n`` (two
     ``(C, K)·(K, V)`` products per chunk: the transition ``M`` is never formed, saving its ``K×K`` product and the
-    ``K²V`` product ``M S``). Returns the leaving state and ``O (G, B·H, C, V)``."""
+    ``K²V`` product ``M S``). ``gam``: the cumulative log-gates ``(1, G, B·H, C[, K])`` if already computed.
+    Returns the leaving state and ``O (G, B·H, C, V)``."""
     Q, K, V, b, g, st = (None if x is None else x[None] for x in xs)  # (1, G, B·H, C, ·)
-    gam = jnp.zeros_like(b) if g is None else chunk_cumsum(g, 3)
+    if gam is None:
+        gam = jnp.zeros_like(b) if g is None else chunk_cumsum(g, 3)
     pk = None if st is None else packing(st, g, gam)
     c = chunk_terms(K, b, gam, pk=pk, factored=factored)
     Ut = _mm("bnhij,bnhjv->nhiv", c["T"], b[..., None] * V)  # Ũ = T (β ⊙ V)
@@ -322,7 +318,7 @@ def _forward_only(q, k, v, beta, g, s0, C, st=None, s0r=None):
         step_xs = tuple(None if x is None else read_chunks_heads_first(x, start, n, Cf) for x in xs)
         gk = step_xs[4]
         gam = None if gk is None or gk.ndim != 4 else chunk_cumsum(gk, 2)[None]  # (1, G, B·H, C, K)
-        S, o_n = _factored_or_exact(gam, lambda S, factored: _forward_step(S, step_xs, s0r, factored), S)
+        S, o_n = factored_or_exact(gam, lambda S, gam, factored: _forward_step(S, step_xs, s0r, gam, factored), S, gam)
         return S, write_chunks_heads_first(o, o_n, start)
 
     carry = (s0.reshape(B * H, K, v.shape[-1]), jnp.zeros(xs[2].shape, jnp.float32))
@@ -450,8 +446,8 @@ def _chunked_bwd(C, scan_backend, res, cts):
     do, d_final = cts
     nc = q.shape[1] // C
 
-    def one_group(start, h_cols, n, factored):
-        Q, K, V, b, gam, pk = _inputs(q, k, v, beta, g, start, n, C, st)
+    def one_group(start, h_cols, gk, n, factored):
+        Q, K, V, b, gam, pk = _inputs(q, k, v, beta, g, start, n, C, st, gk)
         S0, T, U = (lax.dynamic_slice_in_dim(r, start, n, 1) for r in (S0buf, Tbuf, Ubuf))
         c = chunk_terms(K, b, gam, T=T, pk=pk, factored=factored)
         P = _scores(Q, K, c)
@@ -464,7 +460,8 @@ def _chunked_bwd(C, scan_backend, res, cts):
 
     def body(start, n, carry):
         h_cols, bufs, ds0r = carry
-        h_cols, grads = _factored_or_exact(_group_gates(g, start, n, C), partial(one_group, n=n), start, h_cols)
+        gk = _group_gates(g, start, n, C)
+        h_cols, grads = factored_or_exact(gk, partial(one_group, n=n), start, h_cols, gk)
         bufs = tuple(_write(buf, d, start) for buf, d in zip(bufs, grads[:5]))
         return h_cols, bufs, (ds0r if st is None else ds0r + grads[5])
 
