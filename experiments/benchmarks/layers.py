@@ -235,8 +235,7 @@ def main(argv=None):
     for spec in names:
         name, _, backend = spec.partition("@")
         try:
-            extra = {"backend": backend} if backend else {}
-            row = bench_mixer(name, B, L, D, n, heads, args.repeats, **extra)
+            row = bench_mixer(name, B, L, D, n, heads, args.repeats, backend=backend or None)
         except Exception as e:  # report and continue: one mixer failing must not hide the others
             row = {"mixer": spec, "error": f"{type(e).__name__}: {e}"[:300]}
         record["rows"].append(row)

@@ -132,7 +132,7 @@ def _layers_row(mixer, fwd_bwd_s=0.5, peak=2**20):
 def test_layers_benchmark_prints_its_table_once(tmp_path, monkeypatch, capsys):
     from algornn.experiments.benchmarks import layers as bench
 
-    def fake(name, B, L, D, n, heads, repeats):  # no timing: one made-up row per mixer
+    def fake(name, B, L, D, n, heads, repeats, backend=None):  # no timing: one made-up row per mixer
         return _layers_row(name)
 
     monkeypatch.setattr(bench, "bench_mixer", fake)
