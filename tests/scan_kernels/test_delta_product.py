@@ -137,7 +137,7 @@ def test_xla_matches_reference(case):
     check_against_reference("xla", case, grads=tuple(n for n in GRAD_NAMES if not (case == "const20" and n == "dg")))
 
 
-@pytest.mark.parametrize("case", ["L63", *(pytest.param(c, marks=SLOW) for c in ("L500", "L1", "L1000"))])
+@pytest.mark.parametrize("case", ["L63", "L500", "L1", "L1000"])
 def test_pallas_matches_reference(case):
     """``backend="pallas"`` runs delta_rule's Pallas kernels (interpret mode off-GPU) on the interleaved
     sequence, and its custom_vjp."""

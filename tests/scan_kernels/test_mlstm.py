@@ -190,10 +190,10 @@ CASES = [
     ("xla", 1, 500, 1, 16, 8, 64, False),
     ("xla", *SHAPE, CHUNK, True),  # random signs of q and k, moderate gates
     ("pallas", *SHAPE, CHUNK, False),
-    pytest.param("pallas", 1, 1, 1, 4, 3, 16, False, marks=SLOW),
-    pytest.param("pallas", 1, 500, 1, 16, 8, 64, False, marks=SLOW),
+    ("pallas", 1, 1, 1, 4, 3, 16, False),
+    ("pallas", 1, 500, 1, 16, 8, 64, False),
     ("xla", 1, 1000, 4, 16, 8, 64, False),
-    pytest.param("pallas", 1, 1000, 4, 16, 8, 64, False, marks=SLOW),
+    ("pallas", 1, 1000, 4, 16, 8, 64, False),
 ]
 
 
