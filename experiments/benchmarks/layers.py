@@ -44,7 +44,7 @@ SSM_NAMES = ("s4", "s4d", "s5", "lru", "lssl", "hippo_rnn")
 HEADS_NAMES = ("linear_attention", "deltanet", "gla", "retnet", "gated_deltanet", "delta_product", "mlstm")
 
 
-def mixer_options(name: str, n: int, heads: int) -> dict:
+def mixer_options(name: str, n: int, heads: int, d_model: int = 256) -> dict:
     if name in SSM_NAMES:
         return {"d_state": n}
     if name == "lmu":
@@ -53,8 +53,8 @@ def mixer_options(name: str, n: int, heads: int) -> dict:
         return {"d_state": min(n, 16)}
     if name in HEADS_NAMES:
         return {"num_heads": heads}
-    if name == "mamba2":  # E = 2·D inner channels in heads of 64 (Mamba-2's defaults), N states per head
-        return {"d_state": n}
+    if name == "mamba2":  # E = 2·D inner channels in heads of 64 (Mamba-2's defaults; fewer at tiny D), N per head
+        return {"d_state": n, "head_dim": min(64, 2 * d_model)}
     if name == "hawk":
         return {}
     raise ValueError(f"no benchmark options for mixer {name!r}")
@@ -77,7 +77,7 @@ def _peak_device_bytes():
 def bench_mixer(
     name: str, B: int, L: int, D: int, n: int, heads: int, repeats: int, backend: str | None = None
 ) -> dict:
-    opts = mixer_options(name, n, heads) | ({} if backend is None else {"backend": backend})
+    opts = mixer_options(name, n, heads, D) | ({} if backend is None else {"backend": backend})
     mixer = layers.MIXERS[name](D, rngs=nnx.Rngs(0), **opts)
     graphdef, params = nnx.split(mixer)
     kx, kw = jax.random.split(jax.random.key(1))
