@@ -10,6 +10,7 @@ import pytest
 
 import algornn.scan_kernels as sk
 from algornn.scan_kernels._common import backend as _backend
+from algornn.scan_kernels._selective_scan import op
 from algornn.scan_kernels._selective_scan.pallas import selective_scan_pallas
 from tests._utils import assert_close
 from tests.scan_kernels.test_pallas_scan import lower_for_cuda
@@ -116,11 +117,25 @@ def test_more_lengths_and_backends(backend, L, G, reverse, chunk):
     _check_forward_and_gradients(backend, L, G, reverse, chunk, E=8, N=16)
 
 
-def _check_forward_and_gradients(backend, L, G, reverse, chunk, E, N):
-    x = make_inputs(10 + L, 2, L, E, N, G)
+# The XLA form's reductions take different code paths by shape (op.py): one batch lane (dot_generals) or several
+# (slice adds and per-group sums); more than GROUP_LOOP_MAX groups; more than SLICE_SUM_MAX states.
+LAYOUT_CASES = [
+    pytest.param(1, 40, None, 8, 5, id="one-lane"),
+    pytest.param(3, 40, op.GROUP_LOOP_MAX + 2, 2 * (op.GROUP_LOOP_MAX + 2), 3, id="many-groups"),
+    pytest.param(2, 20, 2, 4, op.SLICE_SUM_MAX + 1, id="many-states"),
+]
+
+
+@pytest.mark.parametrize("Bsz, L, G, E, N", LAYOUT_CASES)
+def test_every_reduction_path_matches_reference_and_float64(Bsz, L, G, E, N):
+    _check_forward_and_gradients("xla", L, G, True, 16, E=E, N=N, Bsz=Bsz)
+
+
+def _check_forward_and_gradients(backend, L, G, reverse, chunk, E, N, Bsz=2):
+    x = make_inputs(10 + L, Bsz, L, E, N, G)
     f = lambda *a, **k: sk.selective_scan(*a, **k, chunk_size=chunk, backend=backend)  # noqa: E731
     rng = np.random.default_rng(L)
-    cts = tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((2, L, E), (2, E, N)))
+    cts = tuple(jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in ((Bsz, L, E), (Bsz, E, N)))
     (y, h), fast = _outputs_and_grads(f, x, cts, reverse=reverse)
     assert y.dtype == h.dtype == jnp.float32
     y64, h64 = loop64(**x, reverse=reverse)
