@@ -2,6 +2,8 @@
 
     python -m algornn.experiments.benchmarks.memory_gradient [--length 512] [--mixers s4d,lmu] [--seeds 8] [--out PATH]
 
+``--length 64,256,1024`` measures each length in turn (how the reach falls with L).
+
 The memory suite's model (``SequenceModel``: width 64, 2 layers, readout at the last position) is built with each
 mixer's default options; token 1 sits at position 0 only, the other L - 1 tokens are drawn from 2..15. The table
 gives the norm of the gradient of the sum of class-1 logits (4 sequences) with respect to token 1's embedding
@@ -68,7 +70,7 @@ def _parse_set(items) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--length", type=int, default=512, help="sequence length L (default 512)")
+    parser.add_argument("--length", default="512", help="sequence length L, or several comma-separated (default 512)")
     parser.add_argument("--mixers", default=",".join(MIXERS), help="comma-separated mixer names (default: all)")
     parser.add_argument("--set", action="append", metavar="MIXER:KEY=VALUE", help="a non-default mixer option")
     parser.add_argument("--seeds", type=int, default=1, help="initialisation seeds 0 … N-1 per mixer (default 1)")
@@ -80,17 +82,22 @@ def main(argv=None) -> int:
         raise SystemExit(f"--mixers: unknown {unknown}; choose from {sorted(MIXERS)}")
     if args.seeds < 1:
         raise SystemExit(f"--seeds: expected an integer >= 1, got {args.seeds}")
+    try:
+        lengths = [int(v) for v in args.length.split(",") if v]
+    except ValueError:
+        lengths = []
+    if not lengths or min(lengths) < 1:
+        raise SystemExit(f"--length: expected positive integers separated by commas, got {args.length!r}")
     overrides = _parse_set(args.set)
     rows = []
     spread = "   min … max over seeds" if args.seeds > 1 else ""
-    print(f"{'mixer':18s} {'options':22s} {'from position 0':>16s} {'everywhere':>12s}{spread}")
-    for name in names:
+    print(f"{'mixer':18s} {'options':22s} {'L':>6s} {'from position 0':>16s} {'everywhere':>12s}{spread}")
+    for name, length in ((n, L) for n in names for L in lengths):
         opts = overrides.get(name, {})
-        per_seed = [
-            {"seed": s, **gradient_from_start(name, opts, length=args.length, seed=s)} for s in range(args.seeds)
-        ]
-        row = {"mixer": name, "options": opts, **{k: per_seed[0][k] for k in ("from_start", "everywhere")}}
-        line = f"{name:18s} {str(opts or ''):22s} {row['from_start']:16.3e} {row['everywhere']:12.3e}"
+        per_seed = [{"seed": s, **gradient_from_start(name, opts, length=length, seed=s)} for s in range(args.seeds)]
+        row = {"mixer": name, "options": opts, "length": length}
+        row.update({k: per_seed[0][k] for k in ("from_start", "everywhere")})
+        line = f"{name:18s} {str(opts or ''):22s} {length:6d} {row['from_start']:16.3e} {row['everywhere']:12.3e}"
         if args.seeds > 1:
             row["seeds"] = per_seed
             starts = [r["from_start"] for r in per_seed]
@@ -99,7 +106,7 @@ def main(argv=None) -> int:
         print(line, flush=True)
     result = {
         "benchmark": "memory_gradient",
-        "length": args.length,
+        "length": lengths[0] if len(lengths) == 1 else lengths,
         "seeds": args.seeds,
         "d_model": 64,
         "n_layers": 2,
