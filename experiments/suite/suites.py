@@ -7,6 +7,8 @@ holds the papers' sizes (for a GPU); ``"smoke"`` is one tiny one-step run per su
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from algornn.experiments.suite.spec import Reference, Run, Suite
@@ -160,13 +162,18 @@ def memory_levers(scale: str) -> list:
     it is Gated DeltaNet (the same gradient from position 0 at every L, ``memory_gradient``), with the paper's n = 2
     it forgets about twice as fast per token at init. And two mixers with their defaults given 1500 steps: mLSTM at
     L = 256 (``mlstm``; it sits at chance far beyond the 400 steps of ``memory_range`` before it learns) and
-    SelectiveSSM at the issue's L = 512 (``selective_ssm``; 200 steps in ``memory``).
+    SelectiveSSM at the issue's L = 512 (``selective_ssm``; 200 steps in ``memory``); and SelectiveSSM at L = 512
+    for 1500 steps with the slow Δ init (``selective_ssm_slowdt``), Mamba's expand = 2 (``selective_ssm_expand2``;
+    the layer's default is 1) or slower decay rates A_n = −0.01·(n + 1) (``selective_ssm_a001``; Mamba's are
+    −(n + 1)): a token's write Δ·B and its survival exp(−|A| Σ Δ) both depend on Δ, so with A_n ≤ −1 it reaches
+    L steps ahead with at most 1/(e·L); the slow Δ init cannot lift that bound, smaller |A| does
+    (docs/layers.md §The memory probe: what each mixer learns with its defaults).
 
     Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop), init seed 0.
     cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, mlstm_plain at L = 256 and
-    512, mlstm at L = 256, selective_ssm at L = 512, at most 200 steps (400 for mlstm_plain at L = 256, as
-    ``memory_range``; 1500 for mlstm and selective_ssm), lr 3e-3 (the issue's probe), 6 400 training examples
-    (12 800 for 400 steps, 48 000 for 1500).
+    512, mlstm at L = 256, the four selective_ssm variants at L = 512, at most 200 steps (400 for mlstm_plain at
+    L = 256, as ``memory_range``; 1500 for mlstm and selective_ssm*), lr 3e-3 (the issue's probe), 6 400 training
+    examples (12 800 for 400 steps, 48 000 for 1500).
     paper: the same at L ∈ {64, 512, 2048}, 1000 steps, lr ∈ {1e-2, 3e-3, 1e-3}, 10 000 examples.
     """
     inits = {"mamba2dt": {}, "slowdt": {"dt_min": 1e-4, "dt_max": 1e-3}}
@@ -182,6 +189,9 @@ def memory_levers(scale: str) -> list:
     variants["delta_product_n1_slowdt_nogate"] = ("delta_product", n1)
     variants["mlstm"] = ("mlstm", {})
     variants["selective_ssm"] = ("selective_ssm", {})
+    variants["selective_ssm_slowdt"] = ("selective_ssm", dict(inits["slowdt"]))
+    variants["selective_ssm_expand2"] = ("selective_ssm", {"expand": 2})
+    variants["selective_ssm_a001"] = ("selective_ssm", {"a_scale": 0.01})
     if scale == "smoke":
         lrs, d, batch = [3e-3], 8, 4
         plan = [("gated_deltanet_slowdt_nogate", 16, 1, _SMOKE_DATA)]
@@ -195,6 +205,9 @@ def memory_levers(scale: str) -> list:
         plan += [
             ("mlstm", 256, 1500, dict(data, n_train=48000)),
             ("selective_ssm", 512, 1500, dict(data, n_train=48000)),
+            ("selective_ssm_slowdt", 512, 1500, dict(data, n_train=48000)),
+            ("selective_ssm_expand2", 512, 1500, dict(data, n_train=48000)),
+            ("selective_ssm_a001", 512, 1500, dict(data, n_train=48000)),
         ]
     else:
         lrs, d, batch = [1e-2, 3e-3, 1e-3], 64, 32
@@ -296,10 +309,15 @@ def selective_copying(scale: str) -> list:
     else:
         length, lrs, mixers, d, steps, batch, n_copy = 4096, [1e-4, 1e-3], SELECTIVE_MIXERS, 64, 400_000, 64, 16
         data = dict(n_train=100000, n_val=1000, n_test=1000)
+    return _copying_runs(scale, "selective_copying", mixers, lrs, length, d, steps, batch, n_copy, data)
+
+
+def _copying_runs(scale, suite, mixers, lrs, length, d, steps, batch, n_copy, data) -> list:
+    """The runs of a selective-copying grid: every mixer (DeltaNet with the recall suites' short conv) × rate."""
     return [
         _run(
             scale,
-            suite="selective_copying",
+            suite=suite,
             task="selective_copying",
             mixer=mixer,
             lr=lr,
@@ -314,6 +332,25 @@ def selective_copying(scale: str) -> list:
         for mixer in mixers
         for lr in lrs
     ]
+
+
+def selective_copying_long(scale: str) -> list:
+    """Selective copying as ``selective_copying``, given 10x the steps: does S6 (``selective_ssm``) overtake S4
+    (``s4d``) once trained longer, as in the paper (S4 18.3 %, S6 97.0 % after 400 000 steps), or does the
+    300-step ordering (S6 below S4) persist? The full block (``mamba2``) beside them.
+
+    cpu: L = 128, width 64, 2 layers, 3 000 steps of batch 32 on 96 000 examples (one pass: nothing is seen
+    twice), lr 3e-3 (the best rate of S4D and S6 at 300 steps), cosine with 10 % warmup, the 99 % early stop.
+    paper: as ``selective_copying``'s paper scale.
+    """
+    if scale == "smoke":
+        length, lrs, mixers, d, steps, batch, n_copy, data = 16, [1e-3], ("s4d",), 8, 1, 4, 4, _SMOKE_DATA
+    elif scale == "cpu":
+        length, lrs, mixers, d, steps, batch, n_copy = 128, [3e-3], ("s4d", "selective_ssm", "mamba2"), 64, 3000, 32, 16
+        data = dict(n_train=96000, n_val=200, n_test=200)
+    else:
+        return [replace(r, suite="selective_copying_long") for r in selective_copying(scale)]
+    return _copying_runs(scale, "selective_copying_long", mixers, lrs, length, d, steps, batch, n_copy, data)
 
 
 INDUCTION_MIXERS = ("s4d", "selective_ssm", "mamba2", "linear_attention", "deltanet", "hawk")
@@ -503,6 +540,12 @@ def state_tracking(scale: str) -> list:
 
 # ------------------------------------------------------------------------------------------------ registry
 _MAMBA = "Gu & Dao 2023 (Mamba)"
+# Gu & Dao 2023, Table 1 (L = 4096): the published numbers of both selective-copying suites.
+_COPYING_REFERENCES = (
+    Reference(f"{_MAMBA}, Table 1 (L = 4096)", "S4 without gating", label="s4d", value=0.183),
+    Reference(f"{_MAMBA}, Table 1 (L = 4096)", "S6 without gating", label="selective_ssm", value=0.970),
+    Reference(f"{_MAMBA}, Table 1 (L = 4096)", "full Mamba block (S6)", label="mamba2", value=0.998),
+)
 _ZOOLOGY = "Arora et al. 2023 (Zoology), Fig. 2"
 _SCHLAG = "Schlag, Irie & Schmidhuber 2021, §6.1 Fig. 2"
 _GRAZZI = "Grazzi et al. 2025, Table 2"
@@ -558,11 +601,16 @@ SUITES = {
             selective_copying,
             x="seq_len",
             solved_at=0.99,
-            references=(
-                Reference(f"{_MAMBA}, Table 1 (L = 4096)", "S4 without gating", label="s4d", value=0.183),
-                Reference(f"{_MAMBA}, Table 1 (L = 4096)", "S6 without gating", label="selective_ssm", value=0.970),
-                Reference(f"{_MAMBA}, Table 1 (L = 4096)", "full Mamba block (S6)", label="mamba2", value=0.998),
-            ),
+            references=_COPYING_REFERENCES,
+        ),
+        Suite(
+            "selective_copying_long",
+            "Selective copying given 10x the steps: S6 against S4 (Mamba §4.1.1)",
+            selective_copying_long.__doc__,
+            selective_copying_long,
+            x="seq_len",
+            solved_at=0.99,
+            references=_COPYING_REFERENCES,
         ),
         Suite(
             "induction",

@@ -193,7 +193,10 @@ def test_cpu_grids_keep_the_protocols():
     assert levers[("mlstm_plain", 256)] == {"output_norm": False, "output_gate": False}
     assert levers[("delta_product_n1_slowdt_nogate", 512)]["num_householder"] == 1
     assert levers[("mlstm", 256)] == {} and levers[("selective_ssm", 512)] == {}
-    assert len(levers) == 15
+    assert levers[("selective_ssm_slowdt", 512)] == {"dt_min": 1e-4, "dt_max": 1e-3}
+    assert levers[("selective_ssm_expand2", 512)] == {"expand": 2}
+    assert levers[("selective_ssm_a001", 512)] == {"a_scale": 0.01}
+    assert len(levers) == 18
     capacity = SUITES["retrieval_capacity"].grid("cpu")
     assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
         "linear_attention",
@@ -219,5 +222,10 @@ def test_cpu_grids_keep_the_protocols():
     ranged = SUITES["memory_range"].grid("cpu")
     assert {r.mixer for r in ranged} == set(RANGE_MIXERS) and {r.cell["seq_len"] for r in ranged} == {64, 256}
     assert all(r.task == "presence" and r.steps > 200 for r in ranged)
+    # selective_copying_long: the cpu cell of selective_copying with 10x the steps, data seen once
+    short = {r.mixer: r for r in SUITES["selective_copying"].grid("cpu")}
+    for r in SUITES["selective_copying_long"].grid("cpu"):
+        assert r.steps == 10 * short[r.mixer].steps and r.task_options["n_train"] == r.steps * r.batch_size
+        assert r.task_options["seq_len"] == short[r.mixer].task_options["seq_len"]
     # retrieval capacity: the width-2 conv stands in for Schlag et al.'s key and value arriving in one step
     assert {r.mixer_options["short_conv"] for r in SUITES["retrieval_capacity"].grid("cpu")} == {2}
