@@ -54,23 +54,14 @@ GROUP_LOOP_MAX = 16
 
 
 def _lanes(x):
-    """Batch-major ``(B, Lp, F...)`` -> lanes layout ``(Lp, F..., B)``: the batch is the innermost axis."""
+    """Batch-major ``(B, ...)`` -> lanes layout ``(..., B)``: the batch is the innermost axis (inputs ``(B, Lp, F...)``,
+    states ``(B, G, Eg, N)``)."""
     return jnp.moveaxis(x, 0, -1)
 
 
 def _unlanes(x):
-    """``(Lp, F..., B)`` -> ``(B, Lp, F...)``."""
+    """``(..., B)`` -> ``(B, ...)``."""
     return jnp.moveaxis(x, -1, 0)
-
-
-def _state_lanes(h):
-    """``(..., B, G, Eg, N)`` -> ``(..., G, Eg, N, B)``."""
-    return jnp.moveaxis(h, -4, -1)
-
-
-def _state_batch(h):
-    """``(..., G, Eg, N, B)`` -> ``(..., B, G, Eg, N)``."""
-    return jnp.moveaxis(h, -1, -4)
 
 
 def _sum_states(x, y):
@@ -154,6 +145,13 @@ def _y_batch(y, E):
     return _unlanes(y).reshape(y.shape[-1], y.shape[0], E)
 
 
+def _lanes_inputs(u, d, Bm, Cm, keep, G):
+    """Time-major lanes-layout copies: ``u, Δ (Lp, G, Eg, B)``, ``B, C (Lp, G, N, B)``[, ``keep (Lp, B)``]."""
+    Bsz, Lp, E = u.shape
+    ch = lambda x: _lanes(x.reshape(Bsz, Lp, G, E // G))  # noqa: E731
+    return (ch(u), ch(d), _lanes(Bm), _lanes(Cm)) + (() if keep is None else (_lanes(keep),))
+
+
 @partial(jax.custom_vjp, nondiff_argnums=(7, 8))
 def _core(u, d, A, Bm, Cm, h0, keep, C, pallas):
     """``(y (B, Lp, E), h_last (B, G, Eg, N))`` on padded inputs ``u, d (B, Lp, E)``, ``A (G, Eg, N)``,
@@ -165,30 +163,23 @@ def _core(u, d, A, Bm, Cm, h0, keep, C, pallas):
 
         y, h_last, _ = selective_scan_pallas(u, d, A, Bm, Cm, h0, keep, C=C)
         return y, h_last
-    h0l, xs = _state_lanes(h0), _lanes_inputs(u, d, Bm, Cm, keep, A.shape[0])
+    h0l, xs = _lanes(h0), _lanes_inputs(u, d, Bm, Cm, keep, A.shape[0])
     h_last, y = _chunk(h0l, A[..., None], xs, h0l)  # one loop over time: no chunk states needed
-    return _y_batch(y, u.shape[2]), _state_batch(h_last)
-
-
-def _lanes_inputs(u, d, Bm, Cm, keep, G):
-    """Time-major lanes-layout copies: ``u, Δ (Lp, G, Eg, B)``, ``B, C (Lp, G, N, B)``[, ``keep (Lp, B)``]."""
-    Bsz, Lp, E = u.shape
-    ch = lambda x: _lanes(x.reshape(Bsz, Lp, G, E // G))  # noqa: E731
-    return (ch(u), ch(d), _lanes(Bm), _lanes(Cm)) + (() if keep is None else (_lanes(keep),))
+    return _y_batch(y, u.shape[2]), _unlanes(h_last)
 
 
 def _core_fwd(u, d, A, Bm, Cm, h0, keep, C, pallas):
     nc = u.shape[1] // C
-    h0l = _state_lanes(h0)
+    h0l = _lanes(h0)
     xs = tuple(_split_chunks(x, nc) for x in _lanes_inputs(u, d, Bm, Cm, keep, A.shape[0]))
     if pallas:
         from algornn.scan_kernels._selective_scan.pallas import selective_scan_pallas
 
         y, h_last, h_in = selective_scan_pallas(u, d, A, Bm, Cm, h0, keep, C=C, states=True)
-        h_in = _state_lanes(h_in)
+        h_in = jnp.moveaxis(h_in, 1, -1)  # (NC, B, G, Eg, N) -> (NC, G, Eg, N, B)
     else:
         y, h_last, h_in = _forward_states(h0l, A[..., None], xs)
-        y, h_last = _y_batch(_merge_chunks(y), u.shape[2]), _state_batch(h_last)
+        y, h_last = _y_batch(_merge_chunks(y), u.shape[2]), _unlanes(h_last)
     return (y, h_last), (A, h_in, h0l) + xs
 
 
@@ -254,12 +245,12 @@ def _core_bwd(C, pallas, res, cts):
         hs = _chunk_states(h, A4, (u, d, b) + k, h0)
         return _chunk_adjoint(*carry, A4, (u, d, b, c, dy_c, hs) + k, h0)
 
-    init = (_state_lanes(dh), jnp.zeros_like(A), jnp.zeros_like(h0) if packed else None)
+    init = (_lanes(dh), jnp.zeros_like(A), jnp.zeros_like(h0) if packed else None)
     (dh0, dA, dh0_starts), dxs = lax.scan(outer, init, (h_in,) + xs + (dy,), reverse=True)
     if packed:
         dh0 = dh0 + dh0_starts
     du, dd, dB, dC = (_unlanes(_merge_chunks(x)) for x in dxs)
-    return du.reshape(Bsz, Lp, E), dd.reshape(Bsz, Lp, E), dA, dB, dC, _state_batch(dh0), None
+    return du.reshape(Bsz, Lp, E), dd.reshape(Bsz, Lp, E), dA, dB, dC, _unlanes(dh0), None
 
 
 _core.defvjp(_core_fwd, _core_bwd)
