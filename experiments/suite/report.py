@@ -14,7 +14,7 @@ import math
 import os
 from collections import defaultdict
 
-from algornn.experiments.suite.run import EXTRAS, RESULTS, RUN_SPEC, _read_json, default_root
+from algornn.experiments.suite.run import EXTRAS, RESULTS, RUN_SPEC, TIMING, _read_json, default_root
 from algornn.experiments.suite.suites import get_suite
 
 
@@ -119,7 +119,9 @@ def _headline(rec) -> float | None:
     return rec["val_accuracy"]
 
 
-def render_markdown(suite, records: list, best: list, *, scale: str | None, plot_name: str | None) -> str:
+def render_markdown(
+    suite, records: list, best: list, *, scale: str | None, plot_name: str | None, timing: dict | None = None
+) -> str:
     lines = [f"# Suite `{suite.name}`: {suite.title}", ""]
     lines += [f"Scale: `{scale or 'unknown'}`. Written by `algornn-suite report {suite.name}`.", ""]
     lines += ["## Protocol", "", *[line.strip() for line in (suite.protocol or "").strip().splitlines()], ""]
@@ -175,7 +177,16 @@ def render_markdown(suite, records: list, best: list, *, scale: str | None, plot
             f"| {r['name']} | {r['lr']:g} | {r['steps']} | {_pct(r['val_accuracy'])} | {_pct(r['test_accuracy'])} | "
             f"{(r['train_time_s'] or 0):.0f} | {r['wall_time_s']:.0f} |"
         )
-    lines += ["", f"{len(records)} runs, {total:.0f} s of run wall time in all (last session of each run).", ""]
+    lines += ["", f"{len(records)} runs, {total:.0f} s of run wall time in all (last session of each run)."]
+    if timing:  # the last `algornn-suite run` over this root (its runs in parallel when jobs > 1)
+        jobs = timing.get("jobs", 1)
+        lines.append(
+            f"The last `algornn-suite run` over these runs took {timing['wall_time_s']:.0f} s of wall time with "
+            f"{jobs} job{'s' if jobs > 1 else ''}"
+            + (f" (only {timing['only']!r})" if timing.get("only") else "")
+            + (" (cells in parallel processes, so each run's own wall time is longer than alone)." if jobs > 1 else ".")
+        )
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -245,6 +256,7 @@ def write_report(name: str, *, root: str | None = None, out_dir: str | None = No
         raise ValueError(f"no finished run under {root}; run the suite first (algornn-suite run {name})")
     best = best_per_cell(records)
     meta = _read_json(os.path.join(root, "suite.json")) or {}
+    timing = _read_json(os.path.join(root, TIMING))
     out_dir = out_dir or default_out_dir()
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"suite_{name}")
@@ -258,6 +270,7 @@ def write_report(name: str, *, root: str | None = None, out_dir: str | None = No
                 best,
                 scale=meta.get("scale"),
                 plot_name=os.path.basename(base) + ".png" if drew else None,
+                timing=timing,
             )
         )
     payload = {
@@ -268,6 +281,8 @@ def write_report(name: str, *, root: str | None = None, out_dir: str | None = No
         "best_per_cell": best,
         "runs": records,
         "total_wall_time_s": sum(r["wall_time_s"] for r in records),
+        "suite_wall_time_s": (timing or {}).get("wall_time_s"),
+        "jobs": (timing or {}).get("jobs"),
     }
     with open(paths["json"], "w") as f:
         json.dump(payload, f, indent=2)

@@ -25,6 +25,7 @@ from algornn.experiments.suite.suites import get_suite
 RESULTS = "results.json"
 EXTRAS = "extras.json"
 RUN_SPEC = "run.json"
+TIMING = "timing.json"
 
 
 def default_root(name: str) -> str:
@@ -99,16 +100,19 @@ def run_suite(
     root: str | None = None,
     progress: bool = True,
     compilation_cache: bool = True,
+    jobs: int = 1,
     suite=None,
 ) -> list:
     """Train every run of suite ``name`` at ``scale`` (those matching ``only``) under ``root``.
 
     Returns one record per run: ``{"name", "workdir", "status" ("trained" | "skipped" | "solved"), "wall_time_s"}``
     ("solved": not run, an earlier learning rate of its cell reached ``suite.solved_at``).
+    ``jobs`` > 1 trains that many cells at once, each in its own process (a cell's learning rates stay in order,
+    so the ``solved_at`` skip is the same); ``root/timing.json`` records the suite's wall time and ``jobs``.
     ``suite``: a ``Suite`` object to run instead of the registered one of that name (tests).
     """
-    from algornn.experiments.trainer import train_and_evaluate
-
+    if jobs < 1:
+        raise ValueError(f"jobs: {jobs} is not a number of processes; expected an int >= 1")
     suite = get_suite(name) if suite is None else suite
     runs = suite.grid(scale, only)
     if not runs:
@@ -123,49 +127,94 @@ def run_suite(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(runs), desc=f"suite {name}", unit="run", disable=not progress, file=sys.stderr)
-    records = []
-    solved = {}  # cell key -> (lr, validation accuracy) of the run that solved it
     t_suite = time.time()
+    cells = {}  # cell key -> its runs, in the spec's learning-rate order
+    for run in runs:
+        cells.setdefault(run.cell_key, []).append(run)
+    by_name = {}
     try:
-        for i, run in enumerate(runs):
-            workdir = os.path.join(root, run.name)
-            t0 = time.time()
-            if run.cell_key in solved and not is_finished(run, workdir):
-                lr, val = solved[run.cell_key]
-                records.append({"name": run.name, "workdir": workdir, "status": "solved", "wall_time_s": 0.0})
-                bar.write(f"[{i + 1}/{len(runs)}] {run.name}: not run (its cell reached val {val:.3f} at lr {lr:g})")
-                bar.update(1)
-                continue
-            if is_finished(run, workdir):
-                with open(os.path.join(workdir, RESULTS)) as f:
-                    results = json.load(f)
-                extras = _read_json(os.path.join(workdir, EXTRAS))
-                status = "skipped (finished)"
-            else:
-                os.makedirs(workdir, exist_ok=True)
-                with open(os.path.join(workdir, RUN_SPEC), "w") as f:
-                    json.dump(run.to_dict(), f, indent=2)
-                results = train_and_evaluate(run.config(), workdir)
-                extras = run_extras(run, workdir) if run.has_extras else None
-                status = "trained"
-            wall = time.time() - t0
-            val = results.get("final_val", {}).get("accuracy")
-            if suite.solved_at is not None and val is not None and val >= suite.solved_at:
-                solved.setdefault(run.cell_key, (run.lr, val))
-            records.append({"name": run.name, "workdir": workdir, "status": status.split()[0], "wall_time_s": wall})
-            bar.write(f"[{i + 1}/{len(runs)}] " + _summary(run, results, extras, wall, status))
-            bar.update(1)
+        if jobs == 1:
+            for cell in cells.values():
+                for rec in _run_cell(cell, root, suite.solved_at, write=bar.write, count=len(runs), done=len(by_name)):
+                    by_name[rec["name"]] = rec
+                    bar.update(1)
+        else:
+            by_name = _run_cells_in_processes(
+                list(cells.values()), root, suite.solved_at, jobs, compilation_cache, bar, len(runs)
+            )
     finally:
         bar.close()
+    records = [by_name[r.name] for r in runs]
+    wall = time.time() - t_suite
+    with open(os.path.join(root, TIMING), "w") as f:
+        json.dump({"suite": name, "scale": scale, "only": only, "jobs": jobs, "wall_time_s": wall}, f, indent=2)
     trained = sum(r["status"] == "trained" for r in records)
     not_run = sum(r["status"] == "solved" for r in records)
     print(
         f"suite {name} ({scale}): {trained} run(s) trained, {len(records) - trained - not_run} skipped (finished), "
-        f"{not_run} not run (cell solved), "
-        f"{time.time() - t_suite:.0f} s wall; results under {root}; "
-        f"write the report with: algornn-suite report {name} --root {root}"
+        f"{not_run} not run (cell solved), {wall:.0f} s wall ({jobs} job{'s' if jobs > 1 else ''}); "
+        f"results under {root}; write the report with: algornn-suite report {name} --root {root}"
     )
     return records
+
+
+def _run_cell(cell: list, root: str, solved_at, *, write=print, count: int = 0, done: int = 0):
+    """Train (or skip) the runs of one cell in order, yielding a record per run; once a run reaches ``solved_at``
+    validation accuracy the cell's remaining runs are not run."""
+    from algornn.experiments.trainer import train_and_evaluate
+
+    solved = None  # (lr, validation accuracy) of the run that solved the cell
+    for i, run in enumerate(cell):
+        workdir = os.path.join(root, run.name)
+        tag = f"[{done + i + 1}/{count}] " if count else ""
+        t0 = time.time()
+        if solved is not None and not is_finished(run, workdir):
+            write(f"{tag}{run.name}: not run (its cell reached val {solved[1]:.3f} at lr {solved[0]:g})")
+            yield {"name": run.name, "workdir": workdir, "status": "solved", "wall_time_s": 0.0}
+            continue
+        if is_finished(run, workdir):
+            with open(os.path.join(workdir, RESULTS)) as f:
+                results = json.load(f)
+            extras = _read_json(os.path.join(workdir, EXTRAS))
+            status = "skipped (finished)"
+        else:
+            os.makedirs(workdir, exist_ok=True)
+            with open(os.path.join(workdir, RUN_SPEC), "w") as f:
+                json.dump(run.to_dict(), f, indent=2)
+            results = train_and_evaluate(run.config(), workdir)
+            extras = run_extras(run, workdir) if run.has_extras else None
+            status = "trained"
+        wall = time.time() - t0
+        val = results.get("final_val", {}).get("accuracy")
+        if solved_at is not None and val is not None and val >= solved_at and solved is None:
+            solved = (run.lr, val)
+        write(tag + _summary(run, results, extras, wall, status))
+        yield {"name": run.name, "workdir": workdir, "status": status.split()[0], "wall_time_s": wall}
+
+
+def _cell_worker(cell: list, root: str, solved_at, compilation_cache: bool) -> list:
+    """``_run_cell`` in a worker process (``run_suite(jobs > 1)``); its lines go to this process's stdout."""
+    if compilation_cache:
+        enable_compilation_cache(root)
+    return list(_run_cell(cell, root, solved_at, write=lambda line: print(line, flush=True)))
+
+
+def _run_cells_in_processes(
+    cells: list, root: str, solved_at, jobs: int, compilation_cache: bool, bar, count: int
+) -> dict:
+    """Every cell through a pool of ``jobs`` fresh (spawned) processes; the records by run name."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    by_name = {}
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_cell_worker, cell, root, solved_at, compilation_cache) for cell in cells]
+        for future in as_completed(futures):
+            for rec in future.result():
+                by_name[rec["name"]] = rec
+                bar.update(1)
+            bar.write(f"{len(by_name)}/{count} runs done")
+    return by_name
 
 
 def _read_json(path: str):

@@ -7,6 +7,7 @@ examples; the point is that each suite's tasks, options, extra evaluations and r
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -116,6 +117,35 @@ def test_solved_cell_skips_its_remaining_learning_rates(tmp_path):
     assert [r["status"] for r in higher] == ["skipped", "trained"]
 
 
+def test_jobs_train_cells_in_parallel_processes_as_one_job_does(tmp_path):
+    """``jobs=2``: two cells (each with two learning rates, in order) train in two spawned processes; every run's
+    results equal those of the same grid with one job, and the report gives the suite's wall time and jobs."""
+    base = _tiny_suite()
+
+    def two_cells(scale):
+        runs = base.grid(scale)
+        return runs + [replace(r, label="deltanet_h1", mixer_options={"num_heads": 1, "chunk_size": 16}) for r in runs]
+
+    suite = Suite("tiny", "tiny", "a four-run grid", two_cells, x="eval_len")
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    serial = run_suite("tiny", root=one, progress=False, compilation_cache=False, suite=suite)
+    parallel = run_suite("tiny", root=two, progress=False, compilation_cache=False, suite=suite, jobs=2)
+    assert [r["name"] for r in parallel] == [r["name"] for r in serial] and len(serial) == 4
+    assert [r["status"] for r in parallel] == ["trained"] * 4
+    for rec in serial:
+        a, b = (json.load(open(os.path.join(root, rec["name"], "results.json"))) for root in (one, two))
+        assert a["final_val"] == b["final_val"] and a["test_from_best_checkpoint"] == b["test_from_best_checkpoint"]
+    timing = json.load(open(os.path.join(two, "timing.json")))
+    assert timing["jobs"] == 2 and timing["wall_time_s"] > 0
+    paths = write_report("tiny", root=two, out_dir=str(tmp_path / "out"), suite=suite)
+    assert "took" in open(paths["md"]).read() and "with 2 jobs" in open(paths["md"]).read()
+    assert json.load(open(paths["json"]))["jobs"] == 2
+    again = run_suite("tiny", root=two, progress=False, compilation_cache=False, suite=suite, jobs=2)
+    assert [r["status"] for r in again] == ["skipped"] * 4
+    with pytest.raises(ValueError, match="jobs: 0"):
+        run_suite("tiny", root=two, progress=False, compilation_cache=False, suite=suite, jobs=0)
+
+
 def _write_run(root, name, cell_key, lr, vals, test):
     """A hand-made finished run dir: ``vals`` the validation accuracies of its evaluations."""
     d = root / name
@@ -169,10 +199,10 @@ def test_cli_help_list_and_errors(tmp_path, capsys):
             main(argv)
         assert exc.value.code == 0
     out = capsys.readouterr().out
-    assert "--scale" in out and "--only" in out and "--root" in out
+    assert "--scale" in out and "--only" in out and "--root" in out and "--jobs" in out
     assert main(["list", "--runs", "memory"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in SUITES) and "presence-s4d-seq_len512-d64-lr1e-03" in out
+    assert all(name in out for name in SUITES) and "presence-s4d-seq_len512-d64-lr3e-03" in out
     assert main(["report", "mqar", "--root", str(tmp_path / "missing")]) == 1
     assert "is not a directory" in capsys.readouterr().err
     with pytest.raises(SystemExit):
@@ -184,7 +214,12 @@ def test_cpu_grids_keep_the_protocols():
     θ = L; the gated delta rules' levers in memory_levers), both
     capacity settings, both state-tracking tasks with and without negative eigenvalues, induction's lengths."""
     memory = SUITES["memory"].grid("cpu")
-    assert {r.label for r in memory} == set(MIXERS) | {"lmu_theta_L"} and len({r.lr for r in memory}) == 3
+    assert {r.label for r in memory} == set(MIXERS) | {"lmu_theta_L"} and {r.lr for r in memory} == {3e-3}
+    # memory_lrs: the same grid with 3 learning rates; its lr-3e-3 runs are memory's, name and config alike
+    sweep = SUITES["memory_lrs"].grid("cpu")
+    assert {r.label for r in sweep} == set(MIXERS) | {"lmu_theta_L"} and len({r.lr for r in sweep}) == 3
+    shared = {r.name: r.config() for r in sweep if r.lr == 3e-3}
+    assert shared == {r.name: r.config() for r in memory}
     # memory_levers: the gated delta rules' decay init crossed with their output gate at L = 64
     levers = {(r.label, r.cell["seq_len"]): r.mixer_options for r in SUITES["memory_levers"].grid("cpu")}
     for mixer in ("gated_deltanet", "delta_product"):
