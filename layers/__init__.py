@@ -19,10 +19,15 @@ discrete-time: ``dt_scale`` must be 1.
 The fast-weight mixers share the options ``short_conv``, ``feature_map`` / ``dpfp_nu``, ``qk_norm`` and
 ``output_gate`` (and ``negative_eigenvalues`` on the delta-rule ones, SelectiveSSM and Mamba2); see
 ``layers/_fast_weight.py``.
+``Attention`` (causal softmax attention with rotary positions, O(L²)) is not a recurrence: it is the baseline of
+``BASELINES`` that the experiments compare the mixers with, and takes the same constructor, ``__call__`` and
+``step`` (a key/value cache of ``max_len`` tokens).
 ``bidirectional`` is a constructor option of S4, S4D, S5, LRU, LSSL and SelectiveSSM.
 Shape legend: B batch · L length · D channels · N state size · H heads · K key dim · V value dim · C chunk.
 """
 
+from algornn.layers._attention import Attention as Attention
+from algornn.layers._attention import AttentionOptions as AttentionOptions
 from algornn.layers._block import SequenceBlock as SequenceBlock
 from algornn.layers._fast_weight import DeltaNet as DeltaNet
 from algornn.layers._fast_weight import DeltaNetOptions as DeltaNetOptions
@@ -55,6 +60,7 @@ from algornn.layers._model import SequenceModel as SequenceModel
 from algornn.layers._params import is_ssm_param as is_ssm_param
 from algornn.layers._params import ssm_param as ssm_param
 from algornn.layers._params import ssm_param_labels as ssm_param_labels
+from algornn.layers._registry import BASELINES as BASELINES
 from algornn.layers._registry import MIXERS as MIXERS
 from algornn.layers._registry import describe_mixers as describe_mixers
 from algornn.layers._s4 import S4 as S4

@@ -1,5 +1,8 @@
-"""``MIXERS``: the name -> class table of every sequence mixer, and ``resolve_mixer`` (name or class -> class)."""
+"""``MIXERS``: the name -> class table of every sequence mixer (the library's recurrences); ``BASELINES``: the
+non-recurrent mixers they are compared with (softmax attention); ``resolve_mixer`` (a name in either, or a class
+-> class)."""
 
+from algornn.layers._attention import Attention
 from algornn.layers._fast_weight import DeltaNet, GatedLinearAttention, LinearAttention, RetNet
 from algornn.layers._gated_delta import DeltaProduct, GatedDeltaNet
 from algornn.layers._hawk import Hawk
@@ -34,17 +37,28 @@ MIXERS = {
     "hawk": Hawk,
 }
 
+# Not recurrences: O(L²) baselines for the experiments (Zoology's attention on MQAR); same constructor, __call__,
+# init_state and step as a mixer.
+BASELINES = {"attention": Attention}
+
+
+def mixer_names() -> list[str]:
+    """Every name ``resolve_mixer`` takes: the mixers, then the baselines."""
+    return list(MIXERS) + list(BASELINES)
+
 
 def resolve_mixer(mixer):
-    """A name in ``MIXERS`` or a mixer class (anything with ``__call__``, ``init_state`` and ``step``)."""
+    """A name in ``MIXERS`` or ``BASELINES``, or a mixer class (anything with ``__call__``, ``init_state`` and
+    ``step``)."""
     if isinstance(mixer, str):
-        if mixer not in MIXERS:
-            raise ValueError(f"mixer={mixer!r} is not one of {sorted(MIXERS)}")
-        return MIXERS[mixer]
+        if mixer not in MIXERS and mixer not in BASELINES:
+            raise ValueError(f"mixer={mixer!r} is not one of {sorted(mixer_names())}")
+        return MIXERS.get(mixer) or BASELINES[mixer]
     if isinstance(mixer, type) and all(hasattr(mixer, m) for m in ("__call__", "init_state", "step")):
         return mixer
     raise ValueError(
-        f"mixer must be a name in {sorted(MIXERS)} or a mixer class with __call__, init_state and step; got {mixer!r}"
+        f"mixer must be a name in {sorted(mixer_names())} or a mixer class with __call__, init_state and step; "
+        f"got {mixer!r}"
     )
 
 

@@ -165,6 +165,35 @@ def memory_range(scale: str) -> list:
     ]
 
 
+def memory_readout(scale: str) -> list:
+    """The presence probe of ``memory`` with a fixed query token at the last position (``query_token=True``), for
+    the mixers at chance there at L = 512 and S4D as the control (issue 16 §3): is the failure how far the state
+    reaches, or the readout? Without the query the answer is read at a random symbol, and many of these mixers read
+    their state through functions of the current token (SelectiveSSM and Mamba2: C_t and the gate silu(z_t);
+    GLA, RetNet, Gated DeltaNet, DeltaProduct, mLSTM: the output gate; Hawk: its gate branch); S5 and S4D read it
+    through fixed C. The same bit, the same L tokens before the query.
+
+    Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop).
+    cpu: L = 512, at most 200 steps, lr 3e-3 (``memory``'s cpu runs, plus the query), 6 400 training examples.
+    paper: L ∈ {512, 2048}, 1000 steps, lr ∈ {1e-2, 3e-3, 1e-3}, 10 000 examples.
+    """
+    if scale == "smoke":
+        lengths, lrs, mixers, d, steps, batch, data = [16], [3e-3], ("selective_ssm",), 8, 1, 4, _SMOKE_DATA
+    elif scale == "cpu":
+        lengths, lrs, mixers, d, steps, batch = [512], [3e-3], ("s4d",) + RANGE_MIXERS, 64, 200, 32
+        data = dict(n_train=6400, n_val=500, n_test=500)
+    else:
+        lengths, lrs, mixers, d = [512, 2048], [1e-2, 3e-3, 1e-3], ("s4d",) + RANGE_MIXERS, 64
+        steps, batch, data = 1000, 32, dict(n_train=10000, n_val=1000, n_test=1000)
+    data = dict(data, query_token=True)
+    return [
+        _presence(scale, "memory_readout", f"{mixer}_query", mixer, {}, length, lr, d, steps, batch, data)
+        for mixer in mixers
+        for length in lengths
+        for lr in lrs
+    ]
+
+
 def memory_levers(scale: str) -> list:
     """Why the gated delta rules (Gated DeltaNet, DeltaProduct) stay at chance on ``memory``: the probe at L = 64
     (and L = 512 with both levers) for their two suspects, crossed (issue 16 §3):
@@ -240,8 +269,9 @@ def memory_levers(scale: str) -> list:
 # ------------------------------------------------------------------------------------------------ mqar
 # Zoology's recurrent families as they exist here: time-invariant (s4d), gated linear recurrences (hawk,
 # mamba2), linear attention and delta rules. There is no softmax-attention or Hyena/H3 mixer in the library.
-MQAR_MIXERS = ("s4d", "hawk", "mamba2", "linear_attention", "deltanet", "gated_deltanet")
-MQAR_CPU_MIXERS = MQAR_MIXERS[:5]
+# attention: the baseline of layers.BASELINES (softmax, RoPE), Zoology's reference that solves every cell
+MQAR_MIXERS = ("attention", "s4d", "hawk", "mamba2", "linear_attention", "deltanet", "gated_deltanet")
+MQAR_CPU_MIXERS = MQAR_MIXERS[:6]
 # The recall suites (mqar, selective copying, induction) give the fast-weight mixers the short convolution of
 # Zoology's linear-attention baselines and of Yang et al. 2024's DeltaNet (see ``mqar``): without position
 # information a 2-layer linear attention cannot tell which token came just before another.
@@ -250,23 +280,25 @@ RECALL_OPTIONS = {m: {"short_conv": 4} for m in ("linear_attention", "deltanet")
 
 def mqar(scale: str) -> list:
     """Multi-query associative recall as Zoology (Arora et al. 2023, Fig. 2): 2 layers, accuracy on the query
-    positions, best learning rate per (mixer, L, width) cell.
+        positions, best learning rate per (mixer, L, width) cell.
 
-    Both scales use Zoology's layout (queries at even offsets with power-law gaps, random filler, distinct
-    values), and the fast-weight mixers (linear attention, the delta rules) get a short convolution of width 4
-    on q, k, v, as Zoology's linear-attention baselines (Based) and the DeltaNet of Yang et al. 2024 have one: the
-    library's defaults follow Katharopoulos et al. 2020 and Schlag et al. 2021, which have none, and without it a
-    2-layer DeltaNet stays at 1 / pairs (it picks one of the context's values, never the bound one; 25 % after
-    1 000 steps at (64, 4) against 99 % in 350 steps with it). Mamba-2 and Hawk have their own short conv.
-    paper: vocabulary 8192 (4096 keys, 4096 values), (L, pairs) ∈ {(64, 4), (128, 8), (256, 16)}, width
-    ∈ {64, 128}, lr ∈ logspace(−4, −2, 4), 100 000 training examples,
-    12 500 steps of batch 64 (8 of Zoology's 64 epochs).
-    cpu: 32 keys and 32 values, (L, pairs) ∈ {(64, 4), (128, 8)}, width 64 only, lr ∈ {1e-2, 3e-3} (Zoology's
-    two largest; in that order), at most 600 steps of batch 32 on 20 000 examples (one pass), without
-    gated_deltanet; a run stops once a 10-step window reaches 99 % training accuracy and a cell that reached 99 %
-    validation accuracy skips its second learning rate. (The first cpu grid, vocabulary 256, widths 32 and 64,
-    150 steps and no short conv on the fast-weight mixers, left every run at chance; the second, lr ∈ {3e-3,
-    1e-3}, had 1e-3 behind 3e-3 in every cell.)
+        Both scales use Zoology's layout (queries at even offsets with power-law gaps, random filler, distinct
+        values), and the fast-weight mixers (linear attention, the delta rules) get a short convolution of width 4
+        on q, k, v, as Zoology's linear-attention baselines (Based) and the DeltaNet of Yang et al. 2024 have one: the
+        library's defaults follow Katharopoulos et al. 2020 and Schlag et al. 2021, which have none, and without it a
+        2-layer DeltaNet stays at 1 / pairs (it picks one of the context's values, never the bound one; 25 % after
+        1 000 steps at (64, 4) against 99 % in 350 steps with it). Mamba-2 and Hawk have their own short conv.
+        paper: vocabulary 8192 (4096 keys, 4096 values), (L, pairs) ∈ {(64, 4), (128, 8), (256, 16)}, width
+        ∈ {64, 128}, lr ∈ logspace(−4, −2, 4), 100 000 training examples,
+        12 500 steps of batch 64 (8 of Zoology's 64 epochs).
+        cpu: 32 keys and 32 values, (L, pairs) ∈ {(64, 4), (128, 8)}, width 64 only, lr ∈ {1e-2, 3e-3} (Zoology's
+        two largest; in that order), at most 600 steps of batch 32 on 20 000 examples (one pass), without
+        gated_deltanet; a run stops once a 10-step window reaches 99 % training accuracy and a cell that reached 99 %
+        validation accuracy skips its second learning rate. (The first cpu grid, vocabulary 256, widths 32 and 64,
+        150 steps and no short conv on the fast-weight mixers, left every run at chance; the second, lr ∈ {3e-3,
+        1e-3}, had 1e-3 behind 3e-3 in every cell.) Softmax attention (``layers.Attention``: 4 heads, rotary positions,
+    no short conv) is Zoology's reference; no gated convolution (H3, Hyena, BaseConv) is in the library, so the
+    published "gated convolutions need a width growing with L" is not tested here.
     """
     if scale == "smoke":
         cells, widths, lrs, mixers, steps, batch = [(16, 2)], [8], [1e-3], ("deltanet",), 1, 4
@@ -593,6 +625,15 @@ SUITES = {
             "The presence probe at shorter lengths, for the mixers at chance on memory at L = 512",
             memory_range.__doc__,
             memory_range,
+            x="seq_len",
+            references=(Reference("issue 16 §3", "a mixer that learns nowhere is a defect; chance 50 %"),),
+            solved_at=0.99,
+        ),
+        Suite(
+            "memory_readout",
+            "The presence probe read at a fixed query token: the readout or the reach?",
+            memory_readout.__doc__,
+            memory_readout,
             x="seq_len",
             references=(Reference("issue 16 §3", "a mixer that learns nowhere is a defect; chance 50 %"),),
             solved_at=0.99,

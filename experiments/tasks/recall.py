@@ -5,7 +5,8 @@ Shape legend: N examples, L length (``seq_len``).
   presence            random symbols; the label (2 classes, exactly balanced) says whether the marker symbol
                       (id 1) occurs in the first ``window`` positions. The marker may also occur later, as a
                       distractor that must not count. One label per sequence, read out at the last position
-                      (``model.pooling="last"``). Chance 0.5.
+                      (``model.pooling="last"``); with ``query_token`` the last position is always the symbol
+                      ``n_symbols + 1`` (a fixed query to read the answer at). Chance 0.5.
   retrieval_capacity  key-value pairs, then one query key; the label at the query is its value (Schlag, Irie &
                       Schmidhuber 2021, §6.1). Per-position labels, -1 except at the query (last position).
                       Chance 1 / n_values.
@@ -39,14 +40,15 @@ def _counts(n_train, n_val, n_test):
 
 
 # ---------------------------------------------------------------------- presence
-def generate_presence(n, seq_len, rng, *, window=10, n_symbols=16, distractors=False):
+def generate_presence(n, seq_len, rng, *, window=10, n_symbols=16, distractors=False, query_token=False):
     """Presence arrays: inputs (N, L) uint8 ids in ``[1, n_symbols]``, labels (N,) int8 in {0, 1}.
 
     Exactly ``n // 2`` rows are positive (in random order). A negative row draws its window from the
     symbols other than the marker; a positive row draws its window from all symbols and then sets one
     uniformly chosen window position to the marker. Positions from ``window`` on are uniform over the
     symbols other than the marker, or over all symbols with ``distractors`` (then a late marker must be
-    told apart from an early one by its position).
+    told apart from an early one by its position). ``query_token``: the last position is then the id
+    ``n_symbols + 1`` in every row (drawn after the rest, so the other positions are the same as without it).
     """
     labels = np.zeros(n, np.int8)
     labels[: n // 2] = 1
@@ -57,6 +59,8 @@ def generate_presence(n, seq_len, rng, *, window=10, n_symbols=16, distractors=F
     inputs[:, :window] = np.where(labels[:, None] == 1, inputs[:, :window], head)
     positive = np.flatnonzero(labels == 1)
     inputs[positive, rng.integers(0, window, positive.size)] = MARKER
+    if query_token:
+        inputs[:, -1] = n_symbols + 1
     return {"inputs": inputs, "labels": labels, "lengths": np.full(n, seq_len, np.int32)}
 
 
@@ -67,6 +71,7 @@ def presence(
     window=10,
     n_symbols=16,
     distractors=False,
+    query_token=False,
     n_train=10000,
     n_val=1000,
     n_test=1000,
@@ -77,29 +82,40 @@ def presence(
     Not from a paper: the simplest long-memory probe, one bit to hold for ``seq_len - window`` steps.
     By default the marker occurs only inside the window (a pure memory task, as the issue's probe);
     ``distractors=True`` also draws it after the window, so the answer depends on where it occurred.
-    Vocabulary: 0 padding (unused), ids 1..n_symbols with 1 the marker.
+    ``query_token=True`` ends every row with the same query symbol ``n_symbols + 1`` (the answer is read out
+    where the input is fixed, not at a random symbol; the window must then end before the last position).
+    Vocabulary: 0 padding (unused), ids 1..n_symbols with 1 the marker (and n_symbols + 1 the query).
     """
-    check_int("n_symbols", n_symbols, minimum=2, maximum=255)
+    check_bool("query_token", query_token)
+    check_int("n_symbols", n_symbols, minimum=2, maximum=255 - int(query_token))  # ids fit one byte
     check_int("seq_len", seq_len, minimum=2)
-    check_int("window", window, minimum=1, maximum=seq_len)
+    check_int("window", window, minimum=1, maximum=seq_len - int(query_token))
     check_bool("distractors", distractors)
     counts = _counts(n_train, n_val, n_test)
     check_int("data_seed", data_seed, minimum=0)
     options = dict(seq_len=seq_len, window=window, n_symbols=n_symbols, distractors=distractors)
+    if query_token:  # only when set: the options (and cache keys) of the runs without it stay as they were
+        options["query_token"] = True
     options.update(n_train=n_train, n_val=n_val, n_test=n_test)
     options["data_seed"] = data_seed
 
     def load(split):
         rng = _rng("presence", data_seed, split)
         return generate_presence(
-            counts[split], seq_len, rng, window=window, n_symbols=n_symbols, distractors=distractors
+            counts[split],
+            seq_len,
+            rng,
+            window=window,
+            n_symbols=n_symbols,
+            distractors=distractors,
+            query_token=query_token,
         )
 
     return Task(
         name="presence",
         num_classes=2,
         seq_len=seq_len,
-        vocab_size=n_symbols + 1,
+        vocab_size=n_symbols + 1 + int(query_token),
         kind="classification",
         chance=0.5,
         options=options,

@@ -262,5 +262,15 @@ def test_cpu_grids_keep_the_protocols():
     for r in SUITES["selective_copying_long"].grid("cpu"):
         assert r.steps == 10 * short[r.mixer].steps and r.task_options["n_train"] == r.steps * r.batch_size
         assert r.task_options["seq_len"] == short[r.mixer].task_options["seq_len"]
+    # Zoology's reference, softmax attention (layers.BASELINES), is in both mqar grids, without a short conv
+    for scale in ("cpu", "paper"):
+        att = [r for r in SUITES["mqar"].grid(scale) if r.mixer == "attention"]
+        assert att and all(r.mixer_options == {} for r in att)
+    # memory_readout: memory's cpu runs of the mixers at chance (and S4D) with the query token at the end
+    readout = SUITES["memory_readout"].grid("cpu")
+    assert {r.mixer for r in readout} == set(RANGE_MIXERS) | {"s4d"}
+    plain = {r.mixer: r for r in memory}
+    for r in readout:
+        assert r.task_options == dict(plain[r.mixer].task_options, query_token=True) and r.lr == 3e-3
     # retrieval capacity: the width-2 conv stands in for Schlag et al.'s key and value arriving in one step
     assert {r.mixer_options["short_conv"] for r in SUITES["retrieval_capacity"].grid("cpu")} == {2}

@@ -20,7 +20,15 @@ def _all(task, split):
 def test_registered_with_the_contract_options():
     assert {"presence", "retrieval_capacity", "parity", "modular_arithmetic"} <= set(list_tasks())
     assert task_options("presence") == dict(
-        seq_len=512, window=10, n_symbols=16, distractors=False, n_train=10000, n_val=1000, n_test=1000, data_seed=0
+        seq_len=512,
+        window=10,
+        n_symbols=16,
+        distractors=False,
+        query_token=False,
+        n_train=10000,
+        n_val=1000,
+        n_test=1000,
+        data_seed=0,
     )
     assert {"n_keys", "setting", "n_values"} <= set(task_options("retrieval_capacity"))
     for name in ("parity", "modular_arithmetic"):
@@ -57,6 +65,19 @@ def test_presence_labels_balance_and_distractors(distractors):
         )
         == 1
     )
+
+
+def test_presence_query_token_ends_every_row_and_leaves_the_rest_alike():
+    plain = get_task("presence", seq_len=30, window=7, n_symbols=5, **SMALL)
+    query = get_task("presence", seq_len=30, window=7, n_symbols=5, query_token=True, **SMALL)
+    a, b = _all(plain, "train"), _all(query, "train")
+    assert query.vocab_size == 7 and plain.vocab_size == 6
+    assert (b["inputs"][:, -1] == 6).all() and np.array_equal(a["inputs"][:, :-1], b["inputs"][:, :-1])
+    assert np.array_equal(a["labels"], b["labels"])
+    with pytest.raises(ValueError, match="window=30 must be an integer in \\[1, 29\\]"):
+        get_task("presence", seq_len=30, window=30, query_token=True, **SMALL)
+    with pytest.raises(ValueError, match="n_symbols=255 must be an integer in \\[2, 254\\]"):
+        get_task("presence", seq_len=30, n_symbols=255, query_token=True, **SMALL)
 
 
 def test_presence_deterministic_by_seed():
