@@ -192,8 +192,17 @@ def _run_cell(cell: list, root: str, solved_at, *, write=print, count: int = 0, 
         yield {"name": run.name, "workdir": workdir, "status": status.split()[0], "wall_time_s": wall}
 
 
-def _cell_worker(cell: list, root: str, solved_at, compilation_cache: bool) -> list:
-    """``_run_cell`` in a worker process (``run_suite(jobs > 1)``); its lines go to this process's stdout."""
+def _cell_worker(cell: list, root: str, solved_at, compilation_cache: bool, parent: int) -> list:
+    """``_run_cell`` in a worker process (``run_suite(jobs > 1)``); its lines go to this process's stdout. It exits
+    when ``parent`` (the ``run_suite`` process) is gone, e.g. killed: an orphan would train its cell on unseen."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)  # checkpoints are written atomically: an interrupted run resumes on the next invocation
+
+    threading.Thread(target=watch, daemon=True).start()
     if compilation_cache:
         enable_compilation_cache(root)
     return list(_run_cell(cell, root, solved_at, write=lambda line: print(line, flush=True)))
@@ -207,8 +216,10 @@ def _run_cells_in_processes(
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     by_name = {}
+    # several processes on one accelerator: allocate GPU memory as needed, not 75 % of it each
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_cell_worker, cell, root, solved_at, compilation_cache) for cell in cells]
+        futures = [pool.submit(_cell_worker, cell, root, solved_at, compilation_cache, os.getpid()) for cell in cells]
         for future in as_completed(futures):
             for rec in future.result():
                 by_name[rec["name"]] = rec

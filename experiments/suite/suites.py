@@ -213,13 +213,16 @@ def memory_levers(scale: str) -> list:
     the layer's default is 1) or slower decay rates A_n = −0.01·(n + 1) (``selective_ssm_a001``; Mamba's are
     −(n + 1)): a token's write Δ·B and its survival exp(−|A| Σ Δ) both depend on Δ, so with A_n ≤ −1 it reaches
     L steps ahead with at most 1/(e·L); the slow Δ init cannot lift that bound, smaller |A| does
-    (docs/layers.md §The memory probe: what each mixer learns with its defaults).
+    (docs/layers.md §The memory probe: what each mixer learns with its defaults). And S4D with S6's A init,
+    Λ_n = −(n + 1) (``s4d_real``, S4D-Real: time-invariant, no selectivity) at L = 512 for 200 steps: does a
+    real spectrum alone miss the probe? And with Δ ∈ [1e-5, 1e-3] (``s4d_real_slowdt``: every decay 100× slower,
+    as ``selective_ssm_a001``'s, the input gain 100× smaller too).
 
     Same training as ``memory`` (width 64, 2 layers, batch 32, constant Adam, 99 % early stop), init seed 0.
     cpu: L = 64 for the 4 combinations and L = 512 for slow decay without the gate, mlstm_plain at L = 256 and
-    512, mlstm at L = 256, the four selective_ssm variants at L = 512, at most 200 steps (400 for mlstm_plain at
-    L = 256, as ``memory_range``; 1500 for mlstm and selective_ssm*), lr 3e-3 (the issue's probe), 6 400 training
-    examples (12 800 for 400 steps, 48 000 for 1500).
+    512, mlstm at L = 256, the four selective_ssm variants and both s4d_real at L = 512, at most 200 steps (400 for
+    mlstm_plain at L = 256, as ``memory_range``; 1500 for mlstm and selective_ssm*), lr 3e-3 (the issue's probe),
+    6 400 training examples (12 800 for 400 steps, 48 000 for 1500).
     paper: the same at L ∈ {64, 512, 2048}, 1000 steps, lr ∈ {1e-2, 3e-3, 1e-3}, 10 000 examples.
     """
     inits = {"mamba2dt": {}, "slowdt": {"dt_min": 1e-4, "dt_max": 1e-3}}
@@ -238,6 +241,8 @@ def memory_levers(scale: str) -> list:
     variants["selective_ssm_slowdt"] = ("selective_ssm", dict(inits["slowdt"]))
     variants["selective_ssm_expand2"] = ("selective_ssm", {"expand": 2})
     variants["selective_ssm_a001"] = ("selective_ssm", {"a_scale": 0.01})
+    variants["s4d_real"] = ("s4d", {"init": "real"})  # S6's A init (Λ_n = −(n+1)), time-invariant
+    variants["s4d_real_slowdt"] = ("s4d", {"init": "real", "dt_min": 1e-5, "dt_max": 1e-3})  # 100x slower decays
     if scale == "smoke":
         lrs, d, batch = [3e-3], 8, 4
         plan = [("gated_deltanet_slowdt_nogate", 16, 1, _SMOKE_DATA)]
@@ -254,6 +259,8 @@ def memory_levers(scale: str) -> list:
             ("selective_ssm_slowdt", 512, 1500, dict(data, n_train=48000)),
             ("selective_ssm_expand2", 512, 1500, dict(data, n_train=48000)),
             ("selective_ssm_a001", 512, 1500, dict(data, n_train=48000)),
+            ("s4d_real", 512, 200, data),
+            ("s4d_real_slowdt", 512, 200, data),
         ]
     else:
         lrs, d, batch = [1e-2, 3e-3, 1e-3], 64, 32
@@ -268,8 +275,9 @@ def memory_levers(scale: str) -> list:
 
 # ------------------------------------------------------------------------------------------------ mqar
 # Zoology's recurrent families as they exist here: time-invariant (s4d), gated linear recurrences (hawk,
-# mamba2), linear attention and delta rules. There is no softmax-attention or Hyena/H3 mixer in the library.
-# attention: the baseline of layers.BASELINES (softmax, RoPE), Zoology's reference that solves every cell
+# mamba2), linear attention and delta rules; softmax attention is the baseline layers.Attention. There is no
+# Hyena/H3 (gated convolution) mixer in the library. Attention (softmax, RoPE) is Zoology's reference that solves
+# every cell.
 MQAR_MIXERS = ("attention", "s4d", "hawk", "mamba2", "linear_attention", "deltanet", "gated_deltanet")
 MQAR_CPU_MIXERS = MQAR_MIXERS[:6]
 # The recall suites (mqar, selective copying, induction) give the fast-weight mixers the short convolution of
@@ -599,54 +607,35 @@ _ZOOLOGY = "Arora et al. 2023 (Zoology), Fig. 2"
 _SCHLAG = "Schlag, Irie & Schmidhuber 2021, §6.1 Fig. 2"
 _GRAZZI = "Grazzi et al. 2025, Table 2"
 
+_PROBE = Reference("issue 16 probe", "a long-memory mixer should be near 100 %; chance 50 %")
+_DEFECT = Reference("issue 16 §3", "a mixer that learns nowhere is a defect; chance 50 %")
+
+
+def _presence_suite(grid, title: str, reference: Reference) -> Suite:
+    """A suite of the presence probe: named after its grid function, protocol its docstring, x = L, 99 % solved."""
+    return Suite(grid.__name__, title, grid.__doc__, grid, x="seq_len", references=(reference,), solved_at=0.99)
+
+
 SUITES = {
     s.name: s
     for s in (
-        Suite(
-            "memory",
-            "Long-range presence (did token 1 occur in the first 10 positions?)",
-            memory.__doc__,
-            memory,
-            x="seq_len",
-            references=(Reference("issue 16 probe", "a long-memory mixer should be near 100 %; chance 50 %"),),
-            solved_at=0.99,
+        _presence_suite(memory, "Long-range presence (did token 1 occur in the first 10 positions?)", _PROBE),
+        _presence_suite(
+            memory_lrs, "Long-range presence, best of 3 learning rates (memory at lr 1e-2, 3e-3, 1e-3)", _PROBE
         ),
-        Suite(
-            "memory_lrs",
-            "Long-range presence, best of 3 learning rates (memory at lr 1e-2, 3e-3, 1e-3)",
-            memory_lrs.__doc__,
-            memory_lrs,
-            x="seq_len",
-            references=(Reference("issue 16 probe", "a long-memory mixer should be near 100 %; chance 50 %"),),
-            solved_at=0.99,
-        ),
-        Suite(
-            "memory_range",
-            "The presence probe at shorter lengths, for the mixers at chance on memory at L = 512",
-            memory_range.__doc__,
+        _presence_suite(
             memory_range,
-            x="seq_len",
-            references=(Reference("issue 16 §3", "a mixer that learns nowhere is a defect; chance 50 %"),),
-            solved_at=0.99,
+            "The presence probe at shorter lengths, for the mixers at chance on memory at L = 512",
+            _DEFECT,
         ),
-        Suite(
-            "memory_readout",
-            "The presence probe read at a fixed query token: the readout or the reach?",
-            memory_readout.__doc__,
-            memory_readout,
-            x="seq_len",
-            references=(Reference("issue 16 §3", "a mixer that learns nowhere is a defect; chance 50 %"),),
-            solved_at=0.99,
+        _presence_suite(
+            memory_readout, "The presence probe read at a fixed query token: the readout or the reach?", _DEFECT
         ),
-        Suite(
-            "memory_levers",
-            "The presence probe's levers: the gated delta rules' decay init, output gate and Householder steps; "
-            "mLSTM and SelectiveSSM given more steps",
-            memory_levers.__doc__,
+        _presence_suite(
             memory_levers,
-            x="seq_len",
-            references=(Reference("issue 16 §3", "DeltaNet (no decay, no gate) solves L = 512 in 40 steps"),),
-            solved_at=0.99,
+            "The presence probe's levers: the gated delta rules' decay init, output gate and Householder steps; "
+            "mLSTM and SelectiveSSM given more steps; S4D with SelectiveSSM's real spectrum",
+            Reference("issue 16 §3", "DeltaNet (no decay, no gate) solves L = 512 in 40 steps"),
         ),
         Suite(
             "mqar",

@@ -146,6 +146,55 @@ def test_jobs_train_cells_in_parallel_processes_as_one_job_does(tmp_path):
         run_suite("tiny", root=two, progress=False, compilation_cache=False, suite=suite, jobs=0)
 
 
+_KILLED_PARENT = """
+import sys
+from dataclasses import replace
+from tests.experiments.test_suite import _tiny_suite
+from algornn.experiments.suite import Suite, run_suite
+
+base = _tiny_suite()
+long = Suite("tiny", "tiny", "long runs", lambda scale: [replace(r, steps=100000) for r in base.runs(scale)] + [
+    replace(r, steps=100000, label="other") for r in base.runs(scale)], x="eval_len")
+run_suite("tiny", root=sys.argv[1], progress=False, compilation_cache=False, suite=long, jobs=2)
+"""
+
+
+def _children(pid):
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out |= {int(c) for c in f.read().split()}
+    return out
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads /proc (Linux)")
+def test_jobs_workers_exit_when_the_suite_process_is_killed(tmp_path):
+    """A killed ``run_suite(jobs=2)`` leaves no worker training on: each exits once its parent is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PARENT, str(tmp_path)], cwd=repo)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not any(p.name.startswith("induction") for p in tmp_path.iterdir()):
+            time.sleep(0.5)  # the workers have started their cells
+        workers = {c for c in _children(proc.pid) if "spawn" in open(f"/proc/{c}/cmdline").read()}
+        assert len(workers) == 2, workers
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(os.path.exists(f"/proc/{w}") for w in workers):
+        time.sleep(0.5)
+    alive = [
+        w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]
+    ]
+    assert not alive, f"workers {alive} kept running after the suite process was killed"
+
+
 def _write_run(root, name, cell_key, lr, vals, test):
     """A hand-made finished run dir: ``vals`` the validation accuracies of its evaluations."""
     d = root / name
@@ -231,7 +280,9 @@ def test_cpu_grids_keep_the_protocols():
     assert levers[("selective_ssm_slowdt", 512)] == {"dt_min": 1e-4, "dt_max": 1e-3}
     assert levers[("selective_ssm_expand2", 512)] == {"expand": 2}
     assert levers[("selective_ssm_a001", 512)] == {"a_scale": 0.01}
-    assert len(levers) == 18
+    assert levers[("s4d_real", 512)] == {"init": "real"}
+    assert levers[("s4d_real_slowdt", 512)] == {"init": "real", "dt_min": 1e-5, "dt_max": 1e-3}
+    assert len(levers) == 20
     capacity = SUITES["retrieval_capacity"].grid("cpu")
     assert {r.cell["setting"] for r in capacity} == {1, 2} and {r.mixer for r in capacity} == {
         "linear_attention",
