@@ -62,10 +62,11 @@ def resolve_mixer(mixer):
     )
 
 
-def describe_mixers() -> list[tuple[str, str, str]]:
-    """``(registry name, class name, first line of the class docstring)`` for every mixer in ``MIXERS``."""
+def describe_mixers(table: dict | None = None) -> list[tuple[str, str, str]]:
+    """``(registry name, class name, first line of the class docstring)`` for every mixer in ``table``
+    (default ``MIXERS``; ``BASELINES`` for the baselines)."""
     rows = []
-    for name, cls in MIXERS.items():
+    for name, cls in (MIXERS if table is None else table).items():
         doc = (cls.__doc__ or "").strip().splitlines()
         rows.append((name, cls.__name__, doc[0].strip().replace("``", "") if doc else ""))
     return rows

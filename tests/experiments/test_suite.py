@@ -323,5 +323,12 @@ def test_cpu_grids_keep_the_protocols():
     plain = {r.mixer: r for r in memory}
     for r in readout:
         assert r.task_options == dict(plain[r.mixer].task_options, query_token=True) and r.lr == 3e-3
+    # state_tracking_long: state_tracking's parity runs of the two negative-eigenvalue SSMs, 7.5x the steps
+    base = {r.label: r for r in state if r.task == "parity"}
+    longer = SUITES["state_tracking_long"].grid("cpu")
+    assert {r.label for r in longer} == {"selective_ssm_neg", "mamba2_neg"}
+    for r in longer:
+        assert r.steps == 7.5 * base[r.label].steps and r.mixer_options == {"negative_eigenvalues": True}
+        assert r.task_options["test_max_len"] == base[r.label].task_options["test_max_len"] == 256
     # retrieval capacity: the width-2 conv stands in for Schlag et al.'s key and value arriving in one step
     assert {r.mixer_options["short_conv"] for r in SUITES["retrieval_capacity"].grid("cpu")} == {2}

@@ -119,7 +119,7 @@ def test_python_m_layers_lists_every_mixer_one_line_each(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    for name, cls in layers.MIXERS.items():
+    for name, cls in {**layers.MIXERS, **layers.BASELINES}.items():
         rows = [ln for ln in lines if ln.split()[:2] == [name, cls.__name__]]
         assert len(rows) == 1, f"no single line for {name}"
         first_doc_line = inspect.getdoc(cls).splitlines()[0].replace("``", "")
