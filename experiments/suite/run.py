@@ -192,17 +192,23 @@ def _run_cell(cell: list, root: str, solved_at, *, write=print, count: int = 0, 
         yield {"name": run.name, "workdir": workdir, "status": status.split()[0], "wall_time_s": wall}
 
 
+_WATCHING = False  # a worker process's watch on its parent is running
+
+
 def _cell_worker(cell: list, root: str, solved_at, compilation_cache: bool, parent: int) -> list:
     """``_run_cell`` in a worker process (``run_suite(jobs > 1)``); its lines go to this process's stdout. It exits
     when ``parent`` (the ``run_suite`` process) is gone, e.g. killed: an orphan would train its cell on unseen."""
-    import threading
+    global _WATCHING
+    if not _WATCHING:  # once per worker process (a worker runs several cells)
+        import threading
 
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(2.0)
-        os._exit(1)  # checkpoints are written atomically: an interrupted run resumes on the next invocation
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(2.0)
+            os._exit(1)  # checkpoints are written atomically: an interrupted run resumes on the next invocation
 
-    threading.Thread(target=watch, daemon=True).start()
+        threading.Thread(target=watch, daemon=True).start()
+        _WATCHING = True
     if compilation_cache:
         enable_compilation_cache(root)
     return list(_run_cell(cell, root, solved_at, write=lambda line: print(line, flush=True)))
@@ -220,11 +226,16 @@ def _run_cells_in_processes(
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = [pool.submit(_cell_worker, cell, root, solved_at, compilation_cache, os.getpid()) for cell in cells]
-        for future in as_completed(futures):
-            for rec in future.result():
-                by_name[rec["name"]] = rec
-                bar.update(1)
-            bar.write(f"{len(by_name)}/{count} runs done")
+        try:
+            for future in as_completed(futures):
+                for rec in future.result():
+                    by_name[rec["name"]] = rec
+                    bar.update(1)
+                bar.write(f"{len(by_name)}/{count} runs done")
+        except BaseException:  # a failed cell (or Ctrl-C): start no further cell, let the running ones end
+            for future in futures:
+                future.cancel()
+            raise
     return by_name
 
 

@@ -146,6 +146,21 @@ def test_jobs_train_cells_in_parallel_processes_as_one_job_does(tmp_path):
         run_suite("tiny", root=two, progress=False, compilation_cache=False, suite=suite, jobs=0)
 
 
+def test_jobs_a_failing_cell_raises_its_error(tmp_path):
+    base = _tiny_suite(lrs=(1e-3,))
+    bad = Suite(
+        "tiny",
+        "tiny",
+        "one good cell, one bad",
+        lambda scale: (
+            base.grid(scale) + [replace(r, label="bad", mixer_options={"bogus": 1}) for r in base.grid(scale)]
+        ),
+        x="eval_len",
+    )
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\]"):
+        run_suite("tiny", root=str(tmp_path), progress=False, compilation_cache=False, suite=bad, jobs=2)
+
+
 _KILLED_PARENT = """
 import sys
 from dataclasses import replace
