@@ -73,13 +73,12 @@ def build_model(config: Config, spec: dict, *, rngs: nnx.Rngs):
     from algornn import layers  # heavy: imported only when a model is built
 
     m = config.model
-    if m.mixer not in layers.MIXERS and m.mixer not in layers.BASELINES:
-        names = sorted([*layers.MIXERS, *layers.BASELINES])
-        raise ValueError(f"model.mixer: {m.mixer!r} is not one of {names}")
+    if not isinstance(m.mixer, str) or m.mixer not in layers.mixer_names():
+        raise ValueError(f"model.mixer: {m.mixer!r} is not one of {sorted(layers.mixer_names())}")
     mixer_options = dict(m.mixer_options)
     if config.train.sequence_parallel > 1:  # the scans shard time over the mesh axis "seq" (_train_lib.make_mesh)
         shards = lambda cls: "sequence_axis" in inspect.signature(cls.__init__).parameters  # noqa: E731
-        if not shards({**layers.MIXERS, **layers.BASELINES}[m.mixer]):
+        if not shards(layers.resolve_mixer(m.mixer)):
             with_option = sorted(n for n, c in layers.MIXERS.items() if shards(c))
             raise ValueError(
                 f"train.sequence_parallel={config.train.sequence_parallel} needs a mixer whose scans can shard time "

@@ -63,6 +63,8 @@ from algornn.layers._params import ssm_param_labels as ssm_param_labels
 from algornn.layers._registry import BASELINES as BASELINES
 from algornn.layers._registry import MIXERS as MIXERS
 from algornn.layers._registry import describe_mixers as describe_mixers
+from algornn.layers._registry import mixer_names as mixer_names
+from algornn.layers._registry import resolve_mixer as resolve_mixer
 from algornn.layers._s4 import S4 as S4
 from algornn.layers._s4 import S4Options as S4Options
 from algornn.layers._s4d import S4D as S4D

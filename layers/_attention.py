@@ -38,7 +38,7 @@ from algornn.layers._options import (
     record_options,
     zeros_of,
 )
-from algornn.scan_kernels._common.packing import segment_masks
+from algornn.scan_kernels._common.packing import position_in_segment, sequence_index
 
 _DISCRETE = "Attention is discrete-time (softmax attention over tokens)"
 _MASKED = -1e30  # score of a masked pair: exp underflows to exactly 0 in float32
@@ -86,23 +86,12 @@ def causal_attention(q, k, v, *, segment_ids=None):
     scores = jnp.einsum("blhk,bshk->bhls", q.astype(jnp.float32), k.astype(jnp.float32)) / np.sqrt(K)
     allowed = jnp.tril(jnp.ones((L, L), bool))[None, None]  # (1, 1, L, L): query t, key s
     if segment_ids is not None:
-        start, pad = segment_masks(segment_ids)
-        seq = jnp.cumsum(start, axis=1)  # (B, L): which sequence of the row each token belongs to
-        same = (seq[:, :, None] == seq[:, None, :]) & ~pad[:, None, :] & ~pad[:, :, None]
+        seq = sequence_index(segment_ids)  # (B, L): which sequence of the row each token is in, −1 on padding
+        same = (seq[:, :, None] == seq[:, None, :]) & (seq[:, :, None] >= 0)  # a padding query reads nothing
         allowed = allowed & same[:, None]
     weights = jax.nn.softmax(jnp.where(allowed, scores, _MASKED), axis=-1)
     weights = jnp.where(allowed, weights, 0.0)  # a padding query (nothing allowed) reads nothing
     return jnp.einsum("bhls,bshk->blhk", weights, v.astype(jnp.float32))
-
-
-def positions_of(segment_ids, length: int, batch: int):
-    """``(B, L)`` int32: each token's position in its sequence (0 at every start; ``arange(L)`` without ids)."""
-    t = jnp.arange(length, dtype=jnp.int32)
-    if segment_ids is None:
-        return jnp.broadcast_to(t, (batch, length))
-    start, _ = segment_masks(segment_ids)
-    last_start = jax.lax.cummax(jnp.where(start, t[None, :], 0), axis=1)
-    return t[None, :] - last_start
 
 
 class Attention(nnx.Module):
@@ -172,7 +161,11 @@ class Attention(nnx.Module):
         if segment_ids is not None:
             segment_ids = check_segment_ids("Attention", segment_ids, x.shape[:2])
         x = x.astype(self.dtype)
-        q, k, v = self._qkv(x, positions_of(segment_ids, x.shape[1], x.shape[0]))
+        if segment_ids is None:
+            positions = jnp.arange(x.shape[1], dtype=jnp.int32)[None, :]  # (1, L)
+        else:
+            positions = position_in_segment(segment_ids)  # (B, L): 0 at every sequence start
+        q, k, v = self._qkv(x, positions)
         return mask_padding(self._output(causal_attention(q, k, v, segment_ids=segment_ids)), segment_ids)
 
     def state_spec(self, batch_size: int):

@@ -50,7 +50,7 @@ from algornn.layers._options import (
     check_segment_ids,
     is_concrete,
 )
-from algornn.scan_kernels._common.packing import segment_masks
+from algornn.scan_kernels._common.packing import sequence_index
 
 POOLINGS = ("mean", "last", "none")
 
@@ -251,8 +251,7 @@ class SequenceModel(nnx.Module):
 
     def _pool_segments(self, h, segment_ids, num_segments):
         """Per-sequence pooling of packed rows: ``h (B, L, D) -> (B, S, D)``, sequences numbered by appearance."""
-        start, pad = segment_masks(segment_ids)
-        index = jnp.where(pad, -1, jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1)  # (B, L): sequence of t in its row
+        index = sequence_index(segment_ids)  # (B, L): sequence of t in its row, −1 on padding
         most = None  # the most sequences any row holds, when the ids are concrete
         if is_concrete(segment_ids):
             ids = np.asarray(segment_ids)

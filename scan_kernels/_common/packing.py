@@ -60,6 +60,13 @@ def position_in_segment(segment_ids):
     return t - first
 
 
+def sequence_index(segment_ids):
+    """``(B, L)`` int32: which sequence of its row token t belongs to (0, 1, … in order of appearance; −1 on
+    padding)."""
+    start, pad = segment_masks(segment_ids)
+    return jnp.where(pad, -1, jnp.cumsum(start, axis=1, dtype=jnp.int32) - 1)
+
+
 def last_real_index(segment_ids, *, reverse: bool = False):
     """``(index (B,) int32, any (B,) bool)``: the last non-padding position in the scan's direction (the
     smallest one when ``reverse``), and whether the row has any."""
